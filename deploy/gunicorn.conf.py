@@ -1,0 +1,106 @@
+# Gunicorn configuration of the blueprint — read it top to bottom once; every value comes from a knob.
+#
+# Values are not written here: each setting reads its knob from service/settings.py, where the env name,
+# default, unit and effect are defined once (docs/SETTINGS.md is the same table rendered). Gunicorn re-runs
+# this file on HUP (`make reload`), so changed knobs apply to the new workers without dropping requests.
+#
+# Request path: nginx -> this master's listening socket -> N worker processes, each one uvicorn event loop
+# serving the FastAPI app (service.app:app).
+
+import os
+import tempfile
+
+# prometheus-client picks its multiprocess mode when first imported, so the directory must be known
+# before any worker imports the app. Each worker writes its own files there; /metrics sums them.
+os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), f"blueprint-metrics-{os.getpid()}")
+)
+os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
+from service.settings import load_settings  # noqa: E402
+
+settings = load_settings()
+
+# --- What to serve ---------------------------------------------------------------------------------
+wsgi_app = "service.app:app"
+
+# bind: where the master listens. Only nginx should reach it. Locally keep it on loopback; in compose it
+#   is 0.0.0.0:8000 on the internal network and no port is published. (GUNICORN_BIND)
+bind = [settings.gunicorn_bind]
+
+# backlog: connections the kernel queues before a worker accepts them. The kernel silently caps it at
+#   net.core.somaxconn (often 4096 on hosts, sometimes 128 in containers: set compose sysctls).
+#   Typical 64-2048. Too small: connection resets under bursts. (GUNICORN_BACKLOG)
+backlog = settings.gunicorn_backlog
+
+# --- Workers ---------------------------------------------------------------------------------------
+# workers: processes, each with one event loop. Default: the CPUs this process may use (affinity and
+#   cgroup cpu.max quota) — multiprocessing.cpu_count() ignores container limits. Async IO-bound work
+#   needs no more than one per CPU; more only adds memory and context switches. (WEB_CONCURRENCY)
+workers = settings.workers
+
+# worker_class: our subclass of uvicorn_worker.UvicornWorker (not the deprecated uvicorn.workers one). It
+#   passes UVICORN_* knobs that uvicorn-worker ignores. `asgi` selects gunicorn's own ASGI worker, to
+#   compare; UVICORN_* knobs then do nothing. gunicorn's `threads` and `worker_connections` do not apply to
+#   either. (GUNICORN_WORKER_CLASS)
+worker_class = settings.gunicorn_worker_class
+
+# timeout: for async workers a *liveness heartbeat*, not a request timeout. uvicorn's main loop touches
+#   the heartbeat every tick; synchronous code inside `async def` stops the tick, and after `timeout`
+#   seconds the master SIGABRTs the worker — all its in-flight requests fail (nginx answers 502). Raise
+#   it only if you knowingly block longer; better fix the blocking code. Typical 30-120. (GUNICORN_TIMEOUT)
+timeout = settings.gunicorn_timeout
+
+# worker_tmp_dir: where the heartbeat file lives. On a disk-backed /tmp a slow disk can stall the
+#   heartbeat and kill healthy workers; /dev/shm is memory.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+# graceful_timeout: after TERM (stop) or HUP (reload), old workers stop accepting and get this long to
+#   finish in-flight requests, then SIGKILL. Must exceed UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN and stay below
+#   compose stop_grace_period. (GUNICORN_GRACEFUL_TIMEOUT)
+graceful_timeout = settings.gunicorn_graceful_timeout
+
+# keepalive: seconds an idle keep-alive connection stays open (uvicorn's timeout_keep_alive). Gunicorn's
+#   default is 2 s, which is right for clients talking to gunicorn directly and wrong behind nginx: nginx
+#   pools upstream connections for NGINX_UPSTREAM_KEEPALIVE_TIMEOUT, and if the app closes first nginx
+#   may send a request into a closing socket -> sporadic 502 (not retried for POST). (GUNICORN_KEEPALIVE)
+keepalive = settings.gunicorn_keepalive
+
+# max_requests / max_requests_jitter: recycle a worker after N + random(0..jitter) HTTP requests to
+#   contain slow leaks. Always set jitter (10-50 %) so workers do not restart together. WebSocket traffic
+#   never counts. On recycle uvicorn closes WebSockets with 1012. 0 disables.
+#   (GUNICORN_MAX_REQUESTS, GUNICORN_MAX_REQUESTS_JITTER)
+max_requests = settings.gunicorn_max_requests
+max_requests_jitter = settings.gunicorn_max_requests_jitter
+
+# --- Proxy trust -----------------------------------------------------------------------------------
+# forwarded_allow_ips: peers whose X-Forwarded-For / X-Forwarded-Proto are believed; the app then sees
+#   the client address nginx reports. nginx must *set* X-Forwarded-For to $remote_addr at the edge (not
+#   append), or a client can choose its own address. '*' trusts anyone who reaches the app port.
+#   (GUNICORN_FORWARDED_ALLOW_IPS)
+forwarded_allow_ips = settings.gunicorn_forwarded_allow_ips
+
+# --- Logging ---------------------------------------------------------------------------------------
+# The app writes one JSON access line per request itself (service/middleware.py) with the request id
+# nginx passes in X-Request-ID: uvicorn workers do not use gunicorn's access_log_format.
+loglevel = settings.gunicorn_log_level
+errorlog = "-"
+accesslog = None
+proc_name = "blueprint-app"
+
+# control_socket (gunicorn >= 25): a socket in $HOME for `gunicornc`. Two stacks on one host would share
+#   its path, and read-only containers cannot create it; the blueprint drives gunicorn with signals.
+control_socket_disable = True
+
+
+def on_starting(server):  # type: ignore[no-untyped-def]
+    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    for name in os.listdir(metrics_dir):
+        if name.endswith(".db"):
+            os.unlink(os.path.join(metrics_dir, name))
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

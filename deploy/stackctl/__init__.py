@@ -1,0 +1,1 @@
+"""stackctl: render, start, stop and inspect the blueprint stack. `python -m deploy.stackctl --help`."""

@@ -1,0 +1,92 @@
+"""Command line of the stack: `python -m deploy.stackctl COMMAND`. The Makefile calls it; so can you."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from deploy.stackctl import docs, local
+from deploy.stackctl.config import effective
+from service.settings import ConfigError
+
+
+def docker_engine_reachable() -> bool:
+    if not shutil.which("docker"):
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def resolve_runtime(requested: str) -> str:
+    if requested == "auto":
+        return "docker" if docker_engine_reachable() else "local"
+    return requested
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stackctl", description=__doc__)
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=Path(".run/local"),
+        help="where a local stack keeps configs, pids and logs (default .run/local)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("up", "start the stack and wait until /healthz answers through nginx"),
+        ("down", "stop what `up` started and wait until its ports are free"),
+        ("reload", "apply changed settings without dropping requests"),
+        ("ps", "list the stack's processes"),
+        ("render", "write the effective stack.env and nginx.conf into the run dir, start nothing"),
+        ("runtime", "print the runtime `up` would use"),
+    ):
+        sub.add_parser(name, help=text)
+    logs_parser = sub.add_parser("logs", help="show the logs (-f to follow)")
+    logs_parser.add_argument("-f", "--follow", action="store_true")
+    table = sub.add_parser("settings-table", help="print docs/SETTINGS.md from service/settings.py")
+    table.add_argument("--write", action="store_true", help="write docs/SETTINGS.md instead of printing")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "settings-table":
+            return docs.settings_table(write=args.write)
+        run = local.RunDir(args.run_dir)
+        if args.command in ("down", "ps", "logs"):
+            return dispatch_without_config(args, run)
+        config = effective(pinned=local.pinned_paths(run))
+        runtime = resolve_runtime(config.settings.runtime)
+        if args.command == "runtime":
+            print(runtime)
+            return 0
+        if runtime == "docker":
+            raise local.StackError("RUNTIME=docker is not available yet; use RUNTIME=local")
+        if args.command == "up":
+            local.up(run, config)
+        elif args.command == "reload":
+            local.reload(run, config)
+        elif args.command == "render":
+            local.prepare(run, config)
+            print(f"rendered {run.env_file} and {run.nginx_conf}")
+        return 0
+    except (ConfigError, local.StackError) as error:
+        print(f"stackctl {args.command}: {error}", file=sys.stderr)
+        return 1
+
+
+def dispatch_without_config(args: argparse.Namespace, run: local.RunDir) -> int:
+    if args.command == "down":
+        local.down(run)
+    elif args.command == "ps":
+        local.ps(run)
+    else:
+        local.logs(run, args.follow)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""The local runtime: gunicorn and nginx as background processes of this host, managed by pid.
+
+Everything a stack writes lives in one run directory (default `.run/local`): rendered configs, pid files,
+logs, the Prometheus multiprocess directory and `state.json`, which records what `up` started so that
+`down` stops exactly that and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx2
+import psutil
+
+from deploy.stackctl.config import ROOT, Effective, render_nginx
+
+GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
+NGINX_PACKAGE = "nginx-light"
+
+
+class StackError(Exception):
+    """A problem the user can fix; the message is one line that says how."""
+
+
+@dataclass
+class State:
+    gunicorn_pid: int
+    nginx_pid: int
+    http_port: int
+    gunicorn_bind: str
+    status_port: int
+    graceful_timeout: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+
+class RunDir:
+    def __init__(self, path: Path) -> None:
+        self.path = path.resolve()
+
+    def __getattr__(self, name: str) -> Path:
+        files = {
+            "state": "state.json",
+            "env_file": "stack.env",
+            "nginx_conf": "nginx.conf",
+            "nginx_dir": "nginx",
+            "metrics_dir": "metrics",
+            "gunicorn_log": "gunicorn.log",
+            "nginx_log": "nginx.log",
+            "gunicorn_pid": "gunicorn.pid",
+        }
+        if name not in files:
+            raise AttributeError(name)
+        return self.path / files[name]
+
+    def load_state(self) -> State | None:
+        try:
+            return State(**json.loads(self.state.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def alive(pid: int) -> bool:
+    try:
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((host, port)) == 0
+
+
+def split_bind(bind: str) -> tuple[str, int]:
+    host, port = bind.rsplit(":", 1)
+    return (host or "127.0.0.1").strip("[]"), int(port)
+
+
+def find_nginx() -> str:
+    found = shutil.which("nginx") or next(
+        (
+            p
+            for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/opt/homebrew/bin/nginx")
+            if Path(p).exists()
+        ),
+        None,
+    )
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print(f"nginx not found: installing {NGINX_PACKAGE} with apt-get ...", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
+        done = subprocess.run(["apt-get", "install", "-y", "-qq", NGINX_PACKAGE], check=False, env=env)
+        if done.returncode == 0 and shutil.which("nginx"):
+            return str(shutil.which("nginx"))
+    if sys.platform == "darwin":
+        raise StackError("nginx is not installed; install it with: brew install nginx")
+    raise StackError(f"nginx is not installed; install it with: sudo apt-get install -y {NGINX_PACKAGE}")
+
+
+def prepare(run: RunDir, config: Effective) -> None:
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.metrics_dir.mkdir(exist_ok=True)
+    run.env_file.write_text(config.env_file_text())
+    run.nginx_conf.write_text(render_nginx(config.settings))
+    for sub in ("", "client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        directory = run.nginx_dir / sub
+        directory.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            # nginx started by root drops its workers to `nobody`, which must write request-body temp files.
+            import pwd
+
+            nobody = pwd.getpwnam("nobody")
+            os.chown(directory, nobody.pw_uid, nobody.pw_gid)
+
+
+def check_nginx(nginx: str, run: RunDir) -> None:
+    test = subprocess.run(
+        [nginx, "-t", "-q", "-c", str(run.nginx_conf), "-e", "stderr"], capture_output=True, text=True
+    )
+    if test.returncode != 0:
+        raise StackError(f"nginx -t rejected {run.nginx_conf}: {test.stderr.strip().splitlines()[-1]}")
+
+
+def pinned_paths(run: RunDir) -> dict[str, str]:
+    """Values the local runtime owns: nginx's writable directory must be this stack's own."""
+    return {"NGINX_RUN_DIR": str(run.nginx_dir.resolve())}
+
+
+def process_env(run: RunDir) -> dict[str, str]:
+    return {
+        **os.environ,
+        "STACK_ENV_FILE": str(run.env_file),
+        "PROMETHEUS_MULTIPROC_DIR": str(run.metrics_dir),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def wait_healthy(url: str, processes: dict[str, subprocess.Popen[bytes]], logs: dict[str, Path]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for name, process in processes.items():
+            if process.poll() is not None:
+                tail = logs[name].read_text(errors="replace").strip().splitlines()[-5:]
+                raise StackError(
+                    f"{name} exited with {process.returncode} while starting: {' | '.join(tail)}"
+                )
+        try:
+            if httpx2.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx2.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise StackError(f"{url}/healthz did not answer through nginx within 60 s; see `make logs`")
+
+
+def up(run: RunDir, config: Effective) -> State:
+    settings = config.settings
+    state = run.load_state()
+    if state and (alive(state.gunicorn_pid) or alive(state.nginx_pid)):
+        print(f"stack already running at {state.url} (run dir {run.path}); `make down` first to restart it")
+        return state
+
+    bind_host, bind_port = split_bind(settings.gunicorn_bind)
+    for knob, host, port in (
+        ("HTTP_PORT", "127.0.0.1", settings.listen_port),
+        ("GUNICORN_BIND", bind_host, bind_port),
+        ("NGINX_STATUS_PORT", "127.0.0.1", settings.nginx_status_port),
+    ):
+        if port_in_use(host, port):
+            raise StackError(f"{knob}: port {port} is already in use by another process; choose a free one")
+
+    nginx = find_nginx()
+    prepare(run, config)
+    check_nginx(nginx, run)
+
+    env = process_env(run)
+    with run.gunicorn_log.open("ab") as log:
+        gunicorn = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "--pid", str(run.gunicorn_pid)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    with run.nginx_log.open("ab") as log:
+        nginx_process = subprocess.Popen(
+            [nginx, "-c", str(run.nginx_conf), "-e", str(run.nginx_log), "-g", "daemon off;"],
+            cwd=run.path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    state = State(
+        gunicorn.pid,
+        nginx_process.pid,
+        settings.listen_port,
+        settings.gunicorn_bind,
+        settings.nginx_status_port,
+        settings.gunicorn_graceful_timeout,
+    )
+    run.state.write_text(json.dumps(asdict(state)))
+    try:
+        wait_healthy(
+            state.url,
+            {"gunicorn": gunicorn, "nginx": nginx_process},
+            {"gunicorn": run.gunicorn_log, "nginx": run.nginx_log},
+        )
+    except StackError:
+        down(run, quiet=True)
+        raise
+    print(f"stack is up (local runtime, {settings.workers} workers): {state.url}")
+    return state
+
+
+def stop(pid: int, sig: signal.Signals, grace: float) -> None:
+    if not alive(pid):
+        return
+    os.kill(pid, sig)
+    deadline = time.monotonic() + grace
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def down(run: RunDir, quiet: bool = False) -> None:
+    state = run.load_state()
+    if state is None:
+        if not quiet:
+            print(f"nothing to stop: no stack state in {run.path}")
+        return
+    grace = state.graceful_timeout + 5
+    workers = descendants(state.gunicorn_pid) + descendants(state.nginx_pid)
+    stop(state.nginx_pid, signal.SIGQUIT, grace)  # QUIT: nginx finishes open requests, then exits
+    stop(state.gunicorn_pid, signal.SIGTERM, grace)  # TERM: gunicorn's graceful shutdown
+    for child in workers:
+        stop(child, signal.SIGTERM, 5)
+    bind_host, bind_port = split_bind(state.gunicorn_bind)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (
+        port_in_use("127.0.0.1", state.http_port) or port_in_use(bind_host, bind_port)
+    ):
+        time.sleep(0.1)
+    run.state.unlink(missing_ok=True)
+    if not quiet:
+        print(f"stopped the stack of {run.path} (gunicorn {state.gunicorn_pid}, nginx {state.nginx_pid})")
+
+
+def descendants(pid: int) -> list[int]:
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def reload(run: RunDir, config: Effective) -> None:
+    state = run.load_state()
+    if state is None or not alive(state.gunicorn_pid):
+        raise StackError(f"no running stack in {run.path}; start it with `make up`")
+    settings = config.settings
+    for knob, old, new in (
+        ("HTTP_PORT", state.http_port, settings.listen_port),
+        ("GUNICORN_BIND", state.gunicorn_bind, settings.gunicorn_bind),
+        ("NGINX_STATUS_PORT", state.status_port, settings.nginx_status_port),
+    ):
+        if old != new:
+            raise StackError(
+                f"{knob} changed from {old} to {new}: a reload cannot move ports; run `make down && make up`"
+            )
+    nginx = find_nginx()
+    old_workers = set(descendants(state.gunicorn_pid))
+    prepare(run, config)
+    check_nginx(nginx, run)
+    os.kill(state.gunicorn_pid, signal.SIGHUP)
+    os.kill(state.nginx_pid, signal.SIGHUP)
+    deadline = time.monotonic() + settings.gunicorn_graceful_timeout + 10
+    while time.monotonic() < deadline:
+        current = set(descendants(state.gunicorn_pid))
+        if not (current & old_workers) and len(current) >= settings.workers:
+            break
+        time.sleep(0.1)
+    else:
+        raise StackError("gunicorn did not replace its workers in time; see `make logs`")
+    wait_healthy(state.url, {}, {})
+    print(f"reloaded: {settings.workers} new workers, nginx re-read {run.nginx_conf}")
+
+
+def ps(run: RunDir) -> None:
+    state = run.load_state()
+    if state is None:
+        print(f"no stack in {run.path}")
+        return
+    print(f"{'PID':>7}  {'ROLE':<16} {'STATUS':<9} COMMAND")
+    for role, pid in (("gunicorn master", state.gunicorn_pid), ("nginx master", state.nginx_pid)):
+        rows = [(role, pid)] + [(f"  {role.split()[0]} worker", c) for c in descendants(pid)]
+        for name, each in rows:
+            try:
+                process = psutil.Process(each)
+                print(f"{each:>7}  {name:<16} {process.status():<9} {' '.join(process.cmdline())[:90]}")
+            except psutil.NoSuchProcess:
+                print(f"{each:>7}  {name:<16} {'gone':<9}")
+    print(f"url: {state.url}   metrics/stub_status: http://127.0.0.1:{state.status_port}/metrics")
+
+
+def logs(run: RunDir, follow: bool) -> None:
+    files = [str(p) for p in (run.gunicorn_log, run.nginx_log) if p.exists()]
+    if not files:
+        print(f"no logs in {run.path}")
+        return
+    os.execvp("tail", ["tail", *(["-F"] if follow else []), "-n", "50", *files])

@@ -1,0 +1,416 @@
+"""Every knob of the stack — app, gunicorn, uvicorn, nginx, compose — defined once.
+
+Each field is one environment variable (its name upper-cased). `unit`, `layer` and the description are
+the documentation: `python -m deploy.stackctl settings-table` renders docs/SETTINGS.md from them and a
+test keeps the two identical.
+
+Where values come from, strongest first: a STACK_ENV_FILE (rendered by the local runtime from defaults,
+profile, `.env` and the environment at `make up` / `make reload` time, so a reload sees new values even
+though the gunicorn master's own environment cannot change), then the process environment, then the
+defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+Layer = Literal["stack", "app", "gunicorn", "uvicorn", "nginx", "compose"]
+
+
+def knob(default: Any, unit: str, layer: Layer, effect: str, **kwargs: Any) -> Any:
+    return Field(default, description=effect, json_schema_extra={"unit": unit, "layer": layer}, **kwargs)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may really use: affinity mask, further capped by a cgroup v2 `cpu.max` quota."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+    except (OSError, ValueError):
+        return cpus
+    if quota != "max":
+        cpus = min(cpus, max(1, -(-int(quota) // int(period))))
+    return cpus
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    # --- stack -------------------------------------------------------------------------------------
+    http_port: int = knob(
+        8080,
+        "port",
+        "stack",
+        "The one public port: nginx listens here (local) or compose publishes it.",
+        ge=1,
+        le=65535,
+    )
+    runtime: Literal["auto", "docker", "local"] = knob(
+        "auto",
+        "-",
+        "stack",
+        "Where `make up` runs the stack: docker (compose), local (processes on this host), or auto = docker "
+        "when an engine is reachable.",
+    )
+    profile: str = knob(
+        "default", "-", "stack", "Tuning profile from deploy/profiles/<name>.env applied under .env."
+    )
+
+    # --- app ---------------------------------------------------------------------------------------
+    app_request_timeout: float = knob(
+        15.0,
+        "s",
+        "app",
+        "Time from request to first response byte before the app itself answers a JSON 504. Keep it below "
+        "NGINX_PROXY_READ_TIMEOUT so clients get the app's answer, not nginx's.",
+        gt=0,
+    )
+    app_max_delay: float = knob(
+        60.0,
+        "s",
+        "app",
+        "Largest `delay`/`interval` the demo routes accept (422 above). Above APP_REQUEST_TIMEOUT so a "
+        "timeout can be shown on purpose.",
+        gt=0,
+    )
+    app_threadpool_tokens: int = knob(
+        40,
+        "threads",
+        "app",
+        "Threads per worker shared by `def` routes, sync dependencies and file I/O (AnyIO's default is 40). "
+        "Raise it when /api/sync queues; each thread costs memory.",
+        ge=1,
+        le=10_000,
+    )
+    app_max_text_length: int = knob(
+        10_000, "chars", "app", "Longest `text` POST /api/echo accepts (422 above).", ge=1
+    )
+    app_max_cpu_work: int = knob(
+        5_000_000, "iterations", "app", "Largest `work` GET /api/cpu accepts (422 above).", ge=1
+    )
+    app_max_stream_chunks: int = knob(
+        1_000, "chunks", "app", "Largest `chunks` GET /api/stream accepts (422 above).", ge=1
+    )
+    app_log_level: Literal["debug", "info", "warning", "error"] = knob(
+        "info", "-", "app", "Level of the app's JSON access and error log lines."
+    )
+
+    # --- gunicorn ----------------------------------------------------------------------------------
+    web_concurrency: int = knob(
+        0,
+        "processes",
+        "gunicorn",
+        "Worker processes. 0 = the CPUs this process may use (affinity and cgroup quota, not cpu_count()). "
+        "IO-bound: one per CPU is enough; CPU-bound: one per CPU, never more.",
+        ge=0,
+        le=256,
+    )
+    gunicorn_bind: str = knob(
+        "127.0.0.1:8000",
+        "host:port",
+        "gunicorn",
+        "Where gunicorn listens. Only nginx should reach it: keep it on loopback locally; compose binds "
+        "0.0.0.0:8000 on the internal network and publishes nothing.",
+    )
+    gunicorn_worker_class: str = knob(
+        "service.worker.UvicornWorker",
+        "import path",
+        "gunicorn",
+        "Worker class. Ours passes the UVICORN_* knobs through; `asgi` is gunicorn's own ASGI worker.",
+    )
+    gunicorn_timeout: int = knob(
+        30,
+        "s",
+        "gunicorn",
+        "Heartbeat deadline for async workers (not a request timeout): a worker whose event loop is blocked "
+        "this long is killed and every request on it fails with 502.",
+        ge=1,
+    )
+    gunicorn_graceful_timeout: int = knob(
+        25,
+        "s",
+        "gunicorn",
+        "After TERM/HUP, how long old workers may finish in-flight work before SIGKILL. Above "
+        "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN, below COMPOSE_STOP_GRACE_PERIOD.",
+        ge=1,
+    )
+    gunicorn_keepalive: int = knob(
+        20,
+        "s",
+        "gunicorn",
+        "How long a worker keeps an idle keep-alive connection (passed to uvicorn as timeout_keep_alive). "
+        "Must exceed NGINX_UPSTREAM_KEEPALIVE_TIMEOUT or nginx reuses closing sockets: sporadic 502.",
+        ge=1,
+    )
+    gunicorn_max_requests: int = knob(
+        10_000,
+        "requests",
+        "gunicorn",
+        "Recycle a worker after this many HTTP requests (0 = never). WebSocket traffic does not count.",
+        ge=0,
+    )
+    gunicorn_max_requests_jitter: int = knob(
+        2_000,
+        "requests",
+        "gunicorn",
+        "Random extra requests per worker so workers do not all recycle at once (10-50 % of max).",
+        ge=0,
+    )
+    gunicorn_backlog: int = knob(
+        2048,
+        "connections",
+        "gunicorn",
+        "Listen queue of not-yet-accepted connections; the kernel caps it at net.core.somaxconn.",
+        ge=1,
+    )
+    gunicorn_forwarded_allow_ips: str = knob(
+        "127.0.0.1",
+        "IPs/CIDRs",
+        "gunicorn",
+        "Peers whose X-Forwarded-For/Proto headers are believed: nginx's address only. `*` lets any peer "
+        "that reaches the app port choose its client address.",
+    )
+    gunicorn_log_level: Literal["debug", "info", "warning", "error", "critical"] = knob(
+        "info", "-", "gunicorn", "Level of gunicorn's own (master and worker lifecycle) log."
+    )
+
+    # --- uvicorn (through our worker class) --------------------------------------------------------
+    uvicorn_limit_concurrency: int = knob(
+        1000,
+        "connections",
+        "uvicorn",
+        "Per worker: above this many connections+tasks (idle keep-alive and WebSockets count) uvicorn "
+        "answers 503 at once instead of queueing. 0 = unlimited.",
+        ge=0,
+    )
+    uvicorn_ws_ping_interval: float = knob(
+        20.0,
+        "s",
+        "uvicorn",
+        "Server pings on idle WebSockets; ping interval + timeout must stay below NGINX_WS_READ_TIMEOUT "
+        "or nginx cuts quiet sockets (client sees 1006).",
+        gt=0,
+    )
+    uvicorn_ws_ping_timeout: float = knob(
+        20.0, "s", "uvicorn", "Close a WebSocket whose peer does not answer a ping in this time.", gt=0
+    )
+    uvicorn_ws_max_size: int = knob(
+        1_048_576,
+        "bytes",
+        "uvicorn",
+        "Largest WebSocket message; larger ones close the socket with 1009.",
+        ge=1,
+    )
+    uvicorn_timeout_graceful_shutdown: int = knob(
+        20,
+        "s",
+        "uvicorn",
+        "On shutdown, how long a worker waits for open connections before closing them (WebSockets get "
+        "1012). Below GUNICORN_GRACEFUL_TIMEOUT.",
+        ge=1,
+    )
+    uvicorn_loop: Literal["auto", "asyncio", "uvloop"] = knob(
+        "auto", "-", "uvicorn", "Event loop implementation (auto = uvloop when installed)."
+    )
+    uvicorn_http: Literal["auto", "h11", "httptools"] = knob(
+        "auto", "-", "uvicorn", "HTTP/1.1 parser (auto = httptools when installed)."
+    )
+
+    # --- nginx -------------------------------------------------------------------------------------
+    nginx_worker_processes: str = knob(
+        "auto",
+        "processes",
+        "nginx",
+        "nginx worker processes; auto = one per CPU.",
+        pattern=r"^(auto|[1-9][0-9]*)$",
+    )
+    nginx_worker_connections: int = knob(
+        4096,
+        "connections",
+        "nginx",
+        "Connections per nginx worker, client and upstream sides together (a proxied request uses two).",
+        ge=16,
+    )
+    nginx_worker_rlimit_nofile: int = knob(
+        10_000,
+        "files",
+        "nginx",
+        "Open-file limit of each nginx worker; at least NGINX_WORKER_CONNECTIONS and within the host's "
+        "`ulimit -n` / compose ulimits.nofile.",
+        ge=64,
+    )
+    nginx_listen_port: int = knob(
+        0,
+        "port",
+        "nginx",
+        "Port nginx listens on; 0 = HTTP_PORT (local). Compose sets 8080 inside the container.",
+        ge=0,
+        le=65535,
+    )
+    nginx_status_port: int = knob(
+        8081,
+        "port",
+        "nginx",
+        "Loopback-only port for stub_status and /metrics; never published.",
+        ge=1,
+        le=65535,
+    )
+    nginx_upstream: str = knob(
+        "",
+        "host:port",
+        "nginx",
+        "Where nginx sends requests; empty = GUNICORN_BIND (local). Compose sets app:8000.",
+    )
+    nginx_upstream_keepalive: int = knob(
+        32, "connections", "nginx", "Idle keep-alive connections to the app each nginx worker keeps.", ge=1
+    )
+    nginx_upstream_keepalive_timeout: int = knob(
+        15,
+        "s",
+        "nginx",
+        "How long nginx keeps an idle upstream connection. Must stay below GUNICORN_KEEPALIVE.",
+        ge=1,
+    )
+    nginx_upstream_keepalive_requests: int = knob(
+        1000, "requests", "nginx", "Requests over one upstream connection before nginx closes it.", ge=1
+    )
+    nginx_proxy_connect_timeout: int = knob(
+        5, "s", "nginx", "Time to open a connection to the app before 502.", ge=1
+    )
+    nginx_proxy_read_timeout: int = knob(
+        30,
+        "s",
+        "nginx",
+        "Longest silence between two reads from the app on HTTP routes before nginx answers 504. Above "
+        "APP_REQUEST_TIMEOUT, below the load client's timeout.",
+        ge=1,
+    )
+    nginx_proxy_send_timeout: int = knob(
+        30, "s", "nginx", "Longest pause while sending a request to the app.", ge=1
+    )
+    nginx_ws_read_timeout: int = knob(
+        75,
+        "s",
+        "nginx",
+        "Longest silence on a WebSocket tunnel before nginx closes it. Above UVICORN_WS_PING_INTERVAL + "
+        "UVICORN_WS_PING_TIMEOUT.",
+        ge=1,
+    )
+    nginx_client_max_body_size: str = knob(
+        "1m",
+        "size",
+        "nginx",
+        "Largest request body; larger gets a JSON 413 from nginx.",
+        pattern=r"^[0-9]+[kKmMgG]?$",
+    )
+    nginx_client_header_timeout: int = knob(
+        10, "s", "nginx", "Time a client has to send its headers (slowloris guard; uvicorn has none).", ge=1
+    )
+    nginx_client_body_timeout: int = knob(
+        10, "s", "nginx", "Longest pause between two body reads from a client (408 after).", ge=1
+    )
+    nginx_keepalive_timeout: int = knob(
+        65, "s", "nginx", "Idle keep-alive on the client side of nginx.", ge=0
+    )
+    nginx_limit_req_enabled: int = knob(
+        0,
+        "0/1",
+        "nginx",
+        "Per-client-IP request rate limit on /api/ (429 above the rate and burst).",
+        ge=0,
+        le=1,
+    )
+    nginx_limit_req_rate: int = knob(
+        100, "requests/s", "nginx", "Rate per client IP when NGINX_LIMIT_REQ_ENABLED=1.", ge=1
+    )
+    nginx_limit_req_burst: int = knob(
+        200, "requests", "nginx", "Requests above the rate accepted at once before 429.", ge=0
+    )
+    nginx_limit_conn_enabled: int = knob(
+        0, "0/1", "nginx", "Per-client-IP concurrent connection limit (503 above it).", ge=0, le=1
+    )
+    nginx_limit_conn: int = knob(
+        100, "connections", "nginx", "Concurrent connections per client IP when enabled.", ge=1
+    )
+    nginx_run_dir: str = knob(
+        "/tmp/nginx", "path", "nginx", "Writable directory for nginx's pid and temp files."
+    )
+    nginx_access_log: str = knob("/dev/stdout", "path", "nginx", "JSON access log destination.")
+    nginx_error_log: str = knob("/dev/stderr", "path", "nginx", "Error log destination.")
+
+    # --- compose -----------------------------------------------------------------------------------
+    compose_stop_grace_period: int = knob(
+        30,
+        "s",
+        "compose",
+        "Seconds `docker compose stop` waits before SIGKILL; above GUNICORN_GRACEFUL_TIMEOUT or the app "
+        "exits 137.",
+        ge=1,
+    )
+
+    @field_validator("gunicorn_bind", "nginx_upstream")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value and (":" not in value or not value.rsplit(":", 1)[1].isdigit()):
+            raise ValueError(f"expected host:port, got {value!r}")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        stack_env_file = os.environ.get("STACK_ENV_FILE")
+        sources: list[PydanticBaseSettingsSource] = [init_settings]
+        if stack_env_file:
+            sources.append(DotEnvSettingsSource(settings_cls, env_file=stack_env_file))
+        sources.append(env_settings)
+        return tuple(sources)
+
+    @cached_property
+    def workers(self) -> int:
+        return self.web_concurrency or usable_cpus()
+
+    @cached_property
+    def upstream(self) -> str:
+        return self.nginx_upstream or self.gunicorn_bind
+
+    @cached_property
+    def listen_port(self) -> int:
+        return self.nginx_listen_port or self.http_port
+
+
+def env_name(field: str) -> str:
+    return field.upper()
+
+
+class ConfigError(Exception):
+    """A knob has a value its rule refuses; the message names the variable, the value and the rule."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            name = env_name(str(error["loc"][0])) if error["loc"] else "settings"
+            lines.append(f"{name}={error.get('input')!r}: {error['msg']}")
+        raise ConfigError("; ".join(lines)) from None

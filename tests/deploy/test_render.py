@@ -1,0 +1,42 @@
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from deploy.stackctl.config import NGINX_TEMPLATE, effective, render_nginx
+from service.settings import ConfigError
+
+
+def test_environment_beats_dotenv_beats_profile_beats_default(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("GUNICORN_KEEPALIVE=40\nNGINX_PROXY_READ_TIMEOUT=50\n")
+    config = effective(environ={"GUNICORN_KEEPALIVE": "45"}, env_file=dotenv)
+    assert config.values["GUNICORN_KEEPALIVE"].value == "45"
+    assert config.values["GUNICORN_KEEPALIVE"].source == "environment"
+    assert config.values["NGINX_PROXY_READ_TIMEOUT"].source == ".env"
+    assert config.values["APP_MAX_DELAY"].source == "default"
+    assert config.settings.gunicorn_keepalive == 45
+
+
+def test_unknown_profile_is_named(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"PROFILE='nope': no file deploy/profiles/nope.env \(known: .*default"
+    ):
+        effective(environ={"PROFILE": "nope"}, env_file=None)
+
+
+def test_only_nginx_knobs_are_substituted_and_nginx_variables_stay() -> None:
+    text = render_nginx(effective(environ={}, env_file=None).settings)
+    assert "${" not in text
+    assert "$remote_addr" in text and "$req_id" in text
+    placeholders = set(re.findall(r"\$\{([A-Z0-9_]+)\}", NGINX_TEMPLATE.read_text()))
+    assert placeholders and all(name.startswith("NGINX_") for name in placeholders)
+
+
+def test_rendered_config_passes_nginx_t(tmp_path: Path) -> None:
+    env = {"NGINX_RUN_DIR": str(tmp_path), "NGINX_ERROR_LOG": str(tmp_path / "e.log")}
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(render_nginx(effective(environ=env, env_file=None).settings))
+    result = subprocess.run(["nginx", "-t", "-c", str(conf), "-e", "stderr"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,143 @@
+"""The app's own logic, in-process. Proxy and server behaviour is tested through the real stack."""
+
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from service import lifecycle
+from service.app import create_app
+from service.settings import load_settings
+
+
+@pytest.fixture
+def client() -> TestClient:
+    settings = load_settings(app_request_timeout=0.5, app_max_delay=2, uvicorn_ws_max_size=64)
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def test_ping_reports_the_worker_pid(client: TestClient) -> None:
+    body = client.get("/api/ping").json()
+    assert body["pong"] is True
+    assert isinstance(body["pid"], int)
+
+
+def test_echo_returns_the_text(client: TestClient) -> None:
+    assert client.post("/api/echo", json={"text": "héllo"}).json()["text"] == "héllo"
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b"{not json", "json_invalid"),
+        (b'{"text": ""}', "string_too_short"),
+        (b'{"other": 1}', "missing"),
+        (b'{"text": "' + b"x" * 10_001 + b'"}', "string_too_long"),
+    ],
+)
+def test_echo_rejects_bad_bodies_with_json_naming_the_problem(
+    client: TestClient, body: bytes, problem: str
+) -> None:
+    response = client.post("/api/echo", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["layer"] == "app"
+    assert problem in {p["type"] for p in response.json()["detail"]}
+
+
+def test_delay_above_app_max_delay_is_refused(client: TestClient) -> None:
+    response = client.get("/api/slow", params={"delay": 3})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["location"] == "query.delay"
+
+
+def test_request_past_the_app_timeout_gets_a_json_504_from_the_app(client: TestClient) -> None:
+    response = client.get("/api/slow", params={"delay": 1.5})
+    assert response.status_code == 504
+    assert response.json()["layer"] == "app"
+    assert "APP_REQUEST_TIMEOUT" in response.json()["detail"]
+
+
+def test_a_started_stream_is_not_cut_by_the_request_timeout(client: TestClient) -> None:
+    response = client.get("/api/stream", params={"chunks": 4, "interval": 0.3})
+    assert response.status_code == 200
+    assert len(response.text.splitlines()) == 4
+
+
+def test_unknown_route_and_wrong_method_are_json(client: TestClient) -> None:
+    assert client.get("/nope").json()["error"] == "not_found"
+    wrong = client.put("/api/ping")
+    assert wrong.status_code == 405
+    assert wrong.json()["layer"] == "app"
+
+
+def test_unhandled_exception_is_a_json_500() -> None:
+    app = create_app(load_settings())
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("boom")
+
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        response = test_client.get("/boom")
+    assert response.status_code == 500
+    assert response.json()["error"] == "internal_error"
+
+
+def test_readyz_turns_503_while_draining(client: TestClient) -> None:
+    assert client.get("/readyz").status_code == 200
+    lifecycle.draining.set()
+    try:
+        response = client.get("/readyz")
+        assert response.status_code == 503
+        assert response.json()["error"] == "draining"
+    finally:
+        lifecycle.draining.clear()
+    assert client.get("/healthz").status_code == 200
+
+
+def test_sync_route_runs_in_the_sized_threadpool() -> None:
+    with TestClient(create_app(load_settings(app_threadpool_tokens=7))) as test_client:
+        assert test_client.get("/api/sync", params={"delay": 0}).json()["threadpool_tokens"] == 7
+
+
+def test_cpu_route_bounds_its_work(client: TestClient) -> None:
+    assert client.get("/api/cpu", params={"work": 1000}).json()["work"] == 1000
+    assert client.get("/api/cpu", params={"work": 10**9}).status_code == 422
+
+
+def test_request_id_is_echoed(client: TestClient) -> None:
+    assert client.get("/api/ping", headers={"X-Request-ID": "abc"}).headers["x-request-id"] == "abc"
+
+
+def test_metrics_count_requests_by_route_and_status(client: TestClient) -> None:
+    client.get("/api/ping")
+    client.get("/nope")
+    text = client.get("/metrics").text
+    assert 'app_requests_total{method="GET",route="/api/ping",status="200"}' in text
+    assert 'route="unmatched",status="404"' in text
+
+
+def test_ws_echo_text_and_binary(client: TestClient) -> None:
+    with client.websocket_connect("/ws/echo") as ws:
+        ws.send_text("hi")
+        assert ws.receive_text() == "hi"
+        ws.send_bytes(b"\x00\x01")
+        assert ws.receive_bytes() == b"\x00\x01"
+
+
+def test_ws_echo_closes_oversize_messages_with_1009(client: TestClient) -> None:
+    with client.websocket_connect("/ws/echo") as ws:
+        ws.send_text("x" * 65)
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_text()
+    assert closed.value.code == 1009
+
+
+def test_ws_ticker_pushes_until_the_client_leaves(client: TestClient) -> None:
+    with client.websocket_connect("/ws/ticker?interval=0.05") as ws:
+        started = time.monotonic()
+        ticks = [ws.receive_json()["tick"] for _ in range(3)]
+    assert ticks == [0, 1, 2]
+    assert time.monotonic() - started >= 0.1

@@ -1,0 +1,71 @@
+"""make up / reload / down of the local runtime, each on its own stack."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from pathlib import Path
+
+import httpx2
+import psutil
+import pytest
+
+from tests.stack.conftest import make_stack
+
+pytestmark = pytest.mark.stack
+
+
+def processes_of(run_dir: Path) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any(str(run_dir) in part for part in process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
+def test_up_twice_reload_under_load_then_down_leaves_nothing(tmp_path: Path) -> None:
+    stack = make_stack(tmp_path / "run", WEB_CONCURRENCY="2")
+    stack.up()
+    try:
+        again = stack.stackctl("up")
+        assert again.returncode == 0
+        assert "already running" in again.stdout
+        assert len([p for p in processes_of(stack.run_dir) if "gunicorn" in " ".join(p.cmdline())]) == 3
+
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            in_flight = [
+                pool.submit(httpx2.get, f"{stack.url}/api/slow", params={"delay": 2}, timeout=60)
+                for _ in range(20)
+            ]
+            reloaded = stack.stackctl("reload", APP_MAX_DELAY="45")
+            statuses = [f.result().status_code for f in in_flight]
+        assert reloaded.returncode == 0, reloaded.stderr
+        assert statuses == [200] * 20
+        assert httpx2.get(f"{stack.url}/api/info").json()["settings"]["app_max_delay"] == 45
+    finally:
+        down = stack.stackctl("down")
+    assert down.returncode == 0
+    assert processes_of(stack.run_dir) == []
+    with pytest.raises(httpx2.ConnectError):
+        httpx2.get(f"{stack.url}/healthz")
+
+
+def test_port_taken_is_one_clear_line(tmp_path: Path) -> None:
+    first = make_stack(tmp_path / "first")
+    first.up()
+    try:
+        second = make_stack(tmp_path / "second", HTTP_PORT=first.env["HTTP_PORT"])
+        result = second.stackctl("up")
+        assert result.returncode == 1
+        assert result.stderr.strip().count("\n") == 0
+        assert "HTTP_PORT" in result.stderr and first.env["HTTP_PORT"] in result.stderr
+        assert processes_of(second.run_dir) == []
+    finally:
+        first.down()
+
+
+def test_bad_knob_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    stack = make_stack(tmp_path / "bad", GUNICORN_KEEPALIVE="-3")
+    result = stack.stackctl("up")
+    assert result.returncode == 1
+    assert "GUNICORN_KEEPALIVE=-3" in result.stderr.replace("'", "")
+    assert processes_of(stack.run_dir) == []
