@@ -25,7 +25,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-Layer = Literal["stack", "app", "gunicorn", "uvicorn", "nginx", "compose"]
+Layer = Literal["stack", "app", "gunicorn", "uvicorn", "nginx", "compose", "locust"]
 
 
 def knob(default: Any, unit: str, layer: Layer, effect: str, **kwargs: Any) -> Any:
