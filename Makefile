@@ -32,6 +32,60 @@ ps: venv ## List the stack's processes or containers
 logs: venv ## Follow the stack's logs
 	@$(STACKCTL) logs -f
 
+##@ Containers
+# Build inputs (environment or make variables): PYTHON_IMAGE, NGINX_IMAGE (base images), OFFLINE=1 (install
+# only from ./wheelhouse, built on the host for PYTHON_IMAGE's Python). COMPOSE_PROJECT_NAME picks the project.
+
+.PHONY: scale
+scale: venv ## Docker runtime: run APP=N app containers behind nginx (kept by the next `make up`)
+	@$(STACKCTL) scale $(or $(APP),$(error usage: make scale APP=N))
+
+.PHONY: images
+images: venv ## Build the app, nginx and Locust images (OFFLINE=1: from ./wheelhouse, no index access)
+	@$(STACKCTL) images
+
+.PHONY: wheelhouse
+wheelhouse: venv ## Download wheels for PYTHON_IMAGE's Python version into ./wheelhouse (for OFFLINE=1)
+	@$(STACKCTL) wheelhouse
+
+##@ Load testing
+# Inputs: SCENARIO (mixed | http | slow | blocking | sync | websocket | stream | cpu, or a locustfile path),
+# USERS (20), SPAWN_RATE (5/s), RUN_TIME (30s), HOST (default: the running stack's URL), SHAPE (step | spike |
+# soak), LOCUST_WORKERS (0 = one Locust process). Thresholds and the rest: the LOCUST_* rows of docs/SETTINGS.md.
+
+.PHONY: loadtest
+loadtest: venv ## Headless Locust run against the stack: prints rps, p50/p95/p99, failures; writes reports/<time>-<scenario>/
+	@$(PY) -m loadtest.runner --run-dir $(RUN_DIR) --scenario "$(or $(SCENARIO),mixed)" \
+		--users "$(or $(USERS),20)" --spawn-rate "$(or $(SPAWN_RATE),5)" --run-time "$(or $(RUN_TIME),30s)" \
+		$(if $(HOST),--host "$(HOST)") $(if $(SHAPE),--shape "$(SHAPE)") \
+		$(if $(LOCUST_WORKERS),--workers "$(LOCUST_WORKERS)")
+
+.PHONY: loadtest-ui
+loadtest-ui: venv ## Locust web UI on 127.0.0.1:LOCUST_WEB_PORT (8089) with a scenario and shape picker (HOST, LOCUST_WORKERS)
+	@$(PY) -m loadtest.runner --ui --run-dir $(RUN_DIR) $(if $(HOST),--host "$(HOST)") \
+		$(if $(LOCUST_WORKERS),--workers "$(LOCUST_WORKERS)")
+
+##@ Tuning
+# `up` and `reload` apply the same ordering rules and refuse a config that breaks one;
+# `make up ALLOW_UNSAFE_CONFIG=1` starts it anyway, with a loud warning (experiments only).
+
+.PHONY: check
+check: venv ## Print every knob's value and source, run nginx -t / gunicorn --check-config / compose config and the 7 ordering rules (PROFILE=name)
+	@$(STACKCTL) check
+
+.PHONY: timeout-lab
+timeout-lab: venv ## Break each timeout on purpose on short-lived local stacks and print who gave up first (LAB_FORMAT=table|markdown|json)
+	@$(PY) -m deploy.stackctl.timeout_lab --format $(or $(LAB_FORMAT),table)
+
+# SWEEP='WEB_CONCURRENCY=1,2,4 APP_THREADPOOL_TOKENS=40,200': every combination gets `make check`, a fresh
+# stack and SCENARIO for RUN_TIME; a sweep's own options default to SCENARIO=http USERS=20 RUN_TIME=15s.
+.PHONY: sweep
+sweep: venv ## Measure SCENARIO once per combination of SWEEP='KNOB=v1,v2 ...'; writes reports/sweep-<time>/ (USERS, SPAWN_RATE, RUN_TIME, SWEEP_MAX_P95_MS, SWEEP_MAX_FAIL_RATIO)
+	@$(PY) -m loadtest.sweep --sweep "$(SWEEP)" --scenario "$(or $(SCENARIO),http)" \
+		--users "$(or $(USERS),20)" --spawn-rate "$(or $(SPAWN_RATE),0)" --run-time "$(or $(RUN_TIME),15s)" \
+		--workers "$(or $(LOCUST_WORKERS),0)" --max-p95-ms "$(or $(SWEEP_MAX_P95_MS),0)" \
+		--max-fail-ratio "$(or $(SWEEP_MAX_FAIL_RATIO),0.01)"
+
 ##@ Development
 
 .PHONY: venv

@@ -105,6 +105,23 @@ class Settings(BaseSettings):
     app_log_level: Literal["debug", "info", "warning", "error"] = knob(
         "info", "-", "app", "Level of the app's JSON access and error log lines."
     )
+    app_expected_blocking: float = knob(
+        1.0,
+        "s",
+        "app",
+        "Planning figure, read only by `make check`: the longest your code may block one event loop at once "
+        "(sync calls inside `async def`, big JSON encodes). Must stay below GUNICORN_TIMEOUT or gunicorn "
+        "kills the worker. /api/blocking ignores it on purpose: it blocks up to APP_MAX_DELAY.",
+        ge=0,
+    )
+    app_expected_websockets: int = knob(
+        100,
+        "connections",
+        "app",
+        "Planning figure, read only by `make check`: WebSockets one worker holds at peak. "
+        "UVICORN_LIMIT_CONCURRENCY must exceed them plus nginx's pooled idle upstream connections.",
+        ge=0,
+    )
 
     # --- gunicorn ----------------------------------------------------------------------------------
     web_concurrency: int = knob(
@@ -357,6 +374,104 @@ class Settings(BaseSettings):
         "Seconds `docker compose stop` waits before SIGKILL; above GUNICORN_GRACEFUL_TIMEOUT or the app "
         "exits 137.",
         ge=1,
+    )
+    compose_somaxconn: int = knob(
+        4096,
+        "connections",
+        "compose",
+        "net.core.somaxconn set in the app container (compose `sysctls`; containers may otherwise get 128). "
+        "GUNICORN_BACKLOG must not exceed it.",
+        ge=16,
+    )
+    compose_nofile: int = knob(
+        65_536,
+        "files",
+        "compose",
+        "Open-file limit of the containers (compose `ulimits.nofile`). NGINX_WORKER_RLIMIT_NOFILE must not "
+        "exceed it.",
+        ge=64,
+    )
+    compose_subnet: str = knob(
+        "172.28.80.0/24",
+        "CIDR",
+        "compose",
+        "Subnet of the compose network. The app trusts X-Forwarded-For only from it (compose sets "
+        "GUNICORN_FORWARDED_ALLOW_IPS to it); change it if it overlaps a network of your host.",
+        pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$",
+    )
+    compose_publish_address: str = knob(
+        "127.0.0.1",
+        "IP",
+        "compose",
+        "Host address compose publishes nginx's HTTP_PORT on: loopback by default; 0.0.0.0 to serve other "
+        "machines (Docker-published ports bypass ufw-style host firewalls).",
+        pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){3}$",
+    )
+
+    # --- locust ------------------------------------------------------------------------------------
+    locust_client_timeout: float = knob(
+        60.0,
+        "s",
+        "locust",
+        "How long a load-test client waits for a response (FastHttpUser network and connection timeout). "
+        "Above NGINX_PROXY_READ_TIMEOUT, so the client sees nginx's or the app's answer, not its own abort.",
+        gt=0,
+    )
+    locust_web_port: int = knob(
+        8089,
+        "port",
+        "locust",
+        "Port of the Locust web UI (`make loadtest-ui`), bound to 127.0.0.1.",
+        ge=1,
+        le=65535,
+    )
+    locust_workers: int = knob(
+        0,
+        "processes",
+        "locust",
+        "Locust worker processes beside the master for `make loadtest` / `make loadtest-ui`; 0 = one "
+        "process does everything. One Locust process uses one CPU: add workers when a run is flagged for "
+        "Locust CPU above 90 %.",
+        ge=0,
+        le=64,
+    )
+    locust_max_fail_ratio: float = knob(
+        0.01,
+        "ratio",
+        "locust",
+        "Threshold: a headless run whose failed/total requests exceed this exits non-zero (1 = off).",
+        ge=0,
+        le=1,
+    )
+    locust_max_p95: float = knob(
+        5000.0,
+        "ms",
+        "locust",
+        "Threshold: a headless run whose overall 95th percentile response time exceeds this exits "
+        "non-zero (0 = off).",
+        ge=0,
+    )
+    locust_ws_hold: float = knob(
+        30.0,
+        "s",
+        "locust",
+        "How long a WebSocket user keeps one connection open before it closes it and connects again.",
+        gt=0,
+    )
+    locust_slow_delay: float = knob(
+        1.0,
+        "s",
+        "locust",
+        "`delay` the slow and sync scenarios ask for (/api/slow, /api/sync); at most APP_MAX_DELAY.",
+        ge=0,
+    )
+    locust_blocking_delay: float = knob(
+        0.2,
+        "s",
+        "locust",
+        "`delay` the blocking scenario asks /api/blocking for: how long each call stalls its worker. "
+        "Near GUNICORN_TIMEOUT gunicorn kills the worker.",
+        ge=0,
     )
 
     @field_validator("gunicorn_bind", "nginx_upstream")

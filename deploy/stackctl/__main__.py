@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from deploy.stackctl import docs, local
-from deploy.stackctl.config import effective
+from deploy.stackctl import check, docker, docs, local
+from deploy.stackctl.config import ROOT, Effective, effective, read_env_file
 from service.settings import ConfigError
 
 
@@ -44,8 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         ("ps", "list the stack's processes"),
         ("render", "write the effective stack.env and nginx.conf into the run dir, start nothing"),
         ("runtime", "print the runtime `up` would use"),
+        ("check", "print the effective config, run each layer's validator and the ordering rules"),
     ):
         sub.add_parser(name, help=text)
+    scale_parser = sub.add_parser("scale", help="docker runtime: run N app containers behind nginx")
+    scale_parser.add_argument("replicas", type=int)
+    sub.add_parser("images", help="docker runtime: build the images (OFFLINE=1: from ./wheelhouse)")
+    sub.add_parser("wheelhouse", help="download wheels for PYTHON_IMAGE's Python into ./wheelhouse")
     logs_parser = sub.add_parser("logs", help="show the logs (-f to follow)")
     logs_parser.add_argument("-f", "--follow", action="store_true")
     table = sub.add_parser("settings-table", help="print docs/SETTINGS.md from service/settings.py")
@@ -63,8 +69,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "runtime":
             print(runtime)
             return 0
-        if runtime == "docker":
-            raise local.StackError("RUNTIME=docker is not available yet; use RUNTIME=local")
+        if args.command == "check":
+            return check.run_check(config, runtime)
+        if args.command in ("up", "reload"):
+            check.refuse_unsafe(config, runtime, args.command)
+        if runtime == "docker" or args.command in ("scale", "images", "wheelhouse"):
+            return dispatch_docker(args, config)
         if args.command == "up":
             local.up(run, config)
         elif args.command == "reload":
@@ -78,7 +88,42 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def dispatch_docker(args: argparse.Namespace, config: Effective) -> int:
+    if args.command == "up":
+        docker.up(config)
+    elif args.command == "reload":
+        docker.reload(config)
+    elif args.command == "scale":
+        docker.scale(config, args.replicas)
+    elif args.command == "images":
+        docker.build(docker.Project(docker.knob_environment(config)), loadtest=True)
+    elif args.command == "wheelhouse":
+        print(f"wheels in {docker.build_wheelhouse(docker.knob_environment(config))}")
+    else:
+        raise local.StackError(f"`{args.command}` is for the local runtime only (RUNTIME=local)")
+    return 0
+
+
+def existing_runtime(run: local.RunDir) -> str:
+    """Which runtime down/ps/logs talk to: RUNTIME if set, else the one a stack was started with."""
+    dotenv = read_env_file(ROOT / ".env") if (ROOT / ".env").is_file() else {}
+    requested = os.environ.get("RUNTIME") or dotenv.get("RUNTIME")
+    if requested in ("local", "docker"):
+        return requested
+    if run.load_state() is not None or not docker_engine_reachable():
+        return "local"
+    return "docker"
+
+
 def dispatch_without_config(args: argparse.Namespace, run: local.RunDir) -> int:
+    if existing_runtime(run) == "docker":
+        if args.command == "down":
+            docker.down()
+        elif args.command == "ps":
+            docker.ps()
+        else:
+            docker.logs(args.follow)
+        return 0
     if args.command == "down":
         local.down(run)
     elif args.command == "ps":

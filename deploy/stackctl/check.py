@@ -1,0 +1,208 @@
+"""`make check`, the config doctor: the effective configuration of every layer, each layer's own
+validator, and the ordering rules of deploy/stackctl/rules.py. `up` and `reload` apply the same rules."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from deploy.stackctl import local, rules
+from deploy.stackctl.config import KNOBS, ROOT, Effective, dump
+from service.settings import ConfigError, Settings
+
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+OVERRIDE = "ALLOW_UNSAFE_CONFIG=1"
+
+
+@dataclass(frozen=True)
+class Validation:
+    layer: str
+    command: str
+    status: str  # ok, failed or skipped
+    detail: str = ""
+
+
+def layer_of(settings: Settings, name: str) -> str:
+    extra = type(settings).model_fields[KNOBS[name]].json_schema_extra
+    return str(extra.get("layer", "")) if isinstance(extra, dict) else ""
+
+
+def knob_table(config: Effective) -> Table:
+    table = Table(title="Effective configuration", title_justify="left", show_edge=False, pad_edge=False)
+    for column in ("knob", "value", "source", "layer"):
+        table.add_column(column, overflow="fold")
+    for name in KNOBS:
+        value = config.values[name]
+        style = None if value.source == "default" else "bold"
+        table.add_row(
+            name, dump(config.settings, name), value.source, layer_of(config.settings, name), style=style
+        )
+    return table
+
+
+def derived_lines(settings: Settings, runtime: str, host: rules.HostFacts) -> list[str]:
+    return [
+        f"runtime {runtime}; profile {settings.profile}",
+        f"gunicorn workers {settings.workers} (WEB_CONCURRENCY={settings.web_concurrency}, 0 = usable CPUs "
+        f"{host.cpus}); nginx workers {rules.nginx_workers(settings, host)} "
+        f"(NGINX_WORKER_PROCESSES={settings.nginx_worker_processes}); nginx -> {settings.upstream}",
+        f"limits: {host.somaxconn.name} = {host.somaxconn.value}, {host.open_files.name} = "
+        f"{host.open_files.value}",
+    ]
+
+
+def validate_nginx(config: Effective) -> Validation:
+    command = "nginx -t"
+    try:
+        nginx = local.find_nginx()
+    except local.StackError as error:
+        return Validation("nginx", command, "skipped", str(error))
+    with tempfile.TemporaryDirectory(prefix="stack-check-") as scratch:
+        run = local.RunDir(Path(scratch))
+        pinned = config.settings.model_copy(update={"nginx_run_dir": str(run.nginx_dir)})
+        local.prepare(run, Effective(pinned, config.values))
+        try:
+            local.check_nginx(nginx, run)
+        except local.StackError as error:
+            return Validation("nginx", command, "failed", str(error))
+    return Validation("nginx", command, "ok", "rendered nginx.conf.template")
+
+
+def validate_gunicorn(config: Effective) -> Validation:
+    command = "gunicorn --check-config"
+    with tempfile.TemporaryDirectory(prefix="stack-check-") as scratch:
+        run = local.RunDir(Path(scratch))
+        local.prepare(run, config)
+        result = subprocess.run(
+            [sys.executable, "-m", "gunicorn", "-c", str(local.GUNICORN_CONF), "--check-config"],
+            cwd=ROOT,
+            env=local.process_env(run),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    if result.returncode != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines() or [f"exit {result.returncode}"]
+        return Validation("gunicorn", command, "failed", lines[-1])
+    try:  # --check-config loads the app but not the worker class
+        from gunicorn.util import load_class
+
+        load_class(config.settings.gunicorn_worker_class, section="gunicorn.workers")
+    except (RuntimeError, ImportError) as error:
+        reason = str(error).splitlines()[0].rstrip(": ")
+        detail = f"GUNICORN_WORKER_CLASS={config.settings.gunicorn_worker_class}: {reason}"
+        return Validation("gunicorn", command, "failed", detail)
+    return Validation("gunicorn", command, "ok", "deploy/gunicorn.conf.py with the rendered env")
+
+
+def compose_command() -> list[str] | None:
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=20)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    return None
+
+
+def validate_compose(config: Effective) -> Validation:
+    if not COMPOSE_FILE.is_file():
+        return Validation("compose", "compose config", "skipped", f"no {COMPOSE_FILE.name} in {ROOT}")
+    command = compose_command()
+    if command is None:
+        missing = "neither `docker compose` nor docker-compose is installed"
+        return Validation("compose", "compose config", "skipped", missing)
+    env = {**os.environ, **{name: dump(config.settings, name) for name in KNOBS}}
+    result = subprocess.run(
+        [*command, "-f", str(COMPOSE_FILE), "config", "-q"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    name = " ".join(command) + " config -q"
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or [f"exit {result.returncode}"]
+        return Validation("compose", name, "failed", lines[-1])
+    return Validation("compose", name, "ok", COMPOSE_FILE.name)
+
+
+def print_findings(findings: list[rules.Finding], console: Console) -> None:
+    for finding in findings:
+        mark = {"ok": "[green]✓ ok[/]", "error": "[red]✗ error[/]", "warning": "[yellow]! warning[/]"}
+        console.print(f"{mark[finding.severity]} {finding.rule}: {finding.claim}", highlight=False)
+        if finding.severity == "ok":
+            continue
+        console.print(f"    why: {finding.why}", highlight=False)
+        console.print(f"    fix: {finding.fix}", highlight=False)
+
+
+def make_console(stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(file=stream, width=None if stream.isatty() else 130, soft_wrap=True)
+
+
+def run_check(config: Effective, runtime: str) -> int:
+    console = make_console()
+    settings = config.settings
+    host = rules.HostFacts.for_runtime(runtime, settings)
+    console.print(knob_table(config))
+    console.print("bold rows come from a profile, .env, the environment or the runtime", style="dim")
+    for line in derived_lines(settings, runtime, host):
+        console.print(line, highlight=False)
+
+    console.print("\n[bold]Validators[/]")
+    validations = [validate_nginx(config), validate_gunicorn(config), validate_compose(config)]
+    for check in validations:
+        colour = {"ok": "green", "failed": "red", "skipped": "yellow"}[check.status]
+        console.print(f"[{colour}]{check.status:>7}[/] {check.command}: {check.detail}", highlight=False)
+
+    findings = rules.evaluate(settings, host)
+    console.print(f"\n[bold]Ordering rules[/] ({len(rules.RULES)} rules, failure-modes.md)")
+    print_findings(findings, console)
+    broken = rules.errors(findings)
+    failed = [c for c in validations if c.status == "failed"]
+    warnings = len(rules.problems(findings)) - len(broken)
+    if broken or failed:
+        parts = [f"{len(broken)} rule violation(s)"] * bool(broken)
+        parts += [f"{', '.join(c.command for c in failed)} failed"] * bool(failed)
+        refusal = f" — `make up` refuses this config ({OVERRIDE} overrides)" if broken else ""
+        console.print(f"[red]check failed: {'; '.join(parts)}[/]{refusal}", highlight=False)
+        return 1
+    console.print(
+        f"[green]check ok:[/] all {len(rules.RULES)} rules hold, {warnings} warning(s); validators: "
+        + ", ".join(f"{c.command} {c.status}" for c in validations),
+        highlight=False,
+    )
+    return 0
+
+
+def refuse_unsafe(config: Effective, runtime: str, command: str) -> None:
+    """What `up` and `reload` run first: refuse a config that breaks a rule unless ALLOW_UNSAFE_CONFIG=1."""
+    findings = rules.evaluate(config.settings, rules.HostFacts.for_runtime(runtime, config.settings))
+    broken = rules.errors(findings)
+    console = make_console(stderr=True)
+    print_findings(rules.problems(findings), console)
+    if not broken:
+        return
+    names = "; ".join(f.claim for f in broken)
+    if rules.unsafe_config_allowed():
+        console.print(
+            f"[bold red]WARNING: {OVERRIDE}: {command} goes ahead with {len(broken)} broken ordering "
+            f"rule(s) ({names}). Expect the failures they describe; never use this in production.[/]",
+            highlight=False,
+        )
+        return
+    raise ConfigError(
+        f"refused: {len(broken)} ordering rule(s) broken ({names}); fix them (see `make check`) or set "
+        f"{OVERRIDE} for an experiment"
+    )

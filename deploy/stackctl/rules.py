@@ -1,0 +1,344 @@
+"""The ordering rules between the layers (../shared/notes/failure-modes.md), as pure functions.
+
+Each rule takes the settings and the facts of the host that will run them and returns its findings: an
+`error` breaks a rule (`make check` fails, `make up` refuses), a `warning` is a setting that does nothing
+or is unwise. Every finding names both variables, both values, the rule and the fix.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import resource
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from service.settings import Settings, env_name, usable_cpus
+
+OUR_WORKER_CLASS = "service.worker.UvicornWorker"
+SOMAXCONN_FILE = Path("/proc/sys/net/core/somaxconn")
+
+
+@dataclass(frozen=True)
+class Fact:
+    """A limit that is not a knob of ours: its name says where it was read."""
+
+    name: str
+    value: int
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    somaxconn: Fact
+    open_files: Fact
+    cpus: int
+
+    @classmethod
+    def local(cls) -> HostFacts:
+        try:
+            somaxconn = int(SOMAXCONN_FILE.read_text())
+        except (OSError, ValueError):
+            somaxconn = 4096  # Linux's default since 5.4; macOS reports no such file
+        soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        open_files = soft_limit if soft_limit != resource.RLIM_INFINITY else 1 << 20
+        return cls(
+            Fact("net.core.somaxconn (this host)", somaxconn),
+            Fact("ulimit -n (this host)", open_files),
+            usable_cpus(),
+        )
+
+    @classmethod
+    def docker(cls, settings: Settings) -> HostFacts:
+        return cls(
+            Fact("COMPOSE_SOMAXCONN", settings.compose_somaxconn),
+            Fact("COMPOSE_NOFILE", settings.compose_nofile),
+            usable_cpus(),
+        )
+
+    @classmethod
+    def for_runtime(cls, runtime: str, settings: Settings) -> HostFacts:
+        return cls.docker(settings) if runtime == "docker" else cls.local()
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str
+    severity: Literal["ok", "error", "warning"]
+    claim: str
+    why: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.rule}: {self.claim} — {self.why}. Fix: {self.fix}."
+
+
+def shown(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def labelled(name: str, value: float) -> str:
+    """NAME=value, or for a sum of knobs that already shows its parts: A=1 + B=2 = 3."""
+    return f"{name} = {shown(value)}" if "=" in name else f"{name}={shown(value)}"
+
+
+def knob(settings: Settings, field: str) -> tuple[str, float]:
+    return env_name(field), getattr(settings, field)
+
+
+def below(
+    rule: str,
+    low: tuple[str, float],
+    high: tuple[str, float],
+    why: str,
+    fix: str,
+    or_equal: bool = False,
+) -> list[Finding]:
+    (low_name, low_value), (high_name, high_value) = low, high
+    holds = low_value <= high_value if or_equal else low_value < high_value
+    relation = "<=" if or_equal else "<"
+    must = "" if holds else "must be "
+    claim = f"{labelled(low_name, low_value)} {must}{relation} {labelled(high_name, high_value)}"
+    return [Finding(rule, "ok" if holds else "error", claim, why, fix)]
+
+
+def nginx_workers(settings: Settings, host: HostFacts) -> int:
+    value = settings.nginx_worker_processes
+    return host.cpus if value == "auto" else int(value)
+
+
+def keepalive_order(settings: Settings, host: HostFacts) -> list[Finding]:
+    return below(
+        "rule 1 (upstream keep-alive)",
+        knob(settings, "nginx_upstream_keepalive_timeout"),
+        knob(settings, "gunicorn_keepalive"),
+        "otherwise nginx reuses a pooled connection the app is closing: sporadic 502, mostly on POST, "
+        "which nginx does not retry",
+        "lower NGINX_UPSTREAM_KEEPALIVE_TIMEOUT or raise GUNICORN_KEEPALIVE above it",
+    )
+
+
+def websocket_ping_order(settings: Settings, host: HostFacts) -> list[Finding]:
+    silence = settings.uvicorn_ws_ping_interval + settings.uvicorn_ws_ping_timeout
+    return below(
+        "rule 2 (WebSocket pings)",
+        (
+            f"UVICORN_WS_PING_INTERVAL={shown(settings.uvicorn_ws_ping_interval)} + "
+            f"UVICORN_WS_PING_TIMEOUT={shown(settings.uvicorn_ws_ping_timeout)}",
+            silence,
+        ),
+        knob(settings, "nginx_ws_read_timeout"),
+        "nginx closes a WebSocket tunnel that stays silent for NGINX_WS_READ_TIMEOUT; the client sees 1006",
+        "lower UVICORN_WS_PING_INTERVAL/UVICORN_WS_PING_TIMEOUT or raise NGINX_WS_READ_TIMEOUT above "
+        f"{shown(silence)}",
+    )
+
+
+def request_timeout_order(settings: Settings, host: HostFacts) -> list[Finding]:
+    return below(
+        "rule 3 (request timeouts)",
+        knob(settings, "app_request_timeout"),
+        knob(settings, "nginx_proxy_read_timeout"),
+        "the app must give up first so the client gets the app's JSON 504, not nginx's 504",
+        "lower APP_REQUEST_TIMEOUT or raise NGINX_PROXY_READ_TIMEOUT above it",
+    ) + below(
+        "rule 3 (request timeouts)",
+        knob(settings, "nginx_proxy_read_timeout"),
+        knob(settings, "locust_client_timeout"),
+        "a client that gives up before nginx never sees the server's answer (nginx logs 499)",
+        "raise LOCUST_CLIENT_TIMEOUT or lower NGINX_PROXY_READ_TIMEOUT below it",
+    )
+
+
+def graceful_shutdown_order(settings: Settings, host: HostFacts) -> list[Finding]:
+    return below(
+        "rule 4 (graceful shutdown)",
+        knob(settings, "uvicorn_timeout_graceful_shutdown"),
+        knob(settings, "gunicorn_graceful_timeout"),
+        "gunicorn SIGKILLs workers still draining after GUNICORN_GRACEFUL_TIMEOUT: their in-flight requests "
+        "die with 502 instead of uvicorn closing them in order",
+        "lower UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN or raise GUNICORN_GRACEFUL_TIMEOUT above it",
+    ) + below(
+        "rule 4 (graceful shutdown)",
+        knob(settings, "gunicorn_graceful_timeout"),
+        knob(settings, "compose_stop_grace_period"),
+        "docker SIGKILLs the app container before gunicorn's graceful stop ends: exit 137, work lost",
+        "lower GUNICORN_GRACEFUL_TIMEOUT or raise COMPOSE_STOP_GRACE_PERIOD above it",
+    )
+
+
+def blocking_vs_heartbeat(settings: Settings, host: HostFacts) -> list[Finding]:
+    return below(
+        "rule 5 (blocked event loop)",
+        knob(settings, "app_expected_blocking"),
+        knob(settings, "gunicorn_timeout"),
+        "a loop blocked longer than GUNICORN_TIMEOUT misses its heartbeat: gunicorn kills the worker and "
+        "every request on it gets 502",
+        "move blocking code off the loop (a `def` route or anyio.to_thread), or raise GUNICORN_TIMEOUT above "
+        "APP_EXPECTED_BLOCKING",
+    )
+
+
+def connection_capacity(settings: Settings, host: HostFacts) -> list[Finding]:
+    findings = below(
+        "rule 6 (listen backlog)",
+        knob(settings, "gunicorn_backlog"),
+        (host.somaxconn.name, host.somaxconn.value),
+        "the kernel silently caps the listen queue at somaxconn, so bursts are reset earlier than configured",
+        f"lower GUNICORN_BACKLOG to at most {host.somaxconn.value} or raise {host.somaxconn.name}",
+        or_equal=True,
+    )
+    if settings.uvicorn_limit_concurrency:
+        proxied = settings.uvicorn_limit_concurrency * settings.workers
+        per_nginx_worker = math.ceil(proxied / nginx_workers(settings, host))
+        findings += below(
+            "rule 6 (nginx connections)",
+            (
+                f"2 x UVICORN_LIMIT_CONCURRENCY={settings.uvicorn_limit_concurrency} x workers="
+                f"{settings.workers} / nginx workers={nginx_workers(settings, host)}",
+                2 * per_nginx_worker,
+            ),
+            knob(settings, "nginx_worker_connections"),
+            "each proxied request holds a client and an upstream connection; nginx refuses new ones past "
+            "NGINX_WORKER_CONNECTIONS ('worker_connections are not enough')",
+            f"raise NGINX_WORKER_CONNECTIONS to at least {2 * per_nginx_worker} or lower "
+            "UVICORN_LIMIT_CONCURRENCY / WEB_CONCURRENCY",
+            or_equal=True,
+        )
+    findings += below(
+        "rule 6 (open files)",
+        knob(settings, "nginx_worker_connections"),
+        knob(settings, "nginx_worker_rlimit_nofile"),
+        "every connection is a file descriptor; nginx fails with 'Too many open files' before it reaches "
+        "NGINX_WORKER_CONNECTIONS",
+        "raise NGINX_WORKER_RLIMIT_NOFILE or lower NGINX_WORKER_CONNECTIONS",
+        or_equal=True,
+    )
+    findings += below(
+        "rule 6 (open files)",
+        knob(settings, "nginx_worker_rlimit_nofile"),
+        (host.open_files.name, host.open_files.value),
+        "nginx cannot raise its open-file limit past the limit it runs under",
+        f"lower NGINX_WORKER_RLIMIT_NOFILE to at most {host.open_files.value} or raise "
+        f"{host.open_files.name}",
+        or_equal=True,
+    )
+    return findings
+
+
+def concurrency_headroom(settings: Settings, host: HostFacts) -> list[Finding]:
+    limit = settings.uvicorn_limit_concurrency
+    if not limit:
+        return []
+    workers = nginx_workers(settings, host)
+    pooled = settings.nginx_upstream_keepalive * workers
+    reserved = pooled + settings.app_expected_websockets
+    return below(
+        "rule 7 (concurrency headroom)",
+        (
+            f"NGINX_UPSTREAM_KEEPALIVE={settings.nginx_upstream_keepalive} x nginx workers={workers} + "
+            f"APP_EXPECTED_WEBSOCKETS={settings.app_expected_websockets}",
+            reserved,
+        ),
+        knob(settings, "uvicorn_limit_concurrency"),
+        "uvicorn counts idle pooled keep-alive connections and WebSockets against its limit and answers an "
+        "immediate 503 above it, even when no request is busy",
+        f"raise UVICORN_LIMIT_CONCURRENCY above {reserved} or lower NGINX_UPSTREAM_KEEPALIVE / "
+        "APP_EXPECTED_WEBSOCKETS",
+    )
+
+
+def is_our_worker_class(path: str) -> bool:
+    if path == OUR_WORKER_CLASS:
+        return True
+    module_name, _, class_name = path.rpartition(".")
+    if not module_name:
+        return False
+    try:
+        candidate = getattr(importlib.import_module(module_name), class_name)
+        ours = getattr(importlib.import_module("service.worker"), "UvicornWorker")  # noqa: B009
+    except (ImportError, AttributeError):
+        return False
+    return isinstance(candidate, type) and issubclass(candidate, ours)
+
+
+def settings_without_effect(settings: Settings, host: HostFacts) -> list[Finding]:
+    findings = []
+    set_uvicorn = sorted(env_name(f) for f in settings.model_fields_set if f.startswith("uvicorn_"))
+    if set_uvicorn and not is_our_worker_class(settings.gunicorn_worker_class):
+        findings.append(
+            Finding(
+                "no effect",
+                "warning",
+                f"{', '.join(set_uvicorn)} set while GUNICORN_WORKER_CLASS={settings.gunicorn_worker_class}",
+                f"only {OUR_WORKER_CLASS} passes UVICORN_* knobs to uvicorn; they do nothing here",
+                f"unset them or use GUNICORN_WORKER_CLASS={OUR_WORKER_CLASS}",
+            )
+        )
+    maximum, jitter = settings.gunicorn_max_requests, settings.gunicorn_max_requests_jitter
+    if maximum and not 0.1 * maximum <= jitter <= 0.5 * maximum:
+        findings.append(
+            Finding(
+                "recycling jitter",
+                "warning",
+                f"GUNICORN_MAX_REQUESTS_JITTER={jitter} is {100 * jitter / maximum:.0f} % of "
+                f"GUNICORN_MAX_REQUESTS={maximum}",
+                "outside 10-50 % workers recycle nearly together (too little) or unpredictably (too much)",
+                f"set GUNICORN_MAX_REQUESTS_JITTER between {math.ceil(0.1 * maximum)} and {maximum // 2}",
+            )
+        )
+    if not maximum and jitter:
+        findings.append(
+            Finding(
+                "recycling jitter",
+                "warning",
+                f"GUNICORN_MAX_REQUESTS_JITTER={jitter} with GUNICORN_MAX_REQUESTS=0",
+                "jitter only applies when workers are recycled",
+                "set GUNICORN_MAX_REQUESTS_JITTER=0 or enable GUNICORN_MAX_REQUESTS",
+            )
+        )
+    if not settings.uvicorn_limit_concurrency:
+        findings.append(
+            Finding(
+                "unbounded concurrency",
+                "warning",
+                "UVICORN_LIMIT_CONCURRENCY=0 (unlimited) with "
+                f"NGINX_WORKER_CONNECTIONS={settings.nginx_worker_connections}",
+                "nginx worker connections cannot be sized against an unlimited app, and an overloaded worker "
+                "queues instead of answering 503",
+                "set UVICORN_LIMIT_CONCURRENCY",
+            )
+        )
+    return findings
+
+
+Rule = Callable[[Settings, HostFacts], list[Finding]]
+
+RULES: tuple[Rule, ...] = (
+    keepalive_order,
+    websocket_ping_order,
+    request_timeout_order,
+    graceful_shutdown_order,
+    blocking_vs_heartbeat,
+    connection_capacity,
+    concurrency_headroom,
+)
+ADVICE: tuple[Rule, ...] = (settings_without_effect,)
+
+
+def evaluate(settings: Settings, host: HostFacts) -> list[Finding]:
+    return [finding for rule in RULES + ADVICE for finding in rule(settings, host)]
+
+
+def errors(findings: list[Finding]) -> list[Finding]:
+    return [f for f in findings if f.severity == "error"]
+
+
+def problems(findings: list[Finding]) -> list[Finding]:
+    return [f for f in findings if f.severity != "ok"]
+
+
+def unsafe_config_allowed(environ: dict[str, str] | None = None) -> bool:
+    return (os.environ if environ is None else environ).get("ALLOW_UNSAFE_CONFIG", "") in ("1", "yes", "true")

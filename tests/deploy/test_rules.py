@@ -1,0 +1,197 @@
+"""The ordering rules of deploy/stackctl/rules.py, called directly: each broken rule names both knobs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from deploy.stackctl import rules
+from deploy.stackctl.config import PROFILES_DIR, effective
+from service.settings import load_settings, usable_cpus
+
+HOST = rules.HostFacts(
+    rules.Fact("net.core.somaxconn (this host)", 4096),
+    rules.Fact("ulimit -n (this host)", 20000),
+    usable_cpus(),
+)
+PROFILES = sorted(path.stem for path in PROFILES_DIR.glob("*.env"))
+
+BROKEN: list[tuple[rules.Rule, dict[str, Any], tuple[str, str], tuple[str, str]]] = [
+    (
+        rules.keepalive_order,
+        {"nginx_upstream_keepalive_timeout": 20, "gunicorn_keepalive": 20},
+        ("NGINX_UPSTREAM_KEEPALIVE_TIMEOUT", "GUNICORN_KEEPALIVE"),
+        ("=20", "=20"),
+    ),
+    (
+        rules.websocket_ping_order,
+        {"uvicorn_ws_ping_interval": 50, "uvicorn_ws_ping_timeout": 30, "nginx_ws_read_timeout": 60},
+        ("UVICORN_WS_PING_INTERVAL=50 + UVICORN_WS_PING_TIMEOUT=30", "NGINX_WS_READ_TIMEOUT"),
+        ("= 80", "=60"),
+    ),
+    (
+        rules.request_timeout_order,
+        {"app_request_timeout": 40, "nginx_proxy_read_timeout": 30},
+        ("APP_REQUEST_TIMEOUT", "NGINX_PROXY_READ_TIMEOUT"),
+        ("=40", "=30"),
+    ),
+    (
+        rules.request_timeout_order,
+        {"nginx_proxy_read_timeout": 90, "locust_client_timeout": 60},
+        ("NGINX_PROXY_READ_TIMEOUT", "LOCUST_CLIENT_TIMEOUT"),
+        ("=90", "=60"),
+    ),
+    (
+        rules.graceful_shutdown_order,
+        {"uvicorn_timeout_graceful_shutdown": 26, "gunicorn_graceful_timeout": 25},
+        ("UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN", "GUNICORN_GRACEFUL_TIMEOUT"),
+        ("=26", "=25"),
+    ),
+    (
+        rules.graceful_shutdown_order,
+        {"gunicorn_graceful_timeout": 25, "compose_stop_grace_period": 10},
+        ("GUNICORN_GRACEFUL_TIMEOUT", "COMPOSE_STOP_GRACE_PERIOD"),
+        ("=25", "=10"),
+    ),
+    (
+        rules.blocking_vs_heartbeat,
+        {"app_expected_blocking": 45, "gunicorn_timeout": 30},
+        ("APP_EXPECTED_BLOCKING", "GUNICORN_TIMEOUT"),
+        ("=45", "=30"),
+    ),
+    (
+        rules.connection_capacity,
+        {"gunicorn_backlog": 8192},
+        ("GUNICORN_BACKLOG", "net.core.somaxconn"),
+        ("=8192", "=4096"),
+    ),
+    (
+        rules.connection_capacity,
+        {"uvicorn_limit_concurrency": 3000, "web_concurrency": 2, "nginx_worker_processes": "2"},
+        ("UVICORN_LIMIT_CONCURRENCY=3000", "NGINX_WORKER_CONNECTIONS"),
+        ("= 6000", "=4096"),
+    ),
+    (
+        rules.connection_capacity,
+        {"nginx_worker_connections": 12000},
+        ("NGINX_WORKER_CONNECTIONS", "NGINX_WORKER_RLIMIT_NOFILE"),
+        ("=12000", "=10000"),
+    ),
+    (
+        rules.connection_capacity,
+        {"nginx_worker_rlimit_nofile": 50000},
+        ("NGINX_WORKER_RLIMIT_NOFILE", "ulimit -n"),
+        ("=50000", "=20000"),
+    ),
+    (
+        rules.concurrency_headroom,
+        {"uvicorn_limit_concurrency": 100, "nginx_upstream_keepalive": 32, "nginx_worker_processes": "2"},
+        ("NGINX_UPSTREAM_KEEPALIVE=32", "UVICORN_LIMIT_CONCURRENCY"),
+        ("= 164", "=100"),
+    ),
+]
+
+
+def test_the_defaults_obey_every_rule() -> None:
+    findings = rules.evaluate(load_settings(), HOST)
+    assert rules.problems(findings) == []
+    assert {f.rule.split(" (")[0] for f in findings} == {f"rule {n}" for n in range(1, 8)}
+
+
+@pytest.mark.parametrize(("rule", "overrides", "names", "values"), BROKEN)
+def test_a_broken_rule_is_an_error_naming_both_knobs_and_values(
+    rule: rules.Rule, overrides: dict[str, Any], names: tuple[str, str], values: tuple[str, str]
+) -> None:
+    assert rules.errors(rule(load_settings(), HOST)) == [], "the defaults must pass this rule"
+    broken = rules.errors(rule(load_settings(**overrides), HOST))
+    assert len(broken) == 1
+    message = str(broken[0])
+    for name in names:
+        assert name in message
+    left, right = message.split(" must be ")
+    assert names[0] in left and values[0] in left
+    assert names[1] in right and values[1] in right
+    assert "Fix:" in message and broken[0].fix and broken[0].why
+
+
+def test_every_rule_has_a_breaking_case() -> None:
+    assert {case[0] for case in BROKEN} == set(rules.RULES)
+
+
+def test_docker_limits_come_from_the_compose_knobs() -> None:
+    settings = load_settings(compose_somaxconn=128, compose_nofile=4096)
+    host = rules.HostFacts.docker(settings)
+    claims = [f.claim for f in rules.errors(rules.connection_capacity(settings, host))]
+    assert claims == [
+        "GUNICORN_BACKLOG=2048 must be <= COMPOSE_SOMAXCONN=128",
+        "NGINX_WORKER_RLIMIT_NOFILE=10000 must be <= COMPOSE_NOFILE=4096",
+    ]
+
+
+def test_local_limits_are_read_from_this_host() -> None:
+    import resource
+
+    host = rules.HostFacts.local()
+    assert host.open_files.value == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert host.somaxconn.value == int(rules.SOMAXCONN_FILE.read_text())
+
+
+def test_boundaries_are_strict_where_the_rule_says_below() -> None:
+    at_limit = load_settings(gunicorn_backlog=4096, nginx_worker_connections=10000)
+    assert rules.errors(rules.connection_capacity(at_limit, HOST)) == []
+    equal = load_settings(app_request_timeout=30, nginx_proxy_read_timeout=30)
+    assert len(rules.errors(rules.request_timeout_order(equal, HOST))) == 1
+
+
+def test_unlimited_concurrency_skips_the_sizing_but_warns() -> None:
+    settings = load_settings(uvicorn_limit_concurrency=0)
+    assert rules.errors(rules.evaluate(settings, HOST)) == []
+    warnings = [f for f in rules.evaluate(settings, HOST) if f.severity == "warning"]
+    assert [f.rule for f in warnings] == ["unbounded concurrency"]
+
+
+def test_uvicorn_knobs_without_our_worker_class_warn() -> None:
+    foreign = load_settings(gunicorn_worker_class="asgi", uvicorn_ws_ping_interval=5)
+    warnings = [f for f in rules.settings_without_effect(foreign, HOST) if f.rule == "no effect"]
+    assert len(warnings) == 1
+    assert (
+        "UVICORN_WS_PING_INTERVAL" in warnings[0].claim and "GUNICORN_WORKER_CLASS=asgi" in warnings[0].claim
+    )
+    ours = load_settings(uvicorn_ws_ping_interval=5)
+    assert rules.settings_without_effect(ours, HOST) == []
+    unset = load_settings(gunicorn_worker_class="asgi")
+    assert rules.settings_without_effect(unset, HOST) == []
+
+
+@pytest.mark.parametrize(
+    ("jitter", "warned"), [(0, True), (999, True), (1000, False), (5000, False), (5001, True)]
+)
+def test_jitter_outside_10_to_50_percent_warns(jitter: int, warned: bool) -> None:
+    settings = load_settings(gunicorn_max_requests=10000, gunicorn_max_requests_jitter=jitter)
+    found = [f for f in rules.settings_without_effect(settings, HOST) if f.rule == "recycling jitter"]
+    assert bool(found) == warned
+    if warned:
+        assert "GUNICORN_MAX_REQUESTS_JITTER" in found[0].claim and "GUNICORN_MAX_REQUESTS=" in found[0].claim
+
+
+def test_warnings_do_not_make_a_config_unsafe() -> None:
+    settings = load_settings(gunicorn_max_requests_jitter=0)
+    assert rules.problems(rules.evaluate(settings, HOST)) and not rules.errors(rules.evaluate(settings, HOST))
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_profile_obeys_every_rule_on_this_host(profile: str) -> None:
+    config = effective(environ={"PROFILE": profile}, env_file=None)
+    for runtime in ("local", "docker"):
+        host = rules.HostFacts.for_runtime(runtime, config.settings)
+        assert rules.errors(rules.evaluate(config.settings, host)) == [], (profile, runtime)
+
+
+def test_the_four_profiles_exist() -> None:
+    assert {"default", "io-heavy", "websocket-heavy", "cpu-bound"} <= set(PROFILES)
+
+
+@pytest.mark.parametrize(("value", "allowed"), [("1", True), ("yes", True), ("", False), ("0", False)])
+def test_the_override_is_explicit(value: str, allowed: bool) -> None:
+    assert rules.unsafe_config_allowed({"ALLOW_UNSAFE_CONFIG": value}) is allowed
