@@ -134,7 +134,9 @@ def check_nginx(nginx: str, run: RunDir) -> None:
         [nginx, "-t", "-q", "-c", str(run.nginx_conf), "-e", "stderr"], capture_output=True, text=True
     )
     if test.returncode != 0:
-        raise StackError(f"nginx -t rejected {run.nginx_conf}: {test.stderr.strip().splitlines()[-1]}")
+        lines = test.stderr.strip().splitlines() or ["(no output)"]
+        reason = next((line for line in lines if "[emerg]" in line), lines[-1])
+        raise StackError(f"nginx -t rejected {run.nginx_conf}: {reason}")
 
 
 def pinned_paths(run: RunDir) -> dict[str, str]:
