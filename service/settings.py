@@ -352,7 +352,11 @@ class Settings(BaseSettings):
         100, "requests/s", "nginx", "Rate per client IP when NGINX_LIMIT_REQ_ENABLED=1.", ge=1
     )
     nginx_limit_req_burst: int = knob(
-        200, "requests", "nginx", "Requests above the rate accepted at once before 429 (nginx needs >= 1).", ge=1
+        200,
+        "requests",
+        "nginx",
+        "Requests above the rate accepted at once before 429 (nginx needs >= 1).",
+        ge=1,
     )
     nginx_limit_conn_enabled: int = knob(
         0, "0/1", "nginx", "Per-client-IP concurrent connection limit (503 above it).", ge=0, le=1
