@@ -1,0 +1,18 @@
+"""One real local stack (nginx + gunicorn, one worker) on free ports for every Locust test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.stack.conftest import Stack, make_stack
+
+
+@pytest.fixture(scope="session")
+def loadtest_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One worker, so that the blocking route stalls everything beside it."""
+    stack = make_stack(tmp_path_factory.mktemp("loadtest-stack"), WEB_CONCURRENCY="1")
+    stack.up()
+    yield stack
+    stack.down()
