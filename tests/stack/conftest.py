@@ -79,7 +79,12 @@ def make_stack(run_dir: Path, **knobs: str) -> Stack:
 @pytest.fixture(scope="session")
 def one_worker_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """One worker, so that what happens to 'the worker' is deterministic; a short app timeout."""
-    stack = make_stack(tmp_path_factory.mktemp("one-worker"), WEB_CONCURRENCY="1", APP_REQUEST_TIMEOUT="2")
+    stack = make_stack(
+        tmp_path_factory.mktemp("one-worker"),
+        WEB_CONCURRENCY="1",
+        APP_REQUEST_TIMEOUT="2",
+        UVICORN_WS_MAX_SIZE="16384",
+    )
     stack.up()
     yield stack
     stack.down()
