@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -123,6 +124,7 @@ def build_router(settings: Settings) -> APIRouter:
     async def info(request: Request) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
+            "hostname": socket.gethostname(),
             "client": request.client.host if request.client else None,
             "x_forwarded_for": request.headers.get("x-forwarded-for"),
             "request_id": request.headers.get("x-request-id"),

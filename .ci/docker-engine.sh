@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# A private Docker engine for CI, and base images without a registry (see README, "Containers in CI").
+#
+#   .ci/docker-engine.sh start DIR   start dockerd with its data, socket and pid under DIR, wait until it
+#                                    answers, make the base images; prints `export ...` lines to eval
+#   .ci/docker-engine.sh stop DIR    stop the dockerd started with DIR (by its pid) and remove DIR
+#
+# The engine leaves the host alone: no iptables rules, no masquerading, no forwarding, no docker0 bridge.
+# Compose's own networks, service-name DNS and published loopback ports (userland proxy) still work.
+# Base images: Debian root filesystems from mmdebstrap, `docker import`ed — python3 + venv for the app
+# and Locust images, nginx-light + envsubst for the nginx image. Nothing is cached between runs.
+set -euo pipefail
+
+command=${1:?usage: $0 start|stop DIR}
+dir=${2:?usage: $0 start|stop DIR}
+socket="unix://$dir/docker.sock"
+suite=${DEBIAN_SUITE:-bookworm}
+
+fail() { echo "docker-engine: $*" >&2; exit 1; }
+
+start() {
+    mkdir -p "$dir"
+    command -v dockerd >/dev/null || fail "dockerd is not installed (apt-get install docker.io)"
+    command -v mmdebstrap >/dev/null || fail "mmdebstrap is not installed (apt-get install mmdebstrap)"
+    # The root filesystems build while the engine starts.
+    mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates \
+        "$suite" "$dir/python-base.tar" >"$dir/mmdebstrap-python.log" 2>&1 &
+    python_rootfs=$!
+    mmdebstrap --quiet --variant=minbase --include=nginx-light,gettext-base \
+        "$suite" "$dir/nginx-base.tar" >"$dir/mmdebstrap-nginx.log" 2>&1 &
+    nginx_rootfs=$!
+
+    dockerd --iptables=false --ip-masq=false --ip-forward=false --bridge=none \
+        --data-root "$dir/data" --exec-root "$dir/exec" -H "$socket" --pidfile "$dir/dockerd.pid" \
+        >"$dir/dockerd.log" 2>&1 &
+    echo $! >"$dir/dockerd.started-pid"
+    for _ in $(seq 60); do
+        DOCKER_HOST=$socket docker info >/dev/null 2>&1 && break
+        kill -0 "$(cat "$dir/dockerd.started-pid")" 2>/dev/null || fail "dockerd exited: $(tail -n 3 "$dir/dockerd.log")"
+        sleep 0.5
+    done
+    DOCKER_HOST=$socket docker info >/dev/null 2>&1 || fail "dockerd did not answer within 30 s: $(tail -n 3 "$dir/dockerd.log")"
+
+    wait "$python_rootfs" || fail "mmdebstrap (python base) failed: $(tail -n 3 "$dir/mmdebstrap-python.log")"
+    wait "$nginx_rootfs" || fail "mmdebstrap (nginx base) failed: $(tail -n 3 "$dir/mmdebstrap-nginx.log")"
+    DOCKER_HOST=$socket docker import "$dir/python-base.tar" "blueprint/python-base:$suite" >/dev/null
+    DOCKER_HOST=$socket docker import "$dir/nginx-base.tar" "blueprint/nginx-base:$suite" >/dev/null
+    rm -f "$dir/python-base.tar" "$dir/nginx-base.tar"
+
+    echo "export DOCKER_HOST=$socket"
+    echo "export PYTHON_IMAGE=blueprint/python-base:$suite NGINX_IMAGE=blueprint/nginx-base:$suite OFFLINE=1"
+}
+
+stop() {
+    [ -f "$dir/dockerd.started-pid" ] || return 0
+    pid=$(cat "$dir/dockerd.started-pid")
+    if kill -0 "$pid" 2>/dev/null; then
+        DOCKER_HOST=$socket docker ps -q | xargs -r env DOCKER_HOST="$socket" docker rm -f >/dev/null 2>&1 || true
+        kill "$pid"
+        for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+        kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
+    fi
+    # Container mounts under the exec root must go before the directory can.
+    grep -F " $dir/" /proc/mounts | cut -d' ' -f2 | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+    rm -rf "$dir"
+}
+
+case "$command" in
+    start) start ;;
+    stop) stop ;;
+    *) fail "unknown command $command; use start or stop" ;;
+esac

@@ -1,0 +1,149 @@
+#!/bin/sh
+# Entrypoint of the nginx image. Needs only /bin/sh, nginx, envsubst and a resolver tool (glibc `getent`,
+# or busybox `nslookup` on Alpine) — so a site can build it on its own vetted base image.
+#
+#   blueprint-nginx serve    (the CMD) render the template, `nginx -t`, run nginx in the foreground, and
+#                            follow the app's replicas (below). STOPSIGNAL is QUIT: nginx finishes open
+#                            requests, then exits 0.
+#   blueprint-nginx reload   re-render and reload the running nginx (`make reload` runs it via exec).
+#   blueprint-nginx health   the HEALTHCHECK: nginx answers on its loopback status port.
+#
+# Rendering substitutes only the ${NGINX_*} names the template uses (nginx's own $variables stay), and
+# fails with one line when one of them is not set: docker-compose.yml passes every NGINX_* knob.
+#
+# Why it re-resolves: nginx resolves `server app:8000;` once, at start. When compose recreates or scales
+# the app, the containers get new addresses and nginx keeps sending to the old one (502). Two known fixes:
+#   - `resolver 127.0.0.11` + a variable in proxy_pass: re-resolves per request, but such a proxy_pass has
+#     no `upstream` block, so no upstream keep-alive pool — the very thing this blueprint tunes;
+#   - `server app:8000 resolve;` in the upstream: right, but only in nginx >= 1.27.3 (Debian 12 has 1.22).
+# So this script does what `resolve` does, on any nginx: every RESOLVE_EVERY seconds it asks Docker's DNS
+# for all addresses of the upstream host, and when the set changes it renders one `server` line per
+# replica and reloads nginx (graceful: open requests finish on the old workers). Keep-alive pools stay.
+set -eu
+
+TEMPLATE=${NGINX_TEMPLATE:-/etc/blueprint/nginx.conf.template}
+RUN_DIR=${NGINX_RUN_DIR:-/tmp/nginx}
+CONF=$RUN_DIR/nginx.conf
+ADDRESSES=$RUN_DIR/upstream.addresses
+RESOLVE_EVERY=2
+
+log() { echo "blueprint-nginx: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+template_variables() {
+    grep -o '\${NGINX_[A-Z0-9_]*}' "$TEMPLATE" | tr -d '${}' | sort -u
+}
+
+upstream_host() { echo "${NGINX_UPSTREAM%:*}"; }
+upstream_port() { echo "${NGINX_UPSTREAM##*:}"; }
+
+# All IPv4 addresses of a host name, sorted, one per line; nothing when it does not resolve.
+resolve() {
+    case "$1" in
+        *[!0-9.]*) ;;
+        *) echo "$1"; return ;;
+    esac
+    # glibc: every address; musl's getent knows no `ahostsv4` (and `hosts` prints only the first one).
+    found=$(getent ahostsv4 "$1" 2>/dev/null | awk '{ print $1 }') || found=""
+    if [ -z "$found" ] && command -v nslookup >/dev/null 2>&1; then
+        found=$(nslookup "$1" 2>/dev/null | awk '/^Name:/ { answer = 1; next } answer && /^Address/ { print $NF }')
+    fi
+    echo "$found" | grep -E '^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$' | sort -u || true
+}
+
+# The value `server ${NGINX_UPSTREAM};` is rendered with: one server per address.
+server_lines() {
+    echo "$1" | awk -v port="$(upstream_port)" '
+        NR > 1 { printf ";\n        server " }
+        { printf "%s:%s", $1, port }'
+}
+
+# Render the template for the given addresses into $CONF and check it with `nginx -t`.
+render() {
+    missing=""
+    for name in $(template_variables); do
+        eval "value=\${$name-unset}"
+        # shellcheck disable=SC2154 # set by eval
+        [ "$value" != unset ] || missing="$missing $name"
+    done
+    if [ -n "$missing" ]; then
+        log "template variables not set in the environment:$missing"
+        return 1
+    fi
+    mkdir -p "$RUN_DIR/client_body" "$RUN_DIR/proxy" "$RUN_DIR/fastcgi" "$RUN_DIR/uwsgi" "$RUN_DIR/scgi"
+    names=$(template_variables | sed 's/.*/${&}/' | tr '\n' ' ')
+    NGINX_UPSTREAM=$(server_lines "$1") envsubst "$names" <"$TEMPLATE" >"$CONF.new"
+    if ! checked=$(nginx -t -q -c "$CONF.new" -e stderr 2>&1); then
+        log "nginx -t rejected the rendered config: $(echo "$checked" | tail -n 1)"
+        return 1
+    fi
+    mv "$CONF.new" "$CONF"
+    echo "$1" >"$ADDRESSES"
+}
+
+current_addresses() {
+    addresses=$(resolve "$(upstream_host)")
+    [ -n "$addresses" ] || die "NGINX_UPSTREAM=$NGINX_UPSTREAM: $(upstream_host) does not resolve"
+    echo "$addresses"
+}
+
+render_current() {
+    addresses=$(current_addresses) || exit 1
+    render "$addresses" || exit 1
+}
+
+# Re-resolve; on a new set of addresses re-render and signal nginx. An empty answer (the app is being
+# recreated) keeps the last good config.
+follow_upstream() {
+    addresses=$(resolve "$(upstream_host)")
+    [ -n "$addresses" ] || return 0
+    [ "$addresses" != "$(cat "$ADDRESSES" 2>/dev/null)" ] || return 0
+    log "$(upstream_host) now resolves to $(echo "$addresses" | tr '\n' ' ')- reloading"
+    render "$addresses" || return 1
+    kill -HUP "$1"
+}
+
+serve() {
+    : "${NGINX_UPSTREAM:?is not set (host:port of the app)}"
+    render_current
+    nginx -c "$CONF" -e stderr -g 'daemon off;' &
+    nginx_pid=$!
+    stopping=""
+    trap 'stopping=1; kill -QUIT $nginx_pid 2>/dev/null || true' QUIT TERM INT
+    trap 'kill -HUP $nginx_pid 2>/dev/null || true' HUP
+    while kill -0 "$nginx_pid" 2>/dev/null; do
+        sleep "$RESOLVE_EVERY" &
+        wait $! || true
+        [ -n "$stopping" ] || follow_upstream "$nginx_pid" || log "kept the previous config"
+    done
+    status=0
+    wait "$nginx_pid" || status=$?
+    exit "$status"
+}
+
+reload() {
+    render_current
+    kill -HUP "$(cat "$RUN_DIR/nginx.pid")"
+    log "reloaded: upstream $(tr '\n' ' ' <"$ADDRESSES")"
+}
+
+health() {
+    url="http://127.0.0.1:${NGINX_STATUS_PORT:-8081}/stub_status"
+    if command -v wget >/dev/null 2>&1; then
+        wget -q -T 3 -O - "$url" | grep -q '^Active connections'
+    elif command -v bash >/dev/null 2>&1; then
+        # shellcheck disable=SC2016 # expanded by bash
+        timeout 3 bash -c 'exec 3<>/dev/tcp/127.0.0.1/$1 && printf "GET /stub_status HTTP/1.0\r\n\r\n" >&3 &&
+            grep -q "^Active connections" <&3' _ "${NGINX_STATUS_PORT:-8081}"
+    else
+        kill -0 "$(cat "$RUN_DIR/nginx.pid")"
+    fi
+}
+
+case "${1:-serve}" in
+    serve) serve ;;
+    reload) reload ;;
+    health) health ;;
+    resolve) resolve "$2" ;;
+    *) die "unknown command ${1}; use serve, reload, health or resolve HOST" ;;
+esac

@@ -1,0 +1,291 @@
+"""The docker runtime: the stack as a compose project (docker-compose.yml) on a Docker engine.
+
+Compose v2 (`docker compose`) when the plugin exists, else the standalone `docker-compose` (1.29 works).
+The project name is COMPOSE_PROJECT_NAME (default `blueprint`), so several stacks can share an engine.
+Knob values reach compose's `${NAME:-default}` interpolation through the environment: stackctl passes the
+effective value of every knob (profile, `.env`, environment), validated before anything starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+
+from deploy.pins import pinned_requirements
+from deploy.stackctl.config import ROOT, Effective
+from deploy.stackctl.local import StackError, port_in_use
+
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+WHEELHOUSE = ROOT / "wheelhouse"
+DEFAULT_PROJECT = "blueprint"
+ALL_PROFILES = ("--profile", "loadtest")
+HEALTHY_WITHIN = 180.0
+
+
+def default_build_arg(name: str) -> str:
+    """A base image's default, from the Dockerfile that declares it (compose repeats it; a test checks)."""
+    dockerfile = "Dockerfile.nginx" if name == "NGINX_IMAGE" else "Dockerfile.app"
+    text = (ROOT / "deploy" / dockerfile).read_text()
+    found = re.search(rf"^ARG {name}=(\S+)$", text, re.MULTILINE)
+    if not found:
+        raise StackError(f"deploy/{dockerfile} declares no default for {name}")
+    return found.group(1)
+
+
+def compose_command() -> list[str]:
+    if not shutil.which("docker"):
+        raise StackError("the docker CLI is not installed; install Docker or use RUNTIME=local")
+    v2 = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+    if v2.returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    raise StackError(
+        "neither `docker compose` (v2 plugin) nor `docker-compose` is installed; install one, "
+        "e.g. apt-get install docker-compose-plugin (or docker-compose)"
+    )
+
+
+class ComposeFailed(StackError):
+    def __init__(self, message: str, output: str) -> None:
+        super().__init__(message)
+        self.output = output
+
+
+@dataclass
+class Container:
+    id: str
+    name: str
+    service: str
+    status: str
+    health: str
+    exit_code: int
+
+    @classmethod
+    def from_inspect(cls, data: dict[str, Any]) -> Container:
+        state = data["State"]
+        return cls(
+            id=data["Id"][:12],
+            name=data["Name"].lstrip("/"),
+            service=data["Config"]["Labels"].get("com.docker.compose.service", "?"),
+            status=state["Status"],
+            health=(state.get("Health") or {}).get("Status", "none"),
+            exit_code=state.get("ExitCode", 0),
+        )
+
+
+class Project:
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.env = dict(os.environ if env is None else env)
+        self.name = self.env.get("COMPOSE_PROJECT_NAME") or DEFAULT_PROJECT
+        self.compose = compose_command()
+
+    def run(
+        self, *args: str, profiles: tuple[str, ...] = (), capture: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        command = [*self.compose, "-p", self.name, "-f", str(COMPOSE_FILE), *profiles, *args]
+        result = subprocess.run(command, cwd=ROOT, env=self.env, text=True, capture_output=capture)
+        if result.returncode != 0:
+            detail = (result.stderr or "").strip().splitlines()[-1:] if capture else ["see the output above"]
+            raise ComposeFailed(
+                f"`{' '.join(command[len(self.compose) :])}` failed: {' '.join(detail)}", result.stderr or ""
+            )
+        return result
+
+    def containers(self, service: str | None = None) -> list[Container]:
+        listed = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={self.name}"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+        )
+        ids = listed.stdout.split()
+        if listed.returncode != 0 or not ids:
+            return []
+        inspected = subprocess.run(["docker", "inspect", *ids], env=self.env, capture_output=True, text=True)
+        if inspected.returncode != 0:  # a container went away between the two calls; callers poll again
+            return []
+        found = [Container.from_inspect(each) for each in json.loads(inspected.stdout)]
+        return sorted((c for c in found if service in (None, c.service)), key=lambda c: (c.service, c.name))
+
+    def running(self, service: str) -> list[Container]:
+        return [c for c in self.containers(service) if c.status == "running"]
+
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.env.get('HTTP_PORT', '8080')}"
+
+
+def knob_environment(config: Effective) -> dict[str, str]:
+    return {**os.environ, **{name: value.value for name, value in config.values.items()}}
+
+
+def build_wheelhouse(env: dict[str, str]) -> Path:
+    """Wheels for the image's Python (asked from the image itself) in ./wheelhouse, for OFFLINE=1 builds."""
+    image = env.get("PYTHON_IMAGE") or default_build_arg("PYTHON_IMAGE")
+    probe = subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", "--entrypoint", "python3", image, "-c",
+         "import sys, platform; print(sys.version_info[0], sys.version_info[1], platform.machine(), "
+         "platform.libc_ver()[1] or 'musl')"],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+        raise StackError(f"PYTHON_IMAGE={image}: cannot run its python3 to learn its version: {last}")
+    major, minor, machine, libc = probe.stdout.split()
+    if libc == "musl":
+        platforms = [f"musllinux_1_{n}_{machine}" for n in (2, 1)]
+    else:
+        glibc_minor = int(libc.split(".")[1])
+        platforms = [f"manylinux_2_{n}_{machine}" for n in range(glibc_minor, 16, -1)]
+        platforms += [f"manylinux2014_{machine}", f"manylinux2010_{machine}", f"manylinux1_{machine}"]
+    requirements = "\n".join(pinned_requirements(["loadtest"])) + "\n"
+    digest = hashlib.sha256(f"{requirements}{platforms}".encode()).hexdigest()[:12]
+    stamp = WHEELHOUSE / f".complete-cp{major}{minor}-{machine}-{digest}"
+    if stamp.exists():
+        return WHEELHOUSE
+    WHEELHOUSE.mkdir(exist_ok=True)
+    (WHEELHOUSE / "requirements.txt").write_text(requirements)
+    print(f"wheelhouse: downloading wheels for Python {major}.{minor} ({machine}, {libc}) ...", flush=True)
+    download = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--only-binary=:all:",
+         "--python-version", f"{major}.{minor}", "--implementation", "cp",
+         "--abi", f"cp{major}{minor}", "--abi", "abi3", "--abi", "none",
+         *(arg for platform in platforms for arg in ("--platform", platform)),
+         "-d", str(WHEELHOUSE), "-r", str(WHEELHOUSE / "requirements.txt")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if download.returncode != 0:
+        errors = [line for line in download.stderr.splitlines() if line.startswith("ERROR")] or ["?"]
+        raise StackError(f"wheelhouse: pip download failed: {errors[-1]}")
+    stamp.touch()
+    return WHEELHOUSE
+
+
+def build(project: Project, loadtest: bool = False) -> None:
+    if project.env.get("OFFLINE") == "1":
+        build_wheelhouse(project.env)
+    project.run("build", profiles=ALL_PROFILES if loadtest else ())
+
+
+def wait_healthy(project: Project, within: float = HEALTHY_WITHIN) -> None:
+    deadline = time.monotonic() + within
+    waiting: list[Container] = []
+    while time.monotonic() < deadline:
+        containers = project.containers()
+        broken = [c for c in containers if c.status in ("exited", "dead") and c.service in ("app", "nginx")]
+        if broken:
+            first = broken[0]
+            raise StackError(f"{first.name} exited with {first.exit_code}: {last_log(project, first)}")
+        waiting = [c for c in containers if c.status != "running" or c.health not in ("healthy", "none")]
+        if containers and not waiting and answers(f"{project.url()}/healthz"):
+            return
+        time.sleep(0.5)
+    names = ", ".join(f"{c.name} ({c.health})" for c in waiting) or "nginx's public port"
+    raise StackError(f"not healthy within {within:.0f} s: {names}; see `make logs`")
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx2.get(url, timeout=2).status_code == 200
+    except httpx2.HTTPError:
+        return False
+
+
+def last_log(project: Project, container: Container) -> str:
+    logs = subprocess.run(
+        ["docker", "logs", "--tail", "3", container.id], env=project.env, capture_output=True, text=True
+    )
+    return " | ".join((logs.stdout + logs.stderr).strip().splitlines()[-3:]) or "no log output"
+
+
+def up(config: Effective) -> Project:
+    project = Project(knob_environment(config))
+    port = config.settings.http_port
+    if not project.running("nginx") and port_in_use("127.0.0.1", port):
+        raise StackError(f"HTTP_PORT: port {port} is already in use by another process; choose a free one")
+    build(project)
+    replicas = max(1, len(project.running("app")))  # `make up` keeps a `make scale`
+    start(project, "up", "-d", "--remove-orphans", "--scale", f"app={replicas}")
+    wait_healthy(project)
+    print(f"stack is up (docker runtime, project {project.name}, app x{replicas}): {project.url()}")
+    return project
+
+
+def start(project: Project, *args: str) -> None:
+    """`compose up`, with the one start failure that needs explaining translated into a knob."""
+    try:
+        result = project.run(*args, capture=True)
+    except ComposeFailed as error:
+        if "rlimit type 7" in error.output:  # RLIMIT_NOFILE
+            nofile = project.env.get("COMPOSE_NOFILE", "65536")
+            raise StackError(
+                f"COMPOSE_NOFILE={nofile}: the Docker engine may not raise the open-file limit that high "
+                "(its own hard limit is lower and it lacks CAP_SYS_RESOURCE); set COMPOSE_NOFILE to at most "
+                "the engine's `ulimit -Hn`"
+            ) from None
+        raise
+    sys.stderr.write(result.stderr)
+
+
+def down(project: Project | None = None) -> None:
+    project = project or Project()
+    if not project.containers():
+        print(f"nothing to stop: no containers of compose project {project.name}")
+        return
+    project.run("down", "--remove-orphans", profiles=ALL_PROFILES)
+    print(f"stopped and removed compose project {project.name}")
+
+
+def require_running(project: Project) -> list[Container]:
+    apps = project.running("app")
+    if not apps or not project.running("nginx"):
+        raise StackError(f"compose project {project.name} is not running; start it with `make up`")
+    return apps
+
+
+def reload(config: Effective) -> None:
+    project = Project(knob_environment(config))
+    apps = require_running(project)
+    project.run("kill", "-s", "HUP", "app")
+    project.run("exec", "-T", "nginx", "blueprint-nginx", "reload")
+    wait_healthy(project)
+    print(
+        f"reloaded: gunicorn HUP in {len(apps)} app container(s) (new workers, in-flight requests finish), "
+        "nginx re-rendered and reloaded. Changed knobs need `make up`: compose recreates the containers "
+        "whose settings changed, each stopping gracefully."
+    )
+
+
+def scale(config: Effective, replicas: int) -> None:
+    if replicas < 1:
+        raise StackError(f"APP={replicas}: the number of app containers must be at least 1")
+    project = Project(knob_environment(config))
+    require_running(project)
+    start(project, "up", "-d", "--no-recreate", "--no-build", "--scale", f"app={replicas}")
+    wait_healthy(project)
+    # The entrypoint notices new replicas within seconds by itself; this makes it immediate.
+    project.run("exec", "-T", "nginx", "blueprint-nginx", "reload")
+    print(f"{replicas} app container(s) behind nginx: {project.url()}")
+
+
+def ps(project: Project | None = None) -> None:
+    project = project or Project()
+    project.run("ps", profiles=ALL_PROFILES)
+
+
+def logs(follow: bool) -> None:
+    project = Project()
+    command = [*project.compose, "-p", project.name, "-f", str(COMPOSE_FILE), *ALL_PROFILES, "logs"]
+    command += ["--tail", "50", *(["-f"] if follow else [])]
+    os.execvpe(command[0], command, project.env)

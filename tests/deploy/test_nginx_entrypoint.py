@@ -1,0 +1,67 @@
+"""The nginx image's entrypoint, run by the real /bin/sh with stand-in resolver tools on PATH.
+
+It must find every replica of the app with glibc's `getent ahostsv4` (Debian bases) and with busybox
+`nslookup` (Alpine, whose getent knows no ahostsv4 and prints only one address for `hosts`).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+ENTRYPOINT = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "entrypoint.sh"
+
+GLIBC_GETENT = """#!/bin/sh
+[ "$1" = ahostsv4 ] && [ "$2" = app ] || exit 2
+printf '172.28.80.5    STREAM app\\n172.28.80.5    DGRAM  \\n'
+printf '172.28.80.3    STREAM \\n172.28.80.3    DGRAM  \\n'
+"""
+MUSL_GETENT = """#!/bin/sh
+echo "Unknown database: $1" >&2
+exit 1
+"""
+BUSYBOX_NSLOOKUP = """#!/bin/sh
+printf 'Server:\\t\\t127.0.0.11\\nAddress:\\t127.0.0.11:53\\n\\nNon-authoritative answer:\\n'
+printf 'Name:\\tapp\\nAddress: 172.28.80.7\\nName:\\tapp\\nAddress: 172.28.80.4\\n\\n'
+printf 'Non-authoritative answer:\\nName:\\tapp\\nAddress: fd00::4\\n'
+"""
+
+
+def resolve(tmp_path: Path, host: str, **tools: str) -> list[str]:
+    for name, script in tools.items():
+        tool = tmp_path / name
+        tool.write_text(script)
+        tool.chmod(0o755)
+    for name in ("awk", "grep", "sort", "sh", "cat", "tr", "sed"):
+        (tmp_path / name).symlink_to(
+            subprocess.run(["sh", "-c", f"command -v {name}"], capture_output=True, text=True).stdout.strip()
+        )
+    result = subprocess.run(
+        ["sh", str(ENTRYPOINT), "resolve", host],
+        env={**os.environ, "PATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+def test_glibc_getent_finds_every_replica(tmp_path: Path) -> None:
+    assert resolve(tmp_path, "app", getent=GLIBC_GETENT) == ["172.28.80.3", "172.28.80.5"]
+
+
+def test_busybox_nslookup_finds_every_replica_when_getent_cannot(tmp_path: Path) -> None:
+    assert resolve(tmp_path, "app", getent=MUSL_GETENT, nslookup=BUSYBOX_NSLOOKUP) == [
+        "172.28.80.4",
+        "172.28.80.7",
+    ]
+
+
+def test_an_address_needs_no_lookup(tmp_path: Path) -> None:
+    assert resolve(tmp_path, "127.0.0.1", getent=MUSL_GETENT) == ["127.0.0.1"]
+
+
+def test_an_unknown_host_resolves_to_nothing(tmp_path: Path) -> None:
+    assert resolve(tmp_path, "nosuchhost", getent=MUSL_GETENT) == []
