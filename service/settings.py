@@ -388,11 +388,11 @@ class Settings(BaseSettings):
         ge=16,
     )
     compose_nofile: int = knob(
-        65_536,
+        16_384,
         "files",
         "compose",
         "Open-file limit of the containers (compose `ulimits.nofile`). NGINX_WORKER_RLIMIT_NOFILE must not "
-        "exceed it.",
+        "exceed it, and the Docker engine cannot set more than its own hard limit.",
         ge=64,
     )
     compose_subnet: str = knob(

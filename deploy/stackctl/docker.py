@@ -228,7 +228,7 @@ def start(project: Project, *args: str) -> None:
         result = project.run(*args, capture=True)
     except ComposeFailed as error:
         if "rlimit type 7" in error.output:  # RLIMIT_NOFILE
-            nofile = project.env.get("COMPOSE_NOFILE", "65536")
+            nofile = project.env.get("COMPOSE_NOFILE", "16384")
             raise StackError(
                 f"COMPOSE_NOFILE={nofile}: the Docker engine may not raise the open-file limit that high "
                 "(its own hard limit is lower and it lacks CAP_SYS_RESOURCE); set COMPOSE_NOFILE to at most "

@@ -21,6 +21,7 @@ import pytest
 
 from deploy.stackctl.docker import COMPOSE_FILE, compose_command
 from deploy.stackctl.local import StackError
+from service.settings import Settings
 from tests.stack.conftest import ROOT, free_port
 
 BUILD_TIMEOUT = 1200
@@ -146,7 +147,7 @@ def stack_environment() -> dict[str, str]:
         or k == "NGINX_IMAGE"  # a build input, like PYTHON_IMAGE and OFFLINE
     }
     # The engine may not raise the open-file limit above its own hard limit (CI: 20000, no CAP_SYS_RESOURCE).
-    nofile = min(65_536, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    nofile = min(Settings().compose_nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
     env.update(
         RUNTIME="docker",
         PROFILE="default",

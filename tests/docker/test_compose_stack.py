@@ -14,10 +14,9 @@ from typing import Any
 import httpx2
 import psutil
 import pytest
-import websocket
 
 from service.settings import Settings
-from tests.docker.conftest import WS_MAX_SIZE, DockerStack, docker
+from tests.docker.conftest import DockerStack, docker
 from tests.stack.test_through_nginx import (  # the same functions, run against the compose stack
     test_200_slow_requests_share_one_worker_concurrently,
     test_app_timeout_is_the_apps_json_504,
@@ -29,6 +28,7 @@ from tests.stack.test_through_nginx import (  # the same functions, run against 
     test_stream_chunks_arrive_one_by_one,
     test_unknown_route_is_json,
     test_ws_echo_text_and_binary_through_nginx,
+    test_ws_oversize_message_closes_with_1009,
     test_ws_ticker_pushes_through_nginx,
 )
 
@@ -45,6 +45,7 @@ __all__ = [
     "test_stream_chunks_arrive_one_by_one",
     "test_unknown_route_is_json",
     "test_ws_echo_text_and_binary_through_nginx",
+    "test_ws_oversize_message_closes_with_1009",
     "test_ws_ticker_pushes_through_nginx",
 ]
 
@@ -54,19 +55,6 @@ def info(stack: DockerStack, **headers: str) -> dict[str, Any]:
     response.raise_for_status()
     result: dict[str, Any] = response.json()
     return result
-
-
-def test_ws_oversize_message_closes_with_1009(docker_stack: DockerStack) -> None:
-    # As the local tier's test, with UVICORN_WS_MAX_SIZE at 16 KiB: a 1 MiB message would still be on its
-    # way when the app closes, and the reset that follows can discard the close frame before it is read.
-    ws = websocket.create_connection(f"{docker_stack.ws_url}/ws/echo", timeout=5)
-    try:
-        ws.send("x" * (WS_MAX_SIZE + 1))
-        frame = ws.recv_frame()
-    finally:
-        ws.shutdown()
-    assert frame.opcode == websocket.ABNF.OPCODE_CLOSE
-    assert int.from_bytes(frame.data[:2], "big") == 1009
 
 
 def test_spoofed_x_forwarded_for_is_replaced_by_the_peer_nginx_saw(docker_stack: DockerStack) -> None:
