@@ -1,6 +1,6 @@
 """Each ordering rule of failure-modes.md proven on the real stack: obeyed, the failure does not happen;
-broken (started with ALLOW_UNSAFE_CONFIG=1), it does. Rule 1's race is proven by refusal only (see
-tests/stack/test_check.py and the README): it is too rare to provoke reliably in seconds."""
+broken (started with ALLOW_UNSAFE_CONFIG=1), it does. Rule 1's 502 race is too narrow to provoke on
+loopback in seconds, so its test proves the cause instead: which side closes idle upstream connections."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
+import psutil
 import pytest
 import websocket
 
@@ -238,3 +239,51 @@ def test_rule_4_down_lets_in_flight_requests_finish(tmp_path: Path) -> None:
         statuses = [f.result()[0].status_code for f in in_flight]
     assert down.returncode == 0, down.stderr
     assert statuses == [200] * 5
+
+
+def who_closes_idle_upstream_connections(stack: Stack) -> set[str]:
+    """Fill nginx's upstream pool, let it idle, and see who closed: the side that closes a TCP
+    connection first is the one left holding it in TIME_WAIT."""
+    app_port = int(stack.env["GUNICORN_BIND"].rsplit(":", 1)[1])
+
+    async def fill_pool() -> None:
+        async with httpx2.AsyncClient(timeout=10) as client:
+            url = f"{stack.url}/api/slow"
+            await asyncio.gather(*(client.get(url, params={"delay": 0.3}) for _ in range(4)))
+
+    asyncio.run(fill_pool())
+    time.sleep(2.5)  # past the shorter keep-alive timeout (1 s), well before the longer one (5 s)
+    closers = set()
+    for connection in psutil.net_connections(kind="tcp4"):
+        if connection.status != psutil.CONN_TIME_WAIT or not connection.raddr:
+            continue
+        if connection.laddr.port == app_port:
+            closers.add("app")
+        elif connection.raddr.port == app_port:
+            closers.add("nginx")
+    return closers
+
+
+def test_rule_1_nginx_closes_idle_upstream_connections_only_when_its_keepalive_is_shorter(
+    tmp_path: Path,
+) -> None:
+    obeyed = make_stack(
+        tmp_path / "keepalive-obeyed", **SMALL, NGINX_UPSTREAM_KEEPALIVE_TIMEOUT="1", GUNICORN_KEEPALIVE="5"
+    )
+    broken = make_stack(
+        tmp_path / "keepalive-broken", **SMALL, NGINX_UPSTREAM_KEEPALIVE_TIMEOUT="5", GUNICORN_KEEPALIVE="1"
+    )
+    obeyed.up()
+    try:
+        assert who_closes_idle_upstream_connections(obeyed) == {"nginx"}
+    finally:
+        obeyed.down()
+    assert broken.stackctl("up").returncode == 1
+    started = broken.stackctl("up", ALLOW_UNSAFE_CONFIG="1")
+    assert started.returncode == 0, started.stderr
+    try:
+        # The app closes connections nginx still holds in its pool: the next request nginx sends on one
+        # of them at that instant is the 502 of rule 1.
+        assert who_closes_idle_upstream_connections(broken) == {"app"}
+    finally:
+        broken.down()
