@@ -167,21 +167,18 @@ def build_router(settings: Settings) -> APIRouter:
 
         async def push() -> None:
             tick = 0
-            while True:
-                await websocket.send_json({"tick": tick, "pid": os.getpid(), "t": time.time()})
-                tick += 1
-                await asyncio.sleep(interval)
+            try:
+                while True:
+                    await websocket.send_json({"tick": tick, "pid": os.getpid(), "t": time.time()})
+                    tick += 1
+                    await asyncio.sleep(interval)
+            except (WebSocketDisconnect, OSError):
+                return  # the client left between two pushes; the receive loop below sees it too
 
-        async def until_client_leaves() -> None:
+        async with anyio.create_task_group() as pushing:
+            pushing.start_soon(push)
             while (await websocket.receive())["type"] != "websocket.disconnect":
                 pass
-
-        tasks = [asyncio.create_task(push()), asyncio.create_task(until_client_leaves())]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            pushing.cancel_scope.cancel()
 
     return router
