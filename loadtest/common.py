@@ -39,46 +39,27 @@ THRESHOLD_EXIT_CODE = 3
 RECONNECT_CODES = {1001: "going away", 1012: "service restart"}
 
 
-# --- options: knobs from service/settings.py, settable per run on the command line and in the web UI ---
+# --- options: knobs of service/settings.py, settable per run on the command line and in the web UI; ------
+# --- each option's name, env var, default and help come from the knob ----------------------------------
+KNOB_OPTIONS = (
+    "locust_max_fail_ratio",
+    "locust_max_p95",
+    "locust_ws_hold",
+    "locust_slow_delay",
+    "locust_blocking_delay",
+)
 
 
 @events.init_command_line_parser.add_listener
 def add_options(parser: Any) -> None:
-    parser.add_argument(
-        "--max-fail-ratio",
-        type=float,
-        env_var="LOCUST_MAX_FAIL_RATIO",
-        default=KNOBS.locust_max_fail_ratio,
-        help="exit non-zero when failed/total requests exceed this (1 = off)",
-    )
-    parser.add_argument(
-        "--max-p95",
-        type=float,
-        env_var="LOCUST_MAX_P95",
-        default=KNOBS.locust_max_p95,
-        help="exit non-zero when the overall p95 response time exceeds this many ms (0 = off)",
-    )
-    parser.add_argument(
-        "--ws-hold",
-        type=float,
-        env_var="LOCUST_WS_HOLD",
-        default=KNOBS.locust_ws_hold,
-        help="seconds a WebSocket user keeps one connection before reconnecting",
-    )
-    parser.add_argument(
-        "--slow-delay",
-        type=float,
-        env_var="LOCUST_SLOW_DELAY",
-        default=KNOBS.locust_slow_delay,
-        help="delay asked of /api/slow and /api/sync (s)",
-    )
-    parser.add_argument(
-        "--blocking-delay",
-        type=float,
-        env_var="LOCUST_BLOCKING_DELAY",
-        default=KNOBS.locust_blocking_delay,
-        help="delay asked of /api/blocking (s): how long each call stalls its worker",
-    )
+    for field in KNOB_OPTIONS:
+        parser.add_argument(
+            "--" + field.removeprefix("locust_").replace("_", "-"),
+            type=float,
+            env_var=field.upper(),
+            default=getattr(KNOBS, field),
+            help=type(KNOBS).model_fields[field].description,
+        )
     parser.add_argument(
         "--cpu-limit",
         type=float,
