@@ -39,6 +39,26 @@ THRESHOLD_EXIT_CODE = 3
 RECONNECT_CODES = {1001: "going away", 1012: "service restart"}
 
 
+def report_sample(
+    environment: Environment,
+    request_type: str,
+    name: str,
+    started: float,
+    length: int = 0,
+    exception: Exception | None = None,
+    response_time: float | None = None,
+) -> None:
+    """One row sample for a protocol Locust does not time itself (WebSocket, stream chunks)."""
+    environment.events.request.fire(
+        request_type=request_type,
+        name=name,
+        response_time=(time.perf_counter() - started) * 1000 if response_time is None else response_time,
+        response_length=length,
+        exception=exception,
+        context={},
+    )
+
+
 # --- options: knobs of service/settings.py, settable per run on the command line and in the web UI; ------
 # --- each option's name, env var, default and help come from the knob ----------------------------------
 KNOB_OPTIONS = (
@@ -165,13 +185,8 @@ class WebSocketUser(User):
         exception: Exception | None = None,
         response_time: float | None = None,
     ) -> None:
-        self.environment.events.request.fire(
-            request_type="WS",
-            name=f"{self.path} {what}",
-            response_time=(time.perf_counter() - started) * 1000 if response_time is None else response_time,
-            response_length=length,
-            exception=exception,
-            context={},
+        report_sample(
+            self.environment, "WS", f"{self.path} {what}", started, length, exception, response_time
         )
 
     def connect(self, what: str = "connect", attempts: int = 1) -> bool:

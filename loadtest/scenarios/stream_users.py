@@ -8,7 +8,7 @@ import time
 
 from locust import between, run_single_user, task
 
-from loadtest.common import ApiUser, describe_failure
+from loadtest.common import ApiUser, describe_failure, report_sample
 
 
 class StreamUser(ApiUser):
@@ -50,14 +50,7 @@ class StreamUser(ApiUser):
         exception: Exception | None = None,
         response_time: float | None = None,
     ) -> None:
-        self.environment.events.request.fire(
-            request_type="STREAM",
-            name=f"/api/stream {what}",
-            response_time=(time.perf_counter() - started) * 1000 if response_time is None else response_time,
-            response_length=0,
-            exception=exception,
-            context={},
-        )
+        report_sample(self.environment, "STREAM", f"/api/stream {what}", started, 0, exception, response_time)
 
 
 if __name__ == "__main__":
