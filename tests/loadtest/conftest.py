@@ -6,13 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.stack.conftest import Stack, make_stack
+from tests.stack.conftest import Stack, make_stack, running
 
 
 @pytest.fixture(scope="session")
 def loadtest_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """One worker, so that the blocking route stalls everything beside it."""
-    stack = make_stack(tmp_path_factory.mktemp("loadtest-stack"), WEB_CONCURRENCY="1")
-    stack.up()
-    yield stack
-    stack.down()
+    with running(make_stack(tmp_path_factory.mktemp("loadtest-stack"), WEB_CONCURRENCY="1")) as stack:
+        yield stack

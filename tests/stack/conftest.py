@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +77,16 @@ def make_stack(run_dir: Path, **knobs: str) -> Stack:
     return Stack(run_dir, env)
 
 
+@contextmanager
+def running(stack: Stack) -> Iterator[Stack]:
+    """The stack up for the duration of the block, and down afterwards even when the block fails."""
+    stack.up()
+    try:
+        yield stack
+    finally:
+        stack.down()
+
+
 @pytest.fixture(scope="session")
 def one_worker_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """One worker, so that what happens to 'the worker' is deterministic; a short app timeout."""
@@ -85,14 +96,11 @@ def one_worker_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack
         APP_REQUEST_TIMEOUT="2",
         UVICORN_WS_MAX_SIZE="16384",
     )
-    stack.up()
-    yield stack
-    stack.down()
+    with running(stack):
+        yield stack
 
 
 @pytest.fixture(scope="session")
 def two_worker_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = make_stack(tmp_path_factory.mktemp("two-workers"), WEB_CONCURRENCY="2")
-    stack.up()
-    yield stack
-    stack.down()
+    with running(make_stack(tmp_path_factory.mktemp("two-workers"), WEB_CONCURRENCY="2")) as stack:
+        yield stack

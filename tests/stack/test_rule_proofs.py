@@ -17,7 +17,7 @@ import psutil
 import pytest
 import websocket
 
-from tests.stack.conftest import Stack, make_stack
+from tests.stack.conftest import Stack, make_stack, running
 
 pytestmark = pytest.mark.stack
 
@@ -56,10 +56,8 @@ BROKEN = {
 
 @pytest.fixture(scope="module")
 def obeyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = make_stack(tmp_path_factory.mktemp("rules-obeyed"), **OBEYED)
-    stack.up()
-    yield stack
-    stack.down()
+    with running(make_stack(tmp_path_factory.mktemp("rules-obeyed"), **OBEYED)) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")
