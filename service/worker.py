@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 import uvicorn_worker
+from gunicorn.arbiter import Arbiter
 from uvicorn.server import Server
 from uvicorn.server import logger as uvicorn_logger
 
@@ -45,13 +46,7 @@ class UvicornWorker(uvicorn_worker.UvicornWorker):  # type: ignore[misc]
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)
         if not server.started:
-            sys.exit(self.arbiter_boot_error())
-
-    @staticmethod
-    def arbiter_boot_error() -> int:
-        from gunicorn.arbiter import Arbiter
-
-        return int(Arbiter.WORKER_BOOT_ERROR)
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
 
 async def json_service_unavailable(scope: Any, receive: Any, send: Any) -> None:
