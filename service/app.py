@@ -6,14 +6,14 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI
 
-from service import metrics
+from service import metrics, routes
 from service.errors import install_error_handlers
 from service.middleware import RequestContextMiddleware
-from service.routes import build_router
 from service.settings import Settings, load_settings
 
 
@@ -43,9 +43,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url="/docs",
         openapi_url="/openapi.json",
     )
+    app.state.settings = settings  # what the routes' `app_settings` dependency reads
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, request_timeout=settings.app_request_timeout)
-    app.include_router(build_router(settings))
+    for router in routes.ROUTERS:
+        app.include_router(router)
+
+    def openapi() -> dict[str, Any]:
+        # FastAPI caches the schema; filling the limits again is a no-op, their markers are gone.
+        return routes.document_limits(FastAPI.openapi(app), settings)
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

@@ -1,4 +1,8 @@
-"""The demonstration routes. Each one shows one concurrency behaviour; README.md says what to look for."""
+"""The demonstration routes, one router per behaviour; README.md says what each one shows.
+
+A router needs nothing from the app but `app.state.settings` (read by the `app_settings` dependency), so any
+one of them can be mounted and tested alone.
+"""
 
 import asyncio
 import os
@@ -10,12 +14,155 @@ from typing import Annotated, Any
 import anyio
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import RequestValidationError, WebSocketRequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
+from pydantic_core import PydanticKnownError
+from pydantic_core.core_schema import ErrorType
+from starlette.requests import HTTPConnection
 
 from service import lifecycle, metrics
 from service.errors import error_response
 from service.settings import Settings
+
+health = APIRouter()
+demo = APIRouter()
+introspection = APIRouter()
+websockets = APIRouter()
+ROUTERS = (health, demo, introspection, websockets)
+
+
+async def app_settings(connection: HTTPConnection) -> Settings:
+    settings: Settings = connection.app.state.settings
+    return settings
+
+
+AppSettings = Annotated[Settings, Depends(app_settings)]
+
+
+# --- limits that come from Settings ----------------------------------------------------------------
+# They differ per app, so the shared signatures cannot declare them (`Query(le=...)`). The dependencies
+# below check them after FastAPI's own validation and raise the error pydantic would have raised, so the
+# 422 body is the same; `document_limits` writes each app's numbers into its OpenAPI schema.
+
+LIMIT = "x-limit"
+
+
+def limited_by(knob: str) -> dict[str, Any]:
+    return {LIMIT: knob}
+
+
+def document_limits(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Replace each `limited_by(knob)` marker with `maximum`/`maxLength` = the knob's value, in place."""
+
+    def fill(node: Any) -> None:
+        if isinstance(node, dict):
+            if knob := node.pop(LIMIT, None):
+                node["maxLength" if node.get("type") == "string" else "maximum"] = getattr(settings, knob)
+            node = list(node.values())
+        if isinstance(node, list):
+            for child in node:
+                fill(child)
+
+    fill(schema)
+    return schema
+
+
+def pydantic_error(loc: tuple[str, str], value: Any, error_type: ErrorType, **ctx: Any) -> dict[str, Any]:
+    return {
+        "type": error_type,
+        "loc": loc,
+        "msg": PydanticKnownError(error_type, ctx).message(),
+        "input": value,
+        "ctx": ctx,
+    }
+
+
+def above(connection: HTTPConnection, name: str, value: float, le: float) -> list[dict[str, Any]]:
+    # Like a declared `le`: defaults are not checked, and `not value <= le` also refuses nan.
+    if name not in connection.query_params or value <= le:
+        return []
+    return [pydantic_error(("query", name), connection.query_params[name], "less_than_equal", le=le)]
+
+
+def refuse(connection: HTTPConnection, errors: list[dict[str, Any]]) -> None:
+    if errors and connection.scope["type"] == "websocket":
+        raise WebSocketRequestValidationError(errors)
+    if errors:
+        raise RequestValidationError(errors)
+
+
+Seconds = Annotated[float, Query(ge=0, description="seconds", json_schema_extra=limited_by("app_max_delay"))]
+
+
+async def delay_param(connection: HTTPConnection, settings: AppSettings, delay: Seconds = 1.0) -> float:
+    refuse(connection, above(connection, "delay", delay, settings.app_max_delay))
+    return delay
+
+
+Delay = Annotated[float, Depends(delay_param)]
+
+
+class EchoIn(BaseModel):
+    text: str = Field(min_length=1, json_schema_extra=limited_by("app_max_text_length"))
+
+
+async def echo_body(connection: HTTPConnection, settings: AppSettings, message: EchoIn) -> EchoIn:
+    most = settings.app_max_text_length
+    if len(message.text) > most:
+        error = pydantic_error(("body", "text"), message.text, "string_too_long", max_length=most)
+        refuse(connection, [error])
+    return message
+
+
+async def work_param(
+    connection: HTTPConnection,
+    settings: AppSettings,
+    work: Annotated[int, Query(ge=1, json_schema_extra=limited_by("app_max_cpu_work"))] = 100_000,
+) -> int:
+    refuse(connection, above(connection, "work", work, settings.app_max_cpu_work))
+    return work
+
+
+async def stream_params(
+    connection: HTTPConnection,
+    settings: AppSettings,
+    chunks: Annotated[int, Query(ge=1, json_schema_extra=limited_by("app_max_stream_chunks"))] = 5,
+    interval: Seconds = 0.5,
+) -> tuple[int, float]:
+    refuse(
+        connection,
+        above(connection, "chunks", chunks, settings.app_max_stream_chunks)
+        + above(connection, "interval", interval, settings.app_max_delay),
+    )
+    return chunks, interval
+
+
+async def tick_param(
+    connection: HTTPConnection,
+    settings: AppSettings,
+    interval: Annotated[float, Query(gt=0, json_schema_extra=limited_by("app_max_delay"))] = 1.0,
+) -> float:
+    refuse(connection, above(connection, "interval", interval, settings.app_max_delay))
+    return interval
+
+
+# --- health and readiness --------------------------------------------------------------------------
+
+
+@health.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@health.get("/readyz")
+async def readyz(request: Request) -> Response:
+    if lifecycle.draining.is_set():
+        return error_response(request, 503, "draining", "worker is shutting down")
+    return JSONResponse({"status": "ready", "pid": os.getpid()})
+
+
+# --- HTTP demo routes ------------------------------------------------------------------------------
 
 
 class Concurrency:
@@ -34,151 +181,145 @@ class Concurrency:
         self.now -= 1
 
 
-def build_router(settings: Settings) -> APIRouter:
-    router = APIRouter()
-    slow_in_flight = Concurrency()
-    Delay = Annotated[float, Query(ge=0, le=settings.app_max_delay, description="seconds")]
+slow_in_flight = Concurrency()
 
-    class EchoIn(BaseModel):
-        text: str = Field(min_length=1, max_length=settings.app_max_text_length)
 
-    @router.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+@demo.get("/api/ping")
+async def ping() -> dict[str, Any]:
+    return {"pong": True, "pid": os.getpid()}
 
-    @router.get("/readyz")
-    async def readyz(request: Request) -> Response:
-        if lifecycle.draining.is_set():
-            return error_response(request, 503, "draining", "worker is shutting down")
-        return JSONResponse({"status": "ready", "pid": os.getpid()})
 
-    @router.get("/api/ping")
-    async def ping() -> dict[str, Any]:
-        return {"pong": True, "pid": os.getpid()}
+@demo.post("/api/echo")
+async def echo(message: Annotated[EchoIn, Depends(echo_body)]) -> dict[str, Any]:
+    return {"text": message.text, "length": len(message.text), "pid": os.getpid()}
 
-    @router.post("/api/echo")
-    async def echo(message: EchoIn) -> dict[str, Any]:
-        return {"text": message.text, "length": len(message.text), "pid": os.getpid()}
 
-    @router.get("/api/slow")
-    async def slow(delay: Delay = 1.0) -> dict[str, Any]:
-        concurrent = slow_in_flight.enter()
-        try:
-            await asyncio.sleep(delay)
-        finally:
-            slow_in_flight.leave()
-        return {"delay": delay, "pid": os.getpid(), "concurrent": concurrent, "peak": slow_in_flight.peak}
+@demo.get("/api/slow")
+async def slow(delay: Delay) -> dict[str, Any]:
+    concurrent = slow_in_flight.enter()
+    try:
+        await asyncio.sleep(delay)
+    finally:
+        slow_in_flight.leave()
+    return {"delay": delay, "pid": os.getpid(), "concurrent": concurrent, "peak": slow_in_flight.peak}
 
-    @router.get("/api/blocking")
-    async def blocking(delay: Delay = 1.0) -> dict[str, Any]:
-        # The anti-pattern on purpose: a synchronous sleep inside `async def` stops this worker's event
-        # loop, so every other request on the worker waits, and gunicorn's heartbeat stops too.
-        time.sleep(delay)
-        return {"delay": delay, "pid": os.getpid(), "anti_pattern": "time.sleep inside async def"}
 
-    async def threadpool() -> anyio.CapacityLimiter:
-        return anyio.to_thread.current_default_thread_limiter()
+@demo.get("/api/blocking")
+async def blocking(delay: Delay) -> dict[str, Any]:
+    # The anti-pattern on purpose: a synchronous sleep inside `async def` stops this worker's event
+    # loop, so every other request on the worker waits, and gunicorn's heartbeat stops too.
+    time.sleep(delay)
+    return {"delay": delay, "pid": os.getpid(), "anti_pattern": "time.sleep inside async def"}
 
-    @router.get("/api/sync")
-    def sync(
-        limiter: Annotated[anyio.CapacityLimiter, Depends(threadpool)], delay: Delay = 1.0
-    ) -> dict[str, Any]:
-        time.sleep(delay)
-        return {
-            "delay": delay,
-            "pid": os.getpid(),
-            "threadpool_tokens": limiter.total_tokens,
-            "threadpool_borrowed": limiter.borrowed_tokens,
-        }
 
-    @router.get("/api/cpu")
-    def cpu(work: Annotated[int, Query(ge=1, le=settings.app_max_cpu_work)] = 100_000) -> dict[str, Any]:
-        started = time.perf_counter()
-        total = 0
-        for i in range(work):
-            total += i * i % 7
-        return {
-            "work": work,
-            "result": total,
-            "pid": os.getpid(),
-            "cpu_ms": (time.perf_counter() - started) * 1e3,
-        }
+async def threadpool() -> anyio.CapacityLimiter:
+    return anyio.to_thread.current_default_thread_limiter()
 
-    @router.get("/api/stream")
-    async def stream(
-        chunks: Annotated[int, Query(ge=1, le=settings.app_max_stream_chunks)] = 5,
-        interval: Delay = 0.5,
-    ) -> StreamingResponse:
-        async def produce() -> AsyncIterator[bytes]:
-            for index in range(chunks):
-                if index:
-                    await asyncio.sleep(interval)
-                yield f'{{"chunk": {index}, "of": {chunks}, "t": {time.time():.3f}}}\n'.encode()
 
-        # X-Accel-Buffering tells nginx to pass each chunk on at once instead of buffering the response.
-        return StreamingResponse(
-            produce(), media_type="application/x-ndjson", headers={"X-Accel-Buffering": "no"}
-        )
+@demo.get("/api/sync")
+def sync(limiter: Annotated[anyio.CapacityLimiter, Depends(threadpool)], delay: Delay) -> dict[str, Any]:
+    time.sleep(delay)
+    return {
+        "delay": delay,
+        "pid": os.getpid(),
+        "threadpool_tokens": limiter.total_tokens,
+        "threadpool_borrowed": limiter.borrowed_tokens,
+    }
 
-    @router.get("/api/info")
-    async def info(request: Request) -> dict[str, Any]:
-        return {
-            "pid": os.getpid(),
-            "hostname": socket.gethostname(),
-            "client": request.client.host if request.client else None,
-            "x_forwarded_for": request.headers.get("x-forwarded-for"),
-            "request_id": request.headers.get("x-request-id"),
-            "threadpool_tokens": anyio.to_thread.current_default_thread_limiter().total_tokens,
-            "settings": settings.model_dump(),
-        }
 
-    @router.get("/metrics", include_in_schema=False)
-    async def prometheus_metrics() -> Response:
-        payload, content_type = metrics.exposition()
-        return Response(payload, media_type=content_type)
+@demo.get("/api/cpu")
+def cpu(work: Annotated[int, Depends(work_param)]) -> dict[str, Any]:
+    started = time.perf_counter()
+    total = 0
+    for i in range(work):
+        total += i * i % 7
+    return {
+        "work": work,
+        "result": total,
+        "pid": os.getpid(),
+        "cpu_ms": (time.perf_counter() - started) * 1e3,
+    }
 
-    @router.websocket("/ws/echo")
-    async def ws_echo(websocket: WebSocket) -> None:
-        await websocket.accept()
+
+@demo.get("/api/stream")
+async def stream(params: Annotated[tuple[int, float], Depends(stream_params)]) -> StreamingResponse:
+    chunks, interval = params
+
+    async def produce() -> AsyncIterator[bytes]:
+        for index in range(chunks):
+            if index:
+                await asyncio.sleep(interval)
+            yield f'{{"chunk": {index}, "of": {chunks}, "t": {time.time():.3f}}}\n'.encode()
+
+    # X-Accel-Buffering tells nginx to pass each chunk on at once instead of buffering the response.
+    return StreamingResponse(
+        produce(), media_type="application/x-ndjson", headers={"X-Accel-Buffering": "no"}
+    )
+
+
+# --- what the app sees: info and metrics -----------------------------------------------------------
+
+
+@introspection.get("/api/info")
+async def info(request: Request, settings: AppSettings) -> dict[str, Any]:
+    return {
+        "pid": os.getpid(),
+        "hostname": socket.gethostname(),
+        "client": request.client.host if request.client else None,
+        "x_forwarded_for": request.headers.get("x-forwarded-for"),
+        "request_id": request.headers.get("x-request-id"),
+        "threadpool_tokens": anyio.to_thread.current_default_thread_limiter().total_tokens,
+        "settings": settings.model_dump(),
+    }
+
+
+@introspection.get("/metrics", include_in_schema=False)
+async def prometheus_metrics() -> Response:
+    payload, content_type = metrics.exposition()
+    return Response(payload, media_type=content_type)
+
+
+# --- WebSockets ------------------------------------------------------------------------------------
+
+
+@websockets.websocket("/ws/echo")
+async def ws_echo(websocket: WebSocket, settings: AppSettings) -> None:
+    await websocket.accept()
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("text") if message.get("text") is not None else message.get("bytes")
+            if data is None:
+                continue
+            if len(data) > settings.uvicorn_ws_max_size:
+                await websocket.close(code=1009, reason="message too big")
+                return
+            if isinstance(data, str):
+                await websocket.send_text(data)
+            else:
+                await websocket.send_bytes(data)
+    except WebSocketDisconnect:
+        return
+
+
+@websockets.websocket("/ws/ticker")
+async def ws_ticker(websocket: WebSocket, interval: Annotated[float, Depends(tick_param)]) -> None:
+    await websocket.accept()
+
+    async def push() -> None:
+        tick = 0
         try:
             while True:
-                message = await websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    return
-                data = message.get("text") if message.get("text") is not None else message.get("bytes")
-                if data is None:
-                    continue
-                if len(data) > settings.uvicorn_ws_max_size:
-                    await websocket.close(code=1009, reason="message too big")
-                    return
-                if isinstance(data, str):
-                    await websocket.send_text(data)
-                else:
-                    await websocket.send_bytes(data)
-        except WebSocketDisconnect:
-            return
+                await websocket.send_json({"tick": tick, "pid": os.getpid(), "t": time.time()})
+                tick += 1
+                await asyncio.sleep(interval)
+        except (WebSocketDisconnect, OSError):
+            return  # the client left between two pushes; the receive loop below sees it too
 
-    @router.websocket("/ws/ticker")
-    async def ws_ticker(
-        websocket: WebSocket,
-        interval: Annotated[float, Query(gt=0, le=settings.app_max_delay)] = 1.0,
-    ) -> None:
-        await websocket.accept()
-
-        async def push() -> None:
-            tick = 0
-            try:
-                while True:
-                    await websocket.send_json({"tick": tick, "pid": os.getpid(), "t": time.time()})
-                    tick += 1
-                    await asyncio.sleep(interval)
-            except (WebSocketDisconnect, OSError):
-                return  # the client left between two pushes; the receive loop below sees it too
-
-        async with anyio.create_task_group() as pushing:
-            pushing.start_soon(push)
-            while (await websocket.receive())["type"] != "websocket.disconnect":
-                pass
-            pushing.cancel_scope.cancel()
-
-    return router
+    async with anyio.create_task_group() as pushing:
+        pushing.start_soon(push)
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass
+        pushing.cancel_scope.cancel()

@@ -138,3 +138,32 @@ def test_ws_ticker_pushes_until_the_client_leaves(client: TestClient) -> None:
         pushes = [ws.receive_json() for _ in range(3)]
     assert [push["tick"] for push in pushes] == [0, 1, 2]
     assert pushes[2]["t"] - pushes[0]["t"] >= 0.09, "pushes should be an interval apart"
+
+
+def test_a_delay_above_app_max_delay_gets_the_full_json_422(client: TestClient) -> None:
+    assert client.get("/api/slow", params={"delay": 3}).json() == {
+        "status": 422,
+        "error": "invalid_request",
+        "detail": [
+            {
+                "location": "query.delay",
+                "message": "Input should be less than or equal to 2",
+                "type": "less_than_equal",
+            }
+        ],
+        "layer": "app",
+        "request_id": None,
+    }
+
+
+def test_each_app_keeps_its_own_limits_and_documents_them() -> None:
+    small = TestClient(create_app(load_settings(app_max_cpu_work=1000, app_max_text_length=5)))
+    large = TestClient(create_app(load_settings(app_max_cpu_work=2000)))
+    with small, large:
+        assert small.get("/api/cpu", params={"work": 1500}).status_code == 422
+        assert large.get("/api/cpu", params={"work": 1500}).status_code == 200
+        schemas = [client.get("/openapi.json").json() for client in (small, large)]
+    [work] = schemas[0]["paths"]["/api/cpu"]["get"]["parameters"]
+    assert work["schema"] | {"minimum": 1, "maximum": 1000} == work["schema"]
+    assert schemas[1]["paths"]["/api/cpu"]["get"]["parameters"][0]["schema"]["maximum"] == 2000
+    assert schemas[0]["components"]["schemas"]["EchoIn"]["properties"]["text"]["maxLength"] == 5
