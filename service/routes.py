@@ -23,7 +23,7 @@ from starlette.requests import HTTPConnection
 
 from service import lifecycle, metrics
 from service.errors import error_response
-from service.settings import Settings
+from service.settings import APP_PROCESS_LAYERS, Settings, fields_of
 
 health = APIRouter()
 demo = APIRouter()
@@ -269,7 +269,9 @@ async def info(request: Request, settings: AppSettings) -> dict[str, Any]:
         "x_forwarded_for": request.headers.get("x-forwarded-for"),
         "request_id": request.headers.get("x-request-id"),
         "threadpool_tokens": anyio.to_thread.current_default_thread_limiter().total_tokens,
-        "settings": settings.model_dump(),
+        # Only the knobs this process receives: the others (nginx, compose, ...) would be its defaults.
+        "settings": settings.model_dump(include=set(fields_of(*APP_PROCESS_LAYERS))),
+        "settings_layers": list(APP_PROCESS_LAYERS),
     }
 
 

@@ -514,6 +514,20 @@ class Settings(BaseSettings):
         return self.nginx_listen_port or self.http_port
 
 
+# The layers whose knobs reach the app process (gunicorn, its workers, the app). The others are read by
+# stackctl, nginx, compose or Locust: under Docker the app container does not even receive them.
+APP_PROCESS_LAYERS: tuple[Layer, ...] = ("app", "gunicorn", "uvicorn")
+
+
+def fields_of(*layers: Layer) -> tuple[str, ...]:
+    """The Settings fields whose layer is one of `layers`, in declaration order."""
+    return tuple(
+        name
+        for name, field in Settings.model_fields.items()
+        if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("layer") in layers
+    )
+
+
 def env_name(field: str) -> str:
     return field.upper()
 

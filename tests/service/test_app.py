@@ -167,3 +167,13 @@ def test_each_app_keeps_its_own_limits_and_documents_them() -> None:
     assert work["schema"] | {"minimum": 1, "maximum": 1000} == work["schema"]
     assert schemas[1]["paths"]["/api/cpu"]["get"]["parameters"][0]["schema"]["maximum"] == 2000
     assert schemas[0]["components"]["schemas"]["EchoIn"]["properties"]["text"]["maxLength"] == 5
+
+
+def test_info_reports_only_the_knobs_the_app_process_receives(client: TestClient) -> None:
+    info = client.get("/api/info").json()
+    assert info["settings_layers"] == ["app", "gunicorn", "uvicorn"]
+    knobs = set(info["settings"])
+    assert info["settings"]["app_max_delay"] == 2
+    assert {"app_request_timeout", "web_concurrency", "gunicorn_keepalive", "uvicorn_ws_max_size"} <= knobs
+    assert not [knob for knob in knobs if knob.startswith(("nginx_", "locust_", "compose_"))]
+    assert not {"http_port", "runtime", "profile"} & knobs

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from starlette.websockets import WebSocketDisconnect
 
 from service import routes
-from service.settings import Settings, load_settings
+from service.settings import APP_PROCESS_LAYERS, Settings, fields_of, load_settings
 
 
 def unit(router: APIRouter, settings: Settings | None = None) -> TestClient:
@@ -129,3 +129,11 @@ def test_the_health_router_needs_no_settings() -> None:
     with unit(routes.health) as client:
         assert client.get("/healthz").json() == {"status": "ok"}
         assert client.get("/readyz").json()["status"] == "ready"
+
+
+def test_info_reports_the_app_process_layers_alone() -> None:
+    with unit(routes.introspection, load_settings(gunicorn_keepalive=21)) as client:
+        info = client.get("/api/info").json()
+    assert list(info["settings"]) == list(fields_of(*APP_PROCESS_LAYERS))
+    assert info["settings"]["gunicorn_keepalive"] == 21
+    assert info["settings_layers"] == ["app", "gunicorn", "uvicorn"]
