@@ -24,6 +24,7 @@ from locust import FastHttpUser, User, events, task
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
+from loadtest.limits import CPU_LIMIT, THRESHOLD_EXIT_CODE
 from service.settings import ConfigError, load_settings
 
 try:
@@ -33,9 +34,7 @@ except ConfigError as error:
 
 log = logging.getLogger("loadtest")
 
-CPU_LIMIT = 90.0
 CPU_SAMPLE_SECONDS = 2.0
-THRESHOLD_EXIT_CODE = 3
 RECONNECT_CODES = {1001: "going away", 1012: "service restart"}
 
 
