@@ -10,9 +10,10 @@ import json
 import logging
 import struct
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import gevent
@@ -21,8 +22,10 @@ import websocket
 from gevent.event import AsyncResult
 from gevent.queue import Empty, Queue
 from locust import FastHttpUser, User, events, task
+from locust.argument_parser import LocustArgumentParser
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
+from locust.stats import StatsEntry
 
 from loadtest.limits import CPU_LIMIT, THRESHOLD_EXIT_CODE
 from service.settings import ConfigError, load_settings
@@ -38,6 +41,35 @@ CPU_SAMPLE_SECONDS = 2.0
 RECONNECT_CODES = {1001: "going away", 1012: "service restart"}
 
 
+# --- typed views of the methods locust and websocket-client leave unannotated ------------------------------
+Handler = TypeVar("Handler", bound=Callable[..., None])
+
+
+class Hook(Protocol):
+    """A Locust event, locust.event.EventHook."""
+
+    def add_listener(self, handler: Handler) -> Handler: ...
+
+    def fire(self, *, reverse: bool = False, **kwargs: Any) -> None: ...
+
+
+def listener(event: Hook) -> Callable[[Handler], Handler]:
+    """`@listener(events.init)`: EventHook.add_listener as a typed decorator."""
+    return event.add_listener
+
+
+class RecordedError(Protocol):
+    """A row of Locust's error table, locust.stats.StatsError."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class RawSocket(Protocol):
+    """websocket.WebSocket's shutdown(): close the TCP socket now, without a close handshake."""
+
+    def shutdown(self) -> None: ...
+
+
 def report_sample(
     environment: Environment,
     request_type: str,
@@ -48,7 +80,8 @@ def report_sample(
     response_time: float | None = None,
 ) -> None:
     """One row sample for a protocol Locust does not time itself (WebSocket, stream chunks)."""
-    environment.events.request.fire(
+    request: Hook = environment.events.request
+    request.fire(
         request_type=request_type,
         name=name,
         response_time=(time.perf_counter() - started) * 1000 if response_time is None else response_time,
@@ -69,8 +102,8 @@ KNOB_OPTIONS = (
 )
 
 
-@events.init_command_line_parser.add_listener
-def add_options(parser: Any) -> None:
+@listener(events.init_command_line_parser)
+def add_options(parser: LocustArgumentParser) -> None:
     for field in KNOB_OPTIONS:
         parser.add_argument(
             "--" + field.removeprefix("locust_").replace("_", "-"),
@@ -172,8 +205,8 @@ class WebSocketUser(User):
         scheme = "wss" if parts.scheme == "https" else "ws"
         self.url = f"{scheme}://{parts.netloc}{self.path}{'?' + self.query if self.query else ''}"
         self.socket: websocket.WebSocket | None = None
-        self.receiver: gevent.Greenlet | None = None
-        self.closed: AsyncResult = AsyncResult()
+        self.receiver: gevent.Greenlet[[websocket.WebSocket, AsyncResult[Closed]], None] | None = None
+        self.closed: AsyncResult[Closed] = AsyncResult()
         self.inbox: Queue[str | bytes] = Queue()
 
     def report(
@@ -210,7 +243,7 @@ class WebSocketUser(User):
             return True
         return False
 
-    def receive(self, ws: websocket.WebSocket, closed: AsyncResult) -> None:
+    def receive(self, ws: websocket.WebSocket, closed: AsyncResult[Closed]) -> None:
         try:
             while True:
                 opcode, data = ws.recv_data()
@@ -240,7 +273,8 @@ class WebSocketUser(User):
             self.converse(deadline)
             if not self.closed.ready():
                 break
-            closed: Closed = self.closed.get()
+            closed = self.closed.get()
+            assert closed is not None  # receive() always sets a Closed
             self.hang_up()
             if closed.code not in RECONNECT_CODES:
                 error = ConnectionError(f"closed with {closed.code}: {closed.reason}")
@@ -259,7 +293,8 @@ class WebSocketUser(User):
         if ws is not None:
             with contextlib.suppress(Exception):
                 ws.close(timeout=1)
-            ws.shutdown()
+            raw: RawSocket = ws
+            raw.shutdown()
 
     def on_stop(self) -> None:
         self.hang_up()
@@ -322,7 +357,7 @@ class TickerPushes(WebSocketUser):
 # --- run summary: stats, thresholds and Locust's own CPU ------------------------------------------------
 
 
-@events.init.add_listener
+@listener(events.init)
 def refresh_loop_clock(environment: Environment, **_: Any) -> None:
     """gevent's loop caches "now" and importing the locustfiles does not refresh it, so Locust's --run-time
     timer would start in the past and end the run early by the import time (seconds on a busy machine)."""
@@ -337,7 +372,7 @@ class CpuWatch:
         self.process = psutil.Process()
         self.peak = 0.0
         self.peaks: dict[str, float] = {}
-        self.greenlet: gevent.Greenlet | None = None
+        self.greenlet: gevent.Greenlet[[], None] | None = None
 
     def start(self) -> None:
         self.peak = 0.0
@@ -355,24 +390,24 @@ class CpuWatch:
 cpu_watch = CpuWatch()
 
 
-@events.test_start.add_listener
+@listener(events.test_start)
 def start_cpu_watch(environment: Environment, **_: Any) -> None:
     cpu_watch.start()
 
 
-@events.report_to_master.add_listener
+@listener(events.report_to_master)
 def send_cpu_peak(client_id: str, data: dict[str, Any]) -> None:
     data["loadtest_cpu_peak"] = cpu_watch.peak
 
 
-@events.worker_report.add_listener
+@listener(events.worker_report)
 def receive_cpu_peak(client_id: str, data: dict[str, Any]) -> None:
     if "loadtest_cpu_peak" in data:
         name = f"worker {client_id}"
         cpu_watch.peaks[name] = max(cpu_watch.peaks.get(name, 0.0), float(data["loadtest_cpu_peak"]))
 
 
-def stats_row(entry: Any) -> dict[str, Any]:
+def stats_row(entry: StatsEntry) -> dict[str, Any]:
     return {
         "type": entry.method or "",
         "name": entry.name,
@@ -404,12 +439,13 @@ def run_summary(environment: Environment) -> dict[str, Any]:
     locust_warning = bool(
         runner and (runner.cpu_warning_emitted or getattr(runner, "worker_cpu_warning_emitted", False))
     )
+    recorded_errors: Iterable[RecordedError] = stats.errors.values()
     return {
         "total": total,
         "rows": [
             stats_row(entry) for entry in sorted(stats.entries.values(), key=lambda e: (e.method, e.name))
         ],
-        "errors": [error.to_dict() for error in stats.errors.values()],
+        "errors": [error.to_dict() for error in recorded_errors],
         "thresholds": {"max_fail_ratio": max_fail_ratio, "max_p95_ms": max_p95, "violations": violations},
         "cpu": {
             "limit_percent": cpu_limit,
@@ -422,7 +458,7 @@ def run_summary(environment: Environment) -> dict[str, Any]:
     }
 
 
-@events.quitting.add_listener
+@listener(events.quitting)
 def judge_run(environment: Environment, **_: Any) -> None:
     """Thresholds decide the exit code (not Locust's "any failure = 1"); the summary goes to a file."""
     if environment.runner is None or isinstance(environment.runner, WorkerRunner):
