@@ -25,7 +25,8 @@ def healthy(target: str) -> bool:
             socket.create_connection((parts.hostname, parts.port), timeout=3).close()
             return True
         with urllib.request.urlopen(target, timeout=3) as response:
-            return 200 <= response.status < 300
+            status: int = response.status
+            return 200 <= status < 300
     except OSError as error:
         print(f"healthcheck: {target}: {error}", file=sys.stderr)
         return False

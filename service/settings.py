@@ -26,6 +26,7 @@ from pydantic_settings import (
 )
 
 Layer = Literal["stack", "app", "gunicorn", "uvicorn", "nginx", "compose", "locust"]
+OUR_WORKER_CLASS = "service.worker.UvicornWorker"
 
 
 def knob(default: Any, unit: str, layer: Layer, effect: str, **kwargs: Any) -> Any:
@@ -141,7 +142,7 @@ class Settings(BaseSettings):
         "0.0.0.0:8000 on the internal network and publishes nothing.",
     )
     gunicorn_worker_class: str = knob(
-        "service.worker.UvicornWorker",
+        OUR_WORKER_CLASS,
         "import path",
         "gunicorn",
         "Worker class. Ours passes the UVICORN_* knobs through; `asgi` is gunicorn's own ASGI worker.",

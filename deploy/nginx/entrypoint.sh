@@ -70,9 +70,11 @@ render() {
         log "template variables not set in the environment:$missing"
         return 1
     fi
-    mkdir -p "$RUN_DIR/client_body" "$RUN_DIR/proxy" "$RUN_DIR/fastcgi" "$RUN_DIR/uwsgi" "$RUN_DIR/scgi"
     names=$(template_variables | sed 's/.*/${&}/' | tr '\n' ' ')
     NGINX_UPSTREAM=$(server_lines "$1") envsubst "$names" <"$TEMPLATE" >"$CONF.new"
+    # The template's *_temp_path lines name the writable directories nginx needs; create exactly those.
+    sed -n 's/^[[:space:]]*[a-z_]*_temp_path[[:space:]]\{1,\}\([^;[:space:]]*\).*/\1/p' "$CONF.new" |
+        while read -r directory; do mkdir -p "$directory"; done
     if ! checked=$(nginx -t -q -c "$CONF.new" -e stderr 2>&1); then
         log "nginx -t rejected the rendered config: $(echo "$checked" | tail -n 1)"
         return 1

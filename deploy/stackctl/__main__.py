@@ -4,29 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-from deploy.stackctl import check, docker, docs, local
-from deploy.stackctl.config import ROOT, Effective, effective, read_env_file
+from deploy.stackctl import check, docker, docs, local, stack
+from deploy.stackctl.config import KEPT, ROOT, Effective, read_env_file
 from service.settings import ConfigError
-
-
-def docker_engine_reachable() -> bool:
-    if not shutil.which("docker"):
-        return False
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-def resolve_runtime(requested: str) -> str:
-    if requested == "auto":
-        return "docker" if docker_engine_reachable() else "local"
-    return requested
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--run-dir",
         type=Path,
-        default=Path(".run/local"),
+        default=stack.DEFAULT_RUN_DIR,
         help="where a local stack keeps configs, pids and logs (default .run/local)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -64,36 +47,58 @@ def main(argv: list[str] | None = None) -> int:
         run = local.RunDir(args.run_dir)
         if args.command in ("down", "ps", "logs"):
             return dispatch_without_config(args, run)
-        config = effective(pinned=local.pinned_paths(run))
-        runtime = resolve_runtime(config.settings.runtime)
+        if args.command == "up":
+            return up(args.run_dir)
+        if args.command == "reload":
+            return reload(args.run_dir)
+        config = stack.configure(args.run_dir)
+        runtime = stack.resolve_runtime(config.settings.runtime)
         if args.command == "runtime":
             print(runtime)
             return 0
         if args.command == "check":
             return check.run_check(config, runtime)
-        if args.command in ("up", "reload"):
-            check.refuse_unsafe(config, runtime, args.command)
         if runtime == "docker" or args.command in ("scale", "images", "wheelhouse"):
             return dispatch_docker(args, config)
-        if args.command == "up":
-            local.up(run, config)
-        elif args.command == "reload":
-            local.reload(run, config)
-        elif args.command == "render":
-            local.prepare(run, config)
-            print(f"rendered {run.env_file} and {run.nginx_conf}")
+        local.prepare(run, config)  # render
+        print(f"rendered {run.env_file} and {run.nginx_conf}")
         return 0
     except (ConfigError, local.StackError) as error:
         print(f"stackctl {args.command}: {error}", file=sys.stderr)
         return 1
 
 
+def up(run_dir: Path) -> int:
+    try:
+        stack.start(stack.configured_runtime(run_dir), run_dir=run_dir, quiet=False)
+    except local.AlreadyRunning as running:
+        print(running)
+    return 0
+
+
+def reload(run_dir: Path) -> int:
+    """Re-render from the environment, keeping what the stack was started with; say what changes."""
+    handle = stack.attach(run_dir)
+    if handle is None:
+        runtime = stack.configured_runtime(run_dir)
+        if runtime == "local":
+            raise local.StackError(f"no running stack in {run_dir.resolve()}; start it with `make up`")
+        handle = stack.Handle(runtime, run_dir.resolve(), stack.configure(run_dir), dict(os.environ))
+    new = stack.configure(run_dir)
+    changed = stack.changes(handle.config, new)
+    for name, old, value, source in changed:
+        print(f"  {name}: {old} -> {value} ({source})")
+    if not changed:
+        print("no knob changed; reloading anyway (new workers, nginx re-reads its config)")
+    kept = [f"{name}={value.value}" for name, value in new.values.items() if value.source == KEPT]
+    if kept:
+        print(f"kept from the environment the stack started with: {' '.join(kept)} (set one to change it)")
+    handle.apply(new, os.environ)
+    return 0
+
+
 def dispatch_docker(args: argparse.Namespace, config: Effective) -> int:
-    if args.command == "up":
-        docker.up(config)
-    elif args.command == "reload":
-        docker.reload(config)
-    elif args.command == "scale":
+    if args.command == "scale":
         docker.scale(config, args.replicas)
     elif args.command == "images":
         docker.build(docker.Project(docker.knob_environment(config)), loadtest=True)
@@ -108,9 +113,12 @@ def existing_runtime(run: local.RunDir) -> str:
     """Which runtime down/ps/logs talk to: RUNTIME if set, else the one a stack was started with."""
     dotenv = read_env_file(ROOT / ".env") if (ROOT / ".env").is_file() else {}
     requested = os.environ.get("RUNTIME") or dotenv.get("RUNTIME")
-    if requested in ("local", "docker"):
+    if requested in stack.RUNTIMES:
         return requested
-    if run.load_state() is not None or not docker_engine_reachable():
+    previous = stack.recorded(run.path)
+    if previous is not None:
+        return previous.runtime
+    if run.load_state() is not None or not stack.docker_engine_reachable():
         return "local"
     return "docker"
 
@@ -119,6 +127,7 @@ def dispatch_without_config(args: argparse.Namespace, run: local.RunDir) -> int:
     if existing_runtime(run) == "docker":
         if args.command == "down":
             docker.down()
+            stack.forget(run.path)
         elif args.command == "ps":
             docker.ps()
         else:
@@ -126,6 +135,7 @@ def dispatch_without_config(args: argparse.Namespace, run: local.RunDir) -> int:
         return 0
     if args.command == "down":
         local.down(run)
+        stack.forget(run.path)
     elif args.command == "ps":
         local.ps(run)
     else:

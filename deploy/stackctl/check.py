@@ -4,7 +4,6 @@ validator, and the ordering rules of deploy/stackctl/rules.py. `up` and `reload`
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -14,12 +13,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from deploy.stackctl import local, rules
+from deploy.stackctl import docker, local, rules
 from deploy.stackctl.config import KNOBS, ROOT, Effective, dump
 from service.settings import ConfigError, Settings
 
-COMPOSE_FILE = ROOT / "docker-compose.yml"
-OVERRIDE = "ALLOW_UNSAFE_CONFIG=1"
+OVERRIDE = f"{rules.UNSAFE_OVERRIDE}=1"
 
 
 @dataclass(frozen=True)
@@ -103,26 +101,16 @@ def validate_gunicorn(config: Effective) -> Validation:
     return Validation("gunicorn", command, "ok", "deploy/gunicorn.conf.py with the rendered env")
 
 
-def compose_command() -> list[str] | None:
-    if shutil.which("docker"):
-        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=20)
-        if probe.returncode == 0:
-            return ["docker", "compose"]
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    return None
-
-
 def validate_compose(config: Effective) -> Validation:
-    if not COMPOSE_FILE.is_file():
-        return Validation("compose", "compose config", "skipped", f"no {COMPOSE_FILE.name} in {ROOT}")
-    command = compose_command()
-    if command is None:
-        missing = "neither `docker compose` nor docker-compose is installed"
-        return Validation("compose", "compose config", "skipped", missing)
+    if not docker.COMPOSE_FILE.is_file():
+        return Validation("compose", "compose config", "skipped", f"no {docker.COMPOSE_FILE.name} in {ROOT}")
+    try:
+        command = docker.compose_command()
+    except local.StackError as error:
+        return Validation("compose", "compose config", "skipped", str(error))
     env = {**os.environ, **{name: dump(config.settings, name) for name in KNOBS}}
     result = subprocess.run(
-        [*command, "-f", str(COMPOSE_FILE), "config", "-q"],
+        [*command, "-f", str(docker.COMPOSE_FILE), "config", "-q"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -133,7 +121,7 @@ def validate_compose(config: Effective) -> Validation:
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines() or [f"exit {result.returncode}"]
         return Validation("compose", name, "failed", lines[-1])
-    return Validation("compose", name, "ok", COMPOSE_FILE.name)
+    return Validation("compose", name, "ok", docker.COMPOSE_FILE.name)
 
 
 def print_findings(findings: list[rules.Finding], console: Console) -> None:
@@ -186,8 +174,9 @@ def run_check(config: Effective, runtime: str) -> int:
     return 0
 
 
-def refuse_unsafe(config: Effective, runtime: str, command: str) -> None:
-    """What `up` and `reload` run first: refuse a config that breaks a rule unless ALLOW_UNSAFE_CONFIG=1."""
+def refuse_unsafe(config: Effective, runtime: str, command: str, allowed: bool | None = None) -> None:
+    """What `up` and `reload` run first: refuse a config that breaks a rule unless ALLOW_UNSAFE_CONFIG=1
+    (`allowed`; default: read from this process's environment)."""
     findings = rules.evaluate(config.settings, rules.HostFacts.for_runtime(runtime, config.settings))
     broken = rules.errors(findings)
     console = make_console(stderr=True)
@@ -195,7 +184,7 @@ def refuse_unsafe(config: Effective, runtime: str, command: str) -> None:
     if not broken:
         return
     names = "; ".join(f.claim for f in broken)
-    if rules.unsafe_config_allowed():
+    if rules.unsafe_config_allowed() if allowed is None else allowed:
         console.print(
             f"[bold red]WARNING: {OVERRIDE}: {command} goes ahead with {len(broken)} broken ordering "
             f"rule(s) ({names}). Expect the failures they describe; never use this in production.[/]",

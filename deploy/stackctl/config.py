@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,15 +51,21 @@ def read_env_file(path: Path) -> dict[str, str]:
     return {key.upper(): value for key, value in parsed.items() if value is not None}
 
 
-def knob_env(environ: dict[str, str]) -> dict[str, str]:
+def knob_env(environ: Mapping[str, str]) -> dict[str, str]:
     return {name: value for name, value in environ.items() if name in KNOBS}
 
 
+KEPT = "kept from start"
+
+
 def effective(
-    environ: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
     env_file: Path | None = ROOT / ".env",
-    pinned: dict[str, str] | None = None,
+    pinned: Mapping[str, str] | None = None,
+    kept: Mapping[str, str] | None = None,
 ) -> Effective:
+    """`kept`: values a running stack was started with from its environment; a reload keeps them unless
+    the environment now says otherwise."""
     environ = dict(os.environ if environ is None else environ)
     dotenv = read_env_file(env_file) if env_file and env_file.is_file() else {}
     profile = environ.get("PROFILE") or dotenv.get("PROFILE") or "default"
@@ -71,6 +78,7 @@ def effective(
     for layer, source in (
         (read_env_file(profile_path), f"profile:{profile}"),
         (knob_env(dotenv), ".env"),
+        (dict(kept or {}), KEPT),
         (knob_env(environ), "environment"),
         (pinned or {}, "runtime"),
     ):
@@ -83,6 +91,7 @@ def effective(
 
 
 NGINX_VARIABLE = re.compile(r"\$\{(NGINX_[A-Z0-9_]+)\}")
+NGINX_TEMP_PATH = re.compile(r"^\s*[a-z_]+_temp_path\s+([^;\s]+)", re.MULTILINE)
 
 
 def nginx_variables(settings: Settings) -> dict[str, str]:
@@ -99,3 +108,8 @@ def render_nginx(settings: Settings, template: Path = NGINX_TEMPLATE) -> str:
     if unknown:
         raise ConfigError(f"{template.name} uses {', '.join(unknown)}, which no knob defines")
     return NGINX_VARIABLE.sub(lambda m: variables[m.group(1)], text)
+
+
+def nginx_temp_dirs(rendered: str) -> list[Path]:
+    """The writable directories a rendered nginx.conf names (its *_temp_path lines), in order."""
+    return [Path(found) for found in NGINX_TEMP_PATH.findall(rendered)]

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ import httpx2
 
 from deploy.pins import pinned_requirements
 from deploy.stackctl.config import ROOT, Effective
-from deploy.stackctl.local import StackError, port_in_use
+from deploy.stackctl.local import StackError
+from deploy.stackctl.ports import LOOPBACK, port_in_use
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 WHEELHOUSE = ROOT / "wheelhouse"
@@ -46,7 +48,7 @@ def default_build_arg(name: str) -> str:
 def compose_command() -> list[str]:
     if not shutil.which("docker"):
         raise StackError("the docker CLI is not installed; install Docker or use RUNTIME=local")
-    v2 = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+    v2 = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True, timeout=20)
     if v2.returncode == 0:
         return ["docker", "compose"]
     if shutil.which("docker-compose"):
@@ -86,15 +88,18 @@ class Container:
 
 
 class Project:
-    def __init__(self, env: dict[str, str] | None = None) -> None:
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
         self.env = dict(os.environ if env is None else env)
         self.name = self.env.get("COMPOSE_PROJECT_NAME") or DEFAULT_PROJECT
         self.compose = compose_command()
 
+    def command(self, *args: str, profiles: tuple[str, ...] = ()) -> list[str]:
+        return [*self.compose, "-p", self.name, "-f", str(COMPOSE_FILE), *profiles, *args]
+
     def run(
         self, *args: str, profiles: tuple[str, ...] = (), capture: bool = False
     ) -> subprocess.CompletedProcess[str]:
-        command = [*self.compose, "-p", self.name, "-f", str(COMPOSE_FILE), *profiles, *args]
+        command = self.command(*args, profiles=profiles)
         result = subprocess.run(command, cwd=ROOT, env=self.env, text=True, capture_output=capture)
         if result.returncode != 0:
             detail = (result.stderr or "").strip().splitlines()[-1:] if capture else ["see the output above"]
@@ -123,11 +128,12 @@ class Project:
         return [c for c in self.containers(service) if c.status == "running"]
 
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.env.get('HTTP_PORT', '8080')}"
+        return f"http://{LOOPBACK}:{self.env.get('HTTP_PORT', '8080')}"
 
 
-def knob_environment(config: Effective) -> dict[str, str]:
-    return {**os.environ, **{name: value.value for name, value in config.values.items()}}
+def knob_environment(config: Effective, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`base` (default: this process's environment) with every knob's effective value, for compose."""
+    return {**(os.environ if base is None else base), **{name: v.value for name, v in config.values.items()}}
 
 
 def build_wheelhouse(env: dict[str, str]) -> Path:
@@ -209,10 +215,10 @@ def last_log(project: Project, container: Container) -> str:
     return " | ".join((logs.stdout + logs.stderr).strip().splitlines()[-3:]) or "no log output"
 
 
-def up(config: Effective) -> Project:
-    project = Project(knob_environment(config))
+def up(config: Effective, environ: Mapping[str, str] | None = None) -> Project:
+    project = Project(knob_environment(config, environ))
     port = config.settings.http_port
-    if not project.running("nginx") and port_in_use("127.0.0.1", port):
+    if not project.running("nginx") and port_in_use(LOOPBACK, port):
         raise StackError(f"HTTP_PORT: port {port} is already in use by another process; choose a free one")
     build(project)
     replicas = max(1, len(project.running("app")))  # `make up` keeps a `make scale`
@@ -254,8 +260,8 @@ def require_running(project: Project) -> list[Container]:
     return apps
 
 
-def reload(config: Effective) -> None:
-    project = Project(knob_environment(config))
+def reload(config: Effective, environ: Mapping[str, str] | None = None) -> None:
+    project = Project(knob_environment(config, environ))
     apps = require_running(project)
     project.run("kill", "-s", "HUP", "app")
     project.run("exec", "-T", "nginx", "blueprint-nginx", "reload")
@@ -286,6 +292,5 @@ def ps(project: Project | None = None) -> None:
 
 def logs(follow: bool) -> None:
     project = Project()
-    command = [*project.compose, "-p", project.name, "-f", str(COMPOSE_FILE), *ALL_PROFILES, "logs"]
-    command += ["--tail", "50", *(["-f"] if follow else [])]
+    command = project.command("logs", "--tail", "50", *(["-f"] if follow else []), profiles=ALL_PROFILES)
     os.execvpe(command[0], command, project.env)

@@ -11,17 +11,18 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx2
 import psutil
 
-from deploy.stackctl.config import ROOT, Effective, render_nginx
+from deploy.stackctl.config import ROOT, Effective, nginx_temp_dirs, render_nginx
+from deploy.stackctl.ports import LOOPBACK, port_in_use
 
 GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
 NGINX_PACKAGE = "nginx-light"
@@ -29,6 +30,14 @@ NGINX_PACKAGE = "nginx-light"
 
 class StackError(Exception):
     """A problem the user can fix; the message is one line that says how."""
+
+
+class AlreadyRunning(StackError):
+    def __init__(self, state: State, run: RunDir) -> None:
+        super().__init__(
+            f"stack already running at {state.url} (run dir {run.path}); `make down` first to restart it"
+        )
+        self.state = state
 
 
 @dataclass
@@ -42,7 +51,7 @@ class State:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{LOOPBACK}:{self.http_port}"
 
 
 class RunDir:
@@ -74,20 +83,14 @@ class RunDir:
 def alive(pid: int) -> bool:
     try:
         process = psutil.Process(pid)
-        return process.status() != psutil.STATUS_ZOMBIE
+        return bool(process.status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
 
 
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex((host, port)) == 0
-
-
 def split_bind(bind: str) -> tuple[str, int]:
     host, port = bind.rsplit(":", 1)
-    return (host or "127.0.0.1").strip("[]"), int(port)
+    return (host or LOOPBACK).strip("[]"), int(port)
 
 
 def find_nginx() -> str:
@@ -117,9 +120,9 @@ def prepare(run: RunDir, config: Effective) -> None:
     run.path.mkdir(parents=True, exist_ok=True)
     run.metrics_dir.mkdir(exist_ok=True)
     run.env_file.write_text(config.env_file_text())
-    run.nginx_conf.write_text(render_nginx(config.settings))
-    for sub in ("", "client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        directory = run.nginx_dir / sub
+    rendered = render_nginx(config.settings)
+    run.nginx_conf.write_text(rendered)
+    for directory in (run.nginx_dir, *nginx_temp_dirs(rendered)):
         directory.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             # nginx started by root drops its workers to `nobody`, which must write request-body temp files.
@@ -144,9 +147,9 @@ def pinned_paths(run: RunDir) -> dict[str, str]:
     return {"NGINX_RUN_DIR": str(run.nginx_dir.resolve())}
 
 
-def process_env(run: RunDir) -> dict[str, str]:
+def process_env(run: RunDir, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return {
-        **os.environ,
+        **(os.environ if environ is None else environ),
         "STACK_ENV_FILE": str(run.env_file),
         "PROMETHEUS_MULTIPROC_DIR": str(run.metrics_dir),
         "PYTHONUNBUFFERED": "1",
@@ -171,18 +174,18 @@ def wait_healthy(url: str, processes: dict[str, subprocess.Popen[bytes]], logs: 
     raise StackError(f"{url}/healthz did not answer through nginx within 60 s; see `make logs`")
 
 
-def up(run: RunDir, config: Effective) -> State:
+def up(run: RunDir, config: Effective, environ: Mapping[str, str] | None = None) -> State:
+    """Start gunicorn and nginx; `environ` is the processes' environment (default: this one's)."""
     settings = config.settings
     state = run.load_state()
     if state and (alive(state.gunicorn_pid) or alive(state.nginx_pid)):
-        print(f"stack already running at {state.url} (run dir {run.path}); `make down` first to restart it")
-        return state
+        raise AlreadyRunning(state, run)
 
     bind_host, bind_port = split_bind(settings.gunicorn_bind)
     for knob, host, port in (
-        ("HTTP_PORT", "127.0.0.1", settings.listen_port),
+        ("HTTP_PORT", LOOPBACK, settings.listen_port),
         ("GUNICORN_BIND", bind_host, bind_port),
-        ("NGINX_STATUS_PORT", "127.0.0.1", settings.nginx_status_port),
+        ("NGINX_STATUS_PORT", LOOPBACK, settings.nginx_status_port),
     ):
         if port_in_use(host, port):
             raise StackError(f"{knob}: port {port} is already in use by another process; choose a free one")
@@ -191,7 +194,7 @@ def up(run: RunDir, config: Effective) -> State:
     prepare(run, config)
     check_nginx(nginx, run)
 
-    env = process_env(run)
+    env = process_env(run, environ)
     with run.gunicorn_log.open("ab") as log:
         gunicorn = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "--pid", str(run.gunicorn_pid)],
@@ -259,7 +262,7 @@ def down(run: RunDir, quiet: bool = False) -> None:
     bind_host, bind_port = split_bind(state.gunicorn_bind)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and (
-        port_in_use("127.0.0.1", state.http_port) or port_in_use(bind_host, bind_port)
+        port_in_use(LOOPBACK, state.http_port) or port_in_use(bind_host, bind_port)
     ):
         time.sleep(0.1)
     run.state.unlink(missing_ok=True)
@@ -320,7 +323,7 @@ def ps(run: RunDir) -> None:
                 print(f"{each:>7}  {name:<16} {process.status():<9} {' '.join(process.cmdline())[:90]}")
             except psutil.NoSuchProcess:
                 print(f"{each:>7}  {name:<16} {'gone':<9}")
-    print(f"url: {state.url}   metrics/stub_status: http://127.0.0.1:{state.status_port}/metrics")
+    print(f"url: {state.url}   metrics/stub_status: http://{LOOPBACK}:{state.status_port}/metrics")
 
 
 def logs(run: RunDir, follow: bool) -> None:

@@ -11,14 +11,13 @@ import importlib
 import math
 import os
 import resource
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from service.settings import Settings, env_name, usable_cpus
+from service.settings import OUR_WORKER_CLASS, Settings, env_name, usable_cpus
 
-OUR_WORKER_CLASS = "service.worker.UvicornWorker"
 SOMAXCONN_FILE = Path("/proc/sys/net/core/somaxconn")
 
 
@@ -63,13 +62,34 @@ class HostFacts:
         return cls.docker(settings) if runtime == "docker" else cls.local()
 
 
+# The ordering rules of failure-modes.md by number; a finding's `rule` is "rule N (title)".
+RULE_TITLES: dict[int, str] = {
+    1: "upstream keep-alive",
+    2: "WebSocket pings",
+    3: "request timeouts",
+    4: "graceful shutdown",
+    5: "blocked event loop",
+    6: "listen backlog",
+    7: "concurrency headroom",
+}
+
+
+def rule_name(rule_id: int, aspect: str | None = None) -> str:
+    return f"rule {rule_id} ({aspect or RULE_TITLES[rule_id]})"
+
+
 @dataclass(frozen=True)
 class Finding:
+    """One verdict: `rule_id` is the ordering rule's number (None for advice), `values` every knob or
+    host fact it compared (name -> value as shown)."""
+
     rule: str
     severity: Literal["ok", "error", "warning"]
     claim: str
     why: str
     fix: str
+    rule_id: int | None = None
+    values: Mapping[str, str] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return f"{self.rule}: {self.claim} — {self.why}. Fix: {self.fix}."
@@ -84,24 +104,44 @@ def labelled(name: str, value: float) -> str:
     return f"{name} = {shown(value)}" if "=" in name else f"{name}={shown(value)}"
 
 
-def knob(settings: Settings, field: str) -> tuple[str, float]:
-    return env_name(field), getattr(settings, field)
+@dataclass(frozen=True)
+class Side:
+    """One side of a comparison: its label, its value, and the knobs or facts it is made of."""
+
+    label: str
+    value: float
+    parts: Mapping[str, str]
+
+
+def knob(settings: Settings, field_name: str) -> Side:
+    name, value = env_name(field_name), getattr(settings, field_name)
+    return Side(name, value, {name: shown(value)})
+
+
+def fact(host_fact: Fact) -> Side:
+    return Side(host_fact.name, host_fact.value, {host_fact.name: shown(host_fact.value)})
+
+
+def combined(label: str, value: float, *parts: Side) -> Side:
+    return Side(label, value, {name: v for part in parts for name, v in part.parts.items()})
 
 
 def below(
-    rule: str,
-    low: tuple[str, float],
-    high: tuple[str, float],
+    rule: tuple[int, str | None],
+    low: Side,
+    high: Side,
     why: str,
     fix: str,
     or_equal: bool = False,
 ) -> list[Finding]:
-    (low_name, low_value), (high_name, high_value) = low, high
-    holds = low_value <= high_value if or_equal else low_value < high_value
+    rule_id, aspect = rule
+    holds = low.value <= high.value if or_equal else low.value < high.value
     relation = "<=" if or_equal else "<"
     must = "" if holds else "must be "
-    claim = f"{labelled(low_name, low_value)} {must}{relation} {labelled(high_name, high_value)}"
-    return [Finding(rule, "ok" if holds else "error", claim, why, fix)]
+    claim = f"{labelled(low.label, low.value)} {must}{relation} {labelled(high.label, high.value)}"
+    severity: Literal["ok", "error"] = "ok" if holds else "error"
+    values = {**low.parts, **high.parts}
+    return [Finding(rule_name(rule_id, aspect), severity, claim, why, fix, rule_id, values)]
 
 
 def nginx_workers(settings: Settings, host: HostFacts) -> int:
@@ -111,7 +151,7 @@ def nginx_workers(settings: Settings, host: HostFacts) -> int:
 
 def keepalive_order(settings: Settings, host: HostFacts) -> list[Finding]:
     return below(
-        "rule 1 (upstream keep-alive)",
+        (1, None),
         knob(settings, "nginx_upstream_keepalive_timeout"),
         knob(settings, "gunicorn_keepalive"),
         "otherwise nginx reuses a pooled connection the app is closing: sporadic 502, mostly on POST, "
@@ -123,11 +163,13 @@ def keepalive_order(settings: Settings, host: HostFacts) -> list[Finding]:
 def websocket_ping_order(settings: Settings, host: HostFacts) -> list[Finding]:
     silence = settings.uvicorn_ws_ping_interval + settings.uvicorn_ws_ping_timeout
     return below(
-        "rule 2 (WebSocket pings)",
-        (
+        (2, None),
+        combined(
             f"UVICORN_WS_PING_INTERVAL={shown(settings.uvicorn_ws_ping_interval)} + "
             f"UVICORN_WS_PING_TIMEOUT={shown(settings.uvicorn_ws_ping_timeout)}",
             silence,
+            knob(settings, "uvicorn_ws_ping_interval"),
+            knob(settings, "uvicorn_ws_ping_timeout"),
         ),
         knob(settings, "nginx_ws_read_timeout"),
         "nginx closes a WebSocket tunnel that stays silent for NGINX_WS_READ_TIMEOUT; the client sees 1006",
@@ -138,13 +180,13 @@ def websocket_ping_order(settings: Settings, host: HostFacts) -> list[Finding]:
 
 def request_timeout_order(settings: Settings, host: HostFacts) -> list[Finding]:
     return below(
-        "rule 3 (request timeouts)",
+        (3, None),
         knob(settings, "app_request_timeout"),
         knob(settings, "nginx_proxy_read_timeout"),
         "the app must give up first so the client gets the app's JSON 504, not nginx's 504",
         "lower APP_REQUEST_TIMEOUT or raise NGINX_PROXY_READ_TIMEOUT above it",
     ) + below(
-        "rule 3 (request timeouts)",
+        (3, None),
         knob(settings, "nginx_proxy_read_timeout"),
         knob(settings, "locust_client_timeout"),
         "a client that gives up before nginx never sees the server's answer (nginx logs 499)",
@@ -154,14 +196,14 @@ def request_timeout_order(settings: Settings, host: HostFacts) -> list[Finding]:
 
 def graceful_shutdown_order(settings: Settings, host: HostFacts) -> list[Finding]:
     return below(
-        "rule 4 (graceful shutdown)",
+        (4, None),
         knob(settings, "uvicorn_timeout_graceful_shutdown"),
         knob(settings, "gunicorn_graceful_timeout"),
         "gunicorn SIGKILLs workers still draining after GUNICORN_GRACEFUL_TIMEOUT: their in-flight requests "
         "die with 502 instead of uvicorn closing them in order",
         "lower UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN or raise GUNICORN_GRACEFUL_TIMEOUT above it",
     ) + below(
-        "rule 4 (graceful shutdown)",
+        (4, None),
         knob(settings, "gunicorn_graceful_timeout"),
         knob(settings, "compose_stop_grace_period"),
         "docker SIGKILLs the app container before gunicorn's graceful stop ends: exit 137, work lost",
@@ -171,7 +213,7 @@ def graceful_shutdown_order(settings: Settings, host: HostFacts) -> list[Finding
 
 def blocking_vs_heartbeat(settings: Settings, host: HostFacts) -> list[Finding]:
     return below(
-        "rule 5 (blocked event loop)",
+        (5, None),
         knob(settings, "app_expected_blocking"),
         knob(settings, "gunicorn_timeout"),
         "a loop blocked longer than GUNICORN_TIMEOUT misses its heartbeat: gunicorn kills the worker and "
@@ -183,9 +225,9 @@ def blocking_vs_heartbeat(settings: Settings, host: HostFacts) -> list[Finding]:
 
 def connection_capacity(settings: Settings, host: HostFacts) -> list[Finding]:
     findings = below(
-        "rule 6 (listen backlog)",
+        (6, None),
         knob(settings, "gunicorn_backlog"),
-        (host.somaxconn.name, host.somaxconn.value),
+        fact(host.somaxconn),
         "the kernel silently caps the listen queue at somaxconn, so bursts are reset earlier than configured",
         f"lower GUNICORN_BACKLOG to at most {host.somaxconn.value} or raise {host.somaxconn.name}",
         or_equal=True,
@@ -194,11 +236,14 @@ def connection_capacity(settings: Settings, host: HostFacts) -> list[Finding]:
         proxied = settings.uvicorn_limit_concurrency * settings.workers
         per_nginx_worker = math.ceil(proxied / nginx_workers(settings, host))
         findings += below(
-            "rule 6 (nginx connections)",
-            (
+            (6, "nginx connections"),
+            combined(
                 f"2 x UVICORN_LIMIT_CONCURRENCY={settings.uvicorn_limit_concurrency} x workers="
                 f"{settings.workers} / nginx workers={nginx_workers(settings, host)}",
                 2 * per_nginx_worker,
+                knob(settings, "uvicorn_limit_concurrency"),
+                knob(settings, "web_concurrency"),
+                knob(settings, "nginx_worker_processes"),
             ),
             knob(settings, "nginx_worker_connections"),
             "each proxied request holds a client and an upstream connection; nginx refuses new ones past "
@@ -208,7 +253,7 @@ def connection_capacity(settings: Settings, host: HostFacts) -> list[Finding]:
             or_equal=True,
         )
     findings += below(
-        "rule 6 (open files)",
+        (6, "open files"),
         knob(settings, "nginx_worker_connections"),
         knob(settings, "nginx_worker_rlimit_nofile"),
         "every connection is a file descriptor; nginx fails with 'Too many open files' before it reaches "
@@ -217,9 +262,9 @@ def connection_capacity(settings: Settings, host: HostFacts) -> list[Finding]:
         or_equal=True,
     )
     findings += below(
-        "rule 6 (open files)",
+        (6, "open files"),
         knob(settings, "nginx_worker_rlimit_nofile"),
-        (host.open_files.name, host.open_files.value),
+        fact(host.open_files),
         "nginx cannot raise its open-file limit past the limit it runs under",
         f"lower NGINX_WORKER_RLIMIT_NOFILE to at most {host.open_files.value} or raise "
         f"{host.open_files.name}",
@@ -236,11 +281,14 @@ def concurrency_headroom(settings: Settings, host: HostFacts) -> list[Finding]:
     pooled = settings.nginx_upstream_keepalive * workers
     reserved = pooled + settings.app_expected_websockets
     return below(
-        "rule 7 (concurrency headroom)",
-        (
+        (7, None),
+        combined(
             f"NGINX_UPSTREAM_KEEPALIVE={settings.nginx_upstream_keepalive} x nginx workers={workers} + "
             f"APP_EXPECTED_WEBSOCKETS={settings.app_expected_websockets}",
             reserved,
+            knob(settings, "nginx_upstream_keepalive"),
+            knob(settings, "nginx_worker_processes"),
+            knob(settings, "app_expected_websockets"),
         ),
         knob(settings, "uvicorn_limit_concurrency"),
         "uvicorn counts idle pooled keep-alive connections and WebSockets against its limit and answers an "
@@ -275,9 +323,12 @@ def settings_without_effect(settings: Settings, host: HostFacts) -> list[Finding
                 f"{', '.join(set_uvicorn)} set while GUNICORN_WORKER_CLASS={settings.gunicorn_worker_class}",
                 f"only {OUR_WORKER_CLASS} passes UVICORN_* knobs to uvicorn; they do nothing here",
                 f"unset them or use GUNICORN_WORKER_CLASS={OUR_WORKER_CLASS}",
+                values={"GUNICORN_WORKER_CLASS": settings.gunicorn_worker_class}
+                | {name: shown(getattr(settings, name.lower())) for name in set_uvicorn},
             )
         )
     maximum, jitter = settings.gunicorn_max_requests, settings.gunicorn_max_requests_jitter
+    recycling = {"GUNICORN_MAX_REQUESTS": str(maximum), "GUNICORN_MAX_REQUESTS_JITTER": str(jitter)}
     if maximum and not 0.1 * maximum <= jitter <= 0.5 * maximum:
         findings.append(
             Finding(
@@ -287,6 +338,7 @@ def settings_without_effect(settings: Settings, host: HostFacts) -> list[Finding
                 f"GUNICORN_MAX_REQUESTS={maximum}",
                 "outside 10-50 % workers recycle nearly together (too little) or unpredictably (too much)",
                 f"set GUNICORN_MAX_REQUESTS_JITTER between {math.ceil(0.1 * maximum)} and {maximum // 2}",
+                values=recycling,
             )
         )
     if not maximum and jitter:
@@ -297,6 +349,7 @@ def settings_without_effect(settings: Settings, host: HostFacts) -> list[Finding
                 f"GUNICORN_MAX_REQUESTS_JITTER={jitter} with GUNICORN_MAX_REQUESTS=0",
                 "jitter only applies when workers are recycled",
                 "set GUNICORN_MAX_REQUESTS_JITTER=0 or enable GUNICORN_MAX_REQUESTS",
+                values=recycling,
             )
         )
     if not settings.uvicorn_limit_concurrency:
@@ -309,6 +362,10 @@ def settings_without_effect(settings: Settings, host: HostFacts) -> list[Finding
                 "nginx worker connections cannot be sized against an unlimited app, and an overloaded worker "
                 "queues instead of answering 503",
                 "set UVICORN_LIMIT_CONCURRENCY",
+                values={
+                    "UVICORN_LIMIT_CONCURRENCY": "0",
+                    "NGINX_WORKER_CONNECTIONS": shown(settings.nginx_worker_connections),
+                },
             )
         )
     return findings
@@ -340,5 +397,8 @@ def problems(findings: list[Finding]) -> list[Finding]:
     return [f for f in findings if f.severity != "ok"]
 
 
-def unsafe_config_allowed(environ: dict[str, str] | None = None) -> bool:
-    return (os.environ if environ is None else environ).get("ALLOW_UNSAFE_CONFIG", "") in ("1", "yes", "true")
+UNSAFE_OVERRIDE = "ALLOW_UNSAFE_CONFIG"
+
+
+def unsafe_config_allowed(environ: Mapping[str, str] | None = None) -> bool:
+    return (os.environ if environ is None else environ).get(UNSAFE_OVERRIDE, "") in ("1", "yes", "true")

@@ -3,10 +3,10 @@
 Each experiment is a name, the knobs it overrides and a probe that provokes one failure and returns the
 observed row: which layer gave up first, what the client saw (status and the JSON body's `layer`), how long
 the answer took, and the ordering rule of ../shared/notes/failure-modes.md it keeps or breaks. The runner
-starts one local stack per distinct set of knobs on free ports, with timeouts of 1-3 s so the whole lab
-takes well under a minute, and stops it again. Several experiments break an ordering rule on purpose: the
-runner starts their stacks through local.up, below the CLI's `make check` gate (what ALLOW_UNSAFE_CONFIG=1
-does for `make up`), and records what `make check` says about each one.
+starts one local stack per distinct set of knobs on free ports (deploy/stackctl/stack.py), with timeouts of
+1-3 s so the whole lab takes well under a minute, and stops it again. Several experiments break an ordering
+rule on purpose: their stacks start with the rules not enforced (what ALLOW_UNSAFE_CONFIG=1 does for
+`make up`), and each row records what the rules say about its knobs.
 
     python -m deploy.stackctl.timeout_lab              # every experiment, then the table
     python -m deploy.stackctl.timeout_lab --only app-timeout --json
@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import shutil
-import socket
 import sys
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -34,8 +31,9 @@ import httpx2
 from rich.console import Console
 from rich.table import Table
 
-from deploy.stackctl import local, rules
-from deploy.stackctl.config import ROOT, effective
+from deploy.stackctl import local, rules, stack
+from deploy.stackctl.config import ROOT
+from deploy.stackctl.ports import free_port_knobs
 from service.settings import ConfigError, Settings
 
 DEFAULT_RUN_ROOT = ROOT / ".run" / "timeout-lab"
@@ -86,14 +84,17 @@ class Observed:
 
 @dataclass
 class LabStack:
-    """A running local stack of the lab: where it answers, its effective settings, its run directory."""
+    """A running local stack of the lab (a stack.Handle) with the probes' ways to talk to it."""
 
-    run: local.RunDir
-    settings: Settings
+    handle: stack.Handle
+
+    @property
+    def settings(self) -> Settings:
+        return self.handle.settings
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.listen_port}"
+        return self.handle.url
 
     @property
     def client_timeout(self) -> float:
@@ -127,12 +128,11 @@ class LabStack:
             return [future.result() for future in futures]
 
     def worker_pids(self) -> list[int]:
-        state = self.run.load_state()
-        return local.descendants(state.gunicorn_pid) if state else []
+        return self.handle.worker_pids()
 
     def nginx_log_lines(self) -> list[dict[str, Any]]:
         lines = []
-        for text in self.run.nginx_log.read_text(errors="replace").splitlines():
+        for text in self.handle.logs()["nginx"].read_text(errors="replace").splitlines():
             with contextlib.suppress(ValueError):
                 parsed = json.loads(text)
                 if isinstance(parsed, dict):
@@ -140,7 +140,7 @@ class LabStack:
         return lines
 
     def gunicorn_log(self) -> str:
-        return self.run.gunicorn_log.read_text(errors="replace")
+        return self.handle.logs()["gunicorn"].read_text(errors="replace")
 
 
 @dataclass(frozen=True)
@@ -150,14 +150,14 @@ class Experiment:
     rule: str  # the ordering rule kept or broken, with {setting} fields filled from the stack's settings
     probe: Callable[[LabStack, str], Row]
 
-    def run(self, stack: LabStack) -> Row:
-        row = self.probe(stack, self.rule.format(**stack.settings.model_dump()))
-        return replace(row, experiment=self.name, check=check_verdict(stack.settings))
+    def run(self, lab: LabStack) -> Row:
+        row = self.probe(lab, self.rule.format(**lab.settings.model_dump()))
+        return replace(row, experiment=self.name, check=check_verdict(self.knobs))
 
 
-def check_verdict(settings: Settings) -> str:
-    """What `make check` says about the experiment's config: `passes` or the rules it refuses."""
-    broken = rules.errors(rules.evaluate(settings, rules.HostFacts.local()))
+def check_verdict(knobs: Mapping[str, str]) -> str:
+    """What `make check` says about the experiment's knobs: `passes` or the rules it refuses."""
+    broken = rules.errors(stack.findings(knobs, base={}))
     return "refuses: " + ", ".join(sorted({f.rule for f in broken})) if broken else "passes"
 
 
@@ -351,44 +351,18 @@ BY_NAME = {experiment.name: experiment for experiment in EXPERIMENTS}
 # --- runner -------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def lab_environ(knobs: Mapping[str, str]) -> dict[str, str]:
-    """Defaults + the experiment's knobs only: a `.env` or exported knob must not change what it shows."""
-    return {
-        "PROFILE": "default",
-        "RUNTIME": "local",
-        "HTTP_PORT": str(free_port()),
-        "NGINX_STATUS_PORT": str(free_port()),
-        "GUNICORN_BIND": f"127.0.0.1:{free_port()}",
-        "GUNICORN_LOG_LEVEL": "warning",
-        "APP_LOG_LEVEL": "warning",
-        **knobs,
-    }
+QUIET_LOGS = {"GUNICORN_LOG_LEVEL": "warning", "APP_LOG_LEVEL": "warning"}
 
 
 @contextlib.contextmanager
 def lab_stack(run_dir: Path, knobs: Mapping[str, str]) -> Iterator[LabStack]:
-    """A fresh local stack with these knobs; stopped (by pid) when the block ends."""
+    """A fresh local stack with defaults + these knobs only (a `.env` or an exported knob must not change
+    what the lab shows), on free ports; stopped when the block ends."""
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    run = local.RunDir(run_dir)
-    config = effective(environ=lab_environ(knobs), env_file=None, pinned=local.pinned_paths(run))
-    quiet = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(quiet), warnings.catch_warnings():
-            # up() leaves gunicorn and nginx running past their Popen objects on purpose (down() stops
-            # them by pid); Python warns about that when those objects are freed.
-            warnings.simplefilter("ignore", ResourceWarning)
-            local.up(run, config)
-        yield LabStack(run, config.settings)
-    finally:
-        with contextlib.redirect_stdout(quiet):
-            local.down(run, quiet=True)
+    chosen = {**free_port_knobs("local"), **QUIET_LOGS, **knobs}
+    with stack.running("local", chosen, run_dir, base=stack.isolated_base(), enforce_rules=False) as handle:
+        yield LabStack(handle)
 
 
 def groups(experiments: Iterable[Experiment]) -> list[list[Experiment]]:

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from deploy.stackctl.ports import free_port
 from loadtest.runner import THRESHOLD_EXIT_CODE, Summary, run_headless
-from tests.stack.conftest import ROOT, Stack, free_port
+from tests.stack.conftest import ROOT, Stack
 
 pytestmark = pytest.mark.loadtest
 

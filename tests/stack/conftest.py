@@ -1,31 +1,31 @@
-"""Real stacks for the tests: `stackctl up` on free ports with its own run directory, torn down after."""
+"""Real stacks for the tests, started the one way every tool starts them (deploy/stackctl/stack.py): on
+free ports, in their own run directory, on defaults + the test's knobs only; stopped after."""
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from deploy.stackctl import local, stack
+from deploy.stackctl.config import ROOT
+from deploy.stackctl.ports import free_port_knobs
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["ROOT", "Stack", "make_stack", "running"]
 
 
 @dataclass
 class Stack:
+    """A local stack's inputs (run dir, the environment with its knobs) and, once up, its handle."""
+
     run_dir: Path
     env: dict[str, str]
+    handle: stack.Handle | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -40,6 +40,7 @@ class Stack:
         return self.url.replace("http://", "ws://")
 
     def stackctl(self, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+        """The command line, for tests of what `make` users see."""
         return subprocess.run(
             [sys.executable, "-m", "deploy.stackctl", "--run-dir", str(self.run_dir), *args],
             cwd=ROOT,
@@ -50,57 +51,54 @@ class Stack:
         )
 
     def up(self) -> None:
-        result = self.stackctl("up")
-        assert result.returncode == 0, result.stdout + result.stderr
+        self.handle = stack.start("local", run_dir=self.run_dir, base=self.env)
 
     def down(self) -> None:
-        self.stackctl("down")
+        handle = self.handle or stack.attach(self.run_dir)
+        if handle is not None:
+            handle.stop()
+        else:
+            local.down(local.RunDir(self.run_dir), quiet=True)
+        self.handle = None
 
 
 def make_stack(run_dir: Path, **knobs: str) -> Stack:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("APP_", "GUNICORN_", "UVICORN_", "NGINX_", "COMPOSE_", "LOCUST_"))
-        and k != "ALLOW_UNSAFE_CONFIG"  # a test that breaks a rule on purpose passes it explicitly
-    }
+    env = stack.isolated_base()
     env.update(
         RUNTIME="local",
         PROFILE="default",
-        HTTP_PORT=str(free_port()),
-        NGINX_STATUS_PORT=str(free_port()),
-        GUNICORN_BIND=f"127.0.0.1:{free_port()}",
         GUNICORN_LOG_LEVEL="warning",
         APP_LOG_LEVEL="warning",
+        **free_port_knobs("local"),
     )
     env.update(knobs)
     return Stack(run_dir, env)
 
 
 @contextmanager
-def running(stack: Stack) -> Iterator[Stack]:
+def running(stack_: Stack) -> Iterator[Stack]:
     """The stack up for the duration of the block, and down afterwards even when the block fails."""
-    stack.up()
+    stack_.up()
     try:
-        yield stack
+        yield stack_
     finally:
-        stack.down()
+        stack_.down()
 
 
 @pytest.fixture(scope="session")
 def one_worker_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """One worker, so that what happens to 'the worker' is deterministic; a short app timeout."""
-    stack = make_stack(
+    stack_ = make_stack(
         tmp_path_factory.mktemp("one-worker"),
         WEB_CONCURRENCY="1",
         APP_REQUEST_TIMEOUT="2",
         UVICORN_WS_MAX_SIZE="16384",
     )
-    with running(stack):
-        yield stack
+    with running(stack_):
+        yield stack_
 
 
 @pytest.fixture(scope="session")
 def two_worker_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running(make_stack(tmp_path_factory.mktemp("two-workers"), WEB_CONCURRENCY="2")) as stack:
-        yield stack
+    with running(make_stack(tmp_path_factory.mktemp("two-workers"), WEB_CONCURRENCY="2")) as stack_:
+        yield stack_

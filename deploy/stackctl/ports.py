@@ -1,0 +1,31 @@
+"""Free loopback ports, and which knobs a runtime needs set to run a stack beside others on one host."""
+
+from __future__ import annotations
+
+import socket
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (the kernel's pick; another process may take it later)."""
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        return int(probe.getsockname()[1])
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((host, port)) == 0
+
+
+def free_port_knobs(runtime: str) -> dict[str, str]:
+    """Every port knob of a stack of this runtime, each on a free port: nothing collides with `make up`."""
+    if runtime == "docker":
+        return {"HTTP_PORT": str(free_port()), "LOCUST_WEB_PORT": str(free_port())}
+    return {
+        "HTTP_PORT": str(free_port()),
+        "NGINX_STATUS_PORT": str(free_port()),
+        "GUNICORN_BIND": f"{LOOPBACK}:{free_port()}",
+    }

@@ -1,0 +1,311 @@
+"""One way to drive a stack: start it with given knobs, get a handle, reload it, stop it; ask the ordering
+rules about a set of knobs. `make up`/`reload`/`down`, the timeout lab, the sweep, the Locust runner and the
+test fixtures all go through here.
+
+    from deploy.stackctl import stack
+    with stack.running("local", {"WEB_CONCURRENCY": "1", **free_port_knobs("local")}, run_dir) as handle:
+        httpx2.get(f"{handle.url}/api/ping")
+        handle = handle.reload(APP_MAX_DELAY="45")
+    stack.findings({"GUNICORN_KEEPALIVE": "5"})  # structured verdicts of the rules; nothing starts
+
+Where knob values come from: `base` (default: this process's environment and the repository's `.env`;
+pass a mapping, e.g. `{}`, for defaults + profile only), then `knobs`. A started stack records its
+effective values in `<run_dir>/stack.json`, so a later process (a `make reload`, a report) knows what the
+stack runs with instead of guessing from its own defaults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from deploy.stackctl import check, docker, local, rules
+from deploy.stackctl.config import KEPT, KNOBS, ROOT, Effective, Value, effective
+from deploy.stackctl.local import StackError
+from deploy.stackctl.ports import LOOPBACK
+from service.settings import ConfigError, Settings, load_settings
+
+__all__ = ["ConfigError", "Handle", "StackError", "attach", "findings", "running", "start"]
+
+Runtime = Literal["local", "docker"]
+RUNTIMES: tuple[Runtime, ...] = ("local", "docker")
+DEFAULT_RUN_DIR = ROOT / ".run" / "local"
+RECORD = "stack.json"
+# What the runtime itself decides for each stack; never a sweep axis or a drill input.
+OWNED_BY_RUNTIME = ("HTTP_PORT", "NGINX_STATUS_PORT", "GUNICORN_BIND", "NGINX_LISTEN_PORT", "NGINX_RUN_DIR")
+
+
+def docker_engine_reachable() -> bool:
+    if not shutil.which("docker"):
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def resolve_runtime(requested: str) -> Runtime:
+    """RUNTIME=auto means docker when an engine answers, else local."""
+    if requested == "auto":
+        return "docker" if docker_engine_reachable() else "local"
+    if requested not in RUNTIMES:
+        raise ConfigError(f"RUNTIME={requested!r}: choose one of auto, {', '.join(RUNTIMES)}")
+    return "docker" if requested == "docker" else "local"
+
+
+def configured_runtime(run_dir: Path = DEFAULT_RUN_DIR, base: Mapping[str, str] | None = None) -> Runtime:
+    """The runtime `make up` would use now: RUNTIME from the environment, .env or profile, resolved."""
+    environ, env_file = environment(None, base)
+    return resolve_runtime(configure(run_dir, environ, env_file).settings.runtime)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What `<run_dir>/stack.json` says about the stack started there."""
+
+    runtime: Runtime
+    url: str
+    values: dict[str, Value]
+
+    def settings(self) -> dict[str, Any]:
+        """Every knob as the stack runs it, typed (ports are ints), by env name."""
+        loaded = load_settings(**{KNOBS[name]: v.value for name, v in self.values.items() if name in KNOBS})
+        return dict(zip(KNOBS, dump_typed(loaded), strict=True))
+
+    def from_environment(self) -> dict[str, str]:
+        """The values the stack got from its start environment: what a plain reload must not drop."""
+        return {n: v.value for n, v in self.values.items() if v.source in ("environment", KEPT)}
+
+
+def dump_typed(settings: Settings) -> list[Any]:
+    data = settings.model_dump(mode="json")
+    return [data[field] for field in KNOBS.values()]
+
+
+def recorded(run_dir: Path) -> Recorded | None:
+    try:
+        data = json.loads((run_dir / RECORD).read_text())
+        values = {name: Value(value, source) for name, (value, source) in data["values"].items()}
+        return Recorded(data["runtime"], data["url"], values)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def record(run_dir: Path, runtime: Runtime, url: str, config: Effective) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    values = {name: [v.value, v.source] for name, v in config.values.items()}
+    (run_dir / RECORD).write_text(json.dumps({"runtime": runtime, "url": url, "values": values}, indent=1))
+
+
+def forget(run_dir: Path) -> None:
+    (run_dir / RECORD).unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Handle:
+    """A started stack: where it answers, what it runs with, and how to reload or stop it."""
+
+    runtime: Runtime
+    run_dir: Path
+    config: Effective
+    environ: Mapping[str, str]  # the processes' environment: the CLI run with it sees the same stack
+
+    @property
+    def settings(self) -> Settings:
+        return self.config.settings
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.settings.http_port}"
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://", 1)
+
+    @property
+    def status_url(self) -> str:
+        """nginx's status server (stub_status, /metrics): on this host for local stacks only."""
+        return f"http://{LOOPBACK}:{self.settings.nginx_status_port}"
+
+    def started_with(self) -> dict[str, Any]:
+        return dict(zip(KNOBS, dump_typed(self.settings), strict=True))
+
+    def pids(self) -> dict[str, int]:
+        state = local.RunDir(self.run_dir).load_state() if self.runtime == "local" else None
+        return {"gunicorn": state.gunicorn_pid, "nginx": state.nginx_pid} if state else {}
+
+    def worker_pids(self) -> list[int]:
+        master = self.pids().get("gunicorn")
+        return local.descendants(master) if master else []
+
+    def logs(self) -> dict[str, Path]:
+        run = local.RunDir(self.run_dir)
+        return {"gunicorn": run.gunicorn_log, "nginx": run.nginx_log} if self.runtime == "local" else {}
+
+    def project(self) -> docker.Project:
+        return docker.Project(docker.knob_environment(self.config, self.environ))
+
+    def containers(self, service: str | None = None) -> list[docker.Container]:
+        return self.project().running(service) if service else self.project().containers()
+
+    def reload(self, **knobs: str) -> Handle:
+        """Apply changed knobs without dropping requests (gunicorn HUP and nginx reload)."""
+        environ = {**self.environ, **knobs}
+        return self.apply(configure(self.run_dir, environ, env_file=None), environ)
+
+    def apply(self, config: Effective, environ: Mapping[str, str]) -> Handle:
+        """Reload the running stack into `config` (refused when it breaks an ordering rule)."""
+        check.refuse_unsafe(config, self.runtime, "reload", unsafe_allowed(environ))
+        if self.runtime == "docker":
+            docker.reload(config, environ)
+        else:
+            local.reload(local.RunDir(self.run_dir), config)
+        record(self.run_dir, self.runtime, self.url, config)
+        return Handle(self.runtime, self.run_dir, config, environ)
+
+    def stop(self) -> None:
+        if self.runtime == "docker":
+            docker.down(self.project())
+        else:
+            local.down(local.RunDir(self.run_dir), quiet=True)
+        forget(self.run_dir)
+
+
+def changes(old: Effective, new: Effective) -> list[tuple[str, str, str, str]]:
+    """(knob, old value, new value, new source) for every knob whose value differs."""
+    return [
+        (name, old.values[name].value, value.value, value.source)
+        for name, value in new.values.items()
+        if name in old.values and old.values[name].value != value.value
+    ]
+
+
+def unsafe_allowed(environ: Mapping[str, str]) -> bool:
+    return rules.unsafe_config_allowed(environ)
+
+
+def environment(
+    knobs: Mapping[str, str] | None, base: Mapping[str, str] | None
+) -> tuple[dict[str, str], Path | None]:
+    """The environment a stack's knobs come from, and the `.env` read under it: `base` alone when given,
+    else this process's environment and the repository's `.env` (what `make up` reads)."""
+    environ = {**(os.environ if base is None else base), **(knobs or {})}
+    return environ, ROOT / ".env" if base is None else None
+
+
+def isolated_base(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without any knob or ALLOW_UNSAFE_CONFIG: a `base` for a stack that
+    must run on defaults + its own knobs only, whatever the caller exported."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items() if k not in KNOBS and k != rules.UNSAFE_OVERRIDE}
+
+
+def configure(
+    run_dir: Path, environ: Mapping[str, str] | None = None, env_file: Path | None = ROOT / ".env"
+) -> Effective:
+    """The effective config for a stack in run_dir: a running one keeps what it was started with."""
+    previous = recorded(run_dir)
+    kept = previous.from_environment() if previous else None
+    return effective(environ, env_file, local.pinned_paths(local.RunDir(run_dir)), kept)
+
+
+def start(
+    runtime: Runtime = "local",
+    knobs: Mapping[str, str] | None = None,
+    run_dir: Path = DEFAULT_RUN_DIR,
+    *,
+    base: Mapping[str, str] | None = None,
+    enforce_rules: bool = True,
+    quiet: bool = True,
+) -> Handle:
+    """Start a stack and wait until /healthz answers through nginx.
+
+    `enforce_rules=False` starts a config that breaks an ordering rule without a word (the timeout lab
+    breaks rules on purpose); otherwise it is refused unless ALLOW_UNSAFE_CONFIG=1 is in the environment.
+    Raises ConfigError or local.StackError, each one line.
+    """
+    environ, env_file = environment(knobs, base)
+    config = configure(run_dir, environ, env_file)
+    if enforce_rules:
+        check.refuse_unsafe(config, runtime, "up", unsafe_allowed(environ))
+    with quietly(quiet):
+        if runtime == "docker":
+            docker.up(config, environ)
+        else:
+            local.up(local.RunDir(run_dir), config, environ)
+    handle = Handle(runtime, run_dir.resolve(), config, environ)
+    record(handle.run_dir, runtime, handle.url, config)
+    return handle
+
+
+@contextlib.contextmanager
+def running(
+    runtime: Runtime = "local",
+    knobs: Mapping[str, str] | None = None,
+    run_dir: Path = DEFAULT_RUN_DIR,
+    **options: Any,
+) -> Iterator[Handle]:
+    """A started stack for the block; stopped afterwards, also when the block or the start fails."""
+    handle: Handle | None = None
+    try:
+        handle = start(runtime, knobs, run_dir, **options)
+        yield handle
+    finally:
+        with quietly(True):
+            if handle is not None:
+                handle.stop()
+            elif runtime == "local":
+                local.down(local.RunDir(run_dir), quiet=True)
+
+
+@contextlib.contextmanager
+def quietly(quiet: bool) -> Iterator[None]:
+    if not quiet:
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        # local.up leaves gunicorn and nginx running past their Popen objects on purpose (down stops them
+        # by pid); Python warns about that when those objects are freed.
+        warnings.simplefilter("ignore", ResourceWarning)
+        yield
+
+
+def attach(run_dir: Path = DEFAULT_RUN_DIR) -> Handle | None:
+    """The stack a previous `start` (or `make up`) left running in run_dir, if any."""
+    previous = recorded(run_dir)
+    if previous is None:
+        return None
+    environ = {**os.environ, **{name: v.value for name, v in previous.values.items()}}
+    config = effective(environ, None)
+    return Handle(previous.runtime, run_dir.resolve(), config, environ)
+
+
+def findings(
+    knobs: Mapping[str, str] | None = None,
+    runtime: Runtime = "local",
+    base: Mapping[str, str] | None = None,
+) -> list[rules.Finding]:
+    """Every verdict of the ordering rules (and advice) for these knobs over `base`; nothing starts."""
+    config = effective(*environment(knobs, base))
+    return rules.evaluate(config.settings, rules.HostFacts.for_runtime(runtime, config.settings))
+
+
+def locust_web_ui(run_dir: Path, workers: int, web_port: int) -> None:
+    """Docker runtime: Locust's web UI as the compose profile `loadtest` (master + workers), in the
+    foreground until Ctrl-C, against the stack's own knobs."""
+    handle = attach(run_dir)
+    config = handle.config if handle else configure(run_dir)
+    base = {**(handle.environ if handle else os.environ), "LOCUST_WEB_PORT": str(web_port)}
+    project = docker.Project({**docker.knob_environment(config, base), "LOCUST_WEB_PORT": str(web_port)})
+    docker.build(project, loadtest=True)
+    scale = f"locust-worker={max(workers, 1)}"
+    project.run("up", "--scale", scale, "locust-master", "locust-worker", profiles=docker.ALL_PROFILES)
