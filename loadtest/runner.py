@@ -16,25 +16,28 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from deploy.stackctl import stack
+from deploy.stackctl.ports import LOOPBACK, free_port
+from loadtest.limits import CPU_LIMIT, THRESHOLD_EXIT_CODE
 from loadtest.stack import (
     DEFAULT_RUN_DIR,
     ROOT,
     LoadtestError,
     check_host,
     default_host,
-    same_port,
     stack_info,
+    started_stack,
 )
+from service.settings import ConfigError
 
 SCENARIO_DIR = ROOT / "loadtest" / "scenarios"
 SHAPE_DIR = ROOT / "loadtest" / "shapes"
@@ -45,8 +48,6 @@ SCENARIOS = (
     *sorted({p.stem.removesuffix("_users") for p in SCENARIO_DIR.glob("*_users.py")} - {"mixed"}),
 )
 SHAPES = ("step", "spike", "soak")
-CPU_LIMIT = 90.0
-THRESHOLD_EXIT_CODE = 3
 WS_RTT_ROW = ("WS", "/ws/echo round-trip")
 CPU_WARNINGS = ("CPU usage above", "exceeded cpu threshold", "CPU usage was too high")
 TIMESPAN = re.compile(r"^(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s?)?$")
@@ -110,19 +111,11 @@ def locustfiles(scenario: str, shape: str | None = None) -> list[str]:
     return [str(f) for f in files]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def locust_env() -> dict[str, str]:
-    """The LOCUST_* knobs as resolved for the stack (environment, .env, profile, defaults)."""
-    from deploy.stackctl.config import effective
-    from service.settings import ConfigError
-
+def locust_env(run_dir: Path = DEFAULT_RUN_DIR, knobs: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The Locust processes' environment: the LOCUST_* knobs as resolved for the stack (environment,
+    .env, profile, defaults), then `knobs` (e.g. a sweep's LOCUST_* axis)."""
     try:
-        values = effective().values
+        values = stack.configure(run_dir, {**os.environ, **(knobs or {})}).values
     except ConfigError as error:
         raise LoadtestError(str(error)) from None
     env = {k: v for k, v in os.environ.items() if k != "STACK_ENV_FILE"}
@@ -132,17 +125,28 @@ def locust_env() -> dict[str, str]:
     return env
 
 
-def locust_setting(name: str) -> int:
-    return int(locust_env()[name])
+def locust_setting(name: str, run_dir: Path = DEFAULT_RUN_DIR) -> int:
+    return int(locust_env(run_dir)[name])
 
 
 def write_stack_settings(report_dir: Path, host: str, info: dict[str, Any], run_dir: Path) -> None:
-    settings = {name.upper(): value for name, value in (info.get("settings") or {}).items()}
-    (report_dir / "stack-settings.json").write_text(
-        json.dumps({"source": f"{host}/api/info", "pid": info.get("pid"), "settings": settings}, indent=2)
-        + "\n"
-    )
-    if same_port(host, run_dir) and (run_dir / "stack.env").is_file():
+    """What the stack runs with: the values it was started with when it is the stack of run_dir; else
+    only what its app process reports of its own layers (/api/info), said as such."""
+    started = started_stack(host, run_dir)
+    if started is not None:
+        record: dict[str, Any] = {
+            "source": f"the stack started in {run_dir} ({started.runtime} runtime): every layer",
+            "settings": started.settings(),
+        }
+    else:
+        layers = info.get("settings_layers") or []
+        record = {
+            "source": f"{host}/api/info: only the layers the app process receives ({', '.join(layers)})",
+            "pid": info.get("pid"),
+            "settings": {name.upper(): value for name, value in (info.get("settings") or {}).items()},
+        }
+    (report_dir / "stack-settings.json").write_text(json.dumps(record, indent=2) + "\n")
+    if started is not None and (run_dir / "stack.env").is_file():
         shutil.copy(run_dir / "stack.env", report_dir / "stack.env")
 
 
@@ -195,10 +199,12 @@ def run_headless(
     *,
     run_dir: Path = DEFAULT_RUN_DIR,
     extra_args: Sequence[str] = (),
+    locust_knobs: Mapping[str, str] | None = None,
 ) -> Summary:
     """Run Locust headless (master + `workers` processes when workers > 0) and summarise the run.
 
-    `extra_args` go to Locust's command line (e.g. ["--tags", "x"], ["--cpu-limit", "50"]).
+    `extra_args` go to Locust's command line (e.g. ["--tags", "x"], ["--cpu-limit", "50"]);
+    `locust_knobs` override LOCUST_* knobs for this run only.
     Raises LoadtestError (one line) before starting anything when the input or the host is wrong.
     """
     host = check_host(host)
@@ -208,7 +214,7 @@ def run_headless(
         raise LoadtestError(
             f"USERS={users}, SPAWN_RATE={spawn_rate}, LOCUST_WORKERS={workers}: need >= 1, > 0, >= 0"
         )
-    env = locust_env()
+    env = locust_env(run_dir, locust_knobs)
     info = stack_info(host)
     name = Path(scenario).stem if scenario.endswith(".py") else scenario
     report_dir = out_dir or REPORTS_DIR / f"{datetime.now():%Y%m%d-%H%M%S}-{name}"
@@ -254,13 +260,13 @@ def start_locust(
     if not workers:
         return processes.start(locust(*options), env, report_dir / "locust.log")
     port = str(free_port())
-    master_options = ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", port]
+    master_options = ["--master", "--master-bind-host", LOOPBACK, "--master-bind-port", port]
     if expect_workers:
         master_options += ["--expect-workers", str(workers), "--expect-workers-max-wait", "30"]
     master = processes.start(locust(*options, *master_options), env, report_dir / "locust.log")
     for index in range(1, workers + 1):
         processes.start(
-            locust("-f", ",".join(files), "--worker", "--master-host", "127.0.0.1", "--master-port", port),
+            locust("-f", ",".join(files), "--worker", "--master-host", LOOPBACK, "--master-port", port),
             env,
             report_dir / f"locust-worker-{index}.log",
         )
@@ -407,16 +413,20 @@ def run_ui(
     """The Locust web UI with a user-class and shape picker, until Ctrl-C (or TERM)."""
     host = check_host(host)
     stack_info(host)
-    runtime = "local" if same_port(host, run_dir) else stack_runtime(run_dir)
+    started = started_stack(host, run_dir)
+    try:
+        runtime = started.runtime if started else stack.configured_runtime(run_dir)
+    except ConfigError as error:
+        raise LoadtestError(str(error)) from None
     if runtime == "docker":
-        return run_ui_compose(workers, web_port)
-    env = locust_env()
+        return run_ui_compose(run_dir, workers, web_port)
+    env = locust_env(run_dir)
     report_dir = out_dir or REPORTS_DIR / f"{datetime.now():%Y%m%d-%H%M%S}-ui"
     report_dir.mkdir(parents=True, exist_ok=True)
     files = [str(SCENARIO_DIR), str(SHAPE_DIR)]
     options = [
         "-f", ",".join(files), "--class-picker", "-H", host,
-        "--web-host", "127.0.0.1", "--web-port", str(web_port),
+        "--web-host", LOOPBACK, "--web-port", str(web_port),
         "--html", str(report_dir / "report.html"), "--summary-file", str(report_dir / "run.json"),
     ]  # fmt: skip
     processes = Processes()
@@ -424,7 +434,7 @@ def run_ui(
     try:
         master = start_locust(processes, files, options, workers, report_dir, env, expect_workers=False)
         print(
-            f"Locust web UI: http://127.0.0.1:{web_port}  (target {host}, {workers} workers; Ctrl-C stops)\n"
+            f"Locust web UI: http://{LOOPBACK}:{web_port}  (target {host}, {workers} workers; Ctrl-C stops)\n"
             f"logs and the final report: {report_dir}",
             flush=True,
         )
@@ -435,36 +445,14 @@ def run_ui(
         processes.stop()
 
 
-def stack_runtime(run_dir: Path) -> str:
-    """The runtime `make up` uses (RUNTIME, else docker when an engine answers)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "deploy.stackctl", "--run-dir", str(run_dir), "runtime"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if done.returncode != 0:
-        raise LoadtestError(
-            done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "stackctl runtime failed"
-        )
-    return done.stdout.strip()
-
-
-def run_ui_compose(workers: int, web_port: int) -> int:
+def run_ui_compose(run_dir: Path, workers: int, web_port: int) -> int:
     """Docker runtime: the compose profile `loadtest` (locust-master, N x locust-worker), foreground."""
-    from deploy.stackctl import docker
-    from deploy.stackctl.config import effective
-
-    project = docker.Project({**docker.knob_environment(effective()), "LOCUST_WEB_PORT": str(web_port)})
-    docker.build(project, loadtest=True)
-    print(f"Locust web UI: http://127.0.0.1:{web_port}  (compose profile loadtest; Ctrl-C stops)", flush=True)
-    scale = f"locust-worker={max(workers, 1)}"
+    print(f"Locust web UI: http://{LOOPBACK}:{web_port} (compose profile loadtest; Ctrl-C stops)", flush=True)
     try:
-        project.run("up", "--scale", scale, "locust-master", "locust-worker", profiles=docker.ALL_PROFILES)
+        stack.locust_web_ui(run_dir, workers, web_port)
     except KeyboardInterrupt:
         return 0
-    except docker.ComposeFailed as error:
+    except (ConfigError, stack.StackError) as error:
         raise LoadtestError(str(error)) from None
     return 0
 
@@ -491,9 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         host = args.host or default_host(args.run_dir.resolve())
-        workers = args.workers if args.workers is not None else locust_setting("LOCUST_WORKERS")
+        workers = args.workers if args.workers is not None else locust_setting("LOCUST_WORKERS", args.run_dir)
         if args.ui:
-            web_port = args.web_port or locust_setting("LOCUST_WEB_PORT")
+            web_port = args.web_port or locust_setting("LOCUST_WEB_PORT", args.run_dir)
             return run_ui(host, workers, web_port, args.run_dir, args.out)
         summary = run_headless(
             host,

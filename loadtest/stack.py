@@ -9,6 +9,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from deploy.stackctl import stack
+from deploy.stackctl.ports import LOOPBACK
+from service.settings import ConfigError
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RUN_DIR = ROOT / ".run" / "local"
 
@@ -18,15 +22,14 @@ class LoadtestError(Exception):
 
 
 def default_host(run_dir: Path = DEFAULT_RUN_DIR) -> str:
-    """The running local stack's URL from its state.json, else 127.0.0.1 on the effective HTTP_PORT."""
+    """The URL of the stack started in run_dir, else 127.0.0.1 on the effective HTTP_PORT."""
+    started = stack.recorded(run_dir)
+    if started is not None:
+        return started.url
     try:
-        state = json.loads((run_dir / "state.json").read_text())
-        return f"http://127.0.0.1:{int(state['http_port'])}"
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    from deploy.stackctl.config import effective
-
-    return f"http://127.0.0.1:{effective().settings.http_port}"
+        return f"http://{LOOPBACK}:{stack.configure(run_dir).settings.http_port}"
+    except ConfigError as error:
+        raise LoadtestError(str(error)) from None
 
 
 def check_host(host: str) -> str:
@@ -55,9 +58,8 @@ def stack_info(host: str, timeout: float = 3.0) -> dict[str, Any]:
         raise LoadtestError(f"{url} did not answer JSON: is this the blueprint's stack?") from None
 
 
-def same_port(host: str, run_dir: Path) -> bool:
-    try:
-        state = json.loads((run_dir / "state.json").read_text())
-        return urlsplit(host).port == int(state["http_port"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+def started_stack(host: str, run_dir: Path) -> stack.Recorded | None:
+    """What run_dir records of the stack it started, when `host` is that stack's URL."""
+    started = stack.recorded(run_dir)
+    same = started is not None and urlsplit(host).port == urlsplit(started.url).port
+    return started if same else None

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from deploy.stackctl import stack
 from loadtest import sweep
 from loadtest.sweep import Axis, SweepError
 
@@ -52,15 +53,12 @@ def test_cli_exits_non_zero_with_one_line_before_anything_runs(
     assert not list(tmp_path.iterdir()), "nothing may run or be written for bad input"
 
 
-def test_refused_rules_are_read_from_check_output() -> None:
-    output = (
-        "✓ ok rule 2 (WebSocket pings): UVICORN_WS_PING_INTERVAL ...\n"
-        "✗ error rule 1 (upstream keep-alive): NGINX_UPSTREAM_KEEPALIVE_TIMEOUT=15 must be < "
-        "GUNICORN_KEEPALIVE=5\n    why: ...\n"
-    )
-    assert sweep.refused_rules(output) == (
+def test_refused_rules_come_from_the_rules_themselves() -> None:
+    findings = stack.findings({"NGINX_UPSTREAM_KEEPALIVE_TIMEOUT": "15", "GUNICORN_KEEPALIVE": "5"}, base={})
+    assert sweep.refused_rules(findings) == (
         "rule 1 (upstream keep-alive): NGINX_UPSTREAM_KEEPALIVE_TIMEOUT=15 must be < GUNICORN_KEEPALIVE=5"
     )
+    assert sweep.refused_rules(stack.findings({}, base={})) == ""
 
 
 def test_recommendation_says_what_it_optimised() -> None:
