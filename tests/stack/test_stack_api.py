@@ -57,7 +57,7 @@ def test_findings_name_the_rule_its_knobs_values_and_fix() -> None:
 
 def test_a_broken_rule_is_refused_unless_the_caller_breaks_it_on_purpose(tmp_path: Path) -> None:
     knobs = {**free_port_knobs("local"), **QUIET, **RULE_1_BROKEN}
-    with pytest.raises(ConfigError, match="refused: 1 ordering rule.*NGINX_UPSTREAM_KEEPALIVE_TIMEOUT=30"):
+    with pytest.raises(ConfigError, match=r"refused: 1 ordering rule.*NGINX_UPSTREAM_KEEPALIVE_TIMEOUT=30"):
         stack.start("local", knobs, tmp_path / "refused", base={})
     assert not port_in_use("127.0.0.1", int(knobs["HTTP_PORT"]))
     with stack.running("local", knobs, tmp_path / "lab", base={}, enforce_rules=False) as handle:
