@@ -70,6 +70,7 @@ render() {
         log "template variables not set in the environment:$missing"
         return 1
     fi
+    mkdir -p "$RUN_DIR"
     names=$(template_variables | sed 's/.*/${&}/' | tr '\n' ' ')
     NGINX_UPSTREAM=$(server_lines "$1") envsubst "$names" <"$TEMPLATE" >"$CONF.new"
     # The template's *_temp_path lines name the writable directories nginx needs; create exactly those.

@@ -10,6 +10,10 @@ import os
 import subprocess
 from pathlib import Path
 
+from deploy.stackctl.config import NGINX_TEMPLATE, nginx_temp_dirs, nginx_variables
+from deploy.stackctl.local import find_nginx
+from service.settings import load_settings
+
 ENTRYPOINT = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "entrypoint.sh"
 
 GLIBC_GETENT = """#!/bin/sh
@@ -65,3 +69,24 @@ def test_an_address_needs_no_lookup(tmp_path: Path) -> None:
 
 def test_an_unknown_host_resolves_to_nothing(tmp_path: Path) -> None:
     assert resolve(tmp_path, "nosuchhost", getent=MUSL_GETENT) == []
+
+
+def test_render_creates_its_run_dir_and_the_temp_dirs_the_template_names(tmp_path: Path) -> None:
+    run_dir = tmp_path / "not" / "yet" / "there"
+    settings = load_settings(nginx_run_dir=str(run_dir), nginx_upstream="127.0.0.1:8000")
+    variables = {**nginx_variables(settings), "NGINX_UPSTREAM": "127.0.0.1:8000"}
+    result = subprocess.run(
+        ["sh", str(ENTRYPOINT), "reload"],  # renders, then fails to signal: no nginx runs here
+        env={**os.environ, **variables, "NGINX_TEMPLATE": str(NGINX_TEMPLATE), "PATH": nginx_path()},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (run_dir / "nginx.conf").is_file(), result.stderr
+    named = nginx_temp_dirs((run_dir / "nginx.conf").read_text())
+    assert {d.name for d in named} == {"client_body", "proxy", "fastcgi", "uwsgi", "scgi"}
+    assert all(d.is_dir() and d.parent == run_dir for d in named)
+
+
+def nginx_path() -> str:
+    return os.pathsep.join([str(Path(find_nginx()).parent), os.environ.get("PATH", "")])
