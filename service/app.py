@@ -45,7 +45,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings  # what the routes' `app_settings` dependency reads
     install_error_handlers(app)
-    app.add_middleware(RequestContextMiddleware, request_timeout=settings.app_request_timeout)
+    app.add_middleware(
+        RequestContextMiddleware,
+        request_timeout=settings.app_request_timeout,
+        access_log=bool(settings.app_access_log),
+    )
     for router in routes.ROUTERS:
         app.include_router(router)
 

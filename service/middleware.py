@@ -28,9 +28,10 @@ def route_label(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, request_timeout: float) -> None:
+    def __init__(self, app: ASGIApp, request_timeout: float, access_log: bool = False) -> None:
         self.app = app
         self.request_timeout = request_timeout
+        self.access_log = access_log and access_log_enabled()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -73,7 +74,8 @@ class RequestContextMiddleware:
             route = route_label(scope)
             metrics.REQUESTS.labels(scope["method"], route, str(status)).inc()
             metrics.LATENCY.labels(route).observe(elapsed)
-            log_access(scope, status, elapsed, request_id)
+            if self.access_log:
+                log_access(scope, status, elapsed, request_id)
 
     async def websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         accepted = False
@@ -115,9 +117,11 @@ async def send_json(send: Send, status: int, body: object, request_id: str) -> N
     await send({"type": "http.response.body", "body": payload})
 
 
+def access_log_enabled() -> bool:
+    return access_log.isEnabledFor(logging.INFO)
+
+
 def log_access(scope: Scope, status: int, elapsed: float, request_id: str) -> None:
-    if not access_log.isEnabledFor(logging.INFO):
-        return
     client = scope.get("client")
     access_log.info(
         json.dumps(

@@ -67,6 +67,22 @@ class Settings(BaseSettings):
     profile: str = knob(
         "default", "-", "stack", "Tuning profile from deploy/profiles/<name>.env applied under .env."
     )
+    log_max_mb: int = knob(
+        20,
+        "MiB",
+        "stack",
+        "Size at which a log file rotates: the local runtime's gunicorn.log and nginx.log, and each "
+        "container's json-file log. At most LOG_FILES x this stays on disk per log, however long a soak "
+        "runs.",
+        ge=1,
+    )
+    log_files: int = knob(
+        3,
+        "files",
+        "stack",
+        "Files per log, the live one included (gunicorn.log, gunicorn.log.1, ...; Docker's max-file).",
+        ge=2,
+    )
 
     # --- app ---------------------------------------------------------------------------------------
     app_request_timeout: float = knob(
@@ -105,6 +121,16 @@ class Settings(BaseSettings):
     )
     app_log_level: Literal["debug", "info", "warning", "error"] = knob(
         "info", "-", "app", "Level of the app's JSON access and error log lines."
+    )
+    app_access_log: int = knob(
+        0,
+        "0/1",
+        "app",
+        "The app's own JSON line per request (route, status, time inside the app). Off by default: nginx "
+        "already writes one line per request with the same request id and the upstream times, and the "
+        "app's line cost ~16 % of a worker's CPU at full load. 1 = on, to see requests that bypass nginx.",
+        ge=0,
+        le=1,
     )
     app_expected_blocking: float = knob(
         1.0,

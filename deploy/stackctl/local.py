@@ -48,6 +48,7 @@ class State:
     gunicorn_bind: str
     status_port: int
     graceful_timeout: int
+    log_pids: list[int]
 
     @property
     def url(self) -> str:
@@ -156,6 +157,21 @@ def process_env(run: RunDir, environ: Mapping[str, str] | None = None) -> dict[s
     }
 
 
+def rotating_log(path: Path, config: Effective) -> subprocess.Popen[bytes]:
+    """A deploy/stackctl/logpipe.py process writing what it reads to `path`, rotated at LOG_MAX_MB."""
+    settings = config.settings
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "deploy.stackctl.logpipe", str(path)),
+            *("--max-mb", str(settings.log_max_mb), "--keep", str(settings.log_files - 1)),
+        ],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
 def wait_healthy(url: str, processes: dict[str, subprocess.Popen[bytes]], logs: dict[str, Path]) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -195,25 +211,27 @@ def up(run: RunDir, config: Effective, environ: Mapping[str, str] | None = None)
     check_nginx(nginx, run)
 
     env = process_env(run, environ)
-    with run.gunicorn_log.open("ab") as log:
-        gunicorn = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "--pid", str(run.gunicorn_pid)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    with run.nginx_log.open("ab") as log:
-        nginx_process = subprocess.Popen(
-            [nginx, "-c", str(run.nginx_conf), "-e", str(run.nginx_log), "-g", "daemon off;"],
-            cwd=run.path,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    gunicorn_log, nginx_log = rotating_log(run.gunicorn_log, config), rotating_log(run.nginx_log, config)
+    gunicorn = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "--pid", str(run.gunicorn_pid)],
+        cwd=ROOT,
+        env=env,
+        stdout=gunicorn_log.stdin,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    nginx_process = subprocess.Popen(
+        [nginx, "-c", str(run.nginx_conf), "-e", "stderr", "-g", "daemon off;"],
+        cwd=run.path,
+        stdout=nginx_log.stdin,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    for pipe in (gunicorn_log, nginx_log):
+        if pipe.stdin:
+            pipe.stdin.close()  # the servers hold the write ends now; EOF when they exit
     state = State(
         gunicorn.pid,
         nginx_process.pid,
@@ -221,6 +239,7 @@ def up(run: RunDir, config: Effective, environ: Mapping[str, str] | None = None)
         settings.gunicorn_bind,
         settings.nginx_status_port,
         settings.gunicorn_graceful_timeout,
+        [gunicorn_log.pid, nginx_log.pid],
     )
     run.state.write_text(json.dumps(asdict(state)))
     try:
@@ -236,15 +255,20 @@ def up(run: RunDir, config: Effective, environ: Mapping[str, str] | None = None)
     return state
 
 
-def stop(pid: int, sig: signal.Signals, grace: float) -> None:
-    if not alive(pid):
+def stop(pid: int, sig: signal.Signals, grace: float, wait_first: float = 0) -> None:
+    """Send `sig` (after `wait_first` seconds for the process to end by itself), SIGKILL after `grace`."""
+    if wait_for_exit(pid, wait_first):
         return
     os.kill(pid, sig)
-    deadline = time.monotonic() + grace
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if alive(pid):
+    if not wait_for_exit(pid, grace):
         os.kill(pid, signal.SIGKILL)
+
+
+def wait_for_exit(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not alive(pid)
 
 
 def down(run: RunDir, quiet: bool = False) -> None:
@@ -259,6 +283,8 @@ def down(run: RunDir, quiet: bool = False) -> None:
     stop(state.gunicorn_pid, signal.SIGTERM, grace)  # TERM: gunicorn's graceful shutdown
     for child in workers:
         stop(child, signal.SIGTERM, 5)
+    for pid in state.log_pids:  # they end by themselves at EOF, once nothing writes to their pipe
+        stop(pid, signal.SIGTERM, 5, wait_first=5)
     bind_host, bind_port = split_bind(state.gunicorn_bind)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and (

@@ -18,7 +18,7 @@ def test_missing_nginx_without_root_names_the_install_command(monkeypatch: pytes
 
 def test_state_survives_a_round_trip(tmp_path: Path) -> None:
     run = local.RunDir(tmp_path)
-    state = local.State(1, 2, 8080, "127.0.0.1:8000", 8081, 25)
+    state = local.State(1, 2, 8080, "127.0.0.1:8000", 8081, 25, [3, 4])
     run.state.write_text(json.dumps(asdict(state)))
     assert run.load_state() == state
     run.state.write_text("{broken")

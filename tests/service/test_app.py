@@ -1,5 +1,8 @@
 """The app's own logic, in-process. Proxy and server behaviour is tested through the real stack."""
 
+import json
+import logging
+
 import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
@@ -177,3 +180,25 @@ def test_info_reports_only_the_knobs_the_app_process_receives(client: TestClient
     assert {"app_request_timeout", "web_concurrency", "gunicorn_keepalive", "uvicorn_ws_max_size"} <= knobs
     assert not [knob for knob in knobs if knob.startswith(("nginx_", "locust_", "compose_"))]
     assert not {"http_port", "runtime", "profile"} & knobs
+
+
+@pytest.mark.parametrize("enabled", [0, 1])
+def test_the_apps_access_line_is_written_only_when_app_access_log_is_on(enabled: int) -> None:
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    collector = Collect()
+    logging.getLogger("service.access").addHandler(collector)
+    try:
+        settings = load_settings(app_access_log=enabled, app_log_level="info")
+        with TestClient(create_app(settings)) as client:
+            client.get("/api/ping", headers={"X-Request-ID": "line-7"})
+    finally:
+        logging.getLogger("service.access").removeHandler(collector)
+    logged = [json.loads(line) for line in lines if "line-7" in line]
+    assert len(logged) == enabled
+    if enabled:
+        assert logged[0]["route"] == "/api/ping" and logged[0]["status"] == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 from pathlib import Path
 
 import httpx2
@@ -29,7 +30,8 @@ def test_up_twice_reload_under_load_then_down_leaves_nothing(tmp_path: Path) -> 
         again = stack.stackctl("up")
         assert again.returncode == 0
         assert "already running" in again.stdout
-        assert len([p for p in processes_of(stack.run_dir) if "gunicorn" in " ".join(p.cmdline())]) == 3
+        servers = [p for p in processes_of(stack.run_dir) if "logpipe" not in " ".join(p.cmdline())]
+        assert len([p for p in servers if "gunicorn" in " ".join(p.cmdline())]) == 3
 
         with concurrent.futures.ThreadPoolExecutor(20) as pool:
             in_flight = [
@@ -69,3 +71,24 @@ def test_bad_knob_is_refused_before_anything_starts(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "GUNICORN_KEEPALIVE=-3" in result.stderr.replace("'", "")
     assert processes_of(stack.run_dir) == []
+
+
+def test_logs_rotate_at_their_bound_and_keep_one_json_line_per_request(tmp_path: Path) -> None:
+    stack = make_stack(tmp_path / "run", LOG_MAX_MB="1", LOG_FILES="2")
+    stack.up()
+    try:
+        # ~3.5 MB of nginx access lines: past the bound three times over.
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda _: httpx2.get(f"{stack.url}/api/ping?pad={'x' * 300}"), range(8000)))
+        trace = httpx2.get(f"{stack.url}/api/ping", headers={"X-Request-ID": "bounded-42"})
+        assert trace.status_code == 200
+    finally:
+        stack.down()
+    logs = sorted(p.name for p in stack.run_dir.glob("nginx.log*"))
+    assert logs == ["nginx.log", "nginx.log.1"], "LOG_FILES=2: the live file and one rotated file"
+    assert all(p.stat().st_size <= (1 << 20) + 4096 for p in stack.run_dir.glob("nginx.log*"))
+    lines = [json.loads(line) for line in (stack.run_dir / "nginx.log").read_text().splitlines()]
+    [traced] = [line for line in lines if line.get("request_id") == "bounded-42"]
+    assert traced["status"] == 200 and traced["upstream_response_time"]
+    app_lines = (stack.run_dir / "gunicorn.log").read_text()
+    assert "bounded-42" not in app_lines, "one access line per request: nginx's, not the app's as well"
