@@ -65,6 +65,17 @@ loadtest-ui: venv ## Locust web UI on 127.0.0.1:LOCUST_WEB_PORT (8089) with a sc
 	@$(PY) -m loadtest.runner --ui --run-dir $(RUN_DIR) $(if $(HOST),--host "$(HOST)") \
 		$(if $(LOCUST_WORKERS),--workers "$(LOCUST_WORKERS)")
 
+# DRILL=name (or a,b; default: all, the docker ones need an engine). Each drill gets a fresh stack on free ports
+# and the load below: DRILL_SECONDS (15 per drill), WRK_THREADS (1), WRK_CONNECTIONS (32), DRILL_WEBSOCKETS (20),
+# DRILL_RATE (0 = as fast as wrk goes, else a cap in req/s); DRILL_SHORT=1 (4 s, short timeouts: for tests),
+# DRILL_STRICT=1 (every drill must lose nothing). Exit 3 when a drill lost more than it may.
+.PHONY: drill
+drill: venv ## Worker-lifecycle drills under load (reload, recycle, TERM/KILL/timeout, down, ...): lost vs. allowed; writes reports/drill-<time>/
+	@$(PY) -m loadtest.drill --drill "$(DRILL)" $(if $(DRILL_SECONDS),--seconds "$(DRILL_SECONDS)") \
+		$(if $(WRK_THREADS),--threads "$(WRK_THREADS)") $(if $(WRK_CONNECTIONS),--connections "$(WRK_CONNECTIONS)") \
+		$(if $(DRILL_WEBSOCKETS),--websockets "$(DRILL_WEBSOCKETS)") $(if $(DRILL_RATE),--rate "$(DRILL_RATE)") \
+		$(if $(filter 1,$(DRILL_SHORT)),--short) $(if $(filter 1,$(DRILL_STRICT)),--strict)
+
 ##@ Tuning
 # `up` and `reload` apply the same ordering rules and refuse a config that breaks one;
 # `make up ALLOW_UNSAFE_CONFIG=1` starts it anyway, with a loud warning (experiments only).

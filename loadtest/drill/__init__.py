@@ -1,0 +1,34 @@
+"""`make drill`: does the stack lose anything across a worker's lifecycle, under load?
+
+    python -m loadtest.drill                           # every drill, 15 s each
+    python -m loadtest.drill --drill worker-kill --seconds 30 --connections 64
+
+Each drill starts a fresh stack on free ports, loads it (wrk: POST /api/echo + GET /api/ping through
+nginx; WebSocket clients on /ws/ticker that reconnect when closed), provokes one event — a reload, worker
+recycling, a worker TERMed, KILLed or timed out, an nginx reload, a stop with requests in flight, and with a
+Docker engine a recreated, scaled-down or killed app container — and counts what was lost against what the
+event may lose. It writes reports/drill-<time>/: drill.json, index.html and each stack's run dir.
+
+plan.py: inputs and the row; load.py: wrk and the WebSocket clients; drills.py: the events and their
+allowances; run.py: one stack per drill; report.py: the table and the files; cli.py: the command line.
+"""
+
+from loadtest.drill.cli import main
+from loadtest.drill.drills import DRILLS, NAMES, Drill
+from loadtest.drill.plan import SHORT, DrillError, LoadParams, Row, parse_drills, parse_load
+from loadtest.drill.run import run_drill, run_drills
+
+__all__ = [
+    "DRILLS",
+    "NAMES",
+    "SHORT",
+    "Drill",
+    "DrillError",
+    "LoadParams",
+    "Row",
+    "main",
+    "parse_drills",
+    "parse_load",
+    "run_drill",
+    "run_drills",
+]

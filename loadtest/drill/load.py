@@ -1,0 +1,295 @@
+"""The load every drill runs under: wrk sending POST /api/echo and GET /api/ping through nginx (mixed.lua
+counts the answers per method and status), and WebSocket clients on /ws/ticker, one thread each, that
+reconnect whenever the server closes them and record every close code and failed reconnect."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+import websocket
+
+from loadtest.drill.plan import DrillError, LoadParams
+
+WRK_PACKAGE = "wrk"
+LUA = Path(__file__).with_name("mixed.lua")
+WRK_TIMEOUT_S = 30  # an answer slower than this is wrk's `timeout` error
+SOCKET_ERRORS = ("connect", "read", "write", "timeout")
+TICK_INTERVAL_S = 0.5
+WS_CONNECT_TIMEOUT_S = 5.0
+WS_POLL_S = 0.5  # how often a receiving client looks at the stop flag
+WS_RETRY_PAUSE_S = 0.1
+NO_CLOSE_FRAME = 1006  # RFC 6455: the connection ended without a close frame
+NO_STATUS = 1005
+
+
+def find_wrk() -> str:
+    """wrk's path; installed with apt-get when missing and we are root (as find_nginx does for nginx)."""
+    found = shutil.which("wrk") or next(
+        (p for p in ("/usr/bin/wrk", "/usr/local/bin/wrk", "/opt/homebrew/bin/wrk") if Path(p).exists()), None
+    )
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print(f"wrk not found: installing {WRK_PACKAGE} with apt-get ...", file=sys.stderr, flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, stdout=subprocess.DEVNULL)
+        done = subprocess.run(
+            ["apt-get", "install", "-y", "-qq", WRK_PACKAGE], check=False, env=env, stdout=subprocess.DEVNULL
+        )
+        if done.returncode == 0 and shutil.which("wrk"):
+            return str(shutil.which("wrk"))
+    if sys.platform == "darwin":
+        raise DrillError("wrk is not installed; install it with: brew install wrk")
+    raise DrillError(f"wrk is not installed; install it with: sudo apt-get install -y {WRK_PACKAGE}")
+
+
+@dataclass
+class HttpTally:
+    """What wrk saw: answers per method and status, socket errors, latency."""
+
+    responses: int = 0
+    seconds: float = 0.0
+    by_method: dict[str, dict[str, int]] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_wrk(cls, data: dict[str, Any]) -> HttpTally:
+        by_method: dict[str, dict[str, int]] = {}
+        for key, count in data["statuses"].items():
+            method, status = key.split(" ", 1)
+            by_method.setdefault(method, {})[status] = int(count)
+        return cls(
+            responses=int(data["responses"]),
+            seconds=int(data["duration_us"]) / 1e6,
+            by_method={m: dict(sorted(s.items())) for m, s in sorted(by_method.items())},
+            errors={kind: int(data["errors"][kind]) for kind in SOCKET_ERRORS},
+            latency_ms={k: float(v) for k, v in data["latency_ms"].items()},
+        )
+
+    @property
+    def sent(self) -> int:
+        """Requests that went out: answered, or lost with their connection before the answer (read errors).
+        A write error is a request that could not be written (the connection was refused or reset)."""
+        return self.responses + self.errors.get("read", 0)
+
+    @property
+    def rate(self) -> float:
+        return self.responses / self.seconds if self.seconds else 0.0
+
+    def failures(self) -> dict[str, int]:
+        """Every failure by kind: `POST 502` (a status outside 2xx, per method), then wrk's socket errors."""
+        found = {
+            f"{method} {status}": n
+            for method, statuses in self.by_method.items()
+            for status, n in statuses.items()
+            if not status.startswith("2") and n
+        }
+        return found | {kind: n for kind, n in self.errors.items() if n}
+
+
+class Wrk:
+    """wrk running mixed.lua against `url` until stop(); its JSON summary then becomes an HttpTally."""
+
+    def __init__(self, url: str, params: LoadParams, out_dir: Path, wrk: str | None = None) -> None:
+        self.command = [
+            wrk or find_wrk(),
+            f"-t{params.threads}",
+            f"-c{params.connections}",
+            "-d3600s",  # stopped by SIGINT, after which wrk still summarises and calls done()
+            "--timeout",
+            f"{WRK_TIMEOUT_S}s",
+            "-s",
+            str(LUA),
+            url,
+        ]
+        self.out = out_dir / "wrk.json"
+        self.log = out_dir / "wrk.txt"
+        self.env = {
+            **os.environ,
+            "DRILL_WRK_OUT": str(self.out),
+            "DRILL_WRK_DELAY_MS": str(params.delay_ms()),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.out.unlink(missing_ok=True)
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+
+    def stop(self) -> HttpTally:
+        if self.process is None:
+            return HttpTally()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=WRK_TIMEOUT_S + 10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        try:
+            return HttpTally.from_wrk(json.loads(self.out.read_text()))
+        except (OSError, ValueError, KeyError) as error:
+            tail = " | ".join(self.log.read_text(errors="replace").strip().splitlines()[-3:])
+            raise DrillError(f"wrk wrote no summary ({error}); its output: {tail or 'none'}") from None
+
+
+@dataclass
+class WsTally:
+    clients: int = 0
+    connects: int = 0
+    closes: dict[str, int] = field(default_factory=dict)  # close code -> count
+    failed_reconnects: dict[str, int] = field(default_factory=dict)  # reason -> count
+    longest_gap_s: float = 0.0
+    pushes: int = 0
+
+
+class RawSocket(Protocol):
+    """websocket.WebSocket's shutdown() (untyped there): close the TCP socket without a handshake."""
+
+    def shutdown(self) -> None: ...
+
+
+def close_code(payload: bytes) -> int:
+    return int(struct.unpack("!H", payload[:2])[0]) if len(payload) >= 2 else NO_STATUS
+
+
+def failure_reason(error: Exception) -> str:
+    if isinstance(error, websocket.WebSocketBadStatusException):
+        return f"handshake {error.status_code}"
+    if isinstance(error, ConnectionRefusedError):
+        return "refused"
+    if isinstance(error, TimeoutError | websocket.WebSocketTimeoutException):
+        return "timeout"
+    return type(error).__name__
+
+
+class TickerClients:
+    """N WebSockets on /ws/ticker, each in its own thread: connect, receive pushes, and when the server
+    closes (or the connection drops), record the code and connect again, until stop()."""
+
+    def __init__(self, ws_url: str, count: int) -> None:
+        self.url = f"{ws_url}/ws/ticker?interval={TICK_INTERVAL_S}"
+        self.count = count
+        self.stopping = threading.Event()
+        self.reconnecting = threading.Event()
+        self.reconnecting.set()
+        self.lock = threading.Lock()
+        self.connects = 0
+        self.pushes = 0
+        self.closes: Counter[str] = Counter()
+        self.failed: Counter[str] = Counter()
+        self.longest_gap = 0.0
+        self.threads = [threading.Thread(target=self.client, daemon=True) for _ in range(count)]
+
+    def start(self, within: float = 15.0) -> None:
+        for thread in self.threads:
+            thread.start()
+        deadline = time.monotonic() + within
+        while self.connects < self.count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.connects < self.count:
+            raise DrillError(f"only {self.connects} of {self.count} WebSockets connected within {within:g} s")
+
+    def hold(self) -> None:
+        """Stop reconnecting: a closed client stays closed (the stack is going away)."""
+        self.reconnecting.clear()
+
+    def stop(self) -> WsTally:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout=WS_CONNECT_TIMEOUT_S + 5)
+        with self.lock:
+            return WsTally(
+                self.count,
+                self.connects,
+                dict(sorted(self.closes.items())),
+                dict(sorted(self.failed.items())),
+                round(self.longest_gap, 3),
+                self.pushes,
+            )
+
+    def client(self) -> None:
+        closed_at: float | None = None
+        while not self.stopping.is_set():
+            try:
+                ws = websocket.create_connection(self.url, timeout=WS_CONNECT_TIMEOUT_S)
+            except (websocket.WebSocketException, OSError) as error:
+                with self.lock:
+                    self.failed[failure_reason(error)] += 1
+                self.stopping.wait(WS_RETRY_PAUSE_S)
+                continue
+            with self.lock:
+                self.connects += 1
+                if closed_at is not None:
+                    self.longest_gap = max(self.longest_gap, time.monotonic() - closed_at)
+            code = self.receive(ws)
+            if code is None:
+                return
+            closed_at = time.monotonic()
+            with self.lock:
+                self.closes[str(code)] += 1
+            if not self.reconnecting.is_set():
+                return
+
+    def receive(self, ws: websocket.WebSocket) -> int | None:
+        """Until the server closes (its code) or stop() (None)."""
+        ws.settimeout(WS_POLL_S)
+        try:
+            while not self.stopping.is_set():
+                try:
+                    opcode, frame = ws.recv_data_frame(True)
+                except websocket.WebSocketTimeoutException:
+                    continue
+                if opcode == websocket.ABNF.OPCODE_CLOSE:
+                    return close_code(frame.data)
+                if opcode == websocket.ABNF.OPCODE_TEXT:
+                    with self.lock:
+                        self.pushes += 1
+            ws.close(timeout=1)
+            return None
+        except (websocket.WebSocketException, OSError):
+            return NO_CLOSE_FRAME
+        finally:
+            cast(RawSocket, ws).shutdown()
+
+
+@dataclass
+class Tally:
+    http: HttpTally
+    ws: WsTally
+
+
+class Load:
+    """wrk and the WebSocket clients against one stack: started together, stopped together."""
+
+    def __init__(self, url: str, ws_url: str, params: LoadParams, out_dir: Path, wrk: str) -> None:
+        self.wrk = Wrk(url, params, out_dir, wrk)
+        self.sockets = TickerClients(ws_url, params.websockets)
+        self.tally: Tally | None = None
+        self.started_at = 0.0
+
+    def start(self) -> None:
+        self.sockets.start()
+        self.wrk.start()
+        self.started_at = time.monotonic()
+
+    def stop(self) -> Tally:
+        if self.tally is None:
+            http = self.wrk.stop()
+            self.tally = Tally(http, self.sockets.stop())
+        return self.tally

@@ -1,0 +1,148 @@
+"""What `make drill` runs: the drill names, the load parameters (checked before anything starts) and the
+row each drill fills in."""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+FLOOR_RATE = 1000.0
+"""Requests/s through nginx below which a drill proves little: its row says so (the verdict stands)."""
+
+
+class DrillError(Exception):
+    """Bad drill input or a missing tool; the message is one line naming the variable and the value."""
+
+
+@dataclass(frozen=True)
+class LoadParams:
+    """The load every drill runs under, and the make variable each field comes from."""
+
+    seconds: float = 15.0  # DRILL_SECONDS: at least this long per drill, the event in the first half
+    threads: int = 1  # WRK_THREADS
+    connections: int = 32  # WRK_CONNECTIONS: each holds one request in flight at a time
+    websockets: int = 20  # DRILL_WEBSOCKETS: held /ws/ticker clients
+    rate: float = 0.0  # DRILL_RATE: a cap in requests/s over all connections; 0 = as fast as wrk goes
+    short: bool = False  # DRILL_SHORT=1: seconds-long drills and short graceful timeouts, for tests
+    strict: bool = False  # DRILL_STRICT=1: every drill is allowed to lose nothing, the lossy ones too
+
+    def delay_ms(self) -> int:
+        """wrk's per-request pause on each connection that caps the total rate at `rate`."""
+        return math.ceil(1000 * self.connections / self.rate) if self.rate else 0
+
+    def describe(self) -> str:
+        rate = f"capped at {self.rate:g} req/s" if self.rate else "as fast as wrk goes"
+        mode = ", short mode" if self.short else ""
+        return (
+            f"wrk -t{self.threads} -c{self.connections} ({rate}) POST /api/echo + GET /api/ping, "
+            f"{self.websockets} WebSockets on /ws/ticker, >= {self.seconds:g} s per drill{mode}"
+        )
+
+
+SHORT = LoadParams(seconds=4.0, websockets=6, short=True)
+
+# (field, make variable, what it is, minimum)
+INPUTS: tuple[tuple[str, str, str, float], ...] = (
+    ("seconds", "DRILL_SECONDS", "seconds per drill", 2),
+    ("threads", "WRK_THREADS", "wrk threads", 1),
+    ("connections", "WRK_CONNECTIONS", "wrk connections", 1),
+    ("websockets", "DRILL_WEBSOCKETS", "WebSocket clients", 0),
+    ("rate", "DRILL_RATE", "requests/s (0 = no cap)", 0),
+)
+
+
+def parse_load(raw: dict[str, str | None], short: bool = False, strict: bool = False) -> LoadParams:
+    """Each given value (None = the default; short mode has its own defaults) checked and typed."""
+    types = {f.name: f.type for f in fields(LoadParams)}
+    given: dict[str, Any] = {}
+    for name, variable, what, least in INPUTS:
+        text = raw.get(name)
+        if text is None or text == "":
+            continue
+        whole = types[name] == "int"
+        try:
+            number = int(text) if whole else float(text)
+        except ValueError:
+            raise DrillError(
+                f"{variable}={text!r}: not {'a whole' if whole else 'a'} number ({what})"
+            ) from None
+        if not math.isfinite(number) or number < least:
+            raise DrillError(f"{variable}={text!r}: must be at least {least:g} ({what})")
+        given[name] = number
+    params = replace(SHORT if short else LoadParams(), strict=strict, **given)
+    if params.connections < params.threads:
+        raise DrillError(
+            f"WRK_CONNECTIONS={params.connections} < WRK_THREADS={params.threads}: wrk needs a connection "
+            "per thread at least"
+        )
+    return params
+
+
+def parse_drills(text: str, known: tuple[str, ...]) -> list[str]:
+    """'reload', 'reload,worker-kill' or '' / 'all' (every drill) -> names, each one known."""
+    names = [n for n in text.replace(",", " ").split() if n]
+    if not names or names == ["all"]:
+        return list(known)
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise DrillError(f"DRILL={name!r}: no such drill; {hint}choose from {', '.join(known)} or all")
+    return list(dict.fromkeys(names))
+
+
+@dataclass
+class Row:
+    """What one drill did and lost. Failure kinds: `POST 502`, `GET 499`, ... (statuses outside 2xx, per
+    method), `connect`/`read`/`write` (wrk's socket errors), `timeout` (no answer within wrk's timeout)."""
+
+    drill: str
+    runtime: str
+    what: str
+    status: str = "pending"  # pass, FAIL, skipped, error
+    reason: str = ""  # why skipped or error
+    knobs: dict[str, str] = field(default_factory=dict)  # what the drill set on its stack
+    seconds: float = 0.0
+    requests: int = 0  # sent: answered + lost on an open connection (read/write errors)
+    responses: int = 0
+    rate: float = 0.0  # answered requests/s
+    by_method: dict[str, dict[str, int]] = field(default_factory=dict)  # "POST": {"200": n, "502": m}
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)  # every failure by kind
+    not_counted: list[str] = field(default_factory=list)  # kinds this drill expects by design
+    probes: dict[str, int] = field(default_factory=dict)  # the drill's own requests, by outcome
+    probe_failures: int = 0  # the drill's own requests that should have succeeded and did not
+    lost: int = 0  # failures counted against the allowance (+ probe_failures)
+    allowed: int = 0
+    allowance: str = "nothing"
+    ws_clients: int = 0
+    ws_connects: int = 0
+    ws_closes: dict[str, int] = field(default_factory=dict)  # close code -> count (1006: no close frame)
+    ws_failed_reconnects: int = 0
+    ws_failed_by_reason: dict[str, int] = field(default_factory=dict)
+    ws_longest_gap_s: float = 0.0  # longest time a client was without a connection
+    ws_pushes: int = 0
+    recovery_s: float | None = None
+    recovery: str = ""  # what recovery_s measures
+    load_average_before: str = ""
+    load_average_after: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.lost <= self.allowed and self.ws_failed_reconnects == 0
+
+    @property
+    def weak(self) -> bool:
+        """Ran, but below the load floor: a pass here proves little."""
+        return self.status in ("pass", "FAIL") and self.rate < FLOOR_RATE
+
+    def verdict(self) -> None:
+        self.lost = sum(n for kind, n in self.failures.items() if kind not in self.not_counted)
+        self.lost += self.probe_failures
+        self.status = "pass" if self.passed else "FAIL"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "weak": self.weak}

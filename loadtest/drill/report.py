@@ -1,0 +1,152 @@
+"""What `make drill` shows and writes: one rich table, drill.json (every row, every count) and index.html
+(the table, the machine, the load parameters)."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from loadtest.drill.load import WRK_TIMEOUT_S
+from loadtest.drill.plan import FLOOR_RATE, Row
+from loadtest.sweep.report import machine as sweep_machine
+
+HEAD = (
+    "drill",
+    "runtime",
+    "sent",
+    "req/s",
+    "failures",
+    "WS closes",
+    "failed reconnects",
+    "recovery",
+    "allowed",
+    "result",
+)
+
+LEGEND = {
+    "POST 502, GET 504, ...": "an answer outside 2xx, by method (nginx's JSON 502: the app closed or refused "
+    "the connection the request was on)",
+    "read": "wrk wrote the request, then the connection ended before an answer",
+    "write": "wrk could not write the request: the connection was refused or reset",
+    "connect": "wrk could not open a connection",
+    "timeout": f"no answer within {WRK_TIMEOUT_S} s",
+    "not counted": "a failure the event causes by design (after a stop nothing listens)",
+    "drill's own": "requests the drill sends itself (the blocking one, the slow ones in flight at a stop)",
+    "WS closes": "close codes the server sent (1012: restart, 1001: going away; 1006: no close frame, the "
+    "worker died); every client reconnects at once",
+    "failed reconnects": "WebSocket connects that failed (handshake status or socket error); must be 0",
+    "allowed": "what the event may lose: nothing, or for a killed worker or container the requests in flight "
+    "on it, bounded by the connections it held (each carries at most one request) and by wrk's connections",
+}
+
+
+def machine() -> dict[str, str]:
+    return {
+        **sweep_machine(),
+        "cores": str(os.cpu_count()),
+        "note": "wrk and the WebSocket clients run on the same machine as the stack",
+    }
+
+
+def counts(found: dict[str, int], not_counted: list[str] | None = None) -> str:
+    if not found:
+        return "0"
+    skipped = set(not_counted or ())
+    return ", ".join(
+        f"{kind}: {n}" + (" (not counted)" if kind in skipped else "") for kind, n in found.items()
+    )
+
+
+def result(row: Row) -> str:
+    if row.status in ("skipped", "error"):
+        return f"{row.status}: {row.reason}"
+    text = f"{row.status} (lost {row.lost})"
+    if row.weak:
+        text += f"; load {row.rate:.0f} req/s < {FLOOR_RATE:.0f}: weak evidence"
+    return text
+
+
+def cells(row: Row) -> list[str]:
+    if row.status in ("skipped", "error"):
+        return [row.drill, row.runtime, "", "", "", "", "", "", "", result(row)]
+    failures = counts(row.failures, row.not_counted)
+    if row.probes:
+        failures += "; drill's own: " + counts(row.probes)
+    recovery = "-" if row.recovery_s is None else f"{row.recovery_s:.2f} s"
+    failed = counts(row.ws_failed_by_reason) if row.ws_failed_reconnects else "0"
+    return [
+        row.drill,
+        row.runtime,
+        str(row.requests),
+        f"{row.rate:.0f}",
+        failures,
+        counts(row.ws_closes),
+        failed,
+        recovery,
+        row.allowance,
+        result(row),
+    ]
+
+
+def table(rows: list[Row]) -> Table:
+    grid = Table(title="make drill: what each worker-lifecycle event lost under load", show_lines=True)
+    for name in HEAD:
+        grid.add_column(name, overflow="fold")
+    for row in rows:
+        style = {"pass": "green", "FAIL": "bold red", "error": "red"}.get(row.status, "yellow")
+        grid.add_row(*cells(row), style=style)
+    return grid
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, Row):
+        return value.to_dict()
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    return str(value)
+
+
+def write_html(path: Path, rows: list[Row], meta: dict[str, Any]) -> None:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in (*HEAD, "notes"))
+    body = []
+    for row in rows:
+        notes = "; ".join(row.notes)
+        values = "".join(f"<td>{html.escape(c)}</td>" for c in (*cells(row), notes))
+        body.append(f'<tr class="{html.escape(row.status.lower())}">{values}</tr>')
+    legend = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in LEGEND.items())
+    about = "".join(
+        f"<li>{html.escape(k)}: {html.escape(str(v))}</li>" for k, v in meta.items() if k != "params"
+    )
+    path.write_text(
+        f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>drill {html.escape(str(meta.get("started", "")))}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; }} table {{ border-collapse: collapse; font-size: 0.9em; }}
+td, th {{ border: 1px solid #ccc; padding: 0.25em 0.5em; vertical-align: top; }}
+tr.pass {{ background: #eef6ee; }} tr.fail {{ background: #fbeaea; }} tr.error {{ color: #a33; }}
+tr.skipped {{ color: #777; }}
+</style></head><body>
+<h1>make drill: nothing lost under load?</h1>
+<ul>{about}</ul>
+<table><tr>{head}</tr>
+{chr(10).join(body)}
+</table>
+<h2>How to read it</h2>
+<dl>{legend}</dl>
+<p>Every row's counts (statuses per method, latency, WebSocket reconnect gaps, knobs) are in drill.json.</p>
+</body></html>
+"""
+    )
+
+
+def write_report(report_dir: Path, rows: list[Row], meta: dict[str, Any]) -> None:
+    passed = all(r.status in ("pass", "skipped") for r in rows)
+    summary = {**meta, "passed": passed, "legend": LEGEND, "rows": rows}
+    (report_dir / "drill.json").write_text(json.dumps(summary, indent=2, default=jsonable))
+    write_html(report_dir / "index.html", rows, meta)

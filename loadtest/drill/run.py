@@ -1,0 +1,169 @@
+"""How a drill runs: a fresh stack on free ports (deploy/stackctl/stack.py) with its run dir under the
+report dir; the load started; the event after 40 % of DRILL_SECONDS; the load kept up until DRILL_SECONDS
+have passed (at least 20 % of them after the event); then the row: what was sent, what failed by kind,
+WebSocket closes and failed reconnects, recovery, and the verdict against the drill's allowance."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from deploy.stackctl import stack
+from deploy.stackctl.ports import free_port_knobs
+from loadtest.drill import containers
+from loadtest.drill.drills import BY_NAME, Context, Drill, Outcome
+from loadtest.drill.load import Load, Tally, find_wrk
+from loadtest.drill.observe import WorkerWatch
+from loadtest.drill.plan import DrillError, LoadParams, Row
+from loadtest.drill.report import machine, write_report
+from service.settings import ConfigError
+
+LEAD = 0.4  # of DRILL_SECONDS under load before the event
+TAIL = 0.2  # of DRILL_SECONDS under load at least after it
+# Applied unless the environment sets them: a worker to spare for the one a drill takes down.
+DEFAULTS = {"WEB_CONCURRENCY": "2"}
+# Always: one event per drill. Defaults recycle a worker every 10,000 requests (every few seconds at the
+# drills' rates), which would mix recycling into every row; only `recycle` turns it on.
+ISOLATED = {"GUNICORN_MAX_REQUESTS": "0", "GUNICORN_MAX_REQUESTS_JITTER": "0"}
+# Short mode: graceful timeouts of seconds, so a reload or a stop with WebSockets open ends quickly.
+SHORT_KNOBS = {"UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN": "3", "GUNICORN_GRACEFUL_TIMEOUT": "5"}
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def drill_knobs(drill: Drill, params: LoadParams, environ: Mapping[str, str]) -> dict[str, str]:
+    """What the drill sets on its stack (ports aside)."""
+    knobs = {k: v for k, v in DEFAULTS.items() if k not in environ} | ISOLATED
+    if params.short:
+        knobs |= SHORT_KNOBS
+    return knobs | drill.knobs(params)
+
+
+def fill(
+    row: Row,
+    tally: Tally,
+    outcome: Outcome,
+    params: LoadParams,
+    load_started: float,
+    workers_started: int | None,
+) -> None:
+    http, ws = tally.http, tally.ws
+    row.requests, row.responses = http.sent, http.responses
+    serving = (outcome.load_until or 0) - load_started
+    row.rate = round(http.responses / serving if serving > 0 else http.rate, 1)
+    row.by_method, row.latency_ms, row.failures = http.by_method, http.latency_ms, http.failures()
+    row.ws_clients, row.ws_connects, row.ws_closes = ws.clients, ws.connects, ws.closes
+    row.ws_failed_by_reason, row.ws_failed_reconnects = (
+        ws.failed_reconnects,
+        sum(ws.failed_reconnects.values()),
+    )
+    row.ws_longest_gap_s, row.ws_pushes = ws.longest_gap_s, ws.pushes
+    row.recovery_s = None if outcome.recovery_s is None else round(outcome.recovery_s, 3)
+    row.recovery, row.probes, row.probe_failures = outcome.recovery, outcome.probes, outcome.probe_failures
+    row.not_counted = [kind for kind in outcome.not_counted if kind in row.failures]
+    row.allowed, row.allowance = outcome.allowed, outcome.allowance
+    if params.strict and row.allowed:
+        row.allowance = f"nothing (DRILL_STRICT=1; else {row.allowance})"
+        row.allowed = 0
+    row.notes.extend(outcome.notes)
+    if workers_started is not None:
+        row.notes.append(f"{workers_started} gunicorn worker(s) started during the drill")
+    row.verdict()
+
+
+def compress_logs(run_dir: Path) -> None:
+    """nginx's access log is one JSON line per request (~12 MB per drill): kept, gzipped."""
+    for log in sorted(run_dir.glob("*.log*")):
+        if log.is_file() and log.suffix != ".gz":
+            with log.open("rb") as plain, gzip.open(f"{log}.gz", "wb") as packed:
+                shutil.copyfileobj(plain, packed)
+            log.unlink()
+
+
+def run_drill(
+    drill: Drill, params: LoadParams, report_dir: Path, base: Mapping[str, str] | None, wrk: str
+) -> Row:
+    row = Row(drill.name, drill.runtime, drill.what)
+    environ = os.environ if base is None else base
+    row.knobs = drill_knobs(drill, params, environ)
+    knobs = {**row.knobs, **free_port_knobs(drill.runtime)}
+    if drill.runtime == "docker":
+        knobs |= containers.project_knobs(drill.name)
+    run_dir = report_dir / drill.name
+    run_dir.mkdir(parents=True)
+    row.load_average_before = load_average()
+    try:
+        with stack.running(drill.runtime, knobs, run_dir, base=base) as handle:
+            load = Load(handle.url, handle.ws_url, params, run_dir, wrk)
+            ctx = Context(handle, load, params, run_dir, knobs, base)
+            if drill.prepare:
+                drill.prepare(ctx)
+            if drill.runtime == "local":
+                ctx.watch = WorkerWatch(handle)
+                ctx.watch.start()
+            started = time.monotonic()
+            try:
+                load.start()
+                time.sleep(params.seconds * LEAD)
+                outcome = drill.act(ctx)
+                if outcome.load_until is None:
+                    left = params.seconds - (time.monotonic() - started)
+                    time.sleep(max(left, params.seconds * TAIL))
+            finally:
+                tally = load.stop()
+                if ctx.watch:
+                    ctx.watch.stop()
+            row.seconds = round(time.monotonic() - started, 1)
+    except (ConfigError, stack.StackError, DrillError, OSError) as error:
+        row.status, row.reason = "error", f"{type(error).__name__}: {error}"
+        return row
+    finally:
+        row.load_average_after = load_average()
+        compress_logs(run_dir)
+    fill(row, tally, outcome, params, load.started_at, ctx.watch.started() if ctx.watch else None)
+    return row
+
+
+def run_drills(
+    names: list[str],
+    params: LoadParams,
+    out_root: Path,
+    base: Mapping[str, str] | None = None,
+    progress: Callable[[Row], None] = lambda row: None,
+) -> tuple[Path, list[Row]]:
+    """Every named drill on its own stack; writes drill.json and index.html into reports/drill-<time>/."""
+    drills = [BY_NAME[name] for name in names]
+    wrk = find_wrk()
+    engine = any(d.runtime == "docker" for d in drills) and stack.docker_engine_reachable()
+    report_dir = out_root / f"drill-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
+    report_dir.mkdir(parents=True, exist_ok=False)
+    meta: dict[str, Any] = {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "load": params.describe(),
+        "params": params,
+        **machine(),
+    }
+    rows: list[Row] = []
+    try:
+        for drill in drills:
+            if drill.runtime == "docker" and not engine:
+                row = Row(drill.name, drill.runtime, drill.what, status="skipped")
+                row.reason = "no Docker engine reachable (`docker info` failed); start one or set DOCKER_HOST"
+            else:
+                row = run_drill(drill, params, report_dir, base, wrk)
+            rows.append(row)
+            progress(row)
+    except KeyboardInterrupt:
+        rows.append(Row(drill.name, drill.runtime, drill.what, status="error", reason="interrupted (Ctrl-C)"))
+    meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    meta["load_average_at_end"] = load_average()
+    write_report(report_dir, rows, meta)
+    return report_dir, rows
