@@ -1,0 +1,121 @@
+"""`make drill`: bad input is refused in one line before anything starts; a short real run of `reload` and
+`worker-kill` on the local runtime writes rows whose counts agree with each other; a lossy drill held to
+zero (DRILL_STRICT=1) makes the exit code non-zero."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploy.stackctl import stack
+from loadtest import drill
+from loadtest.limits import THRESHOLD_EXIT_CODE
+
+SOCKET_KINDS = {"connect", "read", "write", "timeout"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--drill", "nope"], "DRILL='nope': no such drill; choose from baseline, reload"),
+        (["--drill", "worker-kil"], "did you mean worker-kill?"),
+        (["--drill", "reload", "--seconds", "abc"], "DRILL_SECONDS='abc': not a number"),
+        (["--connections", "1.5"], "WRK_CONNECTIONS='1.5': not a whole number"),
+        (["--websockets", "-1"], "DRILL_WEBSOCKETS='-1': must be at least 0"),
+        (["--rate", "nan"], "DRILL_RATE='nan': must be at least 0"),
+        (["--threads", "4", "--connections", "2"], "WRK_CONNECTIONS=2 < WRK_THREADS=4"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_starts_nothing(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = drill.main([*argv, "--out-root", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err.count("\n") == 1 and message in captured.err, captured.err
+    assert captured.out == ""
+    assert not list(tmp_path.iterdir()), "nothing may run or be written for bad input"
+
+
+def base_env() -> dict[str, str]:
+    return {**stack.isolated_base(), "RUNTIME": "local", "PROFILE": "default"}
+
+
+def report(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    (report_dir,) = tmp_path.glob("drill-*")
+    return report_dir, json.loads((report_dir / "drill.json").read_text())
+
+
+def assert_consistent(row: dict[str, Any], websockets: int) -> None:
+    name = row["drill"]
+    assert row["status"] in ("pass", "FAIL"), row["reason"]
+    assert row["requests"] >= row["responses"] > 0
+    assert row["rate"] > 0 and row["seconds"] >= 4
+    assert set(row["by_method"]) == {"GET", "POST"}, f"{name}: both methods are counted apart"
+    assert sum(n for statuses in row["by_method"].values() for n in statuses.values()) == row["responses"]
+    for kind, count in row["failures"].items():
+        assert count > 0
+        if kind not in SOCKET_KINDS:
+            method, status = kind.split()
+            assert not status.startswith("2") and row["by_method"][method][status] == count
+    assert row["requests"] == row["responses"] + row["failures"].get("read", 0)
+    counted = sum(n for kind, n in row["failures"].items() if kind not in row["not_counted"])
+    assert row["lost"] == counted + row["probe_failures"]
+    passed = row["lost"] <= row["allowed"] and row["ws_failed_reconnects"] == 0
+    assert row["status"] == ("pass" if passed else "FAIL")
+    assert row["ws_clients"] == websockets and row["ws_connects"] >= websockets
+    assert row["ws_failed_reconnects"] == sum(row["ws_failed_by_reason"].values())
+    assert row["ws_connects"] == websockets + sum(row["ws_closes"].values()), "every close is reconnected"
+    assert row["recovery_s"] is not None and row["recovery_s"] > 0
+    assert row["load_average_before"] and row["load_average_after"]
+
+
+@pytest.mark.loadtest
+def test_short_run_of_reload_and_worker_kill_writes_consistent_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = drill.main(
+        ["--drill", "reload,worker-kill", "--short", "--out-root", str(tmp_path)], base=base_env()
+    )
+    out = capsys.readouterr().out
+    report_dir, data = report(tmp_path)
+    reload, kill = data["rows"]
+    websockets = drill.SHORT.websockets
+
+    assert [reload["drill"], kill["drill"]] == ["reload", "worker-kill"]
+    for row in (reload, kill):
+        assert_consistent(row, websockets)
+        assert not (report_dir / row["drill"] / "state.json").exists(), "stack left up"
+        assert (report_dir / row["drill"] / "nginx.log.gz").is_file()
+
+    assert reload["allowed"] == 0 and reload["allowance"] == "nothing"
+    assert reload["ws_closes"].get("1012", 0) >= websockets, "a reload closes every WebSocket with 1012"
+    assert kill["allowed"] > 0 and kill["allowance"].startswith(f"<= {kill['allowed']}: in flight on worker")
+    assert kill["allowed"] <= 32, "never more than wrk's connections"
+    assert set(kill["ws_closes"]) <= {"1006"}, "a killed worker sends no close frame"
+    assert "1 gunicorn worker(s) started during the drill" in kill["notes"]
+
+    failed = any(row["status"] == "FAIL" for row in data["rows"])
+    assert code == (THRESHOLD_EXIT_CODE if failed else 0)
+    assert data["passed"] is not failed
+    assert data["cores"] and data["cpu"] and data["load_average_at_start"] and data["load_average_at_end"]
+    assert "wrk -t1 -c32" in data["load"]
+    page = (report_dir / "index.html").read_text()
+    assert page.count("<tr class=") == 2 and "cores: " in page and "wrk -t1 -c32" in page
+    assert "reload" in out and "worker-kill" in out and str(report_dir / "index.html") in out
+
+
+@pytest.mark.loadtest
+def test_a_lossy_drill_held_to_zero_exits_non_zero(tmp_path: Path) -> None:
+    argv = ["--drill", "worker-kill", "--short", "--strict", "--out-root", str(tmp_path)]
+    code = drill.main(argv, base=base_env())
+    _, data = report(tmp_path)
+    (row,) = data["rows"]
+    assert row["allowed"] == 0 and row["allowance"].startswith("nothing (DRILL_STRICT=1; else <= ")
+    assert row["lost"] > 0, "SIGKILL under load takes the killed worker's in-flight requests with it"
+    assert row["status"] == "FAIL" and data["passed"] is False
+    assert code == THRESHOLD_EXIT_CODE
