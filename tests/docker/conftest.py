@@ -24,10 +24,9 @@ from deploy.stackctl.docker import COMPOSE_FILE, compose_command
 from deploy.stackctl.local import StackError
 from deploy.stackctl.ports import free_port_knobs
 from service.settings import Settings
-from tests.stack.conftest import ROOT
+from tests.stack.conftest import ROOT, SMALL_WS_MAX_SIZE
 
 BUILD_TIMEOUT = 1200
-WS_MAX_SIZE = 16_384
 
 
 def unavailable(reason: str) -> None:
@@ -152,7 +151,7 @@ def stack_environment() -> dict[str, str]:
         WEB_CONCURRENCY="1",
         APP_REQUEST_TIMEOUT="2",
         # Small enough that an oversize message is fully sent before the app closes the socket (see the test).
-        UVICORN_WS_MAX_SIZE=str(WS_MAX_SIZE),
+        UVICORN_WS_MAX_SIZE=str(SMALL_WS_MAX_SIZE),
         GUNICORN_LOG_LEVEL="warning",
         APP_LOG_LEVEL="warning",
     )

@@ -16,7 +16,12 @@ from deploy.stackctl import local, stack
 from deploy.stackctl.config import ROOT
 from deploy.stackctl.ports import free_port_knobs
 
-__all__ = ["ROOT", "Stack", "make_stack", "running"]
+__all__ = ["ROOT", "SMALL_WS_MAX_SIZE", "Stack", "make_stack", "running"]
+
+# UVICORN_WS_MAX_SIZE of the shared test stacks. An oversize frame this small reaches the app whole, in
+# nginx's first write (one 4 KiB proxy buffer), so nothing is left unread when uvicorn closes with 1009:
+# with bigger frames the kernel answers the unread rest with a reset, which can overtake the close frame.
+SMALL_WS_MAX_SIZE = 2048
 
 
 @dataclass
@@ -92,7 +97,7 @@ def one_worker_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack
         tmp_path_factory.mktemp("one-worker"),
         WEB_CONCURRENCY="1",
         APP_REQUEST_TIMEOUT="2",
-        UVICORN_WS_MAX_SIZE="16384",
+        UVICORN_WS_MAX_SIZE=str(SMALL_WS_MAX_SIZE),
     )
     with running(stack_):
         yield stack_

@@ -85,8 +85,7 @@ def test_ws_echo_text_and_binary_through_nginx(one_worker_stack: Stack) -> None:
 
 
 def test_ws_oversize_message_closes_with_1009(one_worker_stack: Stack) -> None:
-    # The stack runs with a small UVICORN_WS_MAX_SIZE: with a 1 MiB limit the rest of the message is still
-    # unread when the app closes, the kernel answers it with a reset, and the close frame can be lost.
+    # The stack runs with UVICORN_WS_MAX_SIZE=SMALL_WS_MAX_SIZE: see its comment in tests/stack/conftest.py.
     max_size = int(one_worker_stack.env["UVICORN_WS_MAX_SIZE"])
     ws = websocket.create_connection(f"{one_worker_stack.ws_url}/ws/echo", timeout=5)
     try:
