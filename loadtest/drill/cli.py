@@ -17,7 +17,7 @@ from rich.console import Console
 from deploy.stackctl.config import ROOT
 from loadtest.drill.drills import NAMES
 from loadtest.drill.plan import DrillError, Row, parse_drills, parse_load
-from loadtest.drill.report import cells, table
+from loadtest.drill.report import HEAD, cells, table
 from loadtest.drill.run import run_drills
 from loadtest.limits import THRESHOLD_EXIT_CODE
 
@@ -62,8 +62,11 @@ def main(argv: list[str] | None = None, base: Mapping[str, str] | None = None) -
         params = parse_load(raw, short=args.short, strict=args.strict)
 
         def progress(row: Row) -> None:
-            line = cells(row)
-            err.print(f"{row.drill}: {line[-1]} — sent {line[2] or 0}, failures {line[4] or '-'}")
+            line = dict(zip(HEAD, cells(row), strict=True))
+            done = f"{row.drill}: {line['result']}"
+            if row.status in ("pass", "FAIL"):
+                done += f" — sent {line['sent']}, {line['req/s']} req/s, failures {line['failures']}"
+            err.print(done)
 
         err.print(f"make drill: {', '.join(names)}; {params.describe()}")
         report_dir, rows = run_drills(names, params, args.out_root, base, progress)

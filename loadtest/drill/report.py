@@ -21,6 +21,7 @@ HEAD = (
     "runtime",
     "sent",
     "req/s",
+    "p99",
     "failures",
     "WS closes",
     "failed reconnects",
@@ -32,7 +33,10 @@ HEAD = (
 LEGEND = {
     "POST 502, GET 504, ...": "an answer outside 2xx, by method (nginx's JSON 502: the app closed or refused "
     "the connection the request was on)",
-    "read": "wrk wrote the request, then the connection ended before an answer",
+    "read": "wrk wrote the request, then the connection ended before an answer: a keep-alive connection "
+    "the server closed just as the request arrived (nginx's old workers close idle client connections on a "
+    "reload or stop; clients that retry a request on a reused connection do not see this), or an answer cut "
+    "off by a dying process",
     "write": "wrk could not write the request: the connection was refused or reset",
     "connect": "wrk could not open a connection",
     "timeout": f"no answer within {WRK_TIMEOUT_S} s",
@@ -66,7 +70,8 @@ def counts(found: dict[str, int], not_counted: list[str] | None = None) -> str:
 def result(row: Row) -> str:
     if row.status in ("skipped", "error"):
         return f"{row.status}: {row.reason}"
-    text = f"{row.status} (lost {row.lost})"
+    reconnects = f", {row.ws_failed_reconnects} failed WS reconnects" if row.ws_failed_reconnects else ""
+    text = f"{row.status} (lost {row.lost}{reconnects})"
     if row.weak:
         text += f"; load {row.rate:.0f} req/s < {FLOOR_RATE:.0f}: weak evidence"
     return text
@@ -74,7 +79,7 @@ def result(row: Row) -> str:
 
 def cells(row: Row) -> list[str]:
     if row.status in ("skipped", "error"):
-        return [row.drill, row.runtime, "", "", "", "", "", "", "", result(row)]
+        return [row.drill, row.runtime, *[""] * (len(HEAD) - 3), result(row)]
     failures = counts(row.failures, row.not_counted)
     if row.probes:
         failures += "; drill's own: " + counts(row.probes)
@@ -85,6 +90,7 @@ def cells(row: Row) -> list[str]:
         row.runtime,
         str(row.requests),
         f"{row.rate:.0f}",
+        f"{row.latency_ms.get('p99', 0):.0f} ms",
         failures,
         counts(row.ws_closes),
         failed,
