@@ -11,7 +11,7 @@ from typing import Any
 import anyio.to_thread
 from fastapi import FastAPI
 
-from service import metrics, routes
+from service import metrics, routes, schema
 from service.errors import install_error_handlers
 from service.middleware import RequestContextMiddleware
 from service.settings import Settings, load_settings
@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="FastAPI deployment blueprint",
+        description=schema.DESCRIPTION,
         lifespan=lifespan,
         docs_url="/docs",
         openapi_url="/openapi.json",
@@ -51,11 +52,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         access_log=bool(settings.app_access_log),
     )
     for router in routes.ROUTERS:
-        app.include_router(router)
+        # The error bodies are the handlers' above (and nginx's, uvicorn's), not FastAPI's.
+        app.include_router(router, responses=schema.ERRORS)
 
     def openapi() -> dict[str, Any]:
-        # FastAPI caches the schema; filling the limits again is a no-op, their markers are gone.
-        return routes.document_limits(FastAPI.openapi(app), settings)
+        # FastAPI caches the schema; both steps are no-ops the second time (the limits' markers are gone).
+        return schema.contract(routes.document_limits(FastAPI.openapi(app), settings))
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app

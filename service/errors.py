@@ -1,20 +1,71 @@
-"""Every error a client can see from the app is one JSON shape, naming the layer that answered."""
+"""Every error a client can see is one JSON shape, naming the layer that answered: `ErrorBody`.
+
+The app builds its errors from these models; nginx (deploy/nginx/nginx.conf.template) and uvicorn
+(service/worker.py) write the same shape by hand, and tests/stack/test_contract.py holds all three to it.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from enum import StrEnum
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 log = logging.getLogger("service.error")
 
 
+class Layer(StrEnum):
+    """Who answered: the app, uvicorn (before the app sees the request) or nginx (before uvicorn does)."""
+
+    app = "app"
+    uvicorn = "uvicorn"
+    nginx = "nginx"
+
+
+class Problem(BaseModel):
+    """One thing wrong with a request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    location: str = Field(description="Where, dotted: `query.delay`, `body.text`, `body`.")
+    message: str
+    type: str = Field(description="pydantic's error type: `missing`, `json_invalid`, `less_than_equal`, ...")
+
+
+class ErrorBody(BaseModel):
+    """The body of every error, whichever layer sends it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: int = Field(description="The HTTP status, again.")
+    error: str = Field(description="A stable code for the cause: `not_found`, `rate_limited`, ...")
+    detail: str | list[Problem]
+    layer: Layer
+    request_id: str | None = Field(
+        None,
+        description="The request's X-Request-ID (the client's, or nginx's own). Null when nothing set one "
+        "(the app without nginx); absent from uvicorn's 503, sent before the request is read — the "
+        "X-Request-ID response header still carries it.",
+    )
+
+
+class InvalidRequest(ErrorBody):
+    """A 422: what is wrong with the query or the body, one problem each."""
+
+    status: Literal[422]
+    error: Literal["invalid_request"]
+    detail: list[Problem]
+    layer: Literal[Layer.app]
+
+
 def error_body(status: int, error: str, detail: Any, request_id: str | None = None) -> dict[str, Any]:
-    return {"status": status, "error": error, "detail": detail, "layer": "app", "request_id": request_id}
+    body = ErrorBody(status=status, error=error, detail=detail, layer=Layer.app, request_id=request_id)
+    return body.model_dump(mode="json")
 
 
 def error_response(request: Request, status: int, error: str, detail: Any) -> JSONResponse:
@@ -36,7 +87,7 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     problems = [
-        {"location": ".".join(str(part) for part in e["loc"]), "message": e["msg"], "type": e["type"]}
+        Problem(location=".".join(str(part) for part in e["loc"]), message=e["msg"], type=e["type"])
         for e in exc.errors()
     ]
     return error_response(request, 422, "invalid_request", problems)

@@ -21,8 +21,9 @@ from pydantic_core import PydanticKnownError
 from pydantic_core.core_schema import ErrorType
 from starlette.requests import HTTPConnection
 
-from service import lifecycle, metrics
+from service import lifecycle, metrics, schema
 from service.errors import error_response
+from service.schema import Blocking, Cpu, Echo, Health, Info, Ping, Ready, Slow, StreamChunk, Sync
 from service.settings import APP_PROCESS_LAYERS, Settings, fields_of
 
 health = APIRouter()
@@ -151,15 +152,15 @@ async def tick_param(
 
 
 @health.get("/healthz")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+async def healthz() -> Health:
+    return Health(status="ok")
 
 
-@health.get("/readyz")
+@health.get("/readyz", response_model=Ready)
 async def readyz(request: Request) -> Response:
     if lifecycle.draining.is_set():
         return error_response(request, 503, "draining", "worker is shutting down")
-    return JSONResponse({"status": "ready", "pid": os.getpid()})
+    return JSONResponse(Ready(status="ready", pid=os.getpid()).model_dump())
 
 
 # --- HTTP demo routes ------------------------------------------------------------------------------
@@ -185,31 +186,31 @@ slow_in_flight = Concurrency()
 
 
 @demo.get("/api/ping")
-async def ping() -> dict[str, Any]:
-    return {"pong": True, "pid": os.getpid()}
+async def ping() -> Ping:
+    return Ping(pong=True, pid=os.getpid())
 
 
 @demo.post("/api/echo")
-async def echo(message: Annotated[EchoIn, Depends(echo_body)]) -> dict[str, Any]:
-    return {"text": message.text, "length": len(message.text), "pid": os.getpid()}
+async def echo(message: Annotated[EchoIn, Depends(echo_body)]) -> Echo:
+    return Echo(text=message.text, length=len(message.text), pid=os.getpid())
 
 
 @demo.get("/api/slow")
-async def slow(delay: Delay) -> dict[str, Any]:
+async def slow(delay: Delay) -> Slow:
     concurrent = slow_in_flight.enter()
     try:
         await asyncio.sleep(delay)
     finally:
         slow_in_flight.leave()
-    return {"delay": delay, "pid": os.getpid(), "concurrent": concurrent, "peak": slow_in_flight.peak}
+    return Slow(delay=delay, pid=os.getpid(), concurrent=concurrent, peak=slow_in_flight.peak)
 
 
 @demo.get("/api/blocking")
-async def blocking(delay: Delay) -> dict[str, Any]:
+async def blocking(delay: Delay) -> Blocking:
     # The anti-pattern on purpose: a synchronous sleep inside `async def` stops this worker's event
     # loop, so every other request on the worker waits, and gunicorn's heartbeat stops too.
     time.sleep(delay)
-    return {"delay": delay, "pid": os.getpid(), "anti_pattern": "time.sleep inside async def"}
+    return Blocking(delay=delay, pid=os.getpid(), anti_pattern="time.sleep inside async def")
 
 
 async def threadpool() -> anyio.CapacityLimiter:
@@ -217,31 +218,30 @@ async def threadpool() -> anyio.CapacityLimiter:
 
 
 @demo.get("/api/sync")
-def sync(limiter: Annotated[anyio.CapacityLimiter, Depends(threadpool)], delay: Delay) -> dict[str, Any]:
+def sync(limiter: Annotated[anyio.CapacityLimiter, Depends(threadpool)], delay: Delay) -> Sync:
     time.sleep(delay)
-    return {
-        "delay": delay,
-        "pid": os.getpid(),
-        "threadpool_tokens": limiter.total_tokens,
-        "threadpool_borrowed": limiter.borrowed_tokens,
-    }
+    return Sync(
+        delay=delay,
+        pid=os.getpid(),
+        threadpool_tokens=int(limiter.total_tokens),
+        threadpool_borrowed=limiter.borrowed_tokens,
+    )
 
 
 @demo.get("/api/cpu")
-def cpu(work: Annotated[int, Depends(work_param)]) -> dict[str, Any]:
+def cpu(work: Annotated[int, Depends(work_param)]) -> Cpu:
     started = time.perf_counter()
     total = 0
     for i in range(work):
         total += i * i % 7
-    return {
-        "work": work,
-        "result": total,
-        "pid": os.getpid(),
-        "cpu_ms": (time.perf_counter() - started) * 1e3,
-    }
+    return Cpu(work=work, result=total, pid=os.getpid(), cpu_ms=(time.perf_counter() - started) * 1e3)
 
 
-@demo.get("/api/stream")
+@demo.get(
+    "/api/stream",
+    response_class=StreamingResponse,
+    responses={200: schema.ndjson(StreamChunk, "One JSON object per line, each sent as it is made.")},
+)
 async def stream(params: Annotated[tuple[int, float], Depends(stream_params)]) -> StreamingResponse:
     chunks, interval = params
 
@@ -249,30 +249,29 @@ async def stream(params: Annotated[tuple[int, float], Depends(stream_params)]) -
         for index in range(chunks):
             if index:
                 await asyncio.sleep(interval)
-            yield f'{{"chunk": {index}, "of": {chunks}, "t": {time.time():.3f}}}\n'.encode()
+            line = StreamChunk(chunk=index, of=chunks, t=round(time.time(), 3))
+            yield line.model_dump_json().encode() + b"\n"
 
     # X-Accel-Buffering tells nginx to pass each chunk on at once instead of buffering the response.
-    return StreamingResponse(
-        produce(), media_type="application/x-ndjson", headers={"X-Accel-Buffering": "no"}
-    )
+    return StreamingResponse(produce(), media_type=schema.NDJSON, headers={"X-Accel-Buffering": "no"})
 
 
 # --- what the app sees: info and metrics -----------------------------------------------------------
 
 
 @introspection.get("/api/info")
-async def info(request: Request, settings: AppSettings) -> dict[str, Any]:
-    return {
-        "pid": os.getpid(),
-        "hostname": socket.gethostname(),
-        "client": request.client.host if request.client else None,
-        "x_forwarded_for": request.headers.get("x-forwarded-for"),
-        "request_id": request.headers.get("x-request-id"),
-        "threadpool_tokens": anyio.to_thread.current_default_thread_limiter().total_tokens,
+async def info(request: Request, settings: AppSettings) -> Info:
+    return Info(
+        pid=os.getpid(),
+        hostname=socket.gethostname(),
+        client=request.client.host if request.client else None,
+        x_forwarded_for=request.headers.get("x-forwarded-for"),
+        request_id=request.headers.get("x-request-id"),
+        threadpool_tokens=int(anyio.to_thread.current_default_thread_limiter().total_tokens),
         # Only the knobs this process receives: the others (nginx, compose, ...) would be its defaults.
-        "settings": settings.model_dump(include=set(fields_of(*APP_PROCESS_LAYERS))),
-        "settings_layers": list(APP_PROCESS_LAYERS),
-    }
+        settings=settings.model_dump(include=set(fields_of(*APP_PROCESS_LAYERS))),
+        settings_layers=list(APP_PROCESS_LAYERS),
+    )
 
 
 @introspection.get("/metrics", include_in_schema=False)

@@ -1,0 +1,246 @@
+"""/openapi.json states what the wire carries: our error shape for every layer, the stream's media type, a
+model for every body. `Contract` validates real responses against it (tests/stack/test_contract.py uses it
+on the real stack)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from service import lifecycle
+from service.app import create_app
+from service.settings import load_settings
+from tests.stack.conftest import ROOT
+
+URI = "urn:blueprint:openapi"
+ERROR_STATUSES = {"400", "404", "405", "413", "429", "500", "502", "503", "504"}
+
+
+def escape(token: str) -> str:
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+class Contract:
+    """An OpenAPI 3.1 document as a validator of responses; its schemas are JSON Schema 2020-12, `$ref`s
+    resolved within the document."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.document = document
+        resource = Resource.from_contents(document, default_specification=DRAFT202012)
+        self.registry: Registry[Any] = Registry().with_resource(URI, resource)
+
+    def lookup(self, pointer: str) -> Any:
+        return self.registry.resolver().lookup(f"{URI}#{pointer}").contents
+
+    def operations(self) -> Iterator[tuple[str, str]]:
+        for path, item in self.document["paths"].items():
+            for method in item:
+                yield path, method
+
+    def response_pointer(self, method: str, path: str, status: int) -> str:
+        """Where the document describes this answer. A request no operation describes (an unknown path,
+        another method) must get what every operation documents for that status."""
+        method = method.lower()
+        known = method in self.document["paths"].get(path, {})
+        candidates = [(path, method)] if known else list(self.operations())
+        for p, m in candidates:
+            assert str(status) in self.lookup(f"/paths/{escape(p)}/{m}/responses"), f"{m} {p}: no {status}"
+        pointers = [f"/paths/{escape(p)}/{m}/responses/{status}" for p, m in candidates]
+        contents = {json.dumps(self.lookup(pointer)["content"], sort_keys=True) for pointer in pointers}
+        assert len(contents) == 1, f"{method} {path}: operations disagree on {status}"
+        return pointers[0]
+
+    def validator(self, pointer: str) -> Draft202012Validator:
+        return Draft202012Validator({"$ref": f"{URI}#{pointer}"}, registry=self.registry)
+
+    def check(self, method: str, path: str, status: int, content_type: str, body: bytes) -> Any:
+        """The body's JSON value, or its lines' for a stream (`itemSchema`), valid as documented."""
+        pointer = self.response_pointer(method, path, status)
+        media_type = content_type.split(";")[0].strip()
+        content = self.lookup(pointer)["content"]
+        assert media_type in content, f"{method} {path} {status}: {media_type} is not in {list(content)}"
+        pointer = f"{pointer}/content/{escape(media_type)}"
+        if "itemSchema" in content[media_type]:
+            lines = [json.loads(line) for line in body.splitlines() if line.strip()]
+            for line in lines:
+                self.validator(f"{pointer}/itemSchema").validate(line)
+            return lines
+        value = json.loads(body)
+        self.validator(f"{pointer}/schema").validate(value)
+        return value
+
+    def check_response(self, response: Any) -> Any:
+        """`check` for an httpx2 or TestClient response."""
+        content_type = response.headers.get("content-type", "")
+        request = response.request
+        return self.check(
+            request.method, request.url.path, response.status_code, content_type, response.content
+        )
+
+
+def refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        if isinstance(node.get("$ref"), str):
+            yield node["$ref"]
+        node = list(node.values())
+    if isinstance(node, list):
+        for child in node:
+            yield from refs(child)
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    settings = load_settings(app_request_timeout=0.5, app_max_delay=2)
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def contract(client: TestClient) -> Contract:
+    return Contract(client.get("/openapi.json").json())
+
+
+def test_fastapis_validation_error_is_gone_everywhere(contract: Contract) -> None:
+    text = json.dumps(contract.document)
+    assert "HTTPValidationError" not in text
+    assert "ValidationError" not in contract.document["components"]["schemas"]
+
+
+def test_every_ref_resolves_and_every_schema_is_valid_json_schema(contract: Contract) -> None:
+    for ref in set(refs(contract.document)):
+        assert ref.startswith("#/components/schemas/"), ref
+        contract.lookup(ref[1:])
+    for component in contract.document["components"]["schemas"].values():
+        Draft202012Validator.check_schema(component)
+
+
+def test_every_error_status_is_the_error_model(contract: Contract) -> None:
+    ref = {"$ref": "#/components/schemas/ErrorBody"}
+    for path, method in contract.operations():
+        responses = contract.document["paths"][path][method]["responses"]
+        errors = {status: r["content"] for status, r in responses.items() if int(status) >= 400}
+        expected = {status: {"application/json": {"schema": ref}} for status in ERROR_STATUSES}
+        if "422" in errors:
+            expected["422"] = {
+                "application/json": {"schema": {"$ref": "#/components/schemas/InvalidRequest"}}
+            }
+        assert errors == expected, f"{method} {path}"
+
+
+def test_a_422_is_documented_where_the_route_reads_input(contract: Contract) -> None:
+    for path, method in contract.operations():
+        operation = contract.document["paths"][path][method]
+        takes_input = bool(operation.get("parameters") or operation.get("requestBody"))
+        assert ("422" in operation["responses"]) == takes_input, f"{method} {path}"
+
+
+def test_the_error_layers_are_the_ones_that_answer(contract: Contract) -> None:
+    layer = contract.document["components"]["schemas"]["Layer"]
+    assert set(layer["enum"]) == {"app", "uvicorn", "nginx"}
+    invalid = contract.document["components"]["schemas"]["InvalidRequest"]
+    problem = contract.lookup(invalid["properties"]["detail"]["items"]["$ref"][1:])
+    assert set(problem["required"]) == {"location", "message", "type"}
+
+
+def test_every_success_body_has_a_model(contract: Contract) -> None:
+    for path, method in contract.operations():
+        content = contract.document["paths"][path][method]["responses"]["200"]["content"]
+        if path == "/api/stream":
+            assert list(content) == ["application/x-ndjson"]
+            assert content["application/x-ndjson"]["itemSchema"]["title"] == "StreamChunk"
+        else:
+            assert list(content) == ["application/json"], f"{method} {path}"
+            assert content["application/json"]["schema"]["$ref"].startswith("#/components/schemas/")
+
+
+def test_the_stream_sends_the_documented_media_type_line_by_line(
+    client: TestClient, contract: Contract
+) -> None:
+    response = client.get("/api/stream", params={"chunks": 3, "interval": 0})
+    assert response.headers["content-type"] == "application/x-ndjson"
+    assert [line["chunk"] for line in contract.check_response(response)] == [0, 1, 2]
+
+
+def test_websocket_routes_are_named_outside_openapi(contract: Contract) -> None:
+    assert not [path for path in contract.document["paths"] if path.startswith("/ws/")]
+    assert "/ws/echo" in contract.document["info"]["description"]
+    assert "/ws/ticker" in contract.document["info"]["description"]
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body", "status"),
+    [
+        ("GET", "/healthz", None, 200),
+        ("GET", "/readyz", None, 200),
+        ("GET", "/api/ping", None, 200),
+        ("POST", "/api/echo", {"text": "hi"}, 200),
+        ("GET", "/api/slow?delay=0", None, 200),
+        ("GET", "/api/blocking?delay=0", None, 200),
+        ("GET", "/api/sync?delay=0", None, 200),
+        ("GET", "/api/cpu?work=10", None, 200),
+        ("GET", "/api/info", None, 200),
+        ("GET", "/api/slow?delay=1", None, 504),
+        ("GET", "/api/slow?delay=3", None, 422),
+        ("POST", "/api/echo", {"text": ""}, 422),
+        ("GET", "/no/such/path", None, 404),
+        ("GET", "/api/echo", None, 405),
+    ],
+)
+def test_the_apps_own_answers_match_the_contract(
+    client: TestClient, contract: Contract, method: str, url: str, body: Any, status: int
+) -> None:
+    response = client.request(method, url, json=body)
+    assert response.status_code == status
+    contract.check_response(response)
+
+
+def test_readyz_while_draining_matches_the_contract(client: TestClient, contract: Contract) -> None:
+    lifecycle.draining.set()
+    try:
+        response = client.get("/readyz")
+    finally:
+        lifecycle.draining.clear()
+    assert response.status_code == 503
+    assert contract.check_response(response)["error"] == "draining"
+
+
+def test_uvicorns_over_capacity_body_is_an_error_body(contract: Contract) -> None:
+    from service.worker import json_service_unavailable
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(json_service_unavailable({}, None, send))
+    start, body = sent
+    content_type = dict(start["headers"])[b"content-type"].decode()
+    assert (
+        contract.check("GET", "/api/ping", start["status"], content_type, body["body"])["layer"] == "uvicorn"
+    )
+
+
+NGINX_PAGE = re.compile(r"return (\d{3}) '(\{.*\})\\n';")
+
+
+def test_every_json_page_of_nginx_is_a_documented_error_body(contract: Contract) -> None:
+    template = (ROOT / "deploy/nginx/nginx.conf.template").read_text()
+    public_server = template.split("server {")[1]  # the second one is the status port's
+    pages = NGINX_PAGE.findall(public_server)
+    for status, page in pages:
+        body = json.loads(re.sub(r"\$\{?[A-Za-z_]+\}?", "x", page))  # nginx's variables and the knobs
+        contract.validator("/components/schemas/ErrorBody").validate(body)
+        assert (body["status"], body["layer"]) == (int(status), "nginx")
+    # nginx never sends its 408 page: it closes the connection (test_contract.py shows it), and the
+    # description of the API says so.
+    assert {status for status, _ in pages} - ERROR_STATUSES == {"408"}
+    assert "408" in contract.document["info"]["description"]
