@@ -3,6 +3,10 @@
 The deadline covers the time until the response starts (time to first byte), which is what nginx's
 proxy_read_timeout also measures; a stream that has started is not cut. Handlers are not cancelled when a
 client disconnects (starlette #297), so this deadline is what bounds abandoned work.
+
+It runs on every request, so it is written to be cheap (docs/PERFORMANCE.md measures it): one timer per
+event loop for all deadlines instead of one per request, cached metric children, a request id from
+os.urandom, and no work for the access line while it is off.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import json
 import logging
 import os
 import time
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -20,6 +23,7 @@ from service import metrics
 from service.errors import error_body
 
 access_log = logging.getLogger("service.access")
+REQUEST_ID = b"x-request-id"
 
 
 def route_label(scope: Scope) -> str:
@@ -27,53 +31,113 @@ def route_label(scope: Scope) -> str:
     return getattr(route, "path", None) or "unmatched"
 
 
+class Pending:
+    """One request waiting for its first response byte."""
+
+    __slots__ = ("cancelling", "deadline", "expired", "task")
+
+    def __init__(self, task: asyncio.Task[object], deadline: float) -> None:
+        self.task = task
+        self.deadline = deadline
+        self.cancelling = task.cancelling()
+        self.expired = False
+
+
+class Deadlines:
+    """The time-to-first-byte deadlines of one event loop's requests, on one timer.
+
+    Every request gets the same timeout, so deadlines come due in the order requests start: a timer armed
+    for the oldest pending deadline serves them all, where `asyncio.timeout` would create and cancel a
+    timer per request. When it fires it cancels each request past its deadline, then re-arms for the
+    oldest one left.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.pending: dict[Pending, None] = {}  # insertion-ordered: oldest deadline first
+        self.timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> Pending:
+        loop = asyncio.get_running_loop()
+        if loop is not self.loop:  # a new loop (tests run one app on several): forget the old one's
+            self.loop, self.pending, self.timer = loop, {}, None
+        task = asyncio.current_task(loop)
+        if task is None:
+            raise RuntimeError("a request must run in a task")
+        entry = Pending(task, loop.time() + self.timeout)
+        self.pending[entry] = None
+        if self.timer is None:
+            self.timer = loop.call_at(entry.deadline, self.expire)
+        return entry
+
+    def done(self, entry: Pending) -> None:
+        self.pending.pop(entry, None)
+
+    def expire(self) -> None:
+        self.timer = None
+        loop = self.loop
+        if loop is None:
+            return
+        now = loop.time()
+        while self.pending:
+            entry = next(iter(self.pending))
+            if entry.deadline > now:
+                self.timer = loop.call_at(entry.deadline, self.expire)
+                return
+            del self.pending[entry]
+            entry.expired = True
+            entry.task.cancel()
+
+
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, request_timeout: float, access_log: bool = False) -> None:
         self.app = app
         self.request_timeout = request_timeout
         self.access_log = access_log and access_log_enabled()
+        self.deadlines = Deadlines(request_timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
+        kind = scope["type"]
+        if kind == "websocket":
             await self.websocket(scope, receive, send)
-        elif scope["type"] == "http":
-            await self.http(scope, receive, send)
-        else:
+            return
+        if kind != "http":
             await self.app(scope, receive, send)
+            return
 
-    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request_id = header(scope, b"x-request-id") or uuid.uuid4().hex
+        request_id = header(scope, REQUEST_ID) or os.urandom(16).hex()
         status = 500
-        started = time.perf_counter()
         response_started = False
+        started = time.perf_counter()
+        deadlines = self.deadlines
+        pending = deadlines.start()
         metrics.IN_FLIGHT.inc()
-
-        deadline = asyncio.timeout(self.request_timeout)
 
         async def send_with_context(message: Message) -> None:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
+                deadlines.done(pending)
                 response_started = True
                 status = message["status"]
-                deadline.reschedule(None)
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                message["headers"] = [*message.get("headers", ()), (REQUEST_ID, request_id.encode())]
             await send(message)
 
         try:
-            async with deadline:
-                await self.app(scope, receive, send_with_context)
-        except TimeoutError:
-            if response_started or not deadline.expired():
+            await self.app(scope, receive, send_with_context)
+        except asyncio.CancelledError:
+            # Ours only if the deadline fired before the first byte and nobody else cancelled the task.
+            if response_started or not pending.expired or pending.task.uncancel() > pending.cancelling:
                 raise
             status = 504
             detail = f"no response within APP_REQUEST_TIMEOUT={self.request_timeout:g}s"
             await send_json(send, 504, error_body(504, "request_timeout", detail, request_id), request_id)
         finally:
+            deadlines.done(pending)
             metrics.IN_FLIGHT.dec()
             elapsed = time.perf_counter() - started
             route = route_label(scope)
-            metrics.REQUESTS.labels(scope["method"], route, str(status)).inc()
-            metrics.LATENCY.labels(route).observe(elapsed)
+            metrics.request_done(scope["method"], route, status, elapsed)
             if self.access_log:
                 log_access(scope, status, elapsed, request_id)
 
@@ -95,7 +159,7 @@ class RequestContextMiddleware:
 
 
 def header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
+    for key, value in scope["headers"]:
         if key == name:
             return str(value.decode("latin-1"))
     return None
@@ -110,7 +174,7 @@ async def send_json(send: Send, status: int, body: object, request_id: str) -> N
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(payload)).encode()),
-                (b"x-request-id", request_id.encode()),
+                (REQUEST_ID, request_id.encode()),
             ],
         }
     )

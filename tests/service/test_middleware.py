@@ -1,0 +1,110 @@
+"""RequestContextMiddleware on a tiny inline ASGI app: deadlines on one timer, the request id, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from service import metrics
+from service.middleware import RequestContextMiddleware
+
+Message = dict[str, Any]
+
+
+async def sleepy(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers 200 after ?s seconds (a started answer then waits ?tail seconds before its body ends)."""
+    query = dict(part.split("=") for part in scope["query_string"].decode().split("&") if part)
+    await asyncio.sleep(float(query.get("s", 0)))
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await asyncio.sleep(float(query.get("tail", 0)))
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def scope(query: str = "", headers: list[tuple[bytes, bytes]] | None = None) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "method": "GET",
+        "path": "/sleepy",
+        "query_string": query.encode(),
+        "headers": headers or [],
+    }
+
+
+async def call(app: Any, query: str = "", headers: list[tuple[bytes, bytes]] | None = None) -> list[Message]:
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append({**message, "at": time.monotonic()})
+
+    await app(scope(query, headers), receive, send)
+    return sent
+
+
+def status(messages: list[Message]) -> int:
+    return int(messages[0]["status"])
+
+
+def test_each_request_past_its_deadline_gets_504_on_time_and_the_others_do_not() -> None:
+    app = RequestContextMiddleware(sleepy, request_timeout=0.3)
+
+    async def run() -> list[tuple[float, list[Message]]]:
+        async def later(delay: float, query: str) -> tuple[float, list[Message]]:
+            await asyncio.sleep(delay)
+            return time.monotonic(), await call(app, query)
+
+        results = await asyncio.gather(
+            later(0.0, "s=5"), later(0.1, "s=0"), later(0.15, "s=5"), later(0.2, "s=0.05&tail=0.5")
+        )
+        return list(results)
+
+    results = asyncio.run(run())
+    [slow_1, _, slow_2, started_stream] = results
+    assert [status(messages) for _, messages in results] == [504, 200, 504, 200]
+    for started, messages in (slow_1, slow_2):
+        waited = messages[0]["at"] - started
+        assert 0.29 < waited < 0.45, f"504 after {waited:.3f} s, deadline 0.3 s"
+    assert started_stream[1][-1]["at"] - started_stream[0] > 0.5, "a started answer is not cut"
+    assert not app.deadlines.pending and app.deadlines.timer is None
+
+
+def test_a_cancel_that_is_not_the_deadline_propagates() -> None:
+    app = RequestContextMiddleware(sleepy, request_timeout=5)
+
+    async def run() -> None:
+        task = asyncio.create_task(call(app, "s=5"))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await task
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(run())
+
+
+def test_the_request_id_is_kept_or_made() -> None:
+    app = RequestContextMiddleware(sleepy, request_timeout=5)
+    given = asyncio.run(call(app, headers=[(b"x-request-id", b"trace-1")]))
+    made = [asyncio.run(call(app))[0]["headers"][-1][1] for _ in range(2)]
+    assert given[0]["headers"][-1] == (b"x-request-id", b"trace-1")
+    assert len(made[0]) == 32 and made[0] != made[1]
+    int(made[0], 16)
+
+
+def test_metrics_count_each_request_once_per_label_set() -> None:
+    app = RequestContextMiddleware(sleepy, request_timeout=0.2)
+
+    def count(status: str) -> float:
+        value = metrics.REQUESTS.labels("GET", "unmatched", status)._value.get()
+        return float(value)
+
+    before_ok, before_timeout = count("200"), count("504")
+    asyncio.run(call(app))
+    asyncio.run(call(app))
+    asyncio.run(call(app, "s=1"))
+    assert (count("200") - before_ok, count("504") - before_timeout) == (2, 1)
+    assert metrics.IN_FLIGHT._value.get() == 0
