@@ -1,0 +1,143 @@
+"""What `make bench` writes to reports/bench-<time>/: bench.json (every row with every field, the machine
+and its load), bench.md (the tables) and bench.png (requests/s and server CPU per request of each row)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from loadtest.bench.rows import Row
+from loadtest.limits import CPU_LIMIT
+
+
+def num(value: Any, digits: int = 1) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def flag(row: Row) -> str:
+    return " ⚠ wrk CPU-bound" if row.values.get("generator_cpu_bound") else ""
+
+
+def throughput_table(rows: list[Row]) -> list[str]:
+    lines = [
+        "| row | what | req/s | p50 ms | p99 ms | x bare | errors | server CPU µs/req | wrk CPU % | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        v = row.values
+        note = row.note if row.status == "ok" else f"**{row.status}**: {row.note}"
+        lines.append(
+            f"| {row.spec.name} | {row.spec.about} | {num(v.get('rps'))} | {num(v.get('p50_ms'), 2)} "
+            f"| {num(v.get('p99_ms'), 2)} | {num(v.get('ratio_to_bare'), 2)} | {num(v.get('errors'))} "
+            f"| {num(v.get('server_cpu_us_per_request'))} | {num(v.get('wrk_cpu_percent'))}{flag(row)} "
+            f"| {note} |"
+        )
+    return lines
+
+
+def capacity_tables(rows: list[Row]) -> list[str]:
+    lines: list[str] = []
+    slow = [r for r in rows if r.spec.kind == "slow"]
+    if slow:
+        lines += [
+            "| row | held at once | delay s | req/s (expected) | p50 ms | p99 ms | p99 - delay ms | errors "
+            "| wrk CPU % | note |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in slow:
+            v = row.values
+            lines.append(
+                f"| {row.spec.name} | {num(v.get('n'))} | {num(v.get('delay_s'), 2)} | {num(v.get('rps'))} "
+                f"({num(v.get('expected_rps'))}) | {num(v.get('p50_ms'))} | {num(v.get('p99_ms'))} "
+                f"| {num(v.get('p99_over_delay_ms'))} | {num(v.get('errors'))} "
+                f"| {num(v.get('wrk_cpu_percent'))}{flag(row)} | {row.status} {row.note} |"
+            )
+        lines.append("")
+    sockets = [r for r in rows if r.spec.kind == "websocket"]
+    if sockets:
+        lines += [
+            "| row | WebSockets | connected | drops | round trip p50 / p99 ms | app RSS before → held MiB "
+            "| RSS per WebSocket KiB | note |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in sockets:
+            v = row.values
+            lines.append(
+                f"| {row.spec.name} | {num(v.get('n'))} | {num(v.get('connected'))} | {num(v.get('drops'))} "
+                f"| {num(v.get('rtt_p50_ms'), 2)} / {num(v.get('rtt_p99_ms'), 2)} "
+                f"| {num(v.get('worker_rss_before_mib'))} → {num(v.get('worker_rss_held_mib'))} "
+                f"| {num(v.get('rss_kib_per_ws'))} | {row.status} {row.note} |"
+            )
+    return lines
+
+
+def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
+    machine = meta["machine"]
+    lines = [
+        f"# make bench — {meta['started']}",
+        "",
+        f"Machine: {machine['cpu']}, {machine['usable_cpus']} usable CPUs, Python {machine['python']}, "
+        f"{machine['platform']}. Load average (1/5/15 min) before: {meta['load_average_before']}, "
+        f"after: {meta['load_average_after']}. The generator (wrk) runs on the same machine.",
+        "",
+        f"Settings: {meta['settings']}.",
+        "",
+    ]
+    throughput = [r for r in rows if r.spec.kind == "throughput"]
+    if throughput:
+        lines += throughput_table(throughput)
+        lines += [
+            "",
+            f"x bare: req/s over the bare row's in this run. Server CPU: every process of the server "
+            f"(nginx, gunicorn, log pipes) per request. ⚠: wrk itself above {CPU_LIMIT:g} % of a core — the "
+            "row measures the generator as much as the server.",
+            "",
+        ]
+    lines += capacity_tables(rows)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def plot(rows: list[Row], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = [r for r in rows if r.spec.kind == "throughput" and r.status == "ok"]
+    names = [r.spec.name for r in measured] or ["(no throughput row)"]
+    rps = [float(r.values.get("rps") or 0) for r in measured] or [0.0]
+    cpu = [float(r.values.get("server_cpu_us_per_request") or 0) for r in measured] or [0.0]
+    bound = [bool(r.values.get("generator_cpu_bound")) for r in measured] or [False]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 0.5 * len(names) + 2.2))
+    for panel, values, label in ((left, rps, "requests/s"), (right, cpu, "server CPU µs per request")):
+        bars = panel.barh(names, values, color=["#c77" if b else "#4a7" for b in bound])
+        panel.invert_yaxis()
+        panel.set_xlabel(label)
+        panel.grid(axis="x", alpha=0.3)
+        for bar, row in zip(bars, measured, strict=False):
+            ratio = row.values.get("ratio_to_bare")
+            text = f"{bar.get_width():,.0f}" + (f"  ({ratio:.2f}x bare)" if ratio and panel is left else "")
+            panel.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, " " + text, va="center")
+        panel.margins(x=0.35)
+    right.set_yticks([])
+    figure.suptitle(f"{title}  (red: wrk above {CPU_LIMIT:g} % CPU)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def write_report(report_dir: Path, rows: list[Row], meta: dict[str, Any]) -> None:
+    report_dir.mkdir(parents=True, exist_ok=True)
+    data = {**meta, "rows": [row.to_dict() for row in rows]}
+    (report_dir / "bench.json").write_text(json.dumps(data, indent=2, default=str))
+    (report_dir / "bench.md").write_text(markdown(rows, meta))
+    plot(rows, report_dir / "bench.png", f"make bench {meta['started']}")

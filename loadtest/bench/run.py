@@ -1,0 +1,146 @@
+"""How a bench runs: the rows in order, each server started once for the rows that use it and stopped
+before the next one starts, one measurement per row, then the ratios and the report."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from loadtest.bench import capacity, servers
+from loadtest.bench.report import write_report
+from loadtest.bench.rows import PATH, BenchError, Params, Row, RowSpec, Unavailable
+from loadtest.bench.wrk import find_wrk, run_wrk
+from loadtest.sweep.report import machine
+
+REQUEST_TIMEOUT_S = 10.0
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def measure(row: Row, server: servers.Server, params: Params, wrk: str, row_dir: Path) -> None:
+    spec = row.spec
+    url = server.url(spec.target)
+    if spec.kind == "slow":
+        row.values = capacity.slow_held(
+            wrk, url, params.slow_n, params.slow_delay, params.seconds, row_dir, server.pids
+        )
+    elif spec.kind == "websocket":
+        ws_url = url.replace("http://", "ws://", 1)
+        row.values = capacity.websockets_held(ws_url, params.ws_n, params.seconds, server.worker_pids)
+    else:
+        before = set(server.worker_pids())
+        run = run_wrk(
+            wrk, f"{url}{PATH}", params.seconds, params.connections, REQUEST_TIMEOUT_S, row_dir, server.pids
+        )
+        row.values = {**run.fields(), "workers_replaced": len(before - set(server.worker_pids()))}
+        if row.values["workers_replaced"]:
+            row.note = f"{row.values['workers_replaced']} worker(s) replaced during the row (max_requests)"
+    row.status = "ok"
+
+
+def ratios(rows: list[Row]) -> dict[str, float | None]:
+    rps = {r.spec.name: r.values.get("rps") for r in rows if r.status == "ok" and r.spec.kind == "throughput"}
+    bare = rps.get("bare")
+    for row in rows:
+        if row.spec.kind == "throughput" and row.status == "ok":
+            row.values["ratio_to_bare"] = round(row.values["rps"] / bare, 3) if bare else None
+
+    def over(a: str, b: str) -> float | None:
+        top, bottom = rps.get(a), rps.get(b)
+        return round(top / bottom, 3) if top is not None and bottom else None
+
+    return {
+        "blueprint_direct_over_bare": over("blueprint-direct", "bare"),
+        "blueprint_nginx_over_direct": over("blueprint-nginx", "blueprint-direct"),
+    }
+
+
+def run_bench(
+    specs: list[RowSpec],
+    params: Params,
+    out_root: Path,
+    base: Mapping[str, str] | None = None,
+    console: Console | None = None,
+    on_row: Callable[[Row], None] | None = None,
+) -> tuple[Path, list[Row], dict[str, Any]]:
+    """`base`: the environment the blueprint's knobs come from (default: this process's and `.env`)."""
+    console = console or Console(stderr=True)
+    wrk = find_wrk()
+    config = servers.blueprint_config(params, base)
+    params = dataclasses.replace(params, workers=params.workers or config.settings.workers)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    report_dir = out_root / f"bench-{stamp}"
+    report_dir.mkdir(parents=True, exist_ok=False)
+    rows = [Row(spec) for spec in specs]
+    about = {k: v for k, v in machine().items() if k not in ("note", "load_average_at_start")}
+    meta: dict[str, Any] = {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": about,
+        "load_average_before": load_average(),
+        "settings": params.describe(),
+        "params": dataclasses.asdict(params),
+        "wrk": wrk,
+    }
+    ctx = servers.Context(params, params.workers, config, base, report_dir)
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    server: servers.Server | None = None
+    server_name, problem = "", ("", "")  # (status, note) of a server that did not start
+    with Progress(*columns, TimeElapsedColumn(), console=console, transient=False) as progress:
+        task = progress.add_task("bench", total=len(rows))
+        try:
+            for index, row in enumerate(rows, start=1):
+                prefix = f"[{index}/{len(rows)}] {row.spec.name}"
+                if row.spec.server != server_name:
+                    if server is not None:
+                        progress.update(task, description=f"{prefix}: stopping {server_name}")
+                        server.stop()
+                        server = None
+                    server_name = row.spec.server
+                    progress.update(task, description=f"{prefix}: starting {server_name}")
+                    try:
+                        server = servers.start(server_name, ctx)
+                    except Unavailable as error:
+                        problem = ("unavailable", str(error))
+                    except BenchError as error:
+                        problem = ("failed", str(error))
+                if server is None:
+                    row.status, row.note = problem
+                else:
+                    progress.update(task, description=f"{prefix}: measuring ({row.spec.about})")
+                    try:
+                        measure(row, server, params, wrk, report_dir / "rows" / row.spec.name)
+                    except BenchError as error:
+                        row.status, row.note = "failed", str(error)
+                progress.advance(task)
+                if on_row:
+                    on_row(row)
+        except KeyboardInterrupt:
+            for row in rows:
+                if row.status == "pending":
+                    row.status, row.note = "failed", "interrupted (Ctrl-C)"
+        finally:
+            if server is not None:
+                progress.update(task, description=f"stopping {server_name}")
+                server.stop()
+        progress.update(task, description=f"bench done: {len(rows)} rows")
+    meta["goals"] = ratios(rows)
+    meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    meta["load_average_after"] = load_average()
+    write_report(report_dir, rows, meta)
+    return report_dir, rows, meta

@@ -1,0 +1,95 @@
+"""`make bench`: bad input is refused in one line before anything starts; a short real run measures every
+row and writes bench.json (every row, every field), bench.md and bench.png. No timing is asserted: the
+numbers belong to the machine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from deploy.stackctl import stack
+from loadtest import bench
+
+THROUGHPUT_FIELDS = {
+    "rps",
+    "p50_ms",
+    "p99_ms",
+    "ratio_to_bare",
+    "errors",
+    "non_2xx",
+    "socket_errors",
+    "wrk_cpu_percent",
+    "generator_cpu_bound",
+    "server_cpu_us_per_request",
+    "workers_replaced",
+}
+SLOW_FIELDS = {
+    "n",
+    "delay_s",
+    "rps",
+    "p50_ms",
+    "p99_ms",
+    "p99_over_delay_ms",
+    "errors",
+    "generator_cpu_bound",
+}
+WS_FIELDS = {"n", "connected", "drops", "rtt_p50_ms", "rtt_p99_ms", "rss_kib_per_ws", "worker_rss_held_mib"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--bench", "nope"], "BENCH=nope: unknown row 'nope' (rows: nginx-return, bare,"),
+        (["--bench", "bare,granain"], "unknown row 'granain'; did you mean granian?"),
+        (["--seconds", "abc"], "BENCH_SECONDS='abc': not a number"),
+        (["--ws-n", "0"], "BENCH_WS_N='0': must be at least 1"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_starts_nothing(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = bench.main([*argv, "--out-root", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err.count("\n") == 1 and message in captured.err, captured.err
+    assert captured.out == ""
+    assert not list(tmp_path.iterdir()), "nothing may run or be written for bad input"
+
+
+@pytest.mark.loadtest
+def test_a_short_run_measures_every_row_and_writes_every_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = {**stack.isolated_base(), "RUNTIME": "local", "PROFILE": "default"}
+    code = bench.main(["--short", "--out-root", str(tmp_path)], base=base)
+    out = capsys.readouterr().out
+    (report_dir,) = tmp_path.glob("bench-*")
+    data = json.loads((report_dir / "bench.json").read_text())
+    rows = {row["name"]: row for row in data["rows"]}
+
+    assert list(rows) == list(bench.NAMES)
+    for name, row in rows.items():
+        assert row["status"] in ("ok", "unavailable"), f"{name}: {row['note']}"
+        if row["status"] == "unavailable":
+            assert name == "gunicorn-asgi" and "no `-k asgi` worker" in row["note"]
+            continue
+        fields = {"throughput": THROUGHPUT_FIELDS, "slow": SLOW_FIELDS, "websocket": WS_FIELDS}[row["kind"]]
+        assert fields <= set(row), f"{name} lacks {fields - set(row)}"
+        if row["kind"] != "websocket":
+            assert row["requests"] > 0 and row["rps"] > 0
+            assert row["errors"] == row["non_2xx"] + sum(row["socket_errors"].values())
+    assert code == 0
+    assert rows["bare"]["ratio_to_bare"] == 1.0
+    assert rows["ws-held"]["n"] == bench.SHORT.ws_n and rows["slow-held"]["n"] == bench.SHORT.slow_n
+    assert data["machine"]["cpu"] and data["load_average_before"] and data["load_average_after"]
+    assert set(data["goals"]) == {"blueprint_direct_over_bare", "blueprint_nginx_over_direct"}
+    assert not list(report_dir.glob("servers/*/state.json")), "a stack was left up"
+
+    page = (report_dir / "bench.md").read_text()
+    assert all(f"| {name} |" in page for name in bench.NAMES)
+    assert "load average" in page.lower() and data["machine"]["cpu"] in page
+    assert (report_dir / "bench.png").read_bytes().startswith(b"\x89PNG")
+    assert "| blueprint-direct |" in out and str(report_dir / "bench.md") in out
