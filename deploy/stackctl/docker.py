@@ -264,12 +264,13 @@ def reload(config: Effective, environ: Mapping[str, str] | None = None) -> None:
     project = Project(knob_environment(config, environ))
     apps = require_running(project)
     project.run("kill", "-s", "HUP", "app")
-    project.run("exec", "-T", "nginx", "blueprint-nginx", "reload")
+    # nginx is left alone: its container's settings cannot change without a recreate, its entrypoint follows
+    # the app's addresses by itself, and a reloading nginx closes idle client keep-alive connections.
     wait_healthy(project)
     print(
-        f"reloaded: gunicorn HUP in {len(apps)} app container(s) (new workers, in-flight requests finish), "
-        "nginx re-rendered and reloaded. Changed knobs need `make up`: compose recreates the containers "
-        "whose settings changed, each stopping gracefully."
+        f"reloaded: gunicorn HUP in {len(apps)} app container(s) (new workers, in-flight requests finish). "
+        "Changed knobs need `make up`: compose recreates the containers whose settings changed, each "
+        "stopping gracefully."
     )
 
 

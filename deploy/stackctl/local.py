@@ -168,6 +168,7 @@ def rotating_log(path: Path, config: Effective) -> subprocess.Popen[bytes]:
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,  # else `stackctl up`s caller would wait for its stderr to close
         start_new_session=True,
     )
 
@@ -279,8 +280,16 @@ def down(run: RunDir, quiet: bool = False) -> None:
         return
     grace = state.graceful_timeout + 5
     workers = descendants(state.gunicorn_pid) + descendants(state.nginx_pid)
-    stop(state.nginx_pid, signal.SIGQUIT, grace)  # QUIT: nginx finishes open requests, then exits
-    stop(state.gunicorn_pid, signal.SIGTERM, grace)  # TERM: gunicorn's graceful shutdown
+    # QUIT: nginx stops accepting and finishes open requests. Its WebSocket tunnels only end when the app
+    # closes them, so gunicorn gets TERM (graceful: in-flight requests finish, WebSockets close with 1012)
+    # once nginx has exited or the app has no HTTP request left in flight, not after nginx's whole grace.
+    os.kill(state.nginx_pid, signal.SIGQUIT)
+    deadline = time.monotonic() + grace
+    while alive(state.nginx_pid) and time.monotonic() < deadline and app_requests_in_flight(state) > 0:
+        time.sleep(0.2)
+    os.kill(state.gunicorn_pid, signal.SIGTERM)
+    stop(state.nginx_pid, signal.SIGQUIT, max(1.0, deadline - time.monotonic()))
+    stop(state.gunicorn_pid, signal.SIGTERM, grace)
     for child in workers:
         stop(child, signal.SIGTERM, 5)
     for pid in state.log_pids:  # they end by themselves at EOF, once nothing writes to their pipe
@@ -294,6 +303,17 @@ def down(run: RunDir, quiet: bool = False) -> None:
     run.state.unlink(missing_ok=True)
     if not quiet:
         print(f"stopped the stack of {run.path} (gunicorn {state.gunicorn_pid}, nginx {state.nginx_pid})")
+
+
+def app_requests_in_flight(state: State) -> float:
+    """HTTP requests the app is serving now, besides the asking one (its /metrics, on the gunicorn bind)."""
+    host, port = split_bind(state.gunicorn_bind)
+    try:
+        text = httpx2.get(f"http://{host}:{port}/metrics", timeout=2).text
+    except httpx2.HTTPError:
+        return 0
+    gauges = [line.split()[-1] for line in text.splitlines() if line.startswith("app_requests_in_flight ")]
+    return float(gauges[0]) - 1 if gauges else 0
 
 
 def descendants(pid: int) -> list[int]:
@@ -319,10 +339,15 @@ def reload(run: RunDir, config: Effective) -> None:
             )
     nginx = find_nginx()
     old_workers = set(descendants(state.gunicorn_pid))
+    rendered_before = run.nginx_conf.read_text() if run.nginx_conf.is_file() else ""
     prepare(run, config)
     check_nginx(nginx, run)
+    nginx_changed = run.nginx_conf.read_text() != rendered_before
     os.kill(state.gunicorn_pid, signal.SIGHUP)
-    os.kill(state.nginx_pid, signal.SIGHUP)
+    if nginx_changed:
+        # Only then: a reloading nginx closes idle client keep-alive connections, and a client that sent a
+        # request on one at that moment gets no answer (nginx cannot avoid it; clients that retry hide it).
+        os.kill(state.nginx_pid, signal.SIGHUP)
     deadline = time.monotonic() + settings.gunicorn_graceful_timeout + 10
     while time.monotonic() < deadline:
         current = set(descendants(state.gunicorn_pid))
@@ -332,7 +357,8 @@ def reload(run: RunDir, config: Effective) -> None:
     else:
         raise StackError("gunicorn did not replace its workers in time; see `make logs`")
     wait_healthy(state.url, {}, {})
-    print(f"reloaded: {settings.workers} new workers, nginx re-read {run.nginx_conf}")
+    nginx_done = f"nginx re-read {run.nginx_conf}" if nginx_changed else "nginx unchanged (not reloaded)"
+    print(f"reloaded: {settings.workers} new workers, {nginx_done}")
 
 
 def ps(run: RunDir) -> None:

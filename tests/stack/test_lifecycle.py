@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
+import time
 from pathlib import Path
 
 import httpx2
 import psutil
 import pytest
+import websocket
 
-from tests.stack.conftest import make_stack
+from tests.stack.conftest import Stack, make_stack, running
 
 pytestmark = pytest.mark.stack
 
@@ -78,8 +81,8 @@ def test_logs_rotate_at_their_bound_and_keep_one_json_line_per_request(tmp_path:
     stack.up()
     try:
         # ~3.5 MB of nginx access lines: past the bound three times over.
-        with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            list(pool.map(lambda _: httpx2.get(f"{stack.url}/api/ping?pad={'x' * 300}"), range(8000)))
+        with httpx2.Client(base_url=stack.url) as client, concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda _: client.get(f"/api/ping?pad={'x' * 300}"), range(8000)))
         trace = httpx2.get(f"{stack.url}/api/ping", headers={"X-Request-ID": "bounded-42"})
         assert trace.status_code == 200
     finally:
@@ -92,3 +95,47 @@ def test_logs_rotate_at_their_bound_and_keep_one_json_line_per_request(tmp_path:
     assert traced["status"] == 200 and traced["upstream_response_time"]
     app_lines = (stack.run_dir / "gunicorn.log").read_text()
     assert "bounded-42" not in app_lines, "one access line per request: nginx's, not the app's as well"
+
+
+def nginx_workers(stack: Stack) -> set[int]:
+    state = json.loads((stack.run_dir / "state.json").read_text())
+    return {child.pid for child in psutil.Process(state["nginx_pid"]).children()}
+
+
+def test_reload_leaves_nginx_alone_unless_its_config_changed(tmp_path: Path) -> None:
+    with running(make_stack(tmp_path / "run", WEB_CONCURRENCY="1")) as stack:
+        before = nginx_workers(stack)
+        app_only = stack.stackctl("reload", APP_MAX_DELAY="45")
+        assert app_only.returncode == 0, app_only.stderr
+        assert "nginx unchanged (not reloaded)" in app_only.stdout
+        assert nginx_workers(stack) == before, "an app-only reload must not cycle nginx's workers"
+
+        both = stack.stackctl("reload", APP_MAX_DELAY="45", NGINX_PROXY_READ_TIMEOUT="29")
+        assert both.returncode == 0, both.stderr
+        deadline = time.monotonic() + 10
+        while nginx_workers(stack) & before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not nginx_workers(stack) & before, "a changed nginx knob reloads nginx"
+
+
+def test_down_with_websockets_open_closes_them_with_1012_without_waiting_out_the_grace(
+    tmp_path: Path,
+) -> None:
+    stack = make_stack(tmp_path / "run", WEB_CONCURRENCY="1", GUNICORN_GRACEFUL_TIMEOUT="25")
+    stack.up()
+    sockets = [websocket.create_connection(f"{stack.ws_url}/ws/echo", timeout=30) for _ in range(3)]
+    started = time.monotonic()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            stopping = pool.submit(stack.down)
+            codes = []
+            for ws in sockets:
+                with contextlib.suppress(websocket.WebSocketException, OSError):
+                    frame = ws.recv_frame()
+                    codes.append(int.from_bytes(frame.data[:2], "big"))
+            stopping.result()
+    finally:
+        for ws in sockets:
+            ws.shutdown()
+    assert codes == [1012] * 3, "the app closes its WebSockets (service restart), not nginx"
+    assert time.monotonic() - started < 25, "down waited out nginx's grace for tunnels only the app ends"
