@@ -57,6 +57,15 @@ class Settings(BaseSettings):
         ge=1,
         le=65535,
     )
+    https_port: int = knob(
+        8443,
+        "port",
+        "stack",
+        "The HTTPS port when NGINX_TLS=1: nginx listens here (local) or compose publishes it; HTTP_PORT then "
+        "only redirects to it. Unused without TLS.",
+        ge=1,
+        le=65535,
+    )
     runtime: Literal["auto", "docker", "local"] = knob(
         "auto",
         "-",
@@ -129,6 +138,16 @@ class Settings(BaseSettings):
         "The app's own JSON line per request (route, status, time inside the app). Off by default: nginx "
         "already writes one line per request with the same request id and the upstream times, and the "
         "app's line cost ~16 % of a worker's CPU at full load. 1 = on, to see requests that bypass nginx.",
+        ge=0,
+        le=1,
+    )
+    app_demo_routes: int = knob(
+        1,
+        "0/1",
+        "app",
+        "The routes that stall or burn a worker on request (/api/blocking, /api/cpu, /api/slow, /api/sync). "
+        "1 = served; 0 = nginx answers its JSON 404 for them without asking the app: for a stack that others "
+        "can reach.",
         ge=0,
         le=1,
     )
@@ -302,6 +321,22 @@ class Settings(BaseSettings):
         ge=0,
         le=65535,
     )
+    nginx_listen_address: str = knob(
+        "127.0.0.1",
+        "IP",
+        "nginx",
+        "Address nginx's public ports listen on (local runtime): loopback by default; 0.0.0.0 to serve other "
+        "machines. Compose listens on 0.0.0.0 inside the container and publishes on COMPOSE_PUBLISH_ADDRESS.",
+        pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){3}$",
+    )
+    nginx_https_listen_port: int = knob(
+        0,
+        "port",
+        "nginx",
+        "Port nginx's TLS server listens on; 0 = HTTPS_PORT (local). Compose sets 8443 inside the container.",
+        ge=0,
+        le=65535,
+    )
     nginx_status_port: int = knob(
         8081,
         "port",
@@ -309,6 +344,22 @@ class Settings(BaseSettings):
         "Loopback-only port for stub_status and /metrics; never published.",
         ge=1,
         le=65535,
+    )
+    nginx_status_listen_address: str = knob(
+        "127.0.0.1",
+        "IP",
+        "nginx",
+        "Address of the status port. Loopback locally; compose listens on 0.0.0.0 inside the container "
+        "(never published) so that a scraper on the compose network can reach it.",
+        pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){3}$",
+    )
+    nginx_status_allow: str = knob(
+        "127.0.0.1",
+        "IP/CIDR",
+        "nginx",
+        "Who may read the status port besides 127.0.0.1 (nginx `allow`; any other client gets a JSON 403). "
+        "Compose sets COMPOSE_SUBNET.",
+        pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){3}(/[0-9]{1,2})?$",
     )
     nginx_upstream: str = knob(
         "",
@@ -390,6 +441,39 @@ class Settings(BaseSettings):
     )
     nginx_limit_conn: int = knob(
         100, "connections", "nginx", "Concurrent connections per client IP when enabled.", ge=1
+    )
+    nginx_tls: int = knob(
+        0,
+        "0/1",
+        "nginx",
+        "TLS at nginx: 1 = HTTPS (HTTP/2, TLS 1.2+) on HTTPS_PORT, HTTP_PORT answers 308 to it, WebSockets "
+        "as wss://; 0 = plain HTTP on HTTP_PORT only.",
+        ge=0,
+        le=1,
+    )
+    nginx_tls_cert: str = knob(
+        "",
+        "path",
+        "nginx",
+        "PEM certificate (leaf first, then intermediates) served with NGINX_TLS=1. Empty = `make up` "
+        "creates a local CA and a certificate for localhost, 127.0.0.1 and ::1 in <run dir>/tls and says "
+        "how to trust it.",
+    )
+    nginx_tls_key: str = knob(
+        "",
+        "path",
+        "nginx",
+        "PEM private key of NGINX_TLS_CERT (unencrypted; set both or neither). Under Docker the nginx user "
+        "(uid 101) must be able to read it.",
+    )
+    nginx_hsts_max_age: int = knob(
+        0,
+        "s",
+        "nginx",
+        "Strict-Transport-Security max-age, sent on HTTPS responses only; 0 = not sent. Browsers then refuse "
+        "plain HTTP to that host name on every port for this long: keep 0 for localhost; a year (31536000) "
+        "once HTTPS works for a real name.",
+        ge=0,
     )
     nginx_run_dir: str = knob(
         "/tmp/nginx", "path", "nginx", "Writable directory for nginx's pid and temp files."
@@ -539,6 +623,10 @@ class Settings(BaseSettings):
     @cached_property
     def listen_port(self) -> int:
         return self.nginx_listen_port or self.http_port
+
+    @cached_property
+    def https_listen_port(self) -> int:
+        return self.nginx_https_listen_port or self.https_port
 
 
 # The layers whose knobs reach the app process (gunicorn, its workers, the app). The others are read by
