@@ -9,7 +9,10 @@
 #   blueprint-nginx health   the HEALTHCHECK: nginx answers on its loopback status port.
 #
 # Rendering substitutes only the ${NGINX_*} names the template uses (nginx's own $variables stay), and
-# fails with one line when one of them is not set: docker-compose.yml passes every NGINX_* knob.
+# fails with one line when one of them is not set: docker-compose.yml passes every NGINX_* knob. Then it
+# keeps the template's `#[name] ` lines whose condition holds, as stackctl does for the local runtime:
+# tls (NGINX_TLS=1; with tls_http2_on or tls_http2_listen by this nginx's version), demo_routes_off
+# (APP_DEMO_ROUTES=0). With TLS, compose mounts the certificate and key read-only at NGINX_TLS_CERT/KEY.
 #
 # Why it re-resolves: nginx resolves `server app:8000;` once, at start. When compose recreates or scales
 # the app, the containers get new addresses and nginx keeps sending to the old one (502). Two known fixes:
@@ -58,6 +61,33 @@ server_lines() {
         { printf "%s:%s", $1, port }'
 }
 
+# The template conditions that hold here, space-separated.
+conditions() {
+    if [ "${NGINX_TLS:-0}" = 1 ]; then
+        # nginx 1.25.1 moved HTTP/2 from `listen ... http2` (deprecated since) to `http2 on;`.
+        if nginx -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p' |
+            awk -F. '{ exit !($1 > 1 || ($1 == 1 && ($2 > 25 || ($2 == 25 && $3 >= 1)))) }'; then
+            printf 'tls tls_http2_on '
+        else
+            printf 'tls tls_http2_listen '
+        fi
+    fi
+    [ "${APP_DEMO_ROUTES:-1}" = 1 ] || printf 'demo_routes_off '
+}
+
+# A `#[name] directive` line becomes `directive` when `name` is one of $1, else it is dropped.
+apply_conditions() {
+    awk -v on=" $1 " '
+        match($0, /^[[:blank:]]*#\[[a-z0-9_]+\] /) {
+            marker = substr($0, 1, RLENGTH)
+            indent = marker; sub(/#.*/, "", indent)
+            name = marker; sub(/^[[:blank:]]*#\[/, "", name); sub(/\] $/, "", name)
+            if (index(on, " " name " ")) print indent substr($0, RLENGTH + 1)
+            next
+        }
+        { print }'
+}
+
 # Render the template for the given addresses into $CONF and check it with `nginx -t`.
 render() {
     missing=""
@@ -72,7 +102,7 @@ render() {
     fi
     mkdir -p "$RUN_DIR"
     names=$(template_variables | sed 's/.*/${&}/' | tr '\n' ' ')
-    NGINX_UPSTREAM=$(server_lines "$1") envsubst "$names" <"$TEMPLATE" >"$CONF.new"
+    NGINX_UPSTREAM=$(server_lines "$1") envsubst "$names" <"$TEMPLATE" | apply_conditions "$(conditions)" >"$CONF.new"
     # The template's *_temp_path lines name the writable directories nginx needs; create exactly those.
     sed -n 's/^[[:space:]]*[a-z_]*_temp_path[[:space:]]\{1,\}\([^;[:space:]]*\).*/\1/p' "$CONF.new" |
         while read -r directory; do mkdir -p "$directory"; done

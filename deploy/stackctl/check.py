@@ -3,6 +3,7 @@ validator, and the ordering rules of deploy/stackctl/rules.py. `up` and `reload`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from deploy.stackctl import docker, local, rules
+from deploy.stackctl import docker, local, rules, tls
 from deploy.stackctl.config import KNOBS, ROOT, Effective, dump
 from service.settings import ConfigError, Settings
 
@@ -66,12 +67,34 @@ def validate_nginx(config: Effective) -> Validation:
     with tempfile.TemporaryDirectory(prefix="stack-check-") as scratch:
         run = local.RunDir(Path(scratch))
         pinned = config.settings.model_copy(update={"nginx_run_dir": str(run.nginx_dir)})
+        if config.settings.nginx_tls:
+            pinned = with_tls_files(config.settings, pinned)
         local.prepare(run, Effective(pinned, config.values))
         try:
             local.check_nginx(nginx, run)
         except local.StackError as error:
             return Validation("nginx", command, "failed", str(error))
     return Validation("nginx", command, "ok", "rendered nginx.conf.template")
+
+
+def with_tls_files(settings: Settings, scratch: Settings) -> Settings:
+    """Settings for `nginx -t` in a scratch directory: the real certificate and key, or, before `make up`
+    generated them, a throwaway pair made there (the TLS findings judge the real ones)."""
+    served = tls.files(settings)
+    if served.generated and not served.cert.is_file():
+        # When that fails, nginx -t names the missing file and the TLS findings say why.
+        with contextlib.suppress(tls.TlsError, local.StackError):
+            tls.generate(tls.files(scratch), local.find_openssl())
+        return scratch
+    return scratch.model_copy(update={"nginx_tls_cert": str(served.cert), "nginx_tls_key": str(served.key)})
+
+
+def tls_findings(settings: Settings) -> list[rules.Finding]:
+    try:
+        binary: str | None = local.find_openssl() if settings.nginx_tls else None
+    except local.StackError:
+        binary = None
+    return tls.findings(settings, binary)
 
 
 def validate_gunicorn(config: Effective) -> Validation:
@@ -154,15 +177,21 @@ def run_check(config: Effective, runtime: str) -> int:
         colour = {"ok": "green", "failed": "red", "skipped": "yellow"}[check.status]
         console.print(f"[{colour}]{check.status:>7}[/] {check.command}: {check.detail}", highlight=False)
 
+    edge = tls_findings(settings)
+    if edge:
+        console.print(f"\n[bold]TLS[/] (NGINX_TLS={settings.nginx_tls})")
+        print_findings(edge, console)
     findings = rules.evaluate(settings, host)
     console.print(f"\n[bold]Ordering rules[/] ({len(rules.RULES)} rules, failure-modes.md)")
     print_findings(findings, console)
     broken = rules.errors(findings)
     failed = [c for c in validations if c.status == "failed"]
-    warnings = len(rules.problems(findings)) - len(broken)
-    if broken or failed:
+    unusable = rules.errors(edge)
+    warnings = len(rules.problems(findings)) - len(broken) + len(rules.problems(edge)) - len(unusable)
+    if broken or failed or unusable:
         parts = [f"{len(broken)} rule violation(s)"] * bool(broken)
         parts += [f"{', '.join(c.command for c in failed)} failed"] * bool(failed)
+        parts += [f"{len(unusable)} TLS input(s) unusable"] * bool(unusable)
         refusal = f" — `make up` refuses this config ({OVERRIDE} overrides)" if broken else ""
         console.print(f"[red]check failed: {'; '.join(parts)}[/]{refusal}", highlight=False)
         return 1

@@ -6,14 +6,18 @@ repository root, the process environment. A runtime may pin a few values it owns
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import shutil
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic_settings.sources import DotEnvSettingsSource
 
+from deploy.stackctl import tls
 from service.settings import ConfigError, Settings, env_name, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,10 +98,48 @@ NGINX_VARIABLE = re.compile(r"\$\{(NGINX_[A-Z0-9_]+)\}")
 NGINX_TEMP_PATH = re.compile(r"^\s*[a-z_]+_temp_path\s+([^;\s]+)", re.MULTILINE)
 
 
+# A template line `#[name] directive` is rendered as `directive` when the condition holds, else dropped
+# (deploy/nginx/entrypoint.sh does the same in containers).
+CONDITIONAL_LINE = re.compile(r"^([ \t]*)#\[([a-z0-9_]+)\] ")
+CONDITIONS = ("tls", "tls_http2_listen", "tls_http2_on", "demo_routes_off")
+NGINX_PATHS = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/opt/homebrew/bin/nginx")
+HTTP2_DIRECTIVE_SINCE = (1, 25, 1)  # `http2 on;`; older nginx has only `listen ... http2`, deprecated since
+
+
+def installed_nginx() -> str | None:
+    return shutil.which("nginx") or next((p for p in NGINX_PATHS if Path(p).exists()), None)
+
+
+@functools.cache
+def nginx_version(nginx: str) -> tuple[int, ...]:
+    said = subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr
+    found = re.search(r"nginx/([0-9.]+)", said)
+    return tuple(int(part) for part in found.group(1).split(".")) if found else ()
+
+
+def http2_directive() -> bool:
+    """Whether this host's nginx wants `http2 on;` (without nginx: no, the older form works everywhere)."""
+    nginx = installed_nginx()
+    return bool(nginx) and nginx_version(str(nginx)) >= HTTP2_DIRECTIVE_SINCE
+
+
+def nginx_conditions(settings: Settings) -> set[str]:
+    on = set()
+    if settings.nginx_tls:
+        on |= {"tls", "tls_http2_on" if http2_directive() else "tls_http2_listen"}
+    if not settings.app_demo_routes:
+        on.add("demo_routes_off")
+    return on
+
+
 def nginx_variables(settings: Settings) -> dict[str, str]:
     variables = {name: dump(settings, name) for name in KNOBS if name.startswith("NGINX_")}
     variables["NGINX_LISTEN_PORT"] = str(settings.listen_port)
     variables["NGINX_UPSTREAM"] = settings.upstream
+    variables["NGINX_HTTPS_LISTEN_PORT"] = str(settings.https_listen_port)
+    variables["NGINX_HTTPS_PORT"] = str(settings.https_port)  # the port a redirect names: HTTPS_PORT
+    served = tls.files(settings)
+    variables["NGINX_TLS_CERT"], variables["NGINX_TLS_KEY"] = str(served.cert), str(served.key)
     return variables
 
 
@@ -107,7 +149,21 @@ def render_nginx(settings: Settings, template: Path = NGINX_TEMPLATE) -> str:
     unknown = sorted(set(NGINX_VARIABLE.findall(text)) - variables.keys())
     if unknown:
         raise ConfigError(f"{template.name} uses {', '.join(unknown)}, which no knob defines")
-    return NGINX_VARIABLE.sub(lambda m: variables[m.group(1)], text)
+    rendered = NGINX_VARIABLE.sub(lambda m: variables[m.group(1)], text)
+    return apply_conditions(rendered, nginx_conditions(settings))
+
+
+def apply_conditions(text: str, on: set[str]) -> str:
+    lines = []
+    for line in text.splitlines(keepends=True):
+        found = CONDITIONAL_LINE.match(line)
+        if found is None:
+            lines.append(line)
+        elif found.group(2) not in CONDITIONS:
+            raise ConfigError(f"nginx template: unknown condition #[{found.group(2)}] (known: {CONDITIONS})")
+        elif found.group(2) in on:
+            lines.append(found.group(1) + line[found.end() :])
+    return "".join(lines)
 
 
 def nginx_temp_dirs(rendered: str) -> list[Path]:

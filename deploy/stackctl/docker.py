@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -24,15 +25,24 @@ from typing import Any
 import httpx2
 
 from deploy.pins import pinned_requirements
-from deploy.stackctl.config import ROOT, Effective
+from deploy.stackctl import local, tls
+from deploy.stackctl.config import KNOBS, ROOT, Effective
 from deploy.stackctl.local import StackError
 from deploy.stackctl.ports import LOOPBACK, port_in_use
+from service.settings import Settings, load_settings
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 WHEELHOUSE = ROOT / "wheelhouse"
 DEFAULT_PROJECT = "blueprint"
 ALL_PROFILES = ("--profile", "loadtest")
 HEALTHY_WITHIN = 180.0
+# TLS: docker-compose.yml sets the nginx container's NGINX_HTTPS_LISTEN_PORT and NGINX_TLS_CERT/KEY to these;
+# with NGINX_TLS=1 an overlay written next to the run dir's files publishes the port and mounts the files.
+CONTAINER_HTTPS_PORT = 8443
+CONTAINER_TLS_CERT = "/etc/blueprint/tls/cert.pem"
+CONTAINER_TLS_KEY = "/etc/blueprint/tls/key.pem"
+NGINX_UID = 101  # deploy/Dockerfile.nginx's USER: it must be able to read the key
+TLS_OVERLAY = "compose.tls.yml"
 
 
 def default_build_arg(name: str) -> str:
@@ -94,7 +104,24 @@ class Project:
         self.compose = compose_command()
 
     def command(self, *args: str, profiles: tuple[str, ...] = ()) -> list[str]:
-        return [*self.compose, "-p", self.name, "-f", str(COMPOSE_FILE), *profiles, *args]
+        files = [arg for path in (COMPOSE_FILE, *self.overlays()) for arg in ("-f", str(path))]
+        return [*self.compose, "-p", self.name, *files, *profiles, *args]
+
+    def overlays(self) -> list[Path]:
+        """With NGINX_TLS=1, the TLS overlay `up` wrote into the stack's run dir."""
+        run_dir = self.env.get("NGINX_RUN_DIR")
+        if self.env.get("NGINX_TLS") != "1" or not run_dir:
+            return []
+        overlay = Path(run_dir).parent / TLS_OVERLAY
+        return [overlay] if overlay.is_file() else []
+
+    def settings(self) -> Settings:
+        return load_settings(**{KNOBS[name]: value for name, value in self.env.items() if name in KNOBS})
+
+    def verification(self) -> ssl.SSLContext | bool:
+        """How this host verifies the stack's HTTPS (see tls.client_context)."""
+        tls_on = self.env.get("NGINX_TLS") == "1"
+        return local.verification(tls.files(self.settings()) if tls_on else None)
 
     def run(
         self, *args: str, profiles: tuple[str, ...] = (), capture: bool = False
@@ -128,6 +155,11 @@ class Project:
         return [c for c in self.containers(service) if c.status == "running"]
 
     def url(self) -> str:
+        if self.env.get("NGINX_TLS") == "1":
+            return f"https://{LOOPBACK}:{self.env.get('HTTPS_PORT', '8443')}"
+        return self.plain_url()
+
+    def plain_url(self) -> str:
         return f"http://{LOOPBACK}:{self.env.get('HTTP_PORT', '8080')}"
 
 
@@ -194,16 +226,16 @@ def wait_healthy(project: Project, within: float = HEALTHY_WITHIN) -> None:
             first = broken[0]
             raise StackError(f"{first.name} exited with {first.exit_code}: {last_log(project, first)}")
         waiting = [c for c in containers if c.status != "running" or c.health not in ("healthy", "none")]
-        if containers and not waiting and answers(f"{project.url()}/healthz"):
+        if containers and not waiting and answers(f"{project.url()}/healthz", project.verification()):
             return
         time.sleep(0.5)
     names = ", ".join(f"{c.name} ({c.health})" for c in waiting) or "nginx's public port"
     raise StackError(f"not healthy within {within:.0f} s: {names}; see `make logs`")
 
 
-def answers(url: str) -> bool:
+def answers(url: str, verify: ssl.SSLContext | bool = True) -> bool:
     try:
-        return httpx2.get(url, timeout=2).status_code == 200
+        return httpx2.get(url, timeout=2, verify=verify).status_code == 200
     except httpx2.HTTPError:
         return False
 
@@ -216,16 +248,64 @@ def last_log(project: Project, container: Container) -> str:
 
 
 def up(config: Effective, environ: Mapping[str, str] | None = None) -> Project:
+    settings = config.settings
+    served = local.ensure_tls(settings)
+    if served:
+        write_tls_overlay(settings, served)
     project = Project(knob_environment(config, environ))
-    port = config.settings.http_port
-    if not project.running("nginx") and port_in_use(LOOPBACK, port):
-        raise StackError(f"HTTP_PORT: port {port} is already in use by another process; choose a free one")
+    published = [("HTTP_PORT", settings.http_port), *[("HTTPS_PORT", settings.https_port)] * bool(served)]
+    for knob, port in published if not project.running("nginx") else []:
+        if port_in_use(LOOPBACK, port):
+            raise StackError(f"{knob}: port {port} is already in use by another process; choose a free one")
     build(project)
     replicas = max(1, len(project.running("app")))  # `make up` keeps a `make scale`
     start(project, "up", "-d", "--remove-orphans", "--scale", f"app={replicas}")
     wait_healthy(project)
     print(f"stack is up (docker runtime, project {project.name}, app x{replicas}): {project.url()}")
+    for line in tls.trust_hint(served, project.url(), project.plain_url()) if served else []:
+        print(line)
     return project
+
+
+def write_tls_overlay(settings: Settings, served: tls.Files) -> Path:
+    """The compose overlay for NGINX_TLS=1: HTTPS_PORT published beside HTTP_PORT, the certificate and key
+    mounted read-only where the container's NGINX_TLS_CERT/KEY point."""
+    container_readable(served)
+    mounts = ((served.cert, CONTAINER_TLS_CERT), (served.key, CONTAINER_TLS_KEY))
+    nginx = {
+        "ports": [f"{settings.compose_publish_address}:{settings.https_port}:{CONTAINER_HTTPS_PORT}"],
+        "volumes": [
+            {"type": "bind", "source": str(source), "target": target, "read_only": True}
+            for source, target in mounts
+        ],
+    }
+    overlay = Path(settings.nginx_run_dir).parent / TLS_OVERLAY
+    overlay.parent.mkdir(parents=True, exist_ok=True)
+    header = "# written by `make up` (deploy/stackctl/docker.py) for NGINX_TLS=1, over docker-compose.yml\n"
+    overlay.write_text(header + json.dumps({"services": {"nginx": nginx}}, indent=2) + "\n")
+    return overlay
+
+
+def container_readable(served: tls.Files) -> None:
+    """nginx runs as uid 101 in its container and reads the mounted files itself. A generated key is made
+    readable to it (group 101 when we are root, else everyone: it serves only localhost); a given one that
+    it cannot read is refused, naming the knob."""
+    for knob, path in (("NGINX_TLS_CERT", served.cert), ("NGINX_TLS_KEY", served.key)):
+        status = path.stat()
+        mode = status.st_mode
+        if status.st_uid == NGINX_UID or mode & 0o004 or (status.st_gid == NGINX_UID and mode & 0o040):
+            continue
+        if not served.generated:
+            raise StackError(
+                f"{knob}={path}: the nginx container (uid {NGINX_UID}) cannot read it; e.g. "
+                f"`chgrp {NGINX_UID} {path} && chmod g+r {path}`"
+            )
+        if os.geteuid() == 0:
+            os.chown(path, -1, NGINX_UID)
+            path.chmod(0o640)
+        else:
+            path.chmod(0o644)
+            print(f"made {path} readable to all: the nginx container (uid {NGINX_UID}) must read it")
 
 
 def start(project: Project, *args: str) -> None:

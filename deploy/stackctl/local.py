@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -21,11 +22,15 @@ from pathlib import Path
 import httpx2
 import psutil
 
-from deploy.stackctl.config import ROOT, Effective, nginx_temp_dirs, render_nginx
+from deploy.stackctl import tls
+from deploy.stackctl.config import ROOT, Effective, installed_nginx, nginx_temp_dirs, render_nginx
 from deploy.stackctl.ports import LOOPBACK, port_in_use
+from service.settings import Settings
 
 GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
 NGINX_PACKAGE = "nginx-light"
+OPENSSL_PACKAGE = "openssl"
+NO_TLS = "none (NGINX_TLS=0)"
 
 
 class StackError(Exception):
@@ -49,10 +54,21 @@ class State:
     status_port: int
     graceful_timeout: int
     log_pids: list[int]
+    https_port: int = 0  # 0: no TLS
+    listen_address: str = LOOPBACK
+
+    @property
+    def host(self) -> str:
+        """Where a client of this host reaches nginx's public ports."""
+        return tls.client_host(self.listen_address)
+
+    @property
+    def plain_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
 
     @property
     def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.http_port}"
+        return f"https://{self.host}:{self.https_port}" if self.https_port else self.plain_url
 
 
 class RunDir:
@@ -95,26 +111,44 @@ def split_bind(bind: str) -> tuple[str, int]:
 
 
 def find_nginx() -> str:
-    found = shutil.which("nginx") or next(
-        (
-            p
-            for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/opt/homebrew/bin/nginx")
-            if Path(p).exists()
-        ),
-        None,
-    )
+    return find_tool("nginx", NGINX_PACKAGE, installed_nginx())
+
+
+def find_openssl() -> str:
+    """The openssl command (TLS: the local CA, certificate dates), from the OS like nginx."""
+    return find_tool("openssl", OPENSSL_PACKAGE, shutil.which("openssl"))
+
+
+def find_tool(name: str, package: str, found: str | None) -> str:
+    """`found`, else the OS package installed with apt-get when we are root, else the command to run."""
     if found:
         return found
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        print(f"nginx not found: installing {NGINX_PACKAGE} with apt-get ...", flush=True)
+        print(f"{name} not found: installing {package} with apt-get ...", flush=True)
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
-        done = subprocess.run(["apt-get", "install", "-y", "-qq", NGINX_PACKAGE], check=False, env=env)
-        if done.returncode == 0 and shutil.which("nginx"):
-            return str(shutil.which("nginx"))
+        done = subprocess.run(["apt-get", "install", "-y", "-qq", package], check=False, env=env)
+        if done.returncode == 0 and shutil.which(name):
+            return str(shutil.which(name))
     if sys.platform == "darwin":
-        raise StackError("nginx is not installed; install it with: brew install nginx")
-    raise StackError(f"nginx is not installed; install it with: sudo apt-get install -y {NGINX_PACKAGE}")
+        raise StackError(f"{name} is not installed; install it with: brew install {name}")
+    raise StackError(f"{name} is not installed; install it with: sudo apt-get install -y {package}")
+
+
+def ensure_tls(settings: Settings) -> tls.Files | None:
+    """With NGINX_TLS=1, the certificate and key nginx will serve, ready (generated ones created or
+    renewed); refused in one line naming the knob when nginx could not serve them."""
+    if not settings.nginx_tls:
+        return None
+    try:
+        return tls.ensure(settings, find_openssl())
+    except tls.TlsError as error:
+        raise StackError(str(error)) from None
+
+
+def verification(served: tls.Files | None) -> ssl.SSLContext | bool:
+    """How this host's probes verify the stack's HTTPS (no TLS: nothing to verify)."""
+    return tls.client_context(served) if served else True
 
 
 def prepare(run: RunDir, config: Effective) -> None:
@@ -173,7 +207,12 @@ def rotating_log(path: Path, config: Effective) -> subprocess.Popen[bytes]:
     )
 
 
-def wait_healthy(url: str, processes: dict[str, subprocess.Popen[bytes]], logs: dict[str, Path]) -> None:
+def wait_healthy(
+    url: str,
+    processes: dict[str, subprocess.Popen[bytes]],
+    logs: dict[str, Path],
+    verify: ssl.SSLContext | bool = True,
+) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         for name, process in processes.items():
@@ -183,7 +222,7 @@ def wait_healthy(url: str, processes: dict[str, subprocess.Popen[bytes]], logs: 
                     f"{name} exited with {process.returncode} while starting: {' | '.join(tail)}"
                 )
         try:
-            if httpx2.get(f"{url}/healthz", timeout=2).status_code == 200:
+            if httpx2.get(f"{url}/healthz", timeout=2, verify=verify).status_code == 200:
                 return
         except httpx2.HTTPError:
             pass
@@ -199,8 +238,10 @@ def up(run: RunDir, config: Effective, environ: Mapping[str, str] | None = None)
         raise AlreadyRunning(state, run)
 
     bind_host, bind_port = split_bind(settings.gunicorn_bind)
+    public = tls.client_host(settings.nginx_listen_address)
     for knob, host, port in (
-        ("HTTP_PORT", LOOPBACK, settings.listen_port),
+        ("HTTP_PORT", public, settings.listen_port),
+        *[("HTTPS_PORT", public, settings.https_listen_port)] * settings.nginx_tls,
         ("GUNICORN_BIND", bind_host, bind_port),
         ("NGINX_STATUS_PORT", LOOPBACK, settings.nginx_status_port),
     ):
@@ -208,6 +249,7 @@ def up(run: RunDir, config: Effective, environ: Mapping[str, str] | None = None)
             raise StackError(f"{knob}: port {port} is already in use by another process; choose a free one")
 
     nginx = find_nginx()
+    served = ensure_tls(settings)
     prepare(run, config)
     check_nginx(nginx, run)
 
@@ -241,6 +283,8 @@ def up(run: RunDir, config: Effective, environ: Mapping[str, str] | None = None)
         settings.nginx_status_port,
         settings.gunicorn_graceful_timeout,
         [gunicorn_log.pid, nginx_log.pid],
+        settings.https_listen_port if served else 0,
+        settings.nginx_listen_address,
     )
     run.state.write_text(json.dumps(asdict(state)))
     try:
@@ -248,11 +292,14 @@ def up(run: RunDir, config: Effective, environ: Mapping[str, str] | None = None)
             state.url,
             {"gunicorn": gunicorn, "nginx": nginx_process},
             {"gunicorn": run.gunicorn_log, "nginx": run.nginx_log},
+            verification(served),
         )
     except StackError:
         down(run, quiet=True)
         raise
     print(f"stack is up (local runtime, {settings.workers} workers): {state.url}")
+    for line in tls.trust_hint(served, state.url, state.plain_url) if served else []:
+        print(line)
     return state
 
 
@@ -297,7 +344,9 @@ def down(run: RunDir, quiet: bool = False) -> None:
     bind_host, bind_port = split_bind(state.gunicorn_bind)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and (
-        port_in_use(LOOPBACK, state.http_port) or port_in_use(bind_host, bind_port)
+        port_in_use(state.host, state.http_port)
+        or (state.https_port and port_in_use(state.host, state.https_port))
+        or port_in_use(bind_host, bind_port)
     ):
         time.sleep(0.1)
     run.state.unlink(missing_ok=True)
@@ -328,16 +377,20 @@ def reload(run: RunDir, config: Effective) -> None:
     if state is None or not alive(state.gunicorn_pid):
         raise StackError(f"no running stack in {run.path}; start it with `make up`")
     settings = config.settings
+    https_port = settings.https_listen_port if settings.nginx_tls else NO_TLS
     for knob, old, new in (
         ("HTTP_PORT", state.http_port, settings.listen_port),
         ("GUNICORN_BIND", state.gunicorn_bind, settings.gunicorn_bind),
         ("NGINX_STATUS_PORT", state.status_port, settings.nginx_status_port),
+        ("HTTPS_PORT", state.https_port or NO_TLS, https_port),
+        ("NGINX_LISTEN_ADDRESS", state.listen_address, settings.nginx_listen_address),
     ):
         if old != new:
             raise StackError(
                 f"{knob} changed from {old} to {new}: a reload cannot move ports; run `make down && make up`"
             )
     nginx = find_nginx()
+    served = ensure_tls(settings)
     old_workers = set(descendants(state.gunicorn_pid))
     rendered_before = run.nginx_conf.read_text() if run.nginx_conf.is_file() else ""
     prepare(run, config)
@@ -356,7 +409,7 @@ def reload(run: RunDir, config: Effective) -> None:
         time.sleep(0.1)
     else:
         raise StackError("gunicorn did not replace its workers in time; see `make logs`")
-    wait_healthy(state.url, {}, {})
+    wait_healthy(state.url, {}, {}, verification(served))
     nginx_done = f"nginx re-read {run.nginx_conf}" if nginx_changed else "nginx unchanged (not reloaded)"
     print(f"reloaded: {settings.workers} new workers, {nginx_done}")
 
