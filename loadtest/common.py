@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import struct
 import time
 from collections.abc import Callable, Iterable
@@ -38,6 +39,9 @@ except ConfigError as error:
 log = logging.getLogger("loadtest")
 
 CPU_SAMPLE_SECONDS = 2.0
+# wss://: verified against SSL_CERT_FILE when set (the runner points it at a TLS stack's local CA), else
+# against the system's CAs; never unverified.
+WSS_OPTIONS = {"ca_certs": os.environ["SSL_CERT_FILE"]} if os.environ.get("SSL_CERT_FILE") else {}
 RECONNECT_CODES = {1001: "going away", 1012: "service restart"}
 
 
@@ -154,6 +158,8 @@ class ApiUser(FastHttpUser):
     abstract = True
     network_timeout = KNOBS.locust_client_timeout
     connection_timeout = KNOBS.locust_client_timeout
+    # Verify HTTPS (FastHttpUser's default skips it): system CAs, or SSL_CERT_FILE as the runner sets it.
+    insecure = False
 
     def get_json(self, path: str, name: str, expect: str | None = None) -> dict[str, Any] | None:
         with self.client.get(path, name=name, catch_response=True) as response:
@@ -230,6 +236,7 @@ class WebSocketUser(User):
                     timeout=KNOBS.locust_client_timeout,
                     enable_multithread=True,
                     skip_utf8_validation=True,
+                    sslopt=WSS_OPTIONS,
                 )
             except Exception as error:
                 if attempt == attempts:

@@ -10,6 +10,7 @@ safe anywhere: it never imports locust or gevent.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -19,13 +20,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from deploy.stackctl import stack
+from deploy.stackctl import stack, tls
+from deploy.stackctl.config import KNOBS
 from deploy.stackctl.ports import LOOPBACK, free_port
 from loadtest.limits import CPU_LIMIT, THRESHOLD_EXIT_CODE
 from loadtest.stack import (
@@ -37,7 +40,7 @@ from loadtest.stack import (
     stack_info,
     started_stack,
 )
-from service.settings import ConfigError
+from service.settings import ConfigError, Settings, load_settings
 
 SCENARIO_DIR = ROOT / "loadtest" / "scenarios"
 SHAPE_DIR = ROOT / "loadtest" / "shapes"
@@ -125,6 +128,60 @@ def locust_env(run_dir: Path = DEFAULT_RUN_DIR, knobs: Mapping[str, str] | None 
     return env
 
 
+def tls_target(host: str, run_dir: Path) -> tuple[str, Path | None]:
+    """For the stack of run_dir serving HTTPS (NGINX_TLS=1): its https URL instead of its plain one (which
+    only redirects, and a WebSocket handshake follows no redirect), and the local CA a client of it must
+    trust (None for a certificate the system already trusts, or another host). Nothing goes unverified."""
+    started = stack.recorded(run_dir)
+    if started is None:
+        return host, None
+    settings = recorded_settings(started)
+    if not settings.nginx_tls:
+        return host, None
+    https = tls.https_url(settings)
+    if host.rstrip("/") == started.url.rstrip("/") and host.startswith("http://"):
+        host = https
+    return host, tls.files(settings).ca if serves(host, https) else None
+
+
+def serves(host: str, https_url: str) -> bool:
+    return urlsplit(host).scheme == "https" and urlsplit(host).port == urlsplit(https_url).port
+
+
+def our_stack(host: str, run_dir: Path) -> stack.Recorded | None:
+    """What run_dir records of the stack it started, when `host` is its URL or its HTTPS URL."""
+    plain, started = started_stack(host, run_dir), stack.recorded(run_dir)
+    if plain is not None or started is None:
+        return plain
+    settings = recorded_settings(started)
+    return started if settings.nginx_tls and serves(host, tls.https_url(settings)) else None
+
+
+def recorded_settings(started: stack.Recorded) -> Settings:
+    return load_settings(**{KNOBS[n]: v.value for n, v in started.values.items() if n in KNOBS})
+
+
+def trust_env(ca: Path | None) -> dict[str, str]:
+    """The environment that makes Python's ssl (Locust's FastHttpUser, websocket-client, urllib) and
+    requests trust `ca`."""
+    return {"SSL_CERT_FILE": str(ca), "REQUESTS_CA_BUNDLE": str(ca)} if ca else {}
+
+
+@contextlib.contextmanager
+def trusting(ca: Path | None) -> Iterator[None]:
+    """This process's own requests (stack_info) trust `ca` for the block."""
+    saved = {name: os.environ.get(name) for name in trust_env(ca)}
+    os.environ.update(trust_env(ca))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def locust_setting(name: str, run_dir: Path = DEFAULT_RUN_DIR) -> int:
     return int(locust_env(run_dir)[name])
 
@@ -132,7 +189,7 @@ def locust_setting(name: str, run_dir: Path = DEFAULT_RUN_DIR) -> int:
 def write_stack_settings(report_dir: Path, host: str, info: dict[str, Any], run_dir: Path) -> None:
     """What the stack runs with: the values it was started with when it is the stack of run_dir; else
     only what its app process reports of its own layers (/api/info), said as such."""
-    started = started_stack(host, run_dir)
+    started = our_stack(host, run_dir)
     if started is not None:
         record: dict[str, Any] = {
             "source": f"the stack started in {run_dir} ({started.runtime} runtime): every layer",
@@ -207,15 +264,16 @@ def run_headless(
     `locust_knobs` override LOCUST_* knobs for this run only.
     Raises LoadtestError (one line) before starting anything when the input or the host is wrong.
     """
-    host = check_host(host)
+    host, ca = tls_target(check_host(host), run_dir)
     files = locustfiles(scenario, shape)
     seconds = parse_run_time(run_time)
     if users < 1 or spawn_rate <= 0 or workers < 0:
         raise LoadtestError(
             f"USERS={users}, SPAWN_RATE={spawn_rate}, LOCUST_WORKERS={workers}: need >= 1, > 0, >= 0"
         )
-    env = locust_env(run_dir, locust_knobs)
-    info = stack_info(host)
+    env = {**locust_env(run_dir, locust_knobs), **trust_env(ca)}
+    with trusting(ca):
+        info = stack_info(host)
     name = Path(scenario).stem if scenario.endswith(".py") else scenario
     report_dir = out_dir or REPORTS_DIR / f"{datetime.now():%Y%m%d-%H%M%S}-{name}"
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -411,16 +469,17 @@ def run_ui(
     host: str, workers: int, web_port: int, run_dir: Path = DEFAULT_RUN_DIR, out_dir: Path | None = None
 ) -> int:
     """The Locust web UI with a user-class and shape picker, until Ctrl-C (or TERM)."""
-    host = check_host(host)
-    stack_info(host)
-    started = started_stack(host, run_dir)
+    host, ca = tls_target(check_host(host), run_dir)
+    with trusting(ca):
+        stack_info(host)
+    started = our_stack(host, run_dir)
     try:
         runtime = started.runtime if started else stack.configured_runtime(run_dir)
     except ConfigError as error:
         raise LoadtestError(str(error)) from None
     if runtime == "docker":
         return run_ui_compose(run_dir, workers, web_port)
-    env = locust_env(run_dir)
+    env = {**locust_env(run_dir), **trust_env(ca)}
     report_dir = out_dir or REPORTS_DIR / f"{datetime.now():%Y%m%d-%H%M%S}-ui"
     report_dir.mkdir(parents=True, exist_ok=True)
     files = [str(SCENARIO_DIR), str(SHAPE_DIR)]
