@@ -1,0 +1,149 @@
+"""The compose stack with NGINX_TLS=1, in a compose project of its own: HTTPS with the generated local CA
+(the certificate and key mounted read-only), HTTP/2, the redirect, HSTS, wss://, demo routes turned off by
+the container's renderer, and the status port readable from the compose network."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2
+import pytest
+import websocket
+import yaml
+
+from deploy.stackctl import docker as runtime
+from deploy.stackctl import stack as stackctl
+from deploy.stackctl.local import StackError
+from deploy.stackctl.ports import free_port
+from tests.docker.conftest import BUILD_TIMEOUT, DockerStack, docker, stack_environment, unavailable
+
+pytestmark = pytest.mark.docker
+
+
+@dataclass
+class TlsProject:
+    stack: DockerStack
+    run_dir: Path
+
+    @property
+    def https(self) -> str:
+        return f"https://127.0.0.1:{self.stack.env['HTTPS_PORT']}"
+
+    @property
+    def ca(self) -> Path:
+        return self.run_dir / "tls" / "ca.pem"
+
+    def trusted(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
+
+
+@pytest.fixture(scope="module")
+def tls_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsProject]:
+    try:
+        info = docker("info", "--format", "{{.ServerVersion}}", timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        unavailable(f"the docker CLI failed: {error}")
+    if info.returncode != 0:
+        unavailable(f"no Docker engine reachable ({(info.stderr.strip().splitlines() or ['?'])[-1]})")
+    try:
+        runtime.compose_command()
+    except StackError as error:
+        unavailable(str(error))
+    env = stack_environment()
+    env.update(NGINX_TLS="1", HTTPS_PORT=str(free_port()), NGINX_HSTS_MAX_AGE="60", APP_DEMO_ROUTES="0")
+    project = TlsProject(DockerStack(env), tmp_path_factory.mktemp("docker-tls"))
+    built = project.stack.stackctl("images", timeout=BUILD_TIMEOUT)
+    assert built.returncode == 0, f"building the images failed: {built.stderr[-3000:]}"
+    try:
+        project.stack.handle = stackctl.start("docker", run_dir=project.run_dir, base=env)
+        yield project
+    finally:
+        project.stack.compose("down", "--remove-orphans", "--timeout", "5")
+
+
+def test_compose_serves_https_with_http2_and_the_generated_ca(tls_project: TlsProject) -> None:
+    response = httpx2.get(f"{tls_project.https}/api/ping", verify=tls_project.trusted())
+    assert response.status_code == 200 and response.json()["pong"] is True
+    assert response.headers["strict-transport-security"] == "max-age=60"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    context = tls_project.trusted()
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    port = int(tls_project.stack.env["HTTPS_PORT"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as connection,
+    ):
+        assert connection.selected_alpn_protocol() == "h2"
+    with pytest.raises(httpx2.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx2.get(f"{tls_project.https}/api/ping", verify=ssl.create_default_context(), trust_env=False)
+
+
+def test_the_published_plain_port_redirects_to_the_published_https_port(tls_project: TlsProject) -> None:
+    redirect = httpx2.get(f"{tls_project.stack.url}/api/info?x=1")
+    assert redirect.status_code == 308
+    assert redirect.headers["location"] == f"{tls_project.https}/api/info?x=1"
+    assert "strict-transport-security" not in redirect.headers
+    followed = httpx2.get(redirect.headers["location"], verify=tls_project.trusted())
+    assert followed.status_code == 200
+
+
+def test_wss_echo_through_the_nginx_container(tls_project: TlsProject) -> None:
+    url = tls_project.https.replace("https://", "wss://") + "/ws/echo"
+    ws = websocket.create_connection(url, timeout=10, sslopt={"ca_certs": str(tls_project.ca)})
+    try:
+        ws.send("tls in a container")
+        assert ws.recv() == "tls in a container"
+    finally:
+        ws.close()
+
+
+def test_demo_routes_are_turned_off_by_the_containers_renderer(tls_project: TlsProject) -> None:
+    response = httpx2.get(f"{tls_project.https}/api/slow", params={"delay": 0}, verify=tls_project.trusted())
+    assert response.status_code == 404
+    assert response.json()["layer"] == "nginx"
+
+
+def test_certificate_and_key_are_mounted_read_only_and_only_nginx_publishes(tls_project: TlsProject) -> None:
+    [nginx] = tls_project.stack.containers("nginx")
+    mounts = {m["Destination"]: m for m in nginx["Mounts"]}
+    for target, source in (
+        (runtime.CONTAINER_TLS_CERT, tls_project.run_dir / "tls" / "cert.pem"),
+        (runtime.CONTAINER_TLS_KEY, tls_project.run_dir / "tls" / "key.pem"),
+    ):
+        assert mounts[target]["Source"] == str(source)
+        assert mounts[target]["RW"] is False
+    write = tls_project.stack.exec(nginx, "sh", "-c", f"echo x >> {runtime.CONTAINER_TLS_KEY}")
+    assert write.returncode != 0
+    bindings = {port: hosts for port, hosts in nginx["NetworkSettings"]["Ports"].items() if hosts}
+    assert bindings == {
+        "8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": tls_project.stack.env["HTTP_PORT"]}],
+        f"{runtime.CONTAINER_HTTPS_PORT}/tcp": [
+            {"HostIp": "127.0.0.1", "HostPort": tls_project.stack.env["HTTPS_PORT"]}
+        ],
+    }
+    for app in tls_project.stack.containers("app"):
+        assert not any(app["NetworkSettings"]["Ports"].values())
+
+
+def test_the_compose_network_may_read_the_status_port(tls_project: TlsProject) -> None:
+    [app] = tls_project.stack.containers("app")
+    scrape = tls_project.stack.exec(
+        app,
+        "python3",
+        "-c",
+        "import urllib.request; print(urllib.request.urlopen('http://nginx:8081/stub_status').read().decode())",
+    )
+    assert scrape.returncode == 0, scrape.stderr
+    assert scrape.stdout.startswith("Active connections")
+
+
+def test_compose_and_the_overlay_agree_on_the_container_paths() -> None:
+    nginx = yaml.safe_load(runtime.COMPOSE_FILE.read_text())["services"]["nginx"]["environment"]
+    assert nginx["NGINX_TLS_CERT"] == runtime.CONTAINER_TLS_CERT
+    assert nginx["NGINX_TLS_KEY"] == runtime.CONTAINER_TLS_KEY
+    assert nginx["NGINX_HTTPS_LISTEN_PORT"] == runtime.CONTAINER_HTTPS_PORT

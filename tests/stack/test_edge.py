@@ -1,0 +1,424 @@
+"""The edge through the real nginx: TLS (the generated local CA, HTTP/2, the redirect, HSTS, wss://), where
+nginx listens, who may read the status port, security headers, demo routes turned off, and `make check`
+refusing unusable TLS inputs by knob."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import psutil
+import pytest
+import websocket
+
+from deploy.stackctl import tls
+from deploy.stackctl.config import NGINX_TEMPLATE, effective, nginx_variables, render_nginx
+from deploy.stackctl.local import RunDir, find_nginx, find_openssl, pinned_paths
+from deploy.stackctl.ports import free_port
+from tests.stack.conftest import Stack, make_stack, running
+
+pytestmark = pytest.mark.stack
+
+ENTRYPOINT = NGINX_TEMPLATE.parent / "entrypoint.sh"
+SECURITY_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+}
+DEMO_ROUTES = ("/api/blocking", "/api/cpu", "/api/slow", "/api/sync")
+HSTS_MAX_AGE = "600"
+
+
+class TlsStack:
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.https = f"https://127.0.0.1:{stack.env['HTTPS_PORT']}"
+        self.ca = stack.run_dir / "tls" / "ca.pem"
+
+    def trusted(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
+
+
+@pytest.fixture(scope="module")
+def tls_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsStack]:
+    """TLS with a generated certificate, HSTS on, demo routes off."""
+    stack = make_stack(
+        tmp_path_factory.mktemp("tls"),
+        WEB_CONCURRENCY="1",
+        NGINX_TLS="1",
+        HTTPS_PORT=str(free_port()),
+        NGINX_HSTS_MAX_AGE=HSTS_MAX_AGE,
+        APP_DEMO_ROUTES="0",
+    )
+    with running(stack):
+        yield TlsStack(stack)
+
+
+@pytest.fixture(scope="module")
+def plain_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The defaults (plain HTTP on 127.0.0.1, demo routes on), except that nginx keeps an idle upstream
+    connection for 1 s only (see killed_in_flight)."""
+    stack = make_stack(
+        tmp_path_factory.mktemp("plain"), WEB_CONCURRENCY="1", NGINX_UPSTREAM_KEEPALIVE_TIMEOUT="1"
+    )
+    with running(stack):
+        yield stack
+
+
+# --- TLS ------------------------------------------------------------------------------------------------
+
+
+def test_https_answers_when_the_generated_ca_is_trusted_and_only_then(tls_stack: TlsStack) -> None:
+    for url in (tls_stack.https, tls_stack.https.replace("127.0.0.1", "localhost")):
+        response = httpx2.get(f"{url}/api/ping", verify=tls_stack.trusted())
+        assert response.status_code == 200
+        assert response.json()["pong"] is True
+    with pytest.raises(httpx2.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx2.get(f"{tls_stack.https}/api/ping", verify=ssl.create_default_context(), trust_env=False)
+
+
+def test_the_generated_ca_may_vouch_for_localhost_only(tls_stack: TlsStack) -> None:
+    text = subprocess.run(
+        [find_openssl(), "x509", "-in", str(tls_stack.ca), "-noout", "-text"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "X509v3 Name Constraints: critical" in text
+    assert "DNS:localhost" in text and "IP:127.0.0.0/255.0.0.0" in text
+    key = tls_stack.stack.run_dir / "tls" / "ca.key"
+    assert key.stat().st_mode & 0o077 == 0, "the CA key is readable by others"
+    # Even signed with its key, a certificate for another name does not verify.
+    openssl, where = find_openssl(), tls_stack.stack.run_dir / "tls"
+    request = f"req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {where}/x.key -subj /CN=x"
+    csr = subprocess.run([openssl, *request.split()], capture_output=True, check=True).stdout
+    (where / "x.ext").write_text("subjectAltName = DNS:example.com\n")
+    sign = f"x509 -req -CA {tls_stack.ca} -CAkey {key} -days 1 -extfile {where}/x.ext -out {where}/x.pem"
+    subprocess.run([openssl, *sign.split()], input=csr, capture_output=True, check=True)
+    verify = subprocess.run(
+        [openssl, "verify", "-CAfile", str(tls_stack.ca), str(where / "x.pem")],
+        capture_output=True,
+        text=True,
+    )
+    assert verify.returncode != 0 and "subtree violation" in verify.stdout + verify.stderr
+
+
+def test_http2_is_negotiated_over_tls(tls_stack: TlsStack) -> None:
+    context = tls_stack.trusted()
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    port = int(tls_stack.https.rsplit(":", 1)[1])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as connection,
+    ):
+        assert connection.selected_alpn_protocol() == "h2"
+        assert connection.version() in ("TLSv1.2", "TLSv1.3")
+    curl = shutil.which("curl")
+    assert curl, "curl (with HTTP/2) is needed for this test"
+    version = subprocess.run(
+        [curl, "-sS", "--http2", "--cacert", str(tls_stack.ca), "-o", "/dev/null",
+         "-w", "%{http_version} %{response_code}", f"{tls_stack.https}/api/ping"],
+        capture_output=True, text=True, timeout=10,
+    )  # fmt: skip
+    assert version.stdout == "2 200", version.stderr
+
+
+def test_tls_below_1_2_is_refused(tls_stack: TlsStack) -> None:
+    context = tls_stack.trusted()
+    with warnings.catch_warnings():  # TLS 1.1 is deprecated in Python too: this client offers it on purpose
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_1
+    context.set_ciphers("ALL:@SECLEVEL=0")
+    port = int(tls_stack.https.rsplit(":", 1)[1])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        pytest.raises(ssl.SSLError, match="TLSV1_ALERT_PROTOCOL_VERSION"),  # nginx's refusal
+    ):
+        context.wrap_socket(raw, server_hostname="localhost")
+
+
+def test_plain_http_redirects_to_https_with_the_same_path(tls_stack: TlsStack) -> None:
+    for method in ("GET", "POST"):
+        response = httpx2.request(method, f"{tls_stack.stack.url}/api/echo?x=1&y=%20")
+        assert response.status_code == 308
+        assert response.headers["location"] == f"{tls_stack.https}/api/echo?x=1&y=%20"
+    followed = httpx2.post(
+        f"{tls_stack.stack.url}/api/echo",
+        json={"text": "kept"},
+        follow_redirects=True,
+        verify=tls_stack.trusted(),
+    )
+    assert followed.status_code == 200 and followed.json()["text"] == "kept"
+
+
+def test_hsts_is_sent_over_https_only(tls_stack: TlsStack) -> None:
+    secure = httpx2.get(f"{tls_stack.https}/api/ping", verify=tls_stack.trusted())
+    assert secure.headers["strict-transport-security"] == f"max-age={HSTS_MAX_AGE}"
+    redirect = httpx2.get(f"{tls_stack.stack.url}/api/ping")
+    assert redirect.status_code == 308
+    assert "strict-transport-security" not in redirect.headers
+    for name, value in SECURITY_HEADERS.items():
+        assert redirect.headers[name] == value
+
+
+def test_wss_echo_through_nginx_with_the_ca(tls_stack: TlsStack, tmp_path: Path) -> None:
+    wss = tls_stack.https.replace("https://", "wss://")
+    ws = websocket.create_connection(f"{wss}/ws/echo", timeout=5, sslopt={"ca_certs": str(tls_stack.ca)})
+    try:
+        ws.send("over tls")
+        assert ws.recv() == "over tls"
+    finally:
+        ws.close()
+    stranger, _ = certificate(tmp_path, "stranger")  # a client trusting another CA must refuse the stack
+    with pytest.raises(ssl.SSLCertVerificationError):
+        websocket.create_connection(f"{wss}/ws/echo", timeout=5, sslopt={"ca_certs": str(stranger)})
+
+
+def test_demo_routes_are_nginxs_json_404_when_turned_off(tls_stack: TlsStack) -> None:
+    with httpx2.Client(base_url=tls_stack.https, verify=tls_stack.trusted()) as client:
+        for path in (*DEMO_ROUTES, "/api/slow/", "/api/%73low"):
+            response = client.get(path, params={"delay": 0, "work": 1})
+            assert response.status_code == 404, path
+            body = response.json()
+            assert body["layer"] == "nginx" and body["error"] == "not_found", path
+            assert "APP_DEMO_ROUTES=0" in body["detail"]
+            assert response.headers["x-frame-options"] == "DENY"
+        assert client.get("/api/ping").status_code == 200
+        assert client.get("/api/stream", params={"chunks": 2, "interval": 0}).status_code == 200
+
+
+def test_demo_routes_are_served_by_default(plain_stack: Stack) -> None:
+    for path in DEMO_ROUTES:
+        response = httpx2.get(f"{plain_stack.url}{path}", params={"delay": 0, "work": 1})
+        assert response.status_code == 200, path
+
+
+@pytest.mark.loadtest
+def test_the_loadtest_runner_trusts_the_local_ca(tls_stack: TlsStack, tmp_path: Path) -> None:
+    from loadtest.runner import run_headless, tls_target
+
+    host, ca = tls_target(tls_stack.stack.url, tls_stack.stack.run_dir)
+    assert (host, ca) == (tls_stack.https, tls_stack.ca)
+    summary = run_headless(
+        tls_stack.stack.url, "websocket", 2, 2, "3s", tmp_path / "report", run_dir=tls_stack.stack.run_dir
+    )
+    assert summary.host == tls_stack.https
+    assert summary.failures == 0 and summary.requests > 0, summary.errors
+    assert summary.row("WS", "/ws/echo round-trip"), summary.rows
+
+
+# --- security headers, listen address, status port -----------------------------------------------------
+
+
+def test_security_headers_on_200_404_and_502(plain_stack: Stack) -> None:
+    ok = httpx2.get(f"{plain_stack.url}/api/ping")
+    missing = httpx2.get(f"{plain_stack.url}/metrics")  # nginx's own JSON 404
+    unknown = httpx2.get(f"{plain_stack.url}/no/such/route")  # the app's 404, through nginx
+    bad_gateway = killed_in_flight(plain_stack)
+    for response, status in ((ok, 200), (missing, 404), (unknown, 404), (bad_gateway, 502)):
+        assert response.status_code == status, response.text
+        assert_security_headers(response)
+    assert bad_gateway.json()["layer"] == "nginx"
+
+
+def killed_in_flight(stack: Stack) -> httpx2.Response:
+    """A request whose worker is SIGKILLed while it waits: nginx answers 502. It must travel on a fresh
+    upstream connection: nginx retries an idempotent request that failed on a pooled one, and gunicorn's
+    next worker would answer it."""
+    assert stack.handle is not None
+    time.sleep(1.5)  # NGINX_UPSTREAM_KEEPALIVE_TIMEOUT=1: the pool is empty now
+    result: list[httpx2.Response] = []
+    thread = threading.Thread(
+        target=lambda: result.append(httpx2.get(f"{stack.url}/api/slow", params={"delay": 10}, timeout=30))
+    )
+    thread.start()
+    time.sleep(0.5)
+    for pid in stack.handle.worker_pids():
+        os.kill(pid, signal.SIGKILL)
+    thread.join(timeout=30)
+    deadline = time.monotonic() + 30  # until gunicorn's next worker answers
+    while httpx2.get(f"{stack.url}/healthz").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return result[0]
+
+
+def assert_security_headers(response: httpx2.Response) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        assert response.headers.get(name) == value, (response.status_code, name)
+    assert "strict-transport-security" not in response.headers  # plain HTTP
+
+
+def other_addresses() -> list[str]:
+    """IPv4 addresses of this host that nginx must not answer on: 127.0.0.2 and every non-loopback one."""
+    found = {
+        address.address
+        for addresses in psutil.net_if_addrs().values()
+        for address in addresses
+        if address.family == socket.AF_INET and not address.address.startswith("127.")
+    }
+    return ["127.0.0.2", *sorted(found)]
+
+
+def refused(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(2)
+        return probe.connect_ex((host, port)) != 0
+
+
+def test_nginx_listens_only_on_the_configured_address(plain_stack: Stack) -> None:
+    port = int(plain_stack.env["HTTP_PORT"])
+    rendered = (plain_stack.run_dir / "nginx.conf").read_text()
+    assert f"listen 127.0.0.1:{port} " in rendered
+    assert f"listen 127.0.0.1:{plain_stack.env['NGINX_STATUS_PORT']};" in rendered
+    assert plain_stack.handle is not None
+    nginx = psutil.Process(plain_stack.handle.pids()["nginx"])
+    listening = {(c.laddr.ip, c.laddr.port) for c in nginx.net_connections("inet") if c.status == "LISTEN"}
+    assert ("127.0.0.1", port) in listening
+    assert all(ip == "127.0.0.1" for ip, _ in listening), listening
+    assert not refused("127.0.0.1", port)
+    for address in other_addresses():
+        assert refused(address, port), f"nginx answers on {address}:{port}"
+
+
+def status_from(source: str, port: int, path: str = "/stub_status") -> tuple[int, str]:
+    """GET on the status port from a chosen local source address (all of 127.0.0.0/8 is this host)."""
+    with socket.socket() as client:
+        client.settimeout(5)
+        client.bind((source, 0))
+        client.connect(("127.0.0.1", port))
+        client.sendall(f"GET {path} HTTP/1.0\r\nHost: status\r\n\r\n".encode())
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    head, _, body = answer.decode().partition("\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def test_the_status_port_answers_loopback_only_by_client_address(plain_stack: Stack) -> None:
+    port = int(plain_stack.env["NGINX_STATUS_PORT"])
+    rendered = (plain_stack.run_dir / "nginx.conf").read_text()
+    assert "allow 127.0.0.1;" in rendered and "deny all;" in rendered
+    status, body = status_from("127.0.0.1", port)
+    assert status == 200 and body.startswith("Active connections")
+    for path in ("/stub_status", "/metrics"):
+        status, body = status_from("127.0.0.2", port, path)
+        assert status == 403, body
+        assert '"layer":"nginx"' in body and "NGINX_STATUS_ALLOW" in body
+
+
+# --- make check: unusable TLS inputs, named by knob ------------------------------------------------------
+
+
+def certificate(where: Path, name: str, *, expired: bool = False, days: int = 90) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and its key; `expired`: valid only in January 2020."""
+    openssl = find_openssl()
+    where.mkdir(parents=True, exist_ok=True)
+    cert, key = where / f"{name}.pem", where / f"{name}.key"
+    new = [
+        openssl,
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+    ]
+    if not expired:
+        subprocess.run(
+            [*new, "-x509", "-days", str(days), "-keyout", key, "-out", cert], check=True, capture_output=True
+        )
+        return cert, key
+    # `openssl req` cannot backdate; `openssl ca` can, with a minimal database.
+    (where / "index.txt").write_text("")
+    (where / "serial").write_text("01\n")
+    (where / "ca.cnf").write_text(
+        "[ca]\ndefault_ca = x\n[x]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\n"
+        "default_md = sha256\npolicy = p\nunique_subject = no\n[p]\ncommonName = supplied\n"
+    )
+    subprocess.run([*new, "-keyout", key, "-out", where / "request.csr"], check=True, capture_output=True)
+    subprocess.run(
+        [openssl, "ca", "-batch", "-notext", "-config", "ca.cnf", "-selfsign", "-keyfile", key,
+         "-in", "request.csr", "-out", cert, "-startdate", "20200101000000Z", "-enddate", "20200201000000Z"],
+        check=True, capture_output=True, cwd=where,
+    )  # fmt: skip
+    return cert, key
+
+
+def tls_check(tmp_path: Path, cert: Path, key: Path) -> subprocess.CompletedProcess[str]:
+    stack = make_stack(tmp_path / "run", NGINX_TLS="1", NGINX_TLS_CERT=str(cert), NGINX_TLS_KEY=str(key))
+    return stack.stackctl("check")
+
+
+def tls_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in result.stdout.splitlines() if " tls (" in line]
+
+
+def test_check_refuses_an_expired_certificate_naming_the_knob(tmp_path: Path) -> None:
+    cert, key = certificate(tmp_path, "old", expired=True)
+    result = tls_check(tmp_path, cert, key)
+    assert result.returncode == 1, result.stdout
+    assert tls_lines(result) == [f"✗ error tls (expiry): NGINX_TLS_CERT={cert}: expired on 2020-02-01"]
+    assert "1 TLS input(s) unusable" in result.stdout.splitlines()[-1]
+    up = make_stack(tmp_path / "up", NGINX_TLS="1", NGINX_TLS_CERT=str(cert), NGINX_TLS_KEY=str(key))
+    started = up.stackctl("up")
+    assert started.returncode == 1
+    assert started.stderr.strip().splitlines() == [
+        f"stackctl up: NGINX_TLS_CERT={cert}: expired on 2020-02-01; renew the certificate"
+    ]
+    assert refused("127.0.0.1", int(up.env["HTTP_PORT"])), "up started nginx anyway"
+
+
+def test_check_refuses_a_key_of_another_certificate_naming_both_knobs(tmp_path: Path) -> None:
+    cert, _ = certificate(tmp_path, "one")
+    _, other_key = certificate(tmp_path, "two")
+    result = tls_check(tmp_path, cert, other_key)
+    assert result.returncode == 1
+    assert tls_lines(result) == [
+        f"✗ error tls (key): NGINX_TLS_KEY={other_key} and NGINX_TLS_CERT={cert}: "
+        "the key does not belong to the certificate"
+    ]
+
+
+def test_under_30_days_left_is_a_warning_and_an_unreadable_file_an_error(tmp_path: Path) -> None:
+    cert, key = certificate(tmp_path, "soon", days=10)
+    nope = tmp_path / "nope.key"
+    for given_key, severity, claim in (
+        (key, "warning", f"NGINX_TLS_CERT={cert}: expires on "),
+        (nope, "error", f"NGINX_TLS_KEY={nope}: cannot read it (No such file or directory)"),
+    ):
+        knobs = {"NGINX_TLS": "1", "NGINX_TLS_CERT": str(cert), "NGINX_TLS_KEY": str(given_key)}
+        [finding] = tls.findings(effective(knobs, None).settings, find_openssl())
+        assert (finding.severity, finding.claim[: len(claim)]) == (severity, claim)
+
+
+# --- both renderers ---------------------------------------------------------------------------------------
+
+
+def test_the_container_entrypoint_renders_what_stackctl_renders(tmp_path: Path) -> None:
+    knobs = {"NGINX_TLS": "1", "APP_DEMO_ROUTES": "0", "NGINX_UPSTREAM": "127.0.0.1:8000"}
+    config = effective(
+        {**knobs, "NGINX_ERROR_LOG": str(tmp_path / "e.log")}, None, pinned_paths(RunDir(tmp_path))
+    )
+    tls.ensure(config.settings, find_openssl())  # nginx -t loads the certificate
+    env = {**os.environ, **nginx_variables(config.settings), **knobs, "NGINX_TEMPLATE": str(NGINX_TEMPLATE)}
+    env["PATH"] = os.pathsep.join([str(Path(find_nginx()).parent), env["PATH"]])
+    subprocess.run(["sh", str(ENTRYPOINT), "reload"], env=env, capture_output=True, text=True, timeout=30)
+    rendered = Path(config.settings.nginx_run_dir, "nginx.conf").read_text()
+    assert rendered == render_nginx(config.settings)
+    assert (
+        "ssl_certificate " in rendered
+        and "return 308 https://" in rendered
+        and "APP_DEMO_ROUTES=0" in rendered
+    )
