@@ -283,6 +283,15 @@ class Settings(BaseSettings):
         "1012). Below GUNICORN_GRACEFUL_TIMEOUT.",
         ge=1,
     )
+    uvicorn_ws_close_spread: float = knob(
+        10.0,
+        "s",
+        "uvicorn",
+        "When a worker exits (reload, recycle, stop) it closes its WebSockets with 1012 one by one, evenly "
+        "over this many seconds, so their clients do not all reconnect at once; 0 = all at once. Capped at "
+        "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN - 1.",
+        ge=0,
+    )
     uvicorn_loop: Literal["auto", "asyncio", "uvloop"] = knob(
         "auto", "-", "uvicorn", "Event loop implementation (auto = uvloop when installed)."
     )

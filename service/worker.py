@@ -1,32 +1,176 @@
-"""Our gunicorn worker: uvicorn-worker's UvicornWorker plus the uvicorn settings it does not pass on.
+"""Our gunicorn worker: uvicorn-worker's UvicornWorker plus the uvicorn settings it does not pass on, and a
+worker exit that loses nothing nginx sent.
 
 uvicorn-worker forwards only keepalive, timeout, max_requests, forwarded_allow_ips and backlog. The
 UVICORN_* knobs reach uvicorn through CONFIG_KWARGS, read when gunicorn creates each worker — so a
 `make reload` (HUP) that re-renders the settings applies them to the new workers.
+
+The drain (deploy/gunicorn.conf.py and docs/TUNING.md explain why): whatever ends a worker — HUP, TERM,
+max_requests — it stops accepting, answers every request it still gets with `Connection: close`, never
+closes an idle keep-alive connection itself (nginx closes its pooled ones after its keepalive_timeout; only
+the GUNICORN_KEEPALIVE timer, which rule 1 puts later, or the deadline do), closes its WebSockets with 1012
+spread over UVICORN_WS_CLOSE_SPREAD, and exits once no connection is left, at the latest after
+UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN.
 """
 
+from __future__ import annotations
+
+import asyncio
 import json
+import math
+import socket
 import sys
+import time
+from email.utils import formatdate
 from typing import Any
 
 import uvicorn_worker
 from gunicorn.arbiter import Arbiter
+from uvicorn.config import Config
 from uvicorn.server import Server
 from uvicorn.server import logger as uvicorn_logger
 
 from service import lifecycle
 from service.settings import load_settings
 
+ASGIApp = Any
+CONNECTION_CLOSE = (b"connection", b"close")
 
-class DrainAwareServer(Server):
+
+class CloseWhenDraining:
+    """Adds `Connection: close` to every HTTP response that starts while this worker drains, so nginx
+    drops the connection from its upstream pool instead of sending it another request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not lifecycle.closing.is_set():
+            await self.app(scope, receive, send)
+            return
+
+        async def send_closing(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), CONNECTION_CLOSE]}
+            await send(message)
+
+        await self.app(scope, receive, send_closing)
+
+
+class DrainingServer(Server):
+    def __init__(self, config: Config, ws_close_spread: float) -> None:
+        super().__init__(config)
+        self.ws_close_spread = ws_close_spread
+        self.ws_closing: set[Any] = set()
+        self.date_refreshed = 0.0
+
     def handle_exit(self, sig: int, frame: Any) -> None:
+        lifecycle.closing.set()
         lifecycle.draining.set()
         super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Replaces uvicorn's Server.shutdown, which closes idle keep-alive connections at once: nginx may
+        # have just written a request on one of them from its pool, and it retries no POST (502).
+        lifecycle.closing.set()
+        loop = asyncio.get_running_loop()
+        grace = self.config.timeout_graceful_shutdown
+        if not self.should_exit:
+            # max_requests, not a signal: gunicorn starts no replacement before this process is gone
+            await self.serve_until_nginx_lets_go(loop, grace)
+        lifecycle.draining.set()
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+
+        started = loop.time()
+        deadline = started + (math.inf if grace is None else grace)
+        state = self.server_state
+        uvicorn_logger.info(
+            "drain: stopped accepting; %d connection(s) open, waiting up to %ss for nginx to let them go",
+            len(state.connections),
+            grace,
+        )
+        self.close_websockets(loop, spread=min(self.ws_close_spread, max(0.0, deadline - started - 1.0)))
+        while (state.connections or state.tasks) and not self.force_exit and loop.time() < deadline:
+            self.close_websockets(loop, spread=0.0)
+            await self.tick()
+
+        if state.connections or state.tasks:
+            uvicorn_logger.warning(
+                "drain: %d connection(s), %d task(s) left after UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN=%ss; "
+                "closing them (keep it above NGINX_UPSTREAM_KEEPALIVE_TIMEOUT and the longest request)",
+                len(state.connections),
+                len(state.tasks),
+                grace,
+            )
+            for connection in list(state.connections):
+                connection.shutdown()
+            for task in state.tasks:
+                task.cancel(msg="Task cancelled, timeout graceful shutdown exceeded")
+            await asyncio.sleep(0.1)
+        else:
+            uvicorn_logger.info("drain: done in %.2fs", loop.time() - started)
+
+        if not self.force_exit:
+            await self.lifespan.shutdown()
+
+    async def serve_until_nginx_lets_go(self, loop: asyncio.AbstractEventLoop, grace: int | None) -> None:
+        """Keeps accepting and serving, every response with `Connection: close`, until each HTTP connection
+        that was open when the request limit was reached is gone, so that a recycling worker never leaves
+        a gap nobody accepts in (two workers recycling together would)."""
+        state = self.server_state
+        pooled = {c for c in state.connections if not self.is_websocket(c)}
+        uvicorn_logger.info(
+            "drain: request limit reached; serving on with Connection: close until nginx lets go of "
+            "%d connection(s)",
+            len(pooled),
+        )
+        started = loop.time()
+        deadline = started + (math.inf if grace is None else grace)
+        while pooled & state.connections and not self.should_exit and loop.time() < deadline:
+            await self.tick()
+        left = len(pooled & state.connections)
+        uvicorn_logger.info("drain: %d of them left after %.2fs", left, loop.time() - started)
+
+    def is_websocket(self, connection: Any) -> bool:
+        ws_class = self.config.ws_protocol_class
+        return ws_class is not None and isinstance(connection, ws_class)
+
+    def close_websockets(self, loop: asyncio.AbstractEventLoop, spread: float) -> None:
+        """Closes each open WebSocket once, with 1012, at evenly spaced times over `spread` seconds, so
+        that their clients do not all reconnect in the same instant."""
+        fresh = [
+            c for c in self.server_state.connections if self.is_websocket(c) and c not in self.ws_closing
+        ]
+        for index, connection in enumerate(fresh):
+            self.ws_closing.add(connection)
+            loop.call_later(spread * index / len(fresh), self.close_websocket, connection)
+
+    def close_websocket(self, connection: Any) -> None:
+        if connection in self.server_state.connections:
+            connection.shutdown()
+
+    async def tick(self) -> None:
+        # What uvicorn's main loop did and no longer does once it has ended: tell gunicorn this worker is
+        # alive (a drain longer than GUNICORN_TIMEOUT would be killed as hung) and keep the Date header.
+        now = time.time()
+        notify = self.config.callback_notify
+        if notify is not None and now - self.last_notified > self.config.timeout_notify:
+            self.last_notified = now
+            await notify()
+        if now - self.date_refreshed >= 1:
+            self.date_refreshed = now
+            date = [(b"date", formatdate(now, usegmt=True).encode())] if self.config.date_header else []
+            self.server_state.default_headers = date + self.config.encoded_headers
+        await asyncio.sleep(0.05)
 
 
 class UvicornWorker(uvicorn_worker.UvicornWorker):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         settings = load_settings()
+        self.ws_close_spread = settings.uvicorn_ws_close_spread
         self.CONFIG_KWARGS = {
             "loop": settings.uvicorn_loop,
             "http": settings.uvicorn_http,
@@ -41,8 +185,8 @@ class UvicornWorker(uvicorn_worker.UvicornWorker):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
 
     async def _serve(self) -> None:
-        self.config.app = self.wsgi
-        server = DrainAwareServer(config=self.config)
+        self.config.app = CloseWhenDraining(self.wsgi)
+        server = DrainingServer(config=self.config, ws_close_spread=self.ws_close_spread)
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)
         if not server.started:
@@ -65,7 +209,7 @@ async def json_service_unavailable(scope: Any, receive: Any, send: Any) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
+                CONNECTION_CLOSE,
             ],
         }
     )
