@@ -139,7 +139,8 @@ def tls_target(host: str, run_dir: Path) -> tuple[str, Path | None]:
     if not settings.nginx_tls:
         return host, None
     https = tls.https_url(settings)
-    if host.rstrip("/") == started.url.rstrip("/") and host.startswith("http://"):
+    plain = f"http://{tls.client_host(settings.nginx_listen_address)}:{settings.http_port}"
+    if host.rstrip("/") == plain:
         host = https
     return host, tls.files(settings).ca if serves(host, https) else None
 

@@ -7,6 +7,7 @@ logs, the Prometheus multiprocess directory and `state.json`, which records what
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -133,6 +134,13 @@ def find_tool(name: str, package: str, found: str | None) -> str:
     if sys.platform == "darwin":
         raise StackError(f"{name} is not installed; install it with: brew install {name}")
     raise StackError(f"{name} is not installed; install it with: sudo apt-get install -y {package}")
+
+
+def nginx_inputs(run: RunDir, settings: Settings) -> list[bytes]:
+    """What nginx reads at a reload: its rendered config and, with TLS, the certificate and key."""
+    served = tls.files(settings) if settings.nginx_tls else None
+    paths = [run.nginx_conf, *((served.cert, served.key) if served else ())]
+    return [path.read_bytes() if path.is_file() else b"" for path in paths]
 
 
 def ensure_tls(settings: Settings) -> tls.Files | None:
@@ -303,13 +311,18 @@ def up(run: RunDir, config: Effective, environ: Mapping[str, str] | None = None)
     return state
 
 
+def signal_if_alive(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
 def stop(pid: int, sig: signal.Signals, grace: float, wait_first: float = 0) -> None:
     """Send `sig` (after `wait_first` seconds for the process to end by itself), SIGKILL after `grace`."""
     if wait_for_exit(pid, wait_first):
         return
-    os.kill(pid, sig)
+    signal_if_alive(pid, sig)
     if not wait_for_exit(pid, grace):
-        os.kill(pid, signal.SIGKILL)
+        signal_if_alive(pid, signal.SIGKILL)
 
 
 def wait_for_exit(pid: int, seconds: float) -> bool:
@@ -330,11 +343,11 @@ def down(run: RunDir, quiet: bool = False) -> None:
     # QUIT: nginx stops accepting and finishes open requests. Its WebSocket tunnels only end when the app
     # closes them, so gunicorn gets TERM (graceful: in-flight requests finish, WebSockets close with 1012)
     # once nginx has exited or the app has no HTTP request left in flight, not after nginx's whole grace.
-    os.kill(state.nginx_pid, signal.SIGQUIT)
+    signal_if_alive(state.nginx_pid, signal.SIGQUIT)
     deadline = time.monotonic() + grace
     while alive(state.nginx_pid) and time.monotonic() < deadline and app_requests_in_flight(state) > 0:
         time.sleep(0.2)
-    os.kill(state.gunicorn_pid, signal.SIGTERM)
+    signal_if_alive(state.gunicorn_pid, signal.SIGTERM)
     stop(state.nginx_pid, signal.SIGQUIT, max(1.0, deadline - time.monotonic()))
     stop(state.gunicorn_pid, signal.SIGTERM, grace)
     for child in workers:
@@ -390,12 +403,12 @@ def reload(run: RunDir, config: Effective) -> None:
                 f"{knob} changed from {old} to {new}: a reload cannot move ports; run `make down && make up`"
             )
     nginx = find_nginx()
+    nginx_before = nginx_inputs(run, settings)
     served = ensure_tls(settings)
     old_workers = set(descendants(state.gunicorn_pid))
-    rendered_before = run.nginx_conf.read_text() if run.nginx_conf.is_file() else ""
     prepare(run, config)
     check_nginx(nginx, run)
-    nginx_changed = run.nginx_conf.read_text() != rendered_before
+    nginx_changed = nginx_inputs(run, settings) != nginx_before
     os.kill(state.gunicorn_pid, signal.SIGHUP)
     if nginx_changed:
         # Only then: a reloading nginx closes idle client keep-alive connections, and a client that sent a

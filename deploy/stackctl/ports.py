@@ -23,9 +23,10 @@ def port_in_use(host: str, port: int) -> bool:
 def free_port_knobs(runtime: str) -> dict[str, str]:
     """Every port knob of a stack of this runtime, each on a free port: nothing collides with `make up`."""
     if runtime == "docker":
-        return {"HTTP_PORT": str(free_port()), "LOCUST_WEB_PORT": str(free_port())}
+        return {name: str(free_port()) for name in ("HTTP_PORT", "HTTPS_PORT", "LOCUST_WEB_PORT")}
     return {
         "HTTP_PORT": str(free_port()),
+        "HTTPS_PORT": str(free_port()),
         "NGINX_STATUS_PORT": str(free_port()),
         "GUNICORN_BIND": f"{LOOPBACK}:{free_port()}",
     }

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from deploy.stackctl import check, docker, local, rules
+from deploy.stackctl import check, docker, local, rules, tls
 from deploy.stackctl.config import KEPT, KNOBS, ROOT, Effective, Value, effective
 from deploy.stackctl.local import StackError
 from deploy.stackctl.ports import LOOPBACK
@@ -41,7 +41,10 @@ RUNTIMES: tuple[Runtime, ...] = ("local", "docker")
 DEFAULT_RUN_DIR = ROOT / ".run" / "local"
 RECORD = "stack.json"
 # What the runtime itself decides for each stack; never a sweep axis or a drill input.
-OWNED_BY_RUNTIME = ("HTTP_PORT", "NGINX_STATUS_PORT", "GUNICORN_BIND", "NGINX_LISTEN_PORT", "NGINX_RUN_DIR")
+OWNED_BY_RUNTIME = (
+    *("HTTP_PORT", "HTTPS_PORT", "NGINX_STATUS_PORT", "GUNICORN_BIND"),
+    *("NGINX_LISTEN_PORT", "NGINX_HTTPS_LISTEN_PORT", "NGINX_RUN_DIR"),
+)
 
 
 def docker_engine_reachable() -> bool:
@@ -125,11 +128,16 @@ class Handle:
 
     @property
     def url(self) -> str:
+        """Where clients reach the stack: its HTTPS URL when NGINX_TLS=1 (the plain port only redirects)."""
+        return tls.https_url(self.settings) if self.settings.nginx_tls else self.plain_url
+
+    @property
+    def plain_url(self) -> str:
         return f"http://{LOOPBACK}:{self.settings.http_port}"
 
     @property
     def ws_url(self) -> str:
-        return self.url.replace("http://", "ws://", 1)
+        return self.url.replace("http", "ws", 1)
 
     @property
     def status_url(self) -> str:
