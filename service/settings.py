@@ -217,14 +217,17 @@ class Settings(BaseSettings):
         ge=1,
     )
     gunicorn_max_requests: int = knob(
-        10_000,
+        1_000_000,
         "requests",
         "gunicorn",
-        "Recycle a worker after this many HTTP requests (0 = never). WebSocket traffic does not count.",
+        "Recycle a worker after this many HTTP requests (0 = never; WebSockets do not count), to contain "
+        "slow leaks. Loss-free at any value (the worker drains), but each recycle boots a worker and closes "
+        "its WebSockets with 1012. Measured: RSS flat over 230,000 requests per worker; 10,000 recycled a "
+        "worker every 4 s at 2,500 req/s. 1,000,000 is ~7 min at that rate; lower it only if you see growth.",
         ge=0,
     )
     gunicorn_max_requests_jitter: int = knob(
-        2_000,
+        200_000,
         "requests",
         "gunicorn",
         "Random extra requests per worker so workers do not all recycle at once (10-50 % of max).",
