@@ -1,12 +1,11 @@
 """Prometheus metrics, aggregated over all gunicorn workers when PROMETHEUS_MULTIPROC_DIR is set.
 
-In multiprocess mode every update is a write into this worker's mmap file; a request makes five (in flight
-up and down, its count, the latency sum and bucket). `request_done` keeps the labelled children it has
-made, so a request does not pay prometheus-client's `labels()` lookup twice.
+Requests are counted through REQUEST_METRICS (see RequestMetrics for why).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -31,24 +30,68 @@ IN_FLIGHT = Gauge("app_requests_in_flight", "HTTP requests being served", multip
 WEBSOCKETS = Gauge("app_websockets_open", "WebSocket connections open", multiprocess_mode="livesum")
 WORKERS = Gauge("app_worker_up", "One per live worker process", multiprocess_mode="livesum")
 
-_counted: dict[tuple[str, str, int], Any] = {}
-_timed: dict[str, Any] = {}
+class RequestMetrics:
+    """The request metrics of one worker, written to prometheus-client at most once per event-loop turn.
+
+    In multiprocess mode every update is a write into this worker's mmap file, under a lock and after a
+    getpid(); a loaded worker finishes many requests per turn of its loop. So requests in flight and the
+    request counts are kept here and written by one callback per turn; a scrape (any worker reads every
+    worker's file) sees them at most that turn late, and the worker that serves the scrape writes its own
+    first. The latency histogram has no public batch update: it is observed per request.
+    """
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.scheduled = False
+        self.in_flight = 0
+        self.in_flight_written = 0
+        self.counts: dict[tuple[str, str, int], int] = {}
+        self.counters: dict[tuple[str, str, int], Any] = {}
+        self.timers: dict[str, Any] = {}
+
+    def started(self) -> None:
+        self.in_flight += 1
+        self.schedule()
+
+    def done(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.in_flight -= 1
+        key = (method, route, status)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        timer = self.timers.get(route)
+        if timer is None:
+            timer = self.timers[route] = LATENCY.labels(route)
+        timer.observe(seconds)
+        self.schedule()
+
+    def schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is not self.loop:  # a new loop (tests): write what the old one may not have run
+            self.write()
+            self.loop = loop
+        if not self.scheduled:
+            self.scheduled = True
+            loop.call_soon(self.write)
+
+    def write(self) -> None:
+        self.scheduled = False
+        if self.in_flight != self.in_flight_written:
+            IN_FLIGHT.set(self.in_flight)
+            self.in_flight_written = self.in_flight
+        if self.counts:
+            counts, self.counts = self.counts, {}
+            for key, n in counts.items():
+                counter = self.counters.get(key)
+                if counter is None:
+                    method, route, status = key
+                    counter = self.counters[key] = REQUESTS.labels(method, route, str(status))
+                counter.inc(n)
 
 
-def request_done(method: str, route: str, status: int, seconds: float) -> None:
-    """Count one finished HTTP request and observe its duration (children cached per label values)."""
-    key = (method, route, status)
-    counter = _counted.get(key)
-    if counter is None:
-        counter = _counted[key] = REQUESTS.labels(method, route, str(status))
-    counter.inc()
-    timer = _timed.get(route)
-    if timer is None:
-        timer = _timed[route] = LATENCY.labels(route)
-    timer.observe(seconds)
+REQUEST_METRICS = RequestMetrics()
 
 
 def exposition() -> tuple[bytes, str]:
+    REQUEST_METRICS.write()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

@@ -112,7 +112,7 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         deadlines = self.deadlines
         pending = deadlines.start()
-        metrics.IN_FLIGHT.inc()
+        metrics.REQUEST_METRICS.started()
 
         async def send_with_context(message: Message) -> None:
             nonlocal status, response_started
@@ -134,10 +134,8 @@ class RequestContextMiddleware:
             await send_json(send, 504, error_body(504, "request_timeout", detail, request_id), request_id)
         finally:
             deadlines.done(pending)
-            metrics.IN_FLIGHT.dec()
             elapsed = time.perf_counter() - started
-            route = route_label(scope)
-            metrics.request_done(scope["method"], route, status, elapsed)
+            metrics.REQUEST_METRICS.done(scope["method"], route_label(scope), status, elapsed)
             if self.access_log:
                 log_access(scope, status, elapsed, request_id)
 

@@ -95,16 +95,26 @@ def test_the_request_id_is_kept_or_made() -> None:
     int(made[0], 16)
 
 
-def test_metrics_count_each_request_once_per_label_set() -> None:
+def sample(name: str, labels: str = "") -> float:
+    text = metrics.exposition()[0].decode()
+    line = next(line for line in text.splitlines() if line.startswith(f"{name}{labels} "))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_metrics_count_every_request_in_flight_and_done() -> None:
     app = RequestContextMiddleware(sleepy, request_timeout=0.2)
+    count = 'app_requests_total{method="GET",route="unmatched",status="%s"}'
+    before_ok, before_timeout = sample(count % 200), sample(count % 504)
 
-    def count(status: str) -> float:
-        value = metrics.REQUESTS.labels("GET", "unmatched", status)._value.get()
-        return float(value)
+    async def run() -> float:
+        task = asyncio.create_task(call(app, "s=0.1"))
+        await asyncio.sleep(0.05)
+        in_flight = sample("app_requests_in_flight")
+        await asyncio.gather(task, call(app), call(app, "s=1"))
+        return in_flight
 
-    before_ok, before_timeout = count("200"), count("504")
-    asyncio.run(call(app))
-    asyncio.run(call(app))
-    asyncio.run(call(app, "s=1"))
-    assert (count("200") - before_ok, count("504") - before_timeout) == (2, 1)
-    assert metrics.IN_FLIGHT._value.get() == 0
+    assert asyncio.run(run()) == 1
+    assert (sample(count % 200) - before_ok, sample(count % 504) - before_timeout) == (2, 1)
+    assert sample("app_requests_in_flight") == 0
+    asyncio.run(call(app))  # the loop ends right after: the next scrape still counts it
+    assert sample(count % 200) - before_ok == 3
