@@ -32,7 +32,7 @@ def slow_held(
     delay: float,
     seconds: float,
     out_dir: Path,
-    server_pids: Callable[[], list[int]],
+    server_roles: Callable[[], dict[str, list[int]]],
 ) -> dict[str, Any]:
     """N connections, each asking /api/slow?delay=D again as soon as it is answered: N held at once."""
     run = run_wrk(
@@ -42,7 +42,7 @@ def slow_held(
         n,
         delay + TIMEOUT_MARGIN_S,
         out_dir,
-        server_pids,
+        server_roles,
     )
     return {
         "n": n,

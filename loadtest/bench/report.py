@@ -27,6 +27,14 @@ def flag(row: Row) -> str:
     return " ⚠ wrk CPU-bound" if row.values.get("generator_cpu_bound") else ""
 
 
+def cpu_cell(values: dict[str, Any]) -> str:
+    """Total server CPU per request, and by role when there is more than one (app + nginx + log pipes)."""
+    total, by_role = values.get("server_cpu_us_per_request"), values.get("server_cpu_us_by_role") or {}
+    if len(by_role) < 2:
+        return num(total)
+    return f"{num(total)} ({' + '.join(f'{num(us)} {role}' for role, us in by_role.items())})"
+
+
 def throughput_table(rows: list[Row]) -> list[str]:
     lines = [
         "| row | what | req/s | p50 ms | p99 ms | x bare | errors | server CPU µs/req | wrk CPU % | note |",
@@ -38,7 +46,7 @@ def throughput_table(rows: list[Row]) -> list[str]:
         lines.append(
             f"| {row.spec.name} | {row.spec.about} | {num(v.get('rps'))} | {num(v.get('p50_ms'), 2)} "
             f"| {num(v.get('p99_ms'), 2)} | {num(v.get('ratio_to_bare'), 2)} | {num(v.get('errors'))} "
-            f"| {num(v.get('server_cpu_us_per_request'))} | {num(v.get('wrk_cpu_percent'))}{flag(row)} "
+            f"| {cpu_cell(v)} | {num(v.get('wrk_cpu_percent'))}{flag(row)} "
             f"| {note} |"
         )
     return lines

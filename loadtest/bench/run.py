@@ -38,7 +38,7 @@ def measure(row: Row, server: servers.Server, params: Params, wrk: str, row_dir:
     url = server.url(spec.target)
     if spec.kind == "slow":
         row.values = capacity.slow_held(
-            wrk, url, params.slow_n, params.slow_delay, params.seconds, row_dir, server.pids
+            wrk, url, params.slow_n, params.slow_delay, params.seconds, row_dir, server.roles
         )
     elif spec.kind == "websocket":
         ws_url = url.replace("http://", "ws://", 1)
@@ -46,7 +46,7 @@ def measure(row: Row, server: servers.Server, params: Params, wrk: str, row_dir:
     else:
         before = set(server.worker_pids())
         run = run_wrk(
-            wrk, f"{url}{PATH}", params.seconds, params.connections, REQUEST_TIMEOUT_S, row_dir, server.pids
+            wrk, f"{url}{PATH}", params.seconds, params.connections, REQUEST_TIMEOUT_S, row_dir, server.roles
         )
         row.values = {**run.fields(), "workers_replaced": len(before - set(server.worker_pids()))}
         if row.values["workers_replaced"]:

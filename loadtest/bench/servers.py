@@ -33,8 +33,9 @@ OUR_WORKER = "uvicorn_worker.UvicornWorker"
 class Server(Protocol):
     def url(self, target: Target) -> str: ...
 
-    def pids(self) -> list[int]:
-        """Every process of the server now: its CPU is what a request costs."""
+    def roles(self) -> dict[str, list[int]]:
+        """Every process of the server now, by role (app, nginx, log pipes): their CPU is what a request
+        costs."""
         ...
 
     def worker_pids(self) -> list[int]:
@@ -80,8 +81,10 @@ def descendants(pid: int) -> list[int]:
 class Processes:
     """One command in its own session, answering on a loopback port; stopped by its pid."""
 
-    def __init__(self, name: str, command: list[str], port: int, env: Mapping[str, str], log: Path) -> None:
-        self.name = name
+    def __init__(
+        self, name: str, role: str, command: list[str], port: int, env: Mapping[str, str], log: Path
+    ) -> None:
+        self.name, self.role = name, role
         self.base_url = f"http://{LOOPBACK}:{port}"
         self.log = log
         with log.open("wb") as output:
@@ -114,8 +117,8 @@ class Processes:
     def url(self, target: Target) -> str:
         return self.base_url
 
-    def pids(self) -> list[int]:
-        return [self.process.pid, *descendants(self.process.pid)]
+    def roles(self) -> dict[str, list[int]]:
+        return {self.role: [self.process.pid, *descendants(self.process.pid)]}
 
     def worker_pids(self) -> list[int]:
         return descendants(self.process.pid)
@@ -146,10 +149,15 @@ class Stack:
     def url(self, target: Target) -> str:
         return self.handle.url if target == "nginx" else f"http://{self.handle.settings.gunicorn_bind}"
 
-    def pids(self) -> list[int]:
+    def roles(self) -> dict[str, list[int]]:
         state = local.RunDir(self.handle.run_dir).load_state()
-        roots = [state.gunicorn_pid, state.nginx_pid, *state.log_pids] if state else []
-        return [pid for root in roots for pid in (root, *descendants(root))]
+        if state is None:
+            return {}
+        return {
+            "app": [state.gunicorn_pid, *descendants(state.gunicorn_pid)],
+            "nginx": [state.nginx_pid, *descendants(state.nginx_pid)],
+            "log pipes": list(state.log_pids),
+        }
 
     def worker_pids(self) -> list[int]:
         return self.handle.worker_pids()
@@ -202,19 +210,19 @@ def start(name: str, ctx: Context) -> Server:
         except local.StackError as error:
             raise BenchError(str(error)) from None
         command = [nginx, "-c", str(conf), "-e", str(run_dir / "error.log"), "-g", "daemon off;"]
-        return Processes(name, command, port, os.environ, log)
+        return Processes(name, "nginx", command, port, os.environ, log)
     if name == "bare":
         command = [python, "-m", "gunicorn", "-k", OUR_WORKER, "-w", workers, "-b", f"{LOOPBACK}:{port}"]
         command += ["loadtest.bench.hello:app"]
-        return Processes(name, command, port, process_env(ctx, run_dir), log)
+        return Processes(name, "app", command, port, process_env(ctx, run_dir), log)
     if name == "uvicorn":
         command = [python, "-m", "uvicorn", "service.app:app", "--workers", workers, "--no-access-log"]
         command += ["--host", LOOPBACK, "--port", str(port)]
-        return Processes(name, command, port, process_env(ctx, run_dir), log)
+        return Processes(name, "app", command, port, process_env(ctx, run_dir), log)
     if name == "granian":
         command = [python, "-m", "granian", "--interface", "asgi", "--workers", workers]
         command += ["--host", LOOPBACK, "--port", str(port), "service.app:app"]
-        return Processes(name, command, port, process_env(ctx, run_dir), log)
+        return Processes(name, "app", command, port, process_env(ctx, run_dir), log)
     knobs = {"WEB_CONCURRENCY": workers}
     if ctx.params.profile:
         knobs["PROFILE"] = ctx.params.profile

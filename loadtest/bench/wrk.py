@@ -42,7 +42,7 @@ class WrkRun:
     non_2xx: int
     socket_errors: dict[str, int]
     wrk_cpu_percent: float
-    server_cpu_s: float
+    server_cpu_s: dict[str, float]  # by role
 
     @property
     def rps(self) -> float:
@@ -56,8 +56,8 @@ class WrkRun:
     def generator_cpu_bound(self) -> bool:
         return self.wrk_cpu_percent > CPU_LIMIT
 
-    def server_cpu_us_per_request(self) -> float | None:
-        return self.server_cpu_s / self.requests * 1e6 if self.requests else None
+    def per_request_us(self, seconds: float) -> float | None:
+        return round(seconds / self.requests * 1e6, 1) if self.requests else None
 
     def fields(self) -> dict[str, Any]:
         return {
@@ -71,7 +71,8 @@ class WrkRun:
             "socket_errors": self.socket_errors,
             "wrk_cpu_percent": round(self.wrk_cpu_percent, 1),
             "generator_cpu_bound": self.generator_cpu_bound,
-            "server_cpu_us_per_request": round(v, 1) if (v := self.server_cpu_us_per_request()) else None,
+            "server_cpu_us_per_request": self.per_request_us(sum(self.server_cpu_s.values())),
+            "server_cpu_us_by_role": {r: self.per_request_us(s) for r, s in self.server_cpu_s.items()},
         }
 
 
@@ -93,7 +94,7 @@ def run_wrk(
     connections: int,
     timeout_s: float,
     out_dir: Path,
-    server_pids: Callable[[], list[int]],
+    server_roles: Callable[[], dict[str, list[int]]],
 ) -> WrkRun:
     """`wrk -t1 -cC -dS --timeout T -s bench.lua url`; wrk's CPU is sampled with psutil while it runs,
     the server's as the change in its processes' CPU time (a process that exits meanwhile is not counted)."""
@@ -102,8 +103,8 @@ def run_wrk(
     summary.unlink(missing_ok=True)
     command = [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout"]
     command += [f"{max(1, round(timeout_s))}s", "-s", str(LUA), url]
-    pids = server_pids()
-    server_before = cpu_seconds(pids)
+    roles = server_roles()
+    server_before = {role: cpu_seconds(pids) for role, pids in roles.items()}
     with log.open("wb") as output:
         process = subprocess.Popen(
             command,
@@ -123,7 +124,7 @@ def run_wrk(
                 break
             time.sleep(SAMPLE_S)
         process.wait()
-    server_cpu = cpu_seconds(pids) - server_before
+    server_cpu = {role: cpu_seconds(pids) - server_before[role] for role, pids in roles.items()}
     try:
         data = json.loads(summary.read_text())
     except (OSError, ValueError):
