@@ -56,9 +56,35 @@ timeout = settings.gunicorn_timeout
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 # graceful_timeout: after TERM (stop) or HUP (reload), old workers stop accepting and get this long to
-#   finish in-flight requests, then SIGKILL. Must exceed UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN and stay below
-#   compose stop_grace_period. (GUNICORN_GRACEFUL_TIMEOUT)
+#   drain (below), then SIGKILL. Must exceed UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN and stay below compose
+#   stop_grace_period. (GUNICORN_GRACEFUL_TIMEOUT)
 graceful_timeout = settings.gunicorn_graceful_timeout
+
+# --- Loss-free worker exit (the drain of service/worker.py; docs/TUNING.md "Loss-free worker exit") ---------
+# A worker exits on HUP (reload: the master forks the new workers first, then TERMs the old), on TERM (one
+#   worker, or all of them when the master stops), and by itself after max_requests. nginx keeps idle
+#   connections to the app in a pool (NGINX_UPSTREAM_KEEPALIVE) and takes the most recently used one for
+#   the next request without checking it; a request on a connection the app closes at that moment fails
+#   with 502, and for POST nginx does not try again (it would run it twice). Plain uvicorn closes every idle
+#   connection the moment it stops: measured ~30 x 502 per worker exit at 5,000 POST/s. Our worker instead:
+#   1. stops accepting (closes its copy of the listening socket; the other workers and, on HUP, the new
+#      generation share it, so nothing queued there is lost — on HUP new connections wait in the backlog
+#      for the ~0.5 s the new workers take to boot). A max_requests recycle first keeps accepting, with
+#      step 2, until nginx has let go of the connections it had: the master forks its replacement only
+#      after it exits, and two workers draining at once would leave nobody accepting;
+#   2. answers every request that still arrives on an open connection, adding `Connection: close`, so nginx
+#      drops that connection from its pool after the response instead of reusing it;
+#   3. never closes an idle connection itself: nginx closes it after NGINX_UPSTREAM_KEEPALIVE_TIMEOUT idle
+#      (no race, nginx decides), or uvicorn's own `keepalive` timer does, later by rule 1;
+#   4. closes its WebSockets with 1012 one by one over UVICORN_WS_CLOSE_SPREAD, so clients reconnect over
+#      seconds, not in one burst;
+#   5. exits when no connection is left (tens of ms under steady load, when nginx reuses every pooled
+#      connection at once; up to NGINX_UPSTREAM_KEEPALIVE_TIMEOUT for ones it leaves idle), at the latest
+#      after UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN, which must therefore exceed NGINX_UPSTREAM_KEEPALIVE_TIMEOUT
+#      (and stay below graceful_timeout, which SIGKILLs). It keeps the heartbeat (`timeout`) going.
+#   Measured, POST through nginx with two HUPs and a TERM: 77 x 502 of 16661 before, 0 of 16208 after.
+#   A stopping master (`make down`, container stop) has no other worker to take new connections: stop
+#   nginx first (make down and compose do), or what nginx sends after the drain is refused.
 
 # keepalive: seconds an idle keep-alive connection stays open (uvicorn's timeout_keep_alive). Gunicorn's
 #   default is 2 s, which is right for clients talking to gunicorn directly and wrong behind nginx: nginx
@@ -68,7 +94,10 @@ keepalive = settings.gunicorn_keepalive
 
 # max_requests / max_requests_jitter: recycle a worker after N + random(0..jitter) HTTP requests to
 #   contain slow leaks. Always set jitter (10-50 %) so workers do not restart together. WebSocket traffic
-#   never counts. On recycle uvicorn closes WebSockets with 1012. 0 disables.
+#   never counts. A recycle is a worker exit like any other — drained, nothing lost — but it costs a boot
+#   (~0.5 s CPU) and closes that worker's WebSockets (1012). Default 1,000,000 (gunicorn: 0 = never; was
+#   10,000): worker RSS stayed flat over 230,000 requests each, and 10,000 recycled a worker every ~4 s at
+#   2,500 req/s; 300 cut throughput to a third. Size it from measured growth, in hours. 0 disables.
 #   (GUNICORN_MAX_REQUESTS, GUNICORN_MAX_REQUESTS_JITTER)
 max_requests = settings.gunicorn_max_requests
 max_requests_jitter = settings.gunicorn_max_requests_jitter
