@@ -278,6 +278,16 @@ class Settings(BaseSettings):
         "Largest WebSocket message; larger ones close the socket with 1009.",
         ge=1,
     )
+    uvicorn_ws_per_message_deflate: int = knob(
+        1,
+        "0/1",
+        "uvicorn",
+        "Compress WebSocket messages (permessage-deflate) for clients that ask, as browsers do. Each such "
+        "socket keeps zlib state: measured ~83 KiB of worker memory per open WebSocket, ~40 KiB with 0 "
+        "(docs/PERFORMANCE.md). 0 for many sockets with small messages.",
+        ge=0,
+        le=1,
+    )
     uvicorn_timeout_graceful_shutdown: int = knob(
         20,
         "s",
