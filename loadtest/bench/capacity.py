@@ -21,6 +21,7 @@ from loadtest.bench.wrk import run_wrk
 CONNECT_TIMEOUT_S = 10.0
 ECHO_TIMEOUT_S = 10.0
 HANDSHAKES_AT_ONCE = 100
+ECHOES_AT_ONCE = 50  # a round trip measures the server's answer, not a queue of N messages sent at once
 SETTLE_S = 0.5
 TIMEOUT_MARGIN_S = 10.0
 
@@ -74,16 +75,17 @@ async def open_one(url: str, held: Held, gate: asyncio.Semaphore) -> None:
         held.sockets.append(socket)
 
 
-async def echo(socket: ClientConnection) -> float | None:
+async def echo(socket: ClientConnection, gate: asyncio.Semaphore) -> float | None:
     """One text round trip in ms; None when the socket is gone."""
-    started = time.perf_counter()
-    try:
-        await socket.send("ping")
-        async with asyncio.timeout(ECHO_TIMEOUT_S):
-            answer = await socket.recv()
-    except (OSError, TimeoutError, WebSocketException):
-        return None
-    return (time.perf_counter() - started) * 1000 if answer == "ping" else None
+    async with gate:
+        started = time.perf_counter()
+        try:
+            await socket.send("ping")
+            async with asyncio.timeout(ECHO_TIMEOUT_S):
+                answer = await socket.recv()
+        except (OSError, TimeoutError, WebSocketException):
+            return None
+        return (time.perf_counter() - started) * 1000 if answer == "ping" else None
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -106,10 +108,11 @@ async def hold_websockets(
     await asyncio.gather(*(open_one(url, held, gate) for _ in range(n)))
     connect_s = time.perf_counter() - started
     await asyncio.sleep(SETTLE_S)
-    first = await asyncio.gather(*(echo(s) for s in held.sockets))
+    echoes = asyncio.Semaphore(ECHOES_AT_ONCE)
+    first = await asyncio.gather(*(echo(s, echoes) for s in held.sockets))
     rss_held = worker_rss(worker_pids())
     await asyncio.sleep(seconds)
-    second = await asyncio.gather(*(echo(s) for s in held.sockets))
+    second = await asyncio.gather(*(echo(s, echoes) for s in held.sockets))
     await asyncio.gather(*(s.close() for s in held.sockets), return_exceptions=True)
     connected = len(held.sockets)
     round_trips = [ms for ms in (*first, *second) if ms is not None]
