@@ -27,6 +27,7 @@ from loadtest.bench.wrk import find_wrk, run_wrk
 from loadtest.sweep.report import machine
 
 REQUEST_TIMEOUT_S = 10.0
+WARM_UP_S = 1.0  # wrk before each throughput row, not counted: first requests, lazy imports, caches
 
 
 def load_average() -> str:
@@ -44,9 +45,13 @@ def measure(row: Row, server: servers.Server, params: Params, wrk: str, row_dir:
         ws_url = url.replace("http://", "ws://", 1)
         row.values = capacity.websockets_held(ws_url, params.ws_n, params.seconds, server.worker_pids)
     else:
+        target = f"{url}{PATH}"
+        run_wrk(
+            wrk, target, WARM_UP_S, params.connections, REQUEST_TIMEOUT_S, row_dir / "warm-up", server.roles
+        )
         before = set(server.worker_pids())
         run = run_wrk(
-            wrk, f"{url}{PATH}", params.seconds, params.connections, REQUEST_TIMEOUT_S, row_dir, server.roles
+            wrk, target, params.seconds, params.connections, REQUEST_TIMEOUT_S, row_dir, server.roles
         )
         row.values = {**run.fields(), "workers_replaced": len(before - set(server.worker_pids()))}
         if row.values["workers_replaced"]:
