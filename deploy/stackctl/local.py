@@ -120,6 +120,11 @@ def find_openssl() -> str:
     return find_tool("openssl", OPENSSL_PACKAGE, shutil.which("openssl"))
 
 
+def find_wrk() -> str:
+    """The HTTP load generator of the drills, the bench and the loss tests, from the OS like nginx."""
+    return find_tool("wrk", "wrk", shutil.which("wrk"))
+
+
 def find_tool(name: str, package: str, found: str | None) -> str:
     """`found`, else the OS package installed with apt-get when we are root, else the command to run."""
     if found:

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import struct
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -20,9 +18,9 @@ from typing import Any, Protocol, cast
 
 import websocket
 
+from deploy.stackctl import local
 from loadtest.drill.plan import DrillError, LoadParams
 
-WRK_PACKAGE = "wrk"
 LUA = Path(__file__).with_name("mixed.lua")
 WRK_TIMEOUT_S = 30  # an answer slower than this is wrk's `timeout` error
 SOCKET_ERRORS = ("connect", "read", "write", "timeout")
@@ -35,24 +33,11 @@ NO_STATUS = 1005
 
 
 def find_wrk() -> str:
-    """wrk's path; installed with apt-get when missing and we are root (as find_nginx does for nginx)."""
-    found = shutil.which("wrk") or next(
-        (p for p in ("/usr/bin/wrk", "/usr/local/bin/wrk", "/opt/homebrew/bin/wrk") if Path(p).exists()), None
-    )
-    if found:
-        return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        print(f"wrk not found: installing {WRK_PACKAGE} with apt-get ...", file=sys.stderr, flush=True)
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, stdout=subprocess.DEVNULL)
-        done = subprocess.run(
-            ["apt-get", "install", "-y", "-qq", WRK_PACKAGE], check=False, env=env, stdout=subprocess.DEVNULL
-        )
-        if done.returncode == 0 and shutil.which("wrk"):
-            return str(shutil.which("wrk"))
-    if sys.platform == "darwin":
-        raise DrillError("wrk is not installed; install it with: brew install wrk")
-    raise DrillError(f"wrk is not installed; install it with: sudo apt-get install -y {WRK_PACKAGE}")
+    """wrk's path (deploy/stackctl/local.py installs it like nginx when missing and root)."""
+    try:
+        return local.find_wrk()
+    except local.StackError as error:
+        raise DrillError(str(error)) from None
 
 
 @dataclass
