@@ -12,7 +12,7 @@ import math
 import os
 import resource
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -211,6 +211,27 @@ def graceful_shutdown_order(settings: Settings, host: HostFacts) -> list[Finding
     )
 
 
+def drain_fits_the_grace(settings: Settings, host: HostFacts) -> list[Finding]:
+    """Advice on rule 4: an exiting worker waits for nginx to drop its idle pooled connections and spreads
+    its WebSocket closes; both must end before UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN cuts the drain short."""
+    grace = knob(settings, "uvicorn_timeout_graceful_shutdown")
+    found = below(
+        (4, "drain"),
+        knob(settings, "nginx_upstream_keepalive_timeout"),
+        grace,
+        "an exiting worker leaves idle pooled connections for nginx to close after its keep-alive timeout; "
+        "cut short, it closes them itself and races a POST nginx is sending (502)",
+        "lower NGINX_UPSTREAM_KEEPALIVE_TIMEOUT or raise UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN above it",
+    ) + below(
+        (4, "drain"),
+        knob(settings, "uvicorn_ws_close_spread"),
+        grace,
+        "WebSockets not closed when the grace ends are all closed at once: their clients reconnect together",
+        "lower UVICORN_WS_CLOSE_SPREAD or raise UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN above it",
+    )
+    return [replace(f, severity="warning") for f in found if f.severity == "error"]
+
+
 def blocking_vs_heartbeat(settings: Settings, host: HostFacts) -> list[Finding]:
     return below(
         (5, None),
@@ -382,7 +403,7 @@ RULES: tuple[Rule, ...] = (
     connection_capacity,
     concurrency_headroom,
 )
-ADVICE: tuple[Rule, ...] = (settings_without_effect,)
+ADVICE: tuple[Rule, ...] = (settings_without_effect, drain_fits_the_grace)
 
 
 def evaluate(settings: Settings, host: HostFacts) -> list[Finding]:

@@ -195,3 +195,19 @@ def test_the_four_profiles_exist() -> None:
 @pytest.mark.parametrize(("value", "allowed"), [("1", True), ("yes", True), ("", False), ("0", False)])
 def test_the_override_is_explicit(value: str, allowed: bool) -> None:
     assert rules.unsafe_config_allowed({"ALLOW_UNSAFE_CONFIG": value}) is allowed
+
+
+@pytest.mark.parametrize(
+    ("overrides", "names"),
+    [
+        ({"nginx_upstream_keepalive_timeout": 25}, "NGINX_UPSTREAM_KEEPALIVE_TIMEOUT=25"),
+        ({"uvicorn_ws_close_spread": 30}, "UVICORN_WS_CLOSE_SPREAD=30"),
+    ],
+)
+def test_a_drain_longer_than_the_grace_is_a_warning_naming_both_knobs(
+    overrides: dict[str, Any], names: str
+) -> None:
+    assert rules.drain_fits_the_grace(load_settings(), HOST) == []
+    [warning] = rules.drain_fits_the_grace(load_settings(**overrides), HOST)
+    assert (warning.severity, warning.rule_id) == ("warning", 4)
+    assert names in warning.claim and "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN=20" in warning.claim
