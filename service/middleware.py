@@ -5,13 +5,14 @@ proxy_read_timeout also measures; a stream that has started is not cut. Handlers
 client disconnects (starlette #297), so this deadline is what bounds abandoned work.
 
 It runs on every request, so it is written to be cheap (docs/PERFORMANCE.md measures it): one timer per
-event loop for all deadlines instead of one per request, cached metric children, a request id from
-os.urandom, and no work for the access line while it is off.
+event loop for all deadlines instead of one per request, metrics written once per loop turn
+(service/metrics.py), request ids without a syscall, and no work for the access line while it is off.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -24,6 +25,25 @@ from service.errors import error_body
 
 access_log = logging.getLogger("service.access")
 REQUEST_ID = b"x-request-id"
+
+
+class RequestIds:
+    """Request ids for requests that come without one (nginx always sends one): 32 hex digits, a random
+    half per process and a counter, so no syscall per request (os.urandom is one, uuid4 calls it)."""
+
+    def __init__(self) -> None:
+        self.reseed()
+        os.register_at_fork(after_in_child=self.reseed)
+
+    def reseed(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.counter = itertools.count()
+
+    def new(self) -> str:
+        return f"{self.prefix}{next(self.counter):016x}"
+
+
+request_ids = RequestIds()
 
 
 def route_label(scope: Scope) -> str:
@@ -106,7 +126,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
 
-        request_id = header(scope, REQUEST_ID) or os.urandom(16).hex()
+        request_id = header(scope, REQUEST_ID) or request_ids.new()
         status = 500
         response_started = False
         started = time.perf_counter()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
 import pytest
 
 from service import metrics
-from service.middleware import RequestContextMiddleware
+from service.middleware import RequestContextMiddleware, request_ids
 
 Message = dict[str, Any]
 
@@ -93,6 +94,20 @@ def test_the_request_id_is_kept_or_made() -> None:
     assert given[0]["headers"][-1] == (b"x-request-id", b"trace-1")
     assert len(made[0]) == 32 and made[0] != made[1]
     int(made[0], 16)
+
+
+def test_a_forked_worker_makes_its_own_request_ids() -> None:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: what a gunicorn worker is
+        os.write(write, request_ids.new().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child, parent = os.read(read, 64).decode(), request_ids.new()
+    os.close(read)
+    os.close(write)
+    assert len(child) == len(parent) == 32
+    assert child[:16] != parent[:16], "each process draws its own random half"
 
 
 def sample(name: str, labels: str = "") -> float:
