@@ -25,7 +25,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-Layer = Literal["stack", "app", "gunicorn", "uvicorn", "nginx", "compose", "locust"]
+Layer = Literal["stack", "app", "gunicorn", "uvicorn", "nginx", "compose", "swarm", "locust"]
 OUR_WORKER_CLASS = "service.worker.UvicornWorker"
 
 
@@ -66,12 +66,13 @@ class Settings(BaseSettings):
         ge=1,
         le=65535,
     )
-    runtime: Literal["auto", "docker", "local"] = knob(
+    runtime: Literal["auto", "docker", "local", "swarm"] = knob(
         "auto",
         "-",
         "stack",
-        "Where `make up` runs the stack: docker (compose), local (processes on this host), or auto = docker "
-        "when an engine is reachable.",
+        "Where `make up` runs the stack: docker (compose), local (processes on this host), swarm (a "
+        "`docker stack` on a Docker swarm, docs/SWARM.md), or auto = docker when an engine is reachable "
+        "(never swarm).",
     )
     profile: str = knob(
         "default", "-", "stack", "Tuning profile from deploy/profiles/<name>.env applied under .env."
@@ -543,6 +544,67 @@ class Settings(BaseSettings):
         "Host address compose publishes nginx's HTTP_PORT on: loopback by default; 0.0.0.0 to serve other "
         "machines (Docker-published ports bypass ufw-style host firewalls).",
         pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){3}$",
+    )
+
+    # --- swarm (RUNTIME=swarm; deploy/swarm.yml, docs/SWARM.md) ------------------------------------
+    swarm_registry: str = knob(
+        "",
+        "host[:port][/path]",
+        "swarm",
+        "Registry the images are pushed to and every node pulls from (REGISTRY/blueprint-app:TAG, TAG = the "
+        "image's content id). Empty = the images exist on this node only: a single-node swarm.",
+        pattern=r"^([a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9]+([._/-][a-z0-9]+)*)?)?$",
+    )
+    swarm_nginx_constraint: str = knob(
+        "",
+        "constraint",
+        "swarm",
+        "Placement constraint for nginx, e.g. `node.labels.blueprint.edge == true`: nginx (one per matching "
+        "node, publishing HTTP_PORT there) runs only on edge nodes. Empty = on every node.",
+        pattern=r"^((node|engine)\.[A-Za-z0-9._-]+ *(==|!=) *[^ ]+)?$",
+    )
+    swarm_app_replicas: int = knob(
+        2,
+        "tasks",
+        "swarm",
+        "App tasks `make up` deploys. A running stack keeps its `make scale` count unless this is given in "
+        "the environment of that `make up`/`make reload`.",
+        ge=1,
+    )
+    swarm_app_cpus: float = knob(
+        1.0,
+        "CPUs",
+        "swarm",
+        "CPU limit of each app task. With WEB_CONCURRENCY=0 gunicorn starts one worker per usable CPU (the "
+        "quota counts under cgroup v2 only).",
+        gt=0,
+    )
+    swarm_app_memory: str = knob(
+        "1g",
+        "bytes",
+        "swarm",
+        "Memory limit of each app task (k, m or g suffix); the kernel kills a task above it. Size it for "
+        "the workers the task starts.",
+        pattern=r"^[0-9]+[kmg]?$",
+    )
+    swarm_stop_delay: int = knob(
+        3,
+        "s",
+        "swarm",
+        "After swarm's TERM an app task serves this long before gunicorn gets the TERM: swarm drops the task "
+        "from DNS only 2 s before, and nginx must re-resolve and reload first. GUNICORN_GRACEFUL_TIMEOUT + "
+        "this must stay below COMPOSE_STOP_GRACE_PERIOD.",
+        ge=0,
+        le=60,
+    )
+    swarm_locust_workers: int = knob(
+        0,
+        "tasks",
+        "swarm",
+        "Locust as stack services: a locust-master (web UI on LOCUST_WEB_PORT of its node) and this many "
+        "locust-worker tasks spread over the nodes. 0 = no Locust services in the stack.",
+        ge=0,
+        le=64,
     )
 
     # --- locust ------------------------------------------------------------------------------------
