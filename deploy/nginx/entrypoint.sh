@@ -28,7 +28,16 @@ TEMPLATE=${NGINX_TEMPLATE:-/etc/blueprint/nginx.conf.template}
 RUN_DIR=${NGINX_RUN_DIR:-/tmp/nginx}
 CONF=$RUN_DIR/nginx.conf
 ADDRESSES=$RUN_DIR/upstream.addresses
-RESOLVE_EVERY=2
+# Swarm sets these (deploy/swarm.yml): it drops a stopping task from DNS 2 s before its TERM, so nginx must
+# re-resolve faster than that; and it has no depends_on, so nginx waits for the first healthy app task.
+RESOLVE_EVERY=${BLUEPRINT_RESOLVE_EVERY:-2}
+UPSTREAM_WAIT=${BLUEPRINT_UPSTREAM_WAIT:-0}
+# Every reload closes the old workers' idle client keep-alive connections, and a request a client sent on
+# one of them in that instant is lost (wrk: a read error). A removal must reload at once; an addition alone
+# may wait ADD_DELAY seconds, so that a start-first update's removal of the old task, right after its
+# successor turned healthy, takes both changes in one reload.
+ADD_DELAY=${BLUEPRINT_ADD_DELAY:-0}
+added_since=""
 
 log() { echo "blueprint-nginx: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -120,9 +129,28 @@ current_addresses() {
     echo "$addresses"
 }
 
+# Up to UPSTREAM_WAIT seconds until the upstream host resolves (swarm lists only healthy tasks).
+wait_for_upstream() {
+    waited=0
+    trap 'exit 0' QUIT TERM INT
+    while [ "$waited" -lt "$UPSTREAM_WAIT" ] && [ -z "$(resolve "$(upstream_host)")" ]; do
+        [ "$waited" -gt 0 ] || log "waiting up to ${UPSTREAM_WAIT}s for $(upstream_host) to resolve"
+        sleep 1
+        waited=$((waited + 1))
+    done
+    trap - QUIT TERM INT
+}
+
 render_current() {
     addresses=$(current_addresses) || exit 1
     render "$addresses" || exit 1
+}
+
+# True when every address of $1 is still in $2.
+only_added() {
+    for address in $1; do
+        echo "$2" | grep -qxF "$address" || return 1
+    done
 }
 
 # Re-resolve; on a new set of addresses re-render and signal nginx. An empty answer (the app is being
@@ -130,7 +158,17 @@ render_current() {
 follow_upstream() {
     addresses=$(resolve "$(upstream_host)")
     [ -n "$addresses" ] || return 0
-    [ "$addresses" != "$(cat "$ADDRESSES" 2>/dev/null)" ] || return 0
+    previous=$(cat "$ADDRESSES" 2>/dev/null) || previous=""
+    if [ "$addresses" = "$previous" ]; then
+        added_since=""
+        return 0
+    fi
+    if [ "$ADD_DELAY" -gt 0 ] && only_added "$previous" "$addresses"; then
+        now=$(date +%s)
+        added_since=${added_since:-$now}
+        [ $((now - added_since)) -ge "$ADD_DELAY" ] || return 0
+    fi
+    added_since=""
     log "$(upstream_host) now resolves to $(echo "$addresses" | tr '\n' ' ')- reloading"
     render "$addresses" || return 1
     kill -HUP "$1"
@@ -138,6 +176,7 @@ follow_upstream() {
 
 serve() {
     : "${NGINX_UPSTREAM:?is not set (host:port of the app)}"
+    wait_for_upstream
     render_current
     nginx -c "$CONF" -e stderr -g 'daemon off;' &
     nginx_pid=$!
