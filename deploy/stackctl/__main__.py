@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from deploy.stackctl import check, docker, docs, local, stack
+from deploy.stackctl import check, docker, docs, local, stack, swarm
 from deploy.stackctl.config import KEPT, ROOT, Effective, read_env_file
 from service.settings import ConfigError
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         ("check", "print the effective config, run each layer's validator and the ordering rules"),
     ):
         sub.add_parser(name, help=text)
-    scale_parser = sub.add_parser("scale", help="docker runtime: run N app containers behind nginx")
+    scale_parser = sub.add_parser("scale", help="docker/swarm runtime: run N app containers behind nginx")
     scale_parser.add_argument("replicas", type=int)
     sub.add_parser("images", help="docker runtime: build the images (OFFLINE=1: from ./wheelhouse)")
     sub.add_parser("wheelhouse", help="download wheels for PYTHON_IMAGE's Python into ./wheelhouse")
@@ -58,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "check":
             return check.run_check(config, runtime)
-        if runtime == "docker" or args.command in ("scale", "images", "wheelhouse"):
+        if runtime == "swarm" and args.command == "scale":
+            swarm.scale(config, args.replicas)
+            return 0
+        if runtime in ("docker", "swarm") or args.command in ("scale", "images", "wheelhouse"):
             return dispatch_docker(args, config)
         local.prepare(run, config)  # render
         print(f"rendered {run.env_file} and {run.nginx_conf}")
@@ -124,7 +127,17 @@ def existing_runtime(run: local.RunDir) -> str:
 
 
 def dispatch_without_config(args: argparse.Namespace, run: local.RunDir) -> int:
-    if existing_runtime(run) == "docker":
+    runtime = existing_runtime(run)
+    if runtime == "swarm":
+        if args.command == "down":
+            swarm.down()
+            stack.forget(run.path)
+        elif args.command == "ps":
+            swarm.ps()
+        else:
+            swarm.logs(args.follow)
+        return 0
+    if runtime == "docker":
         if args.command == "down":
             docker.down()
             stack.forget(run.path)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from deploy.stackctl import check, docker, local, rules, tls
+from deploy.stackctl import check, docker, local, rules, swarm, tls
 from deploy.stackctl.config import KEPT, KNOBS, ROOT, Effective, Value, effective
 from deploy.stackctl.local import StackError
 from deploy.stackctl.ports import LOOPBACK
@@ -36,8 +36,8 @@ from service.settings import ConfigError, Settings, load_settings
 
 __all__ = ["ConfigError", "Handle", "StackError", "attach", "findings", "running", "start"]
 
-Runtime = Literal["local", "docker"]
-RUNTIMES: tuple[Runtime, ...] = ("local", "docker")
+Runtime = Literal["local", "docker", "swarm"]
+RUNTIMES: tuple[Runtime, ...] = ("local", "docker", "swarm")
 DEFAULT_RUN_DIR = ROOT / ".run" / "local"
 RECORD = "stack.json"
 # What the runtime itself decides for each stack; never a sweep axis or a drill input.
@@ -57,12 +57,13 @@ def docker_engine_reachable() -> bool:
 
 
 def resolve_runtime(requested: str) -> Runtime:
-    """RUNTIME=auto means docker when an engine answers, else local."""
+    """RUNTIME=auto means docker when an engine answers, else local; never swarm (it changes the engine)."""
     if requested == "auto":
         return "docker" if docker_engine_reachable() else "local"
-    if requested not in RUNTIMES:
-        raise ConfigError(f"RUNTIME={requested!r}: choose one of auto, {', '.join(RUNTIMES)}")
-    return "docker" if requested == "docker" else "local"
+    for runtime in RUNTIMES:
+        if requested == runtime:
+            return runtime
+    raise ConfigError(f"RUNTIME={requested!r}: choose one of auto, {', '.join(RUNTIMES)}")
 
 
 def configured_runtime(run_dir: Path = DEFAULT_RUN_DIR, base: Mapping[str, str] | None = None) -> Runtime:
@@ -165,6 +166,9 @@ class Handle:
     def containers(self, service: str | None = None) -> list[docker.Container]:
         return self.project().running(service) if service else self.project().containers()
 
+    def swarm_stack(self) -> swarm.Stack:
+        return swarm.Stack(docker.knob_environment(self.config, self.environ))
+
     def reload(self, **knobs: str) -> Handle:
         """Apply changed knobs without dropping requests (gunicorn HUP and nginx reload)."""
         environ = {**self.environ, **knobs}
@@ -175,6 +179,8 @@ class Handle:
         check.refuse_unsafe(config, self.runtime, "reload", unsafe_allowed(environ))
         if self.runtime == "docker":
             docker.reload(config, environ)
+        elif self.runtime == "swarm":
+            swarm.reload(config, environ, self.run_dir)
         else:
             local.reload(local.RunDir(self.run_dir), config)
         record(self.run_dir, self.runtime, self.url, config)
@@ -183,6 +189,8 @@ class Handle:
     def stop(self) -> None:
         if self.runtime == "docker":
             docker.down(self.project())
+        elif self.runtime == "swarm":
+            swarm.down(self.swarm_stack())
         else:
             local.down(local.RunDir(self.run_dir), quiet=True)
         forget(self.run_dir)
@@ -248,6 +256,8 @@ def start(
     with quietly(quiet):
         if runtime == "docker":
             docker.up(config, environ)
+        elif runtime == "swarm":
+            swarm.up(config, environ, run_dir)
         else:
             local.up(local.RunDir(run_dir), config, environ)
     handle = Handle(runtime, run_dir.resolve(), config, environ)
