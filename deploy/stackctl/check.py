@@ -4,6 +4,7 @@ validator, and the ordering rules of deploy/stackctl/rules.py. `up` and `reload`
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from deploy.stackctl import docker, local, rules, tls
+from deploy.stackctl import docker, local, rules, swarm, tls
 from deploy.stackctl.config import KNOBS, ROOT, Effective, dump
 from service.settings import ConfigError, Settings
 
@@ -147,6 +148,38 @@ def validate_compose(config: Effective) -> Validation:
     return Validation("compose", name, "ok", docker.COMPOSE_FILE.name)
 
 
+def validate_swarm(config: Effective) -> Validation:
+    """The stack file `make up` would deploy (images left at their local tags), checked by `docker stack
+    config`; the detail names what the stack drops or converts from docker-compose.yml."""
+    name = "docker stack config"
+    env = {**os.environ, **{knob: dump(config.settings, knob) for knob in KNOBS}}
+    try:
+        data = swarm.rendered_config(config, env, swarm.locust_wanted(config))
+    except local.StackError as error:
+        status = "skipped" if "not installed" in str(error) else "failed"
+        return Validation("swarm", name, status, str(error))
+    stack, changed = swarm.stack_file(data, config)
+    with tempfile.TemporaryDirectory(prefix="stack-check-") as scratch:
+        path = Path(scratch) / swarm.STACK_FILE
+        path.write_text(json.dumps(stack))
+        try:
+            result = subprocess.run(
+                ["docker", "stack", "config", "-c", str(path)], capture_output=True, text=True, timeout=60
+            )
+        except OSError as error:
+            return Validation("swarm", name, "skipped", f"the docker CLI cannot run: {error}")
+    if result.returncode != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines() or [f"exit {result.returncode}"]
+        return Validation("swarm", name, "failed", lines[-1])
+    stand_ins = {**swarm.DROPPED, **swarm.CONVERTED}
+    notes = "; ".join(
+        f"{key} ({', '.join(services)}) -> {stand_ins[key]}" for key, services in changed.items()
+    )
+    return Validation(
+        "swarm", name, "ok", f"docker-compose.yml + deploy/swarm.yml; not as in compose: {notes}"
+    )
+
+
 def print_findings(findings: list[rules.Finding], console: Console) -> None:
     for finding in findings:
         mark = {"ok": "[green]✓ ok[/]", "error": "[red]✗ error[/]", "warning": "[yellow]! warning[/]"}
@@ -173,6 +206,8 @@ def run_check(config: Effective, runtime: str) -> int:
 
     console.print("\n[bold]Validators[/]")
     validations = [validate_nginx(config), validate_gunicorn(config), validate_compose(config)]
+    if runtime == "swarm":
+        validations.append(validate_swarm(config))
     for check in validations:
         colour = {"ok": "green", "failed": "red", "skipped": "yellow"}[check.status]
         console.print(f"[{colour}]{check.status:>7}[/] {check.command}: {check.detail}", highlight=False)

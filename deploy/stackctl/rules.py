@@ -11,6 +11,8 @@ import importlib
 import math
 import os
 import resource
+import shutil
+import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,11 +31,46 @@ class Fact:
     value: int
 
 
+def api_at_least(version: str | None, minimum: str) -> bool:
+    if version is None:
+        return True  # unknown: assume a current engine; swarm_engine warns that it could not ask
+    return tuple(int(part) for part in version.split(".")) >= tuple(int(part) for part in minimum.split("."))
+
+
+# Service (swarm) support of what docker-compose.yml sets, by the engine's API version.
+SWARM_SYSCTLS_API = "1.40"  # Docker 19.03
+SWARM_ULIMITS_API = "1.41"  # Docker 20.10, as capabilities (cap_drop)
+
+
+@dataclass(frozen=True)
+class SwarmFacts:
+    """What the engine behind DOCKER_HOST says about swarm; None where no engine answered."""
+
+    api_version: str | None
+    nodes: int | None
+
+    @classmethod
+    def probe(cls) -> SwarmFacts:
+        def ask(*command: str) -> str | None:
+            if not shutil.which("docker"):
+                return None
+            try:
+                done = subprocess.run(["docker", *command], capture_output=True, text=True, timeout=15)
+            except (OSError, subprocess.TimeoutExpired):
+                return None
+            return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else None
+
+        api = ask("version", "--format", "{{.Server.APIVersion}}")
+        nodes = ask("info", "--format", "{{.Swarm.Nodes}}")
+        return cls(api, int(nodes) if nodes and nodes.isdigit() and int(nodes) > 0 else None)
+
+
 @dataclass(frozen=True)
 class HostFacts:
     somaxconn: Fact
     open_files: Fact
     cpus: int
+    swarm: SwarmFacts | None = None  # set for the swarm runtime only
 
     @classmethod
     def local(cls) -> HostFacts:
@@ -58,7 +95,22 @@ class HostFacts:
         )
 
     @classmethod
+    def on_swarm(cls, settings: Settings, swarm: SwarmFacts) -> HostFacts:
+        """The compose knobs, where the engine applies them to services; else what a task gets instead."""
+        somaxconn = Fact("COMPOSE_SOMAXCONN", settings.compose_somaxconn)
+        if not api_at_least(swarm.api_version, SWARM_SYSCTLS_API):
+            somaxconn = Fact(
+                f"net.core.somaxconn of a task (engine API {swarm.api_version}: no sysctls)", 128
+            )
+        open_files = Fact("COMPOSE_NOFILE", settings.compose_nofile)
+        if not api_at_least(swarm.api_version, SWARM_ULIMITS_API):
+            open_files = Fact(f"ulimit -n of a task (engine API {swarm.api_version}: no ulimits)", 1024)
+        return cls(somaxconn, open_files, usable_cpus(), swarm)
+
+    @classmethod
     def for_runtime(cls, runtime: str, settings: Settings) -> HostFacts:
+        if runtime == "swarm":
+            return cls.on_swarm(settings, SwarmFacts.probe())
         return cls.docker(settings) if runtime == "docker" else cls.local()
 
 
@@ -392,6 +444,123 @@ def settings_without_effect(settings: Settings, host: HostFacts) -> list[Finding
     return findings
 
 
+def swarm_findings(settings: Settings, host: HostFacts) -> list[Finding]:
+    """What docker-compose.yml relies on that a swarm stack does not do, where stackctl cannot stand in."""
+    swarm = host.swarm
+    if swarm is None:
+        set_swarm = sorted(env_name(f) for f in settings.model_fields_set if f.startswith("swarm_"))
+        if not set_swarm:
+            return []
+        shown_values = {name: str(getattr(settings, name.lower())) for name in set_swarm}
+        return [
+            Finding(
+                "no effect",
+                "warning",
+                f"{', '.join(set_swarm)} set while the runtime is not swarm",
+                "only RUNTIME=swarm deploys a stack; the other runtimes ignore the SWARM_* knobs",
+                "unset them or use RUNTIME=swarm",
+                values=shown_values,
+            )
+        ]
+    stop = settings.gunicorn_graceful_timeout + settings.swarm_stop_delay
+    findings = below(
+        (4, "graceful shutdown, swarm"),
+        combined(
+            f"GUNICORN_GRACEFUL_TIMEOUT={settings.gunicorn_graceful_timeout} + "
+            f"SWARM_STOP_DELAY={settings.swarm_stop_delay}",
+            stop,
+            knob(settings, "gunicorn_graceful_timeout"),
+            knob(settings, "swarm_stop_delay"),
+        ),
+        knob(settings, "compose_stop_grace_period"),
+        "an app task gets gunicorn's TERM only SWARM_STOP_DELAY after swarm's; swarm SIGKILLs it "
+        "COMPOSE_STOP_GRACE_PERIOD after its own TERM: exit 137, in-flight work lost",
+        f"raise COMPOSE_STOP_GRACE_PERIOD above {stop} or lower SWARM_STOP_DELAY / GUNICORN_GRACEFUL_TIMEOUT",
+    )
+    api = swarm.api_version
+    if api is None:
+        findings.append(
+            Finding(
+                "swarm engine",
+                "warning",
+                "no Docker engine answered: its support of sysctls and ulimits for services is unknown",
+                "swarm applies COMPOSE_SOMAXCONN from engine API 1.40 and COMPOSE_NOFILE from 1.41 on; "
+                "older engines ignore them and rule 6 does not hold as checked",
+                "set DOCKER_HOST to the swarm manager and run `make check` again",
+            )
+        )
+    ignored = [
+        name
+        for name, minimum in (
+            ("sysctls (COMPOSE_SOMAXCONN)", SWARM_SYSCTLS_API),
+            ("ulimits (COMPOSE_NOFILE)", SWARM_ULIMITS_API),
+        )
+        if not api_at_least(api, minimum)
+    ]
+    if ignored:
+        findings.append(
+            Finding(
+                "swarm engine",
+                "warning",
+                f"engine API {api} ignores {' and '.join(ignored)} for swarm services",
+                "tasks keep the engine's defaults, so the backlog and open-file limits of rule 6 are "
+                "checked against those defaults, not against the compose knobs",
+                f"upgrade the engine to API >= {SWARM_ULIMITS_API} (Docker 20.10)",
+                values={"engine API": str(api)},
+            )
+        )
+    if swarm.nodes and swarm.nodes > 1 and not settings.swarm_registry:
+        findings.append(
+            Finding(
+                "swarm images",
+                "error",
+                f"SWARM_REGISTRY is empty on a swarm of {swarm.nodes} nodes",
+                "swarm ignores `build:`: images built here exist on this node only, and tasks placed on "
+                "another node fail with `No such image`",
+                "set SWARM_REGISTRY to a registry every node can pull from (docs/SWARM.md)",
+                values={"SWARM_REGISTRY": "", "nodes": str(swarm.nodes)},
+            )
+        )
+    if settings.nginx_tls:
+        findings.append(
+            Finding(
+                "swarm TLS",
+                "error",
+                "NGINX_TLS=1 is not wired for RUNTIME=swarm",
+                "the certificate and key reach nginx through a bind-mount overlay of the compose runtime; a "
+                "stack would need them as Docker secrets on every nginx node",
+                "terminate TLS in front of the swarm's nginx, or use RUNTIME=docker for NGINX_TLS=1",
+                values={"NGINX_TLS": "1"},
+            )
+        )
+    if settings.compose_publish_address != "0.0.0.0":
+        findings.append(
+            Finding(
+                "swarm publish",
+                "warning",
+                f"COMPOSE_PUBLISH_ADDRESS={settings.compose_publish_address} does not apply to swarm: "
+                f"HTTP_PORT={settings.http_port} listens on every address of each nginx node",
+                "swarm's published ports (host mode here) take no bind address",
+                "firewall HTTP_PORT on the nodes, then set COMPOSE_PUBLISH_ADDRESS=0.0.0.0 to say so",
+                values={
+                    "COMPOSE_PUBLISH_ADDRESS": settings.compose_publish_address,
+                    "HTTP_PORT": str(settings.http_port),
+                },
+            )
+        )
+    findings.append(
+        Finding(
+            "swarm hardening",
+            "warning",
+            "security_opt no-new-privileges is not applied to swarm tasks",
+            "`docker stack deploy` ignores security_opt; cap_drop ALL, the non-root users and the read-only "
+            "root filesystems still apply",
+            "accept it, or run the containers with RUNTIME=docker where it applies",
+        )
+    )
+    return findings
+
+
 Rule = Callable[[Settings, HostFacts], list[Finding]]
 
 RULES: tuple[Rule, ...] = (
@@ -403,7 +572,7 @@ RULES: tuple[Rule, ...] = (
     connection_capacity,
     concurrency_headroom,
 )
-ADVICE: tuple[Rule, ...] = (settings_without_effect, drain_fits_the_grace)
+ADVICE: tuple[Rule, ...] = (settings_without_effect, drain_fits_the_grace, swarm_findings)
 
 
 def evaluate(settings: Settings, host: HostFacts) -> list[Finding]:
