@@ -11,9 +11,12 @@ RUN_DIR ?= .run/local
 STACKCTL := $(PY) -m deploy.stackctl --run-dir $(RUN_DIR)
 
 ##@ Stack
+# RUNTIME=local | docker | swarm (default auto: docker when an engine answers, else local; never swarm).
+# RUNTIME=swarm deploys docker-compose.yml + deploy/swarm.yml as a `docker stack`; reload is a rolling update
+# (docs/SWARM.md: nodes, labels, SWARM_REGISTRY).
 
 .PHONY: up
-up: venv ## Start the stack (Docker when an engine is reachable, else local processes) and print its URL
+up: venv ## Start the stack (Docker when an engine is reachable, else local processes; or RUNTIME=swarm) and print its URL
 	@$(STACKCTL) up
 
 .PHONY: down
@@ -34,10 +37,11 @@ logs: venv ## Follow the stack's logs
 
 ##@ Containers
 # Build inputs (environment or make variables): PYTHON_IMAGE, NGINX_IMAGE (base images), OFFLINE=1 (install
-# only from ./wheelhouse, built on the host for PYTHON_IMAGE's Python). COMPOSE_PROJECT_NAME picks the project.
+# only from ./wheelhouse, built on the host for PYTHON_IMAGE's Python). COMPOSE_PROJECT_NAME picks the project
+# (and names the swarm stack).
 
 .PHONY: scale
-scale: venv ## Docker runtime: run APP=N app containers behind nginx (kept by the next `make up`)
+scale: venv ## Docker/swarm runtime: run APP=N app containers behind nginx (kept by the next `make up`)
 	@$(STACKCTL) scale $(or $(APP),$(error usage: make scale APP=N))
 
 .PHONY: images
@@ -79,7 +83,7 @@ drill: venv ## Worker-lifecycle drills under load (reload, recycle, TERM/KILL/ti
 # BENCH=name (or a,b; default: every row: nginx-return, bare, blueprint-direct, blueprint-nginx, slow-held, ws-held,
 # uvicorn, granian, gunicorn-asgi). One wrk (-t1 -c BENCH_CONNECTIONS, 64) and one worker count (WEB_CONCURRENCY,
 # default the blueprint's) for every row; BENCH_SECONDS (10) per row; BENCH_SLOW_N (1000) /api/slow?delay=
-# BENCH_SLOW_DELAY (1) and BENCH_WS_N (1000) WebSockets held through nginx; PROFILE; BENCH_SHORT=1 (2 s, small N).
+# BENCH_SLOW_DELAY (5) and BENCH_WS_N (1000) WebSockets held through nginx; PROFILE; BENCH_SHORT=1 (2 s, small N).
 .PHONY: bench
 bench: venv ## The blueprint's hot path beside a bare FastAPI app, nginx and other servers; writes reports/bench-<time>/
 	@$(PY) -m loadtest.bench --bench "$(BENCH)" $(if $(BENCH_SECONDS),--seconds "$(BENCH_SECONDS)") \

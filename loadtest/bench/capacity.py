@@ -39,7 +39,7 @@ def slow_held(
     run = run_wrk(
         wrk,
         f"{url}/api/slow?delay={delay:g}",
-        max(seconds, 3 * delay),
+        max(seconds, 2 * delay),
         n,
         delay + TIMEOUT_MARGIN_S,
         out_dir,

@@ -35,7 +35,7 @@ def parser() -> Parser:
     p.add_argument("--connections", help="BENCH_CONNECTIONS: wrk connections of the throughput rows (64)")
     p.add_argument("--workers", help="WEB_CONCURRENCY: workers of every server (default: the blueprint's)")
     p.add_argument("--slow-n", help="BENCH_SLOW_N: /api/slow requests held at once (1000; short: 50)")
-    p.add_argument("--slow-delay", help="BENCH_SLOW_DELAY: their delay in s (1; short: 0.5)")
+    p.add_argument("--slow-delay", help="BENCH_SLOW_DELAY: their delay in s (5; short: 0.5)")
     p.add_argument("--ws-n", help="BENCH_WS_N: WebSockets held (1000; short: 50)")
     p.add_argument("--profile", help="PROFILE: the blueprint's tuning profile (deploy/profiles/)")
     p.add_argument("--short", action="store_true", help="BENCH_SHORT=1: 2 s rows and small N, for tests")

@@ -70,7 +70,7 @@ class Params:
     connections: int = 64
     workers: int = 0  # 0: the blueprint's WEB_CONCURRENCY for the profile
     slow_n: int = 1000
-    slow_delay: float = 1.0
+    slow_delay: float = 5.0  # 1000 held for 5 s = 200 req/s: holding them, not their rate, is measured
     ws_n: int = 1000
     profile: str = ""
     short: bool = False

@@ -89,6 +89,9 @@ def run_bench(
     wrk = find_wrk()
     config = servers.blueprint_config(params, base)
     params = dataclasses.replace(params, workers=params.workers or config.settings.workers)
+    most = config.settings.app_max_delay
+    if any(spec.kind == "slow" for spec in specs) and params.slow_delay > most:
+        raise BenchError(f"BENCH_SLOW_DELAY={params.slow_delay:g} is above APP_MAX_DELAY={most:g}")
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     report_dir = out_root / f"bench-{stamp}"
     report_dir.mkdir(parents=True, exist_ok=False)

@@ -45,6 +45,7 @@ WS_FIELDS = {"n", "connected", "drops", "rtt_p50_ms", "rtt_p99_ms", "rss_kib_per
         (["--bench", "bare,granain"], "unknown row 'granain'; did you mean granian?"),
         (["--seconds", "abc"], "BENCH_SECONDS='abc': not a number"),
         (["--ws-n", "0"], "BENCH_WS_N='0': must be at least 1"),
+        (["--slow-delay", "9999"], "BENCH_SLOW_DELAY=9999 is above APP_MAX_DELAY="),
         (["--bogus"], "unrecognized arguments: --bogus"),
     ],
 )
