@@ -158,8 +158,8 @@ def stack_environment() -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="package")
-def docker_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerStack]:
+def require_engine() -> None:
+    """Skip (or, with REQUIRE_DOCKER=1, fail) without an engine and a compose binary."""
     try:
         info = docker("info", "--format", "{{.ServerVersion}}", timeout=20)
     except (OSError, subprocess.TimeoutExpired) as error:
@@ -170,6 +170,11 @@ def docker_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerSta
         compose_command()
     except StackError as error:
         unavailable(str(error))
+
+
+@pytest.fixture(scope="package")
+def docker_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerStack]:
+    require_engine()
     stack = DockerStack(stack_environment())
     built = stack.stackctl("images", timeout=BUILD_TIMEOUT)
     assert built.returncode == 0, f"building the images failed: {built.stderr[-3000:]}"
