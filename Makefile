@@ -11,9 +11,12 @@ RUN_DIR ?= .run/local
 STACKCTL := $(PY) -m deploy.stackctl --run-dir $(RUN_DIR)
 
 ##@ Stack
+# RUNTIME=local | docker | swarm (default auto: docker when an engine answers, else local; never swarm).
+# RUNTIME=swarm deploys docker-compose.yml + deploy/swarm.yml as a `docker stack`; reload is a rolling update
+# (docs/SWARM.md: nodes, labels, SWARM_REGISTRY).
 
 .PHONY: up
-up: venv ## Start the stack (Docker when an engine is reachable, else local processes) and print its URL
+up: venv ## Start the stack (Docker when an engine is reachable, else local processes; or RUNTIME=swarm) and print its URL
 	@$(STACKCTL) up
 
 .PHONY: down
@@ -34,10 +37,11 @@ logs: venv ## Follow the stack's logs
 
 ##@ Containers
 # Build inputs (environment or make variables): PYTHON_IMAGE, NGINX_IMAGE (base images), OFFLINE=1 (install
-# only from ./wheelhouse, built on the host for PYTHON_IMAGE's Python). COMPOSE_PROJECT_NAME picks the project.
+# only from ./wheelhouse, built on the host for PYTHON_IMAGE's Python). COMPOSE_PROJECT_NAME picks the project
+# (and names the swarm stack).
 
 .PHONY: scale
-scale: venv ## Docker runtime: run APP=N app containers behind nginx (kept by the next `make up`)
+scale: venv ## Docker/swarm runtime: run APP=N app containers behind nginx (kept by the next `make up`)
 	@$(STACKCTL) scale $(or $(APP),$(error usage: make scale APP=N))
 
 .PHONY: images

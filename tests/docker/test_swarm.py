@@ -328,7 +328,7 @@ def assert_nothing_failed_but_reload_races(load: Load, reloads: int, bound: int)
 
     What nginx 1.22 cannot avoid is counted, not hidden: each reload closes the old workers' idle client
     keep-alive connections, and a POST wrk wrote on one of them in that instant is lost (a read error; at
-    most one per connection). nginx >= 1.27.4 has keepalive_min_timeout for exactly this. So read errors
+    most one per connection). Newer nginx has keepalive_min_timeout for exactly this. So read errors
     are bounded by connections x reloads, and the reloads themselves by `bound`."""
     print(f"\n{load}; nginx reloads {reloads}")
     assert load.seconds >= MIN_SECONDS and load.requests >= MIN_REQUESTS, f"too little load to judge: {load}"
