@@ -57,15 +57,15 @@ def capacity_tables(rows: list[Row]) -> list[str]:
     slow = [r for r in rows if r.spec.kind == "slow"]
     if slow:
         lines += [
-            "| row | held at once | delay s | req/s (expected) | p50 ms | p99 ms | p99 - delay ms | errors "
+            "| row | held at once | delay s | answered | p50 ms | p99 ms | p99 - delay ms | errors "
             "| wrk CPU % | note |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in slow:
             v = row.values
             lines.append(
-                f"| {row.spec.name} | {num(v.get('n'))} | {num(v.get('delay_s'), 2)} | {num(v.get('rps'))} "
-                f"({num(v.get('expected_rps'))}) | {num(v.get('p50_ms'))} | {num(v.get('p99_ms'))} "
+                f"| {row.spec.name} | {num(v.get('n'))} | {num(v.get('delay_s'), 2)} "
+                f"| {num(v.get('requests'))} | {num(v.get('p50_ms'))} | {num(v.get('p99_ms'))} "
                 f"| {num(v.get('p99_over_delay_ms'))} | {num(v.get('errors'))} "
                 f"| {num(v.get('wrk_cpu_percent'))}{flag(row)} | {row.status} {row.note} |"
             )
