@@ -91,7 +91,9 @@ def reload(run_dir: Path) -> int:
     changed = stack.changes(handle.config, new)
     for name, old, value, source in changed:
         print(f"  {name}: {old} -> {value} ({source})")
-    if not changed:
+    if not changed and handle.runtime == "swarm":
+        print("no knob changed; replacing the app tasks anyway (a rolling update)")
+    elif not changed:
         print("no knob changed; reloading anyway (new workers, nginx re-reads its config)")
     kept = [f"{name}={value.value}" for name, value in new.values.items() if value.source == KEPT]
     if kept:
