@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 
@@ -184,3 +185,15 @@ def test_metrics_count_requests_of_every_worker(two_worker_stack: Stack) -> None
     )
     assert served == 60
     assert "app_worker_up 2.0" in text
+
+
+@pytest.mark.parametrize("sent", ['a"b', "x" * 129, "two words", "bad\\id"])
+def test_a_request_id_that_is_not_a_plain_token_is_replaced_so_error_bodies_stay_json(
+    one_worker_stack: Stack, sent: str
+) -> None:
+    response = httpx2.get(f"{one_worker_stack.url}/metrics", headers={"X-Request-ID": sent})  # nginx's 404
+    assert response.status_code == 404
+    body = response.json()  # a client's quote would have broken nginx's JSON
+    assert body["layer"] == "nginx" and body["request_id"] != sent
+    assert re.fullmatch(r"[0-9a-f]{32}", body["request_id"]), "nginx's own $request_id instead"
+    assert response.headers["x-request-id"] == body["request_id"]
