@@ -178,6 +178,7 @@ class UvicornWorker(uvicorn_worker.UvicornWorker):  # type: ignore[misc]
             "ws_ping_interval": settings.uvicorn_ws_ping_interval,
             "ws_ping_timeout": settings.uvicorn_ws_ping_timeout,
             "ws_max_size": settings.uvicorn_ws_max_size,
+            "ws_per_message_deflate": bool(settings.uvicorn_ws_per_message_deflate),
             "timeout_graceful_shutdown": settings.uvicorn_timeout_graceful_shutdown,
             "access_log": False,
             "server_header": False,
