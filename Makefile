@@ -24,7 +24,7 @@ down: venv ## Stop what `make up` started and wait until its ports are free
 	@$(STACKCTL) down
 
 .PHONY: reload
-reload: venv ## Apply changed settings without dropping requests (gunicorn HUP, nginx reload)
+reload: venv ## Apply changed settings without dropping requests: prints what changes, keeps start values (gunicorn HUP; nginx if its config changed)
 	@$(STACKCTL) reload
 
 .PHONY: ps
