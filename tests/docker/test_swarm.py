@@ -31,38 +31,10 @@ from deploy.stackctl.config import Effective, effective
 from deploy.stackctl.local import find_wrk
 from service.settings import load_settings
 from tests.docker.conftest import BUILD_TIMEOUT, DockerStack, docker, require_engine, stack_environment
+from tests.docker.through_nginx import *  # noqa: F403 (the runtime-independent tests, on the swarm stack)
 from tests.stack.conftest import ROOT
-from tests.stack.test_through_nginx import (  # the same functions, run against the swarm stack
-    test_200_slow_requests_share_one_worker_concurrently,
-    test_app_timeout_is_the_apps_json_504,
-    test_blocking_route_stalls_its_worker_and_slow_route_does_not,
-    test_malformed_json_is_a_json_422_from_the_app,
-    test_oversize_body_is_nginxs_json_413,
-    test_ping_through_nginx,
-    test_request_id_reaches_the_app_and_comes_back,
-    test_stream_chunks_arrive_one_by_one,
-    test_unknown_route_is_json,
-    test_ws_echo_text_and_binary_through_nginx,
-    test_ws_oversize_message_closes_with_1009,
-    test_ws_ticker_pushes_through_nginx,
-)
 
 pytestmark = pytest.mark.docker
-
-__all__ = [
-    "test_200_slow_requests_share_one_worker_concurrently",
-    "test_app_timeout_is_the_apps_json_504",
-    "test_blocking_route_stalls_its_worker_and_slow_route_does_not",
-    "test_malformed_json_is_a_json_422_from_the_app",
-    "test_oversize_body_is_nginxs_json_413",
-    "test_ping_through_nginx",
-    "test_request_id_reaches_the_app_and_comes_back",
-    "test_stream_chunks_arrive_one_by_one",
-    "test_unknown_route_is_json",
-    "test_ws_echo_text_and_binary_through_nginx",
-    "test_ws_oversize_message_closes_with_1009",
-    "test_ws_ticker_pushes_through_nginx",
-]
 
 WRK_CONNECTIONS = 16
 # Enough load that "nothing failed" means something. The rate itself is a measurement, not a pass mark
