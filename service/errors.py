@@ -95,7 +95,11 @@ async def validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def unhandled_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(request, 500, "internal_error", "the app failed; see its log")
+    response = error_response(request, 500, "internal_error", "the app failed; see its log")
+    # Starlette re-raises after sending this, and uvicorn then closes the connection. Without the header
+    # nginx pools that connection and may send the next POST on it as it closes: a 502 it does not retry.
+    response.headers["connection"] = "close"
+    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -84,6 +84,7 @@ def test_unhandled_exception_is_a_json_500() -> None:
         response = test_client.get("/boom")
     assert response.status_code == 500
     assert response.json()["error"] == "internal_error"
+    assert response.headers["connection"] == "close"
 
 
 def test_readyz_turns_503_while_draining(client: TestClient) -> None:
