@@ -5,9 +5,11 @@ import logging
 
 import pytest
 from fastapi.testclient import TestClient
+from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocketDisconnect
 
-from service import lifecycle
+from service import app as app_module
+from service import lifecycle, routes
 from service.app import create_app
 from service.settings import load_settings
 
@@ -203,3 +205,18 @@ def test_the_apps_access_line_is_written_only_when_app_access_log_is_on(enabled:
     assert len(logged) == enabled
     if enabled:
         assert logged[0]["route"] == "/api/ping" and logged[0]["status"] == 200
+
+
+def test_routes_are_registered_flat_with_the_document_include_router_gives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = load_settings()
+    flat = create_app(settings)
+    monkeypatch.setattr(
+        app_module, "add_flat", lambda app, router, responses: app.include_router(router, responses=responses)
+    )
+    included = create_app(settings)
+    assert TestClient(flat).get("/openapi.json").content == TestClient(included).get("/openapi.json").content
+    assert all(isinstance(route, Route | WebSocketRoute) for route in flat.router.routes)
+    declared = [(route.path, route.name) for router in routes.ROUTERS for route in router.routes]
+    assert [(route.path, route.name) for route in flat.router.routes][-len(declared) :] == declared
