@@ -22,7 +22,10 @@ Every error body, whichever layer sends it, is an `ErrorBody`; its `layer` says 
 `uvicorn` or `nginx`. Each route lists the statuses a client can get and which layer sends each.
 `/api/stream` sends `application/x-ndjson`: one `StreamChunk` per line (`itemSchema`). A client that sends
 its headers or body too slowly (NGINX_CLIENT_HEADER_TIMEOUT, NGINX_CLIENT_BODY_TIMEOUT) gets no response:
-nginx closes the connection and logs a 408.
+nginx closes the connection and logs a 408. A request nginx refuses before it knows the route (a request
+line it cannot parse: 400, 414, 505; headers too large: 431) gets what every route documents for that
+status. With NGINX_TLS=1 the plain-HTTP port answers every request with a 308 to the same URL on HTTPS,
+whose body is nginx's own short HTML page.
 
 The WebSocket routes are not part of OpenAPI and so not described here: `/ws/echo` echoes text and binary
 messages and closes with 1009 above UVICORN_WS_MAX_SIZE; `/ws/ticker?interval=S` pushes
@@ -108,7 +111,11 @@ def error(description: str) -> dict[str, Any]:
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: error("nginx `bad_request`: a request nginx refuses (no Host, a bad Content-Length, ...)."),
+    400: error(
+        "nginx `bad_request`: a request nginx refuses: a request line it cannot parse, a malformed header, "
+        "no or a bad Host, a bad Content-Length, both Content-Length and Transfer-Encoding, a broken chunked "
+        "body. nginx `plain_http_to_https_port`: plain HTTP sent to the HTTPS port (NGINX_TLS=1)."
+    ),
     404: error(
         "app `not_found`: no route has this path — any path not in this document. nginx `not_found`: a "
         "path nginx keeps off the public port (`/metrics`)."
@@ -118,11 +125,19 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         "nginx `payload_too_large`: a body larger than NGINX_CLIENT_MAX_BODY_SIZE, on any method; the app "
         "never sees it."
     ),
+    414: error(
+        "nginx `uri_too_long`: a request line longer than one of nginx's large_client_header_buffers (8k)."
+    ),
     429: error(
         "nginx `rate_limited`: on `/api/` routes when NGINX_LIMIT_REQ_ENABLED=1, above NGINX_LIMIT_REQ_RATE "
         "per client IP plus NGINX_LIMIT_REQ_BURST."
     ),
+    431: error(
+        "nginx `headers_too_large`: a header line longer than one of nginx's large_client_header_buffers "
+        "(8k), or all headers longer than all four (nginx's own 494, which it would send as a 400)."
+    ),
     500: error("app `internal_error`: an unhandled exception, in the app's log. nginx `proxy_error`."),
+    501: error("nginx `not_implemented`: a Transfer-Encoding other than `chunked`."),
     502: error(
         "nginx `bad_gateway`: the app closed or refused the connection: a worker killed (GUNICORN_TIMEOUT), "
         "crashed or restarting, or a keep-alive race (`make check` rule 1)."
@@ -135,6 +150,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     504: error(
         "app `request_timeout`: no response started within APP_REQUEST_TIMEOUT. nginx `gateway_timeout`: "
         "the app sent nothing for NGINX_PROXY_READ_TIMEOUT (a blocked event loop, or the two out of order)."
+    ),
+    505: error(
+        "nginx `http_version_not_supported`: a request line naming HTTP/2.0 or above (HTTP/2 is chosen by "
+        "ALPN over TLS, never named in a request line)."
     ),
 }
 

@@ -22,7 +22,7 @@ from service.settings import load_settings
 from tests.stack.conftest import ROOT
 
 URI = "urn:blueprint:openapi"
-ERROR_STATUSES = {"400", "404", "405", "413", "429", "500", "502", "503", "504"}
+ERROR_STATUSES = {"400", "404", "405", "413", "414", "429", "431", "500", "501", "502", "503", "504", "505"}
 
 
 def escape(token: str) -> str:
@@ -244,3 +244,25 @@ def test_every_json_page_of_nginx_is_a_documented_error_body(contract: Contract)
     # description of the API says so.
     assert {status for status, _ in pages} - ERROR_STATUSES == {"408"}
     assert "408" in contract.document["info"]["description"]
+
+
+ERROR_PAGE = re.compile(r"^\s*error_page ([\d ]+?) (?:=(\d{3}) )?(\S+);$", re.MULTILINE)
+EDGE_PAGE = re.compile(r"^\s*location = (/_edge/\d{3}) \{ internal; return (\d{3}) '", re.MULTILINE)
+# What nginx answers before it knows the route (ngx_http_request.c: ngx_http_process_request_line,
+# ngx_http_process_request_headers, ngx_http_process_request_header, ngx_http_process_request): a bad request
+# line or header, 414, 494 (headers too large), 497 (plain HTTP to the HTTPS port), 501, 505, 405 (TRACE).
+BEFORE_ROUTING = {400, 405, 414, 494, 497, 501, 505}
+
+
+def test_every_error_page_of_nginx_is_an_internal_uri_with_its_own_status() -> None:
+    """A named location (@name) fails for a request without a URI and nginx sends its HTML 500 instead."""
+    template = (ROOT / "deploy/nginx/nginx.conf.template").read_text()
+    public_server = template.split("server {")[1]
+    pages = dict(EDGE_PAGE.findall(public_server))
+    intercepted = set()
+    for codes, overwrite, target in ERROR_PAGE.findall(public_server):
+        assert target in pages, f"error_page {codes} -> {target}: no internal location answers it"
+        for code in codes.split():
+            intercepted.add(int(code))
+            assert pages[target] == (overwrite or code), f"error_page {code} -> {target}"
+    assert intercepted >= BEFORE_ROUTING, BEFORE_ROUTING - intercepted

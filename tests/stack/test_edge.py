@@ -25,7 +25,9 @@ from deploy.stackctl import tls
 from deploy.stackctl.config import NGINX_TEMPLATE, effective, nginx_variables, render_nginx
 from deploy.stackctl.local import RunDir, find_nginx, find_openssl, pinned_paths
 from deploy.stackctl.ports import free_port
+from tests.service.test_openapi import Contract
 from tests.stack.conftest import Stack, make_stack, running
+from tests.stack.test_contract import MALFORMED, exchange, refusal
 
 pytestmark = pytest.mark.stack
 
@@ -201,6 +203,40 @@ def test_demo_routes_are_served_by_default(plain_stack: Stack) -> None:
     for path in DEMO_ROUTES:
         response = httpx2.get(f"{plain_stack.url}{path}", params={"delay": 0, "work": 1})
         assert response.status_code == 200, path
+
+
+def test_malformed_requests_get_nginxs_json_errors_on_both_ports(tls_stack: TlsStack) -> None:
+    """Over TLS, plain HTTP to the HTTPS port, and on the plain port, which answers them instead of
+    redirecting to HTTPS (there is no URL to redirect to)."""
+    contract = Contract(httpx2.get(f"{tls_stack.https}/openapi.json", verify=tls_stack.trusted()).json())
+    https_port, http_port = int(tls_stack.stack.env["HTTPS_PORT"]), int(tls_stack.stack.env["HTTP_PORT"])
+    plain_request = b"GET /api/ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", https_port), timeout=5) as raw:
+        refusal(contract, exchange(raw, plain_request), 400, "plain_http_to_https_port")
+    for case in ("request line", "header too long", "HTTP/9.9"):
+        data, status, error = MALFORMED[case]
+        with (
+            socket.create_connection(("127.0.0.1", https_port), timeout=5) as raw,
+            tls_stack.trusted().wrap_socket(raw, server_hostname="localhost") as connection,
+        ):
+            refusal(contract, exchange(connection, data), status, error)
+        with socket.create_connection(("127.0.0.1", http_port), timeout=5) as raw:
+            refusal(contract, exchange(raw, data), status, error)
+
+
+def test_a_malformed_http2_request_gets_nginxs_json_400(tls_stack: TlsStack) -> None:
+    curl = shutil.which("curl")
+    assert curl, "curl (with HTTP/2) is needed for this test"
+    contract = Contract(httpx2.get(f"{tls_stack.https}/openapi.json", verify=tls_stack.trusted()).json())
+    answer = subprocess.run(
+        [curl, "-sS", "--http2", "--cacert", str(tls_stack.ca), "--request-target", "no-slash",
+         "-w", "\n%{http_version} %{response_code} %{content_type}", f"{tls_stack.https}/"],
+        capture_output=True, text=True, timeout=10,
+    )  # fmt: skip
+    body, _, written = answer.stdout.rpartition("\n")
+    assert written == "2 400 application/json", (answer.stdout, answer.stderr)
+    refused = contract.check("GET", "*", 400, "application/json", body.encode())
+    assert (refused["layer"], refused["error"]) == ("nginx", "bad_request")
 
 
 @pytest.mark.loadtest
