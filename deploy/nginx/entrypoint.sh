@@ -12,32 +12,45 @@
 # fails with one line when one of them is not set: docker-compose.yml passes every NGINX_* knob. Then it
 # keeps the template's `#[name] ` lines whose condition holds, as stackctl does for the local runtime:
 # tls (NGINX_TLS=1; with tls_http2_on or tls_http2_listen by this nginx's version), demo_routes_off
-# (APP_DEMO_ROUTES=0). With TLS, compose mounts the certificate and key read-only at NGINX_TLS_CERT/KEY.
+# (APP_DEMO_ROUTES=0), resolve (below). With TLS, compose mounts the certificate and key read-only at
+# NGINX_TLS_CERT/KEY.
 #
-# Why it re-resolves: nginx resolves `server app:8000;` once, at start. When compose recreates or scales
-# the app, the containers get new addresses and nginx keeps sending to the old one (502). Two known fixes:
-#   - `resolver 127.0.0.11` + a variable in proxy_pass: re-resolves per request, but such a proxy_pass has
-#     no `upstream` block, so no upstream keep-alive pool — the very thing this blueprint tunes;
-#   - `server app:8000 resolve;` in the upstream: right, but only in nginx >= 1.27.3 (Debian 12 has 1.22).
-# So this script does what `resolve` does, on any nginx: every RESOLVE_EVERY seconds it asks Docker's DNS
-# for all addresses of the upstream host, and when the set changes it renders one `server` line per
-# replica and reloads nginx (graceful: open requests finish on the old workers). Keep-alive pools stay.
+# Following the app's replicas. nginx resolves `server app:8000;` once, at start: when compose recreates or
+# scales the app, or swarm replaces a task, the addresses change and nginx keeps sending to the old ones.
+#   - nginx >= 1.27.3 (the default nginx:1.28-alpine; CI's Debian sid base): the upstream is rendered as
+#     `server <host>:<port> resolve;` with a `zone` and Docker's DNS as `resolver` (the template's `resolve`
+#     lines). nginx itself re-asks for the name every 2 s (valid=1s, and its timer adds 1 s), adds and
+#     removes servers in its shared zone, and never reloads for it: a removed server's in-flight requests
+#     finish (it is freed when the last one ends), its idle pooled connections are never picked again (the
+#     keepalive pool is searched by the address round-robin chose) and close by themselves. Until the name
+#     resolves the upstream is empty (502); an NXDOMAIN empties it too, a failed lookup keeps it.
+#   - older nginx (Debian 12's 1.22): this script does what `resolve` does. Every RESOLVE_EVERY seconds it
+#     asks Docker's DNS for all addresses of the upstream host, and when the set changes it renders one
+#     `server` line per replica and reloads nginx (graceful: open requests finish on the old workers;
+#     keep-alive pools stay). Every such reload closes the old workers' idle client keep-alive connections,
+#     and a request a client sent on one of them in that instant is lost (docs/SWARM.md measured 2-4).
+# (`resolver` + a variable in proxy_pass also re-resolves, per request, but such a proxy_pass has no
+# `upstream` block, so no upstream keep-alive pool — the very thing this blueprint tunes.)
+# On both, $RUN_DIR/upstream.addresses lists the addresses nginx balances over, for stackctl's waits.
 set -eu
 
 TEMPLATE=${NGINX_TEMPLATE:-/etc/blueprint/nginx.conf.template}
 RUN_DIR=${NGINX_RUN_DIR:-/tmp/nginx}
 CONF=$RUN_DIR/nginx.conf
 ADDRESSES=$RUN_DIR/upstream.addresses
-# Swarm sets these (deploy/swarm.yml): it drops a stopping task from DNS 2 s before its TERM, so nginx must
-# re-resolve faster than that; and it has no depends_on, so nginx waits for the first healthy app task.
+# Swarm sets these (deploy/swarm.yml): it drops a stopping task from DNS 2 s before its TERM, so an older
+# nginx must be re-resolved faster than that (with `resolve` this only paces upstream.addresses); and it has
+# no depends_on, so nginx waits for the first healthy app task.
 RESOLVE_EVERY=${BLUEPRINT_RESOLVE_EVERY:-2}
 UPSTREAM_WAIT=${BLUEPRINT_UPSTREAM_WAIT:-0}
-# Every reload closes the old workers' idle client keep-alive connections, and a request a client sent on
-# one of them in that instant is lost (wrk: a read error). A removal must reload at once; an addition alone
-# may wait ADD_DELAY seconds, so that a start-first update's removal of the old task, right after its
-# successor turned healthy, takes both changes in one reload.
+# Older nginx only: a removal must reload at once; an addition alone may wait ADD_DELAY seconds, so that a
+# start-first update's removal of the old task, right after its successor turned healthy, takes both changes
+# in one reload (each reload may cost a request, above).
 ADD_DELAY=${BLUEPRINT_ADD_DELAY:-0}
 added_since=""
+# With `resolve`: nginx has a new set of addresses about 2 s after DNS gave it (its period, plus the lookup),
+# so upstream.addresses lists a set only once DNS has given it for this many (whole) seconds.
+RESOLVE_SETTLED=4
 
 log() { echo "blueprint-nginx: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -70,17 +83,39 @@ server_lines() {
         { printf "%s:%s", $1, port }'
 }
 
+nginx_version() { nginx -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p'; }
+
+# True when this nginx is version $1 (e.g. 1.27.3) or newer.
+nginx_at_least() {
+    nginx_version | awk -F. -v want="$1" '
+        {
+            split(want, w, ".")
+            for (i = 1; i <= 3; i++) if ($i + 0 != w[i] + 0) { newer = $i + 0 > w[i] + 0; exit }
+            newer = 1
+        }
+        END { exit !newer }'
+}
+
+# True when nginx follows the upstream host's addresses itself: `server ... resolve` (nginx 1.27.3) and a
+# host name, not an address.
+follows_by_itself() {
+    case "$(upstream_host)" in
+        *[!0-9.]*) nginx_at_least 1.27.3 ;;
+        *) return 1 ;;
+    esac
+}
+
 # The template conditions that hold here, space-separated.
 conditions() {
     if [ "${NGINX_TLS:-0}" = 1 ]; then
         # nginx 1.25.1 moved HTTP/2 from `listen ... http2` (deprecated since) to `http2 on;`.
-        if nginx -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p' |
-            awk -F. '{ exit !($1 > 1 || ($1 == 1 && ($2 > 25 || ($2 == 25 && $3 >= 1)))) }'; then
+        if nginx_at_least 1.25.1; then
             printf 'tls tls_http2_on '
         else
             printf 'tls tls_http2_listen '
         fi
     fi
+    [ "$RESOLVE" = 0 ] || printf 'resolve '
     [ "${APP_DEMO_ROUTES:-1}" = 1 ] || printf 'demo_routes_off '
 }
 
@@ -97,7 +132,8 @@ apply_conditions() {
         { print }'
 }
 
-# Render the template for the given addresses into $CONF and check it with `nginx -t`.
+# Render the template into $CONF and check it with `nginx -t`: with `resolve` for the host name, else with
+# one server line for each address in $1.
 render() {
     missing=""
     for name in $(template_variables); do
@@ -111,7 +147,12 @@ render() {
     fi
     mkdir -p "$RUN_DIR"
     names=$(template_variables | sed 's/.*/${&}/' | tr '\n' ' ')
-    NGINX_UPSTREAM=$(server_lines "$1") envsubst "$names" <"$TEMPLATE" | apply_conditions "$(conditions)" >"$CONF.new"
+    if [ "$RESOLVE" = 1 ]; then
+        upstream="$NGINX_UPSTREAM resolve"
+    else
+        upstream=$(server_lines "$1")
+    fi
+    NGINX_UPSTREAM=$upstream envsubst "$names" <"$TEMPLATE" | apply_conditions "$(conditions)" >"$CONF.new"
     # The template's *_temp_path lines name the writable directories nginx needs; create exactly those.
     sed -n 's/^[[:space:]]*[a-z_]*_temp_path[[:space:]]\{1,\}\([^;[:space:]]*\).*/\1/p' "$CONF.new" |
         while read -r directory; do mkdir -p "$directory"; done
@@ -120,7 +161,7 @@ render() {
         return 1
     fi
     mv "$CONF.new" "$CONF"
-    echo "$1" >"$ADDRESSES"
+    [ "$RESOLVE" = 1 ] || echo "$1" >"$ADDRESSES"
 }
 
 current_addresses() {
@@ -142,6 +183,10 @@ wait_for_upstream() {
 }
 
 render_current() {
+    if [ "$RESOLVE" = 1 ]; then
+        render "" || exit 1
+        return
+    fi
     addresses=$(current_addresses) || exit 1
     render "$addresses" || exit 1
 }
@@ -174,19 +219,47 @@ follow_upstream() {
     kill -HUP "$1"
 }
 
+# With `resolve`: write the addresses to $ADDRESSES once DNS has given the same set for RESOLVE_SETTLED
+# seconds (nginx has them by then). nginx is never signalled.
+note_settled() {
+    addresses=$(resolve "$(upstream_host)")
+    now=$(date +%s)
+    if [ "$addresses" != "$seen" ]; then
+        seen=$addresses
+        seen_since=$now
+    fi
+    [ $((now - seen_since)) -ge "$RESOLVE_SETTLED" ] || return 0
+    [ "$addresses" != "$(cat "$ADDRESSES" 2>/dev/null)" ] || return 0
+    echo "$addresses" >"$ADDRESSES"
+    log "nginx balances over $(upstream_host) = $(echo "$addresses" | tr '\n' ' ')(it resolves it itself)"
+}
+
 serve() {
-    : "${NGINX_UPSTREAM:?is not set (host:port of the app)}"
     wait_for_upstream
+    if [ "$RESOLVE" = 1 ]; then
+        log "nginx $(nginx_version) resolves $(upstream_host) itself (server ... resolve): no reloads for it"
+    else
+        log "nginx $(nginx_version) has no upstream \`resolve\` (1.27.3): re-resolving $(upstream_host)" \
+            "every ${RESOLVE_EVERY}s, reloading when its addresses change"
+    fi
     render_current
     nginx -c "$CONF" -e stderr -g 'daemon off;' &
     nginx_pid=$!
     stopping=""
+    seen="(nothing yet)"
+    seen_since=0
     trap 'stopping=1; kill -QUIT $nginx_pid 2>/dev/null || true' QUIT TERM INT
     trap 'kill -HUP $nginx_pid 2>/dev/null || true' HUP
     while kill -0 "$nginx_pid" 2>/dev/null; do
         sleep "$RESOLVE_EVERY" &
         wait $! || true
-        [ -n "$stopping" ] || follow_upstream "$nginx_pid" || log "kept the previous config"
+        if [ -n "$stopping" ]; then
+            :
+        elif [ "$RESOLVE" = 1 ]; then
+            note_settled
+        else
+            follow_upstream "$nginx_pid" || log "kept the previous config"
+        fi
     done
     status=0
     wait "$nginx_pid" || status=$?
@@ -196,7 +269,11 @@ serve() {
 reload() {
     render_current
     kill -HUP "$(cat "$RUN_DIR/nginx.pid")"
-    log "reloaded: upstream $(tr '\n' ' ' <"$ADDRESSES")"
+    if [ "$RESOLVE" = 1 ]; then
+        log "reloaded: upstream $NGINX_UPSTREAM resolve"
+    else
+        log "reloaded: upstream $(tr '\n' ' ' <"$ADDRESSES")"
+    fi
 }
 
 health() {
@@ -213,8 +290,12 @@ health() {
 }
 
 case "${1:-serve}" in
-    serve) serve ;;
-    reload) reload ;;
+    serve | reload)
+        : "${NGINX_UPSTREAM:?is not set (host:port of the app)}"
+        RESOLVE=0
+        follows_by_itself && RESOLVE=1
+        "${1:-serve}"
+        ;;
     health) health ;;
     resolve) resolve "$2" ;;
     *) die "unknown command ${1}; use serve, reload, health or resolve HOST" ;;

@@ -99,9 +99,9 @@ NGINX_TEMP_PATH = re.compile(r"^\s*[a-z_]+_temp_path\s+([^;\s]+)", re.MULTILINE)
 
 
 # A template line `#[name] directive` is rendered as `directive` when the condition holds, else dropped
-# (deploy/nginx/entrypoint.sh does the same in containers).
+# (deploy/nginx/entrypoint.sh does the same in containers, where it may also turn `resolve` on).
 CONDITIONAL_LINE = re.compile(r"^([ \t]*)#\[([a-z0-9_]+)\] ")
-CONDITIONS = ("tls", "tls_http2_listen", "tls_http2_on", "demo_routes_off")
+CONDITIONS = ("tls", "tls_http2_listen", "tls_http2_on", "demo_routes_off", "resolve")
 NGINX_PATHS = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/opt/homebrew/bin/nginx")
 HTTP2_DIRECTIVE_SINCE = (1, 25, 1)  # `http2 on;`; older nginx has only `listen ... http2`, deprecated since
 

@@ -1,7 +1,8 @@
 """The nginx image's entrypoint, run by the real /bin/sh with stand-in resolver tools on PATH.
 
 It must find every replica of the app with glibc's `getent ahostsv4` (Debian bases) and with busybox
-`nslookup` (Alpine, whose getent knows no ahostsv4 and prints only one address for `hosts`).
+`nslookup` (Alpine, whose getent knows no ahostsv4 and prints only one address for `hosts`), and leave
+following the replicas to nginx itself from nginx 1.27.3 on (`server ... resolve`; the docker tier runs it).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+
+import pytest
 
 from deploy.stackctl.config import NGINX_TEMPLATE, nginx_temp_dirs, nginx_variables
 from deploy.stackctl.local import find_nginx
@@ -90,3 +93,54 @@ def test_render_creates_its_run_dir_and_the_temp_dirs_the_template_names(tmp_pat
 
 def nginx_path() -> str:
     return os.pathsep.join([str(Path(find_nginx()).parent), os.environ.get("PATH", "")])
+
+
+# nginx -v says its version (on stderr); nginx -t passes: the docker tier checks the rendered `resolve`
+# config on a real nginx 1.30, the test above the per-address one on this host's real nginx.
+NGINX_OF_VERSION = """#!/bin/sh
+[ "$1" = -v ] && echo "nginx version: nginx/{version}" >&2
+exit 0
+"""
+
+
+@pytest.mark.parametrize(
+    ("version", "upstream", "follows_by_itself"),
+    [
+        ("1.22.1", "tasks.app:8000", False),
+        ("1.27.2", "tasks.app:8000", False),
+        ("1.27.3", "tasks.app:8000", True),
+        ("1.30.6", "tasks.app:8000", True),
+        ("2.0", "tasks.app:8000", True),
+        ("1.30.6", "172.28.80.3:8000", False),
+    ],
+)
+def test_nginx_from_1_27_3_resolves_the_app_itself_older_gets_a_server_per_address(
+    tmp_path: Path, version: str, upstream: str, follows_by_itself: bool
+) -> None:
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for name, script in {"nginx": NGINX_OF_VERSION.format(version=version), "getent": GLIBC_GETENT}.items():
+        (tools / name).write_text(script.replace("= app ]", "= tasks.app ]"))
+        (tools / name).chmod(0o755)
+    run_dir = tmp_path / "run"
+    settings = load_settings(nginx_run_dir=str(run_dir))
+    subprocess.run(
+        ["sh", str(ENTRYPOINT), "reload"],  # renders, then fails to signal: no nginx runs here
+        env={
+            **os.environ, **nginx_variables(settings), "NGINX_UPSTREAM": upstream,
+            "NGINX_TEMPLATE": str(NGINX_TEMPLATE), "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}",
+        },
+        capture_output=True,
+        timeout=30,
+    )  # fmt: skip
+    upstream_block = (run_dir / "nginx.conf").read_text().split("upstream app {")[1].split("}")[0]
+    servers = [line.strip() for line in upstream_block.splitlines() if line.strip().startswith("server ")]
+    resolver = "resolver 127.0.0.11 valid=1s ipv6=off;" in (run_dir / "nginx.conf").read_text()
+    if follows_by_itself:
+        assert servers == ["server tasks.app:8000 resolve;"]
+        assert "zone app 64k;" in upstream_block and resolver
+    else:
+        port = upstream.rsplit(":", 1)[1]
+        expected = ["172.28.80.3", "172.28.80.5"] if upstream.startswith("tasks.") else ["172.28.80.3"]
+        assert servers == [f"server {address}:{port};" for address in expected]
+        assert "zone app" not in upstream_block and not resolver
