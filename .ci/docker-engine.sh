@@ -8,13 +8,21 @@
 # The engine leaves the host alone: no iptables rules, no masquerading, no forwarding, no docker0 bridge.
 # Compose's own networks, service-name DNS and published loopback ports (userland proxy) still work.
 # Base images: Debian root filesystems from mmdebstrap, `docker import`ed — python3 + venv for the app
-# and Locust images, nginx-light + envsubst for the nginx image. Nothing is cached between runs.
+# and Locust images (DEBIAN_SUITE), nginx + envsubst for the nginx image (NGINX_DEBIAN_SUITE). Nothing is
+# cached between runs. The nginx image is tagged with its suite and nginx version (e.g. nginx-base:sid-1.30.6).
 set -euo pipefail
 
 command=${1:?usage: $0 start|stop DIR}
 dir=${2:?usage: $0 start|stop DIR}
 socket="unix://$dir/docker.sock"
 suite=${DEBIAN_SUITE:-bookworm}
+# nginx from unstable, not bookworm: bookworm's 1.22 lacks `server ... resolve;` (nginx >= 1.27.3), which the
+# image's entrypoint uses, as it does on the users' default nginx:1.28-alpine; 1.22 would test the older
+# re-resolve-and-reload path instead (NGINX_DEBIAN_SUITE=bookworm tests exactly that). In sid, nginx-light is
+# only nginx plus the echo module: `nginx` is the core (stub_status, ssl, http2 built in), in any suite.
+nginx_suite=${NGINX_DEBIAN_SUITE:-sid}
+# A frozen mirror snapshot serves a sid InRelease past its Valid-Until, which apt refuses by default.
+snapshot_ok=(--aptopt='Acquire::Check-Valid-Until "false"')
 
 fail() { echo "docker-engine: $*" >&2; exit 1; }
 
@@ -23,11 +31,11 @@ start() {
     command -v dockerd >/dev/null || fail "dockerd is not installed (apt-get install docker.io)"
     command -v mmdebstrap >/dev/null || fail "mmdebstrap is not installed (apt-get install mmdebstrap)"
     # The root filesystems build while the engine starts.
-    mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates \
+    mmdebstrap --quiet --variant=minbase "${snapshot_ok[@]}" --include=python3,python3-venv,ca-certificates \
         "$suite" "$dir/python-base.tar" >"$dir/mmdebstrap-python.log" 2>&1 &
     python_rootfs=$!
-    mmdebstrap --quiet --variant=minbase --include=nginx-light,gettext-base \
-        "$suite" "$dir/nginx-base.tar" >"$dir/mmdebstrap-nginx.log" 2>&1 &
+    mmdebstrap --quiet --variant=minbase "${snapshot_ok[@]}" --include=nginx,gettext-base \
+        "$nginx_suite" "$dir/nginx-base.tar" >"$dir/mmdebstrap-nginx.log" 2>&1 &
     nginx_rootfs=$!
 
     dockerd --iptables=false --ip-masq=false --ip-forward=false --bridge=none \
@@ -44,11 +52,14 @@ start() {
     wait "$python_rootfs" || fail "mmdebstrap (python base) failed: $(tail -n 3 "$dir/mmdebstrap-python.log")"
     wait "$nginx_rootfs" || fail "mmdebstrap (nginx base) failed: $(tail -n 3 "$dir/mmdebstrap-nginx.log")"
     DOCKER_HOST=$socket docker import "$dir/python-base.tar" "blueprint/python-base:$suite" >/dev/null
-    DOCKER_HOST=$socket docker import "$dir/nginx-base.tar" "blueprint/nginx-base:$suite" >/dev/null
+    nginx_version=$(tar -xOf "$dir/nginx-base.tar" ./var/lib/dpkg/status |
+        awk '/^Package: / { nginx = $2 == "nginx" } nginx && /^Version: / { sub(/-[^-]*$/, "", $2); print $2 }')
+    nginx_image=blueprint/nginx-base:$nginx_suite-${nginx_version:?no nginx package in the nginx root filesystem}
+    DOCKER_HOST=$socket docker import "$dir/nginx-base.tar" "$nginx_image" >/dev/null
     rm -f "$dir/python-base.tar" "$dir/nginx-base.tar"
 
     echo "export DOCKER_HOST=$socket"
-    echo "export PYTHON_IMAGE=blueprint/python-base:$suite NGINX_IMAGE=blueprint/nginx-base:$suite OFFLINE=1"
+    echo "export PYTHON_IMAGE=blueprint/python-base:$suite NGINX_IMAGE=$nginx_image OFFLINE=1"
 }
 
 stop() {
