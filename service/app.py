@@ -11,11 +11,14 @@ from typing import Any
 import anyio.to_thread
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute, APIWebSocketRoute
+from fastapi.telemetry import TelemetryConfig
 
 from service import metrics, routes, schema
 from service.errors import install_error_handlers
 from service.middleware import RequestContextMiddleware
 from service.settings import Settings, load_settings
+
+NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
 def configure_logging(level: str) -> None:
@@ -86,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url="/docs",
         openapi_url="/openapi.json",
+        telemetry=None if settings.app_opentelemetry else NO_TELEMETRY,
     )
     app.state.settings = settings  # what the routes' `app_settings` dependency reads
     install_error_handlers(app)

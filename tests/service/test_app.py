@@ -220,3 +220,9 @@ def test_routes_are_registered_flat_with_the_document_include_router_gives(
     assert all(isinstance(route, Route | WebSocketRoute) for route in flat.router.routes)
     declared = [(route.path, route.name) for router in routes.ROUTERS for route in router.routes]
     assert [(route.path, route.name) for route in flat.router.routes][-len(declared) :] == declared
+
+
+@pytest.mark.parametrize("enabled", [0, 1])
+def test_fastapis_native_opentelemetry_follows_app_opentelemetry(enabled: int) -> None:
+    telemetry = create_app(load_settings(app_opentelemetry=enabled))._telemetry
+    assert [telemetry[signal] for signal in ("tracing", "metrics", "logs")] == [bool(enabled)] * 3
