@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, Histogram
 
 from service import metrics
 from service.middleware import RequestContextMiddleware, request_ids
@@ -133,3 +134,29 @@ def test_metrics_count_every_request_in_flight_and_done() -> None:
     assert sample("app_requests_in_flight") == 0
     asyncio.run(call(app))  # the loop ends right after: the next scrape still counts it
     assert sample(count % 200) - before_ok == 3
+
+
+def test_latencies_written_per_loop_turn_land_in_the_buckets_observe_would_use() -> None:
+    durations = [0.0, 0.004, 0.005, 0.0051, 0.7, 1.0, 59.9, 61.0]
+    route = "/batched"
+    reference = Histogram("reference", "", buckets=metrics.LATENCY_BUCKETS, registry=CollectorRegistry())
+
+    async def run() -> None:
+        for seconds in durations:
+            metrics.REQUEST_METRICS.started()
+            metrics.REQUEST_METRICS.done("GET", route, 200, seconds)
+            reference.observe(seconds)
+
+    asyncio.run(run())
+    metrics.REQUEST_METRICS.write()
+    written = {
+        (s.name.removeprefix("app_request_duration_seconds"), s.labels.get("le")): s.value
+        for s in metrics.LATENCY.collect()[0].samples
+        if s.labels["route"] == route
+    }
+    expected = {
+        (s.name.removeprefix("reference"), s.labels.get("le")): s.value
+        for s in reference.collect()[0].samples
+        if not s.name.endswith("_created")
+    }
+    assert {key: value for key, value in written.items() if key[0] != "_created"} == pytest.approx(expected)
