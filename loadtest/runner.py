@@ -507,8 +507,13 @@ def run_ui(
 
 def run_ui_compose(run_dir: Path, workers: int, web_port: int) -> int:
     """Docker runtime: the compose profile `loadtest` (locust-master, N x locust-worker), foreground."""
-    print(f"Locust web UI: http://{LOOPBACK}:{web_port} (compose profile loadtest; Ctrl-C stops)", flush=True)
     try:
+        target = stack.locust_target(run_dir)
+        print(
+            f"Locust web UI: http://{LOOPBACK}:{web_port}  (target {target} on the compose network; "
+            "compose profile loadtest; Ctrl-C stops)",
+            flush=True,
+        )
         stack.locust_web_ui(run_dir, workers, web_port)
     except KeyboardInterrupt:
         return 0

@@ -41,6 +41,11 @@ HEALTHY_WITHIN = 180.0
 CONTAINER_HTTPS_PORT = 8443
 CONTAINER_TLS_CERT = "/etc/blueprint/tls/cert.pem"
 CONTAINER_TLS_KEY = "/etc/blueprint/tls/key.pem"
+CONTAINER_TLS_CA = "/etc/blueprint/tls/ca.pem"
+# What the compose Locust containers load with NGINX_TLS=1: nginx's HTTPS listener, by a name the generated
+# certificate carries (the overlay's alias), verified against the local CA mounted at CONTAINER_TLS_CA.
+LOCUST_TLS_HOST = f"https://{tls.CONTAINER_NAME}:{CONTAINER_HTTPS_PORT}"
+LOCUST_PLAIN_HOST = "http://nginx:8080"  # docker-compose.yml's LOCUST_HOST
 NGINX_UID = 101  # deploy/Dockerfile.nginx's USER: it must be able to read the key
 TLS_OVERLAY = "compose.tls.yml"
 
@@ -269,21 +274,35 @@ def up(config: Effective, environ: Mapping[str, str] | None = None) -> Project:
 
 def write_tls_overlay(settings: Settings, served: tls.Files) -> Path:
     """The compose overlay for NGINX_TLS=1: HTTPS_PORT published beside HTTP_PORT, the certificate and key
-    mounted read-only where the container's NGINX_TLS_CERT/KEY point."""
+    mounted read-only where the container's NGINX_TLS_CERT/KEY point. With a generated certificate, the
+    Locust containers (profile loadtest) target LOCUST_TLS_HOST and trust the local CA, mounted read-only."""
     container_readable(served)
     mounts = ((served.cert, CONTAINER_TLS_CERT), (served.key, CONTAINER_TLS_KEY))
-    nginx = {
+    nginx: dict[str, Any] = {
         "ports": [f"{settings.compose_publish_address}:{settings.https_port}:{CONTAINER_HTTPS_PORT}"],
-        "volumes": [
-            {"type": "bind", "source": str(source), "target": target, "read_only": True}
-            for source, target in mounts
-        ],
+        "volumes": [read_only(source, target) for source, target in mounts],
     }
+    services: dict[str, Any] = {"nginx": nginx}
+    if served.ca is not None:
+        nginx["networks"] = {"default": {"aliases": [tls.CONTAINER_NAME]}}
+        locust = {
+            "environment": {
+                "LOCUST_HOST": LOCUST_TLS_HOST,
+                "SSL_CERT_FILE": CONTAINER_TLS_CA,
+                "REQUESTS_CA_BUNDLE": CONTAINER_TLS_CA,
+            },
+            "volumes": [read_only(served.ca, CONTAINER_TLS_CA)],
+        }
+        services.update({"locust-master": locust, "locust-worker": locust})
     overlay = Path(settings.nginx_run_dir).parent / TLS_OVERLAY
     overlay.parent.mkdir(parents=True, exist_ok=True)
     header = "# written by `make up` (deploy/stackctl/docker.py) for NGINX_TLS=1, over docker-compose.yml\n"
-    overlay.write_text(header + json.dumps({"services": {"nginx": nginx}}, indent=2) + "\n")
+    overlay.write_text(header + json.dumps({"services": services}, indent=2) + "\n")
     return overlay
+
+
+def read_only(source: Path, target: str) -> dict[str, Any]:
+    return {"type": "bind", "source": str(source), "target": target, "read_only": True}
 
 
 def container_readable(served: tls.Files) -> None:

@@ -319,7 +319,8 @@ def findings(
 
 def locust_web_ui(run_dir: Path, workers: int, web_port: int) -> None:
     """Docker runtime: Locust's web UI as the compose profile `loadtest` (master + workers), in the
-    foreground until Ctrl-C, against the stack's own knobs."""
+    foreground until Ctrl-C, against the stack's own knobs and `locust_target`."""
+    locust_target(run_dir)
     handle = attach(run_dir)
     config = handle.config if handle else configure(run_dir)
     base = {**(handle.environ if handle else os.environ), "LOCUST_WEB_PORT": str(web_port)}
@@ -327,3 +328,22 @@ def locust_web_ui(run_dir: Path, workers: int, web_port: int) -> None:
     docker.build(project, loadtest=True)
     scale = f"locust-worker={max(workers, 1)}"
     project.run("up", "--scale", scale, "locust-master", "locust-worker", profiles=docker.ALL_PROFILES)
+
+
+def locust_target(run_dir: Path) -> str:
+    """Where the compose Locust containers send their load: nginx's plain port, or with NGINX_TLS=1 its
+    HTTPS port by the name the generated certificate gives the nginx container, verified against the local
+    CA (docker.write_tls_overlay). Raises StackError for a certificate of your own (NGINX_TLS_CERT): the
+    containers could verify it under no name we know."""
+    handle = attach(run_dir)
+    settings = (handle.config if handle else configure(run_dir)).settings
+    if not settings.nginx_tls:
+        return docker.LOCUST_PLAIN_HOST
+    served = tls.files(settings)
+    if not served.generated:
+        raise StackError(
+            f"NGINX_TLS_CERT={served.cert}: the compose Locust UI verifies nginx as {tls.CONTAINER_NAME} "
+            "against the generated local CA, and a certificate of your own names other hosts; run Locust on "
+            "this host instead: `make loadtest HOST=https://<a name it carries>:<HTTPS_PORT>`"
+        )
+    return docker.LOCUST_TLS_HOST

@@ -25,7 +25,10 @@ from service.settings import Settings
 RENEW_DAYS = 30  # a given certificate warns below this many days left; a generated one is renewed
 CA_DAYS = 3650
 LEAF_DAYS = 365
-NAMES = "DNS:localhost,IP:127.0.0.1,IP:::1"
+# How containers on the compose network reach nginx by a name the certificate carries (the TLS overlay
+# gives the nginx service this alias; stackctl/docker.py). Under localhost: within the CA's limits.
+CONTAINER_NAME = "nginx.localhost"
+NAMES = f"DNS:localhost,DNS:{CONTAINER_NAME},IP:127.0.0.1,IP:::1"
 LOOPBACK_ADDRESSES = ("127.0.0.1", "0.0.0.0")  # listen addresses a client of this host reaches as 127.0.0.1
 # The extensions of both certificates: a config file of our own, so the system's openssl.cnf adds nothing.
 OPENSSL_CONFIG = f"""# written by deploy/stackctl/tls.py
@@ -150,14 +153,15 @@ def ensure(settings: Settings, binary: str) -> Files:
 
 
 def generate(served: Files, binary: str) -> None:
-    """A local CA (kept while valid, so a client trusts it once) and a certificate for localhost,
-    127.0.0.1 and ::1 signed by it, re-issued when missing, mismatched or near its end."""
+    """A local CA (kept while valid, so a client trusts it once) and a certificate for NAMES signed by it,
+    re-issued when missing, mismatched, near its end or issued under another OPENSSL_CONFIG."""
     assert served.ca is not None  # generated files always have their CA
     where = served.cert.parent
     where.mkdir(parents=True, exist_ok=True)
-    (where / "openssl.cnf").write_text(OPENSSL_CONFIG)
+    config = where / "openssl.cnf"
+    renew_leaf = not config.is_file() or config.read_text() != OPENSSL_CONFIG  # e.g. NAMES grew
+    config.write_text(OPENSSL_CONFIG)
     ca_key = where / "ca.key"
-    renew_leaf = False
     if not usable(binary, served.ca, ca_key):
         subject = f"/CN=blueprint local CA {socket.gethostname()[:32]} {day(time.time())}"
         new_ca = f"req -x509 {NEW_KEY} -extensions ca -keyout ca.key.new -out ca.pem.new -days {CA_DAYS}"

@@ -1,6 +1,7 @@
 """The compose stack with NGINX_TLS=1, in a compose project of its own: HTTPS with the generated local CA
 (the certificate and key mounted read-only), HTTP/2, the redirect, HSTS, wss://, demo routes turned off by
-the container's renderer, and the status port readable from the compose network."""
+the container's renderer, the status port readable from the compose network, JSON errors for malformed
+requests, and the compose Locust UI's target (HTTPS, the local CA trusted)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,12 @@ import yaml
 
 from deploy.stackctl import docker as runtime
 from deploy.stackctl import stack as stackctl
+from deploy.stackctl.config import ROOT
 from deploy.stackctl.local import StackError
 from deploy.stackctl.ports import free_port
 from tests.docker.conftest import BUILD_TIMEOUT, DockerStack, docker, stack_environment, unavailable
+from tests.service.test_openapi import Contract
+from tests.stack.test_contract import MALFORMED, exchange, refusal
 
 pytestmark = pytest.mark.docker
 
@@ -108,6 +112,21 @@ def test_demo_routes_are_turned_off_by_the_containers_renderer(tls_project: TlsP
     assert response.json()["layer"] == "nginx"
 
 
+def test_the_nginx_containers_json_errors_for_malformed_requests(tls_project: TlsProject) -> None:
+    """Its nginx may be another version than the host's: the same refusals, over TLS, as documented."""
+    contract = Contract(httpx2.get(f"{tls_project.https}/openapi.json", verify=tls_project.trusted()).json())
+    port = int(tls_project.stack.env["HTTPS_PORT"])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        plain = b"GET /api/ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        refusal(contract, exchange(raw, plain), 400, "plain_http_to_https_port")
+    for data, status, error in MALFORMED.values():
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            tls_project.trusted().wrap_socket(raw, server_hostname="localhost") as connection,
+        ):
+            refusal(contract, exchange(connection, data), status, error)
+
+
 def test_certificate_and_key_are_mounted_read_only_and_only_nginx_publishes(tls_project: TlsProject) -> None:
     [nginx] = tls_project.stack.containers("nginx")
     mounts = {m["Destination"]: m for m in nginx["Mounts"]}
@@ -143,7 +162,65 @@ def test_the_compose_network_may_read_the_status_port(tls_project: TlsProject) -
 
 
 def test_compose_and_the_overlay_agree_on_the_container_paths() -> None:
-    nginx = yaml.safe_load(runtime.COMPOSE_FILE.read_text())["services"]["nginx"]["environment"]
+    services = yaml.safe_load(runtime.COMPOSE_FILE.read_text())["services"]
+    nginx = services["nginx"]["environment"]
     assert nginx["NGINX_TLS_CERT"] == runtime.CONTAINER_TLS_CERT
     assert nginx["NGINX_TLS_KEY"] == runtime.CONTAINER_TLS_KEY
     assert nginx["NGINX_HTTPS_LISTEN_PORT"] == runtime.CONTAINER_HTTPS_PORT
+    for locust in ("locust-master", "locust-worker"):
+        assert services[locust]["environment"]["LOCUST_HOST"] == runtime.LOCUST_PLAIN_HOST
+        assert "--host" not in services[locust]["command"]  # it would win over the overlay's LOCUST_HOST
+
+
+def test_the_compose_locust_ui_target_follows_tls_and_refuses_a_certificate_of_your_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for knob in ("NGINX_TLS", "NGINX_TLS_CERT", "NGINX_TLS_KEY"):
+        monkeypatch.delenv(knob, raising=False)
+    assert stackctl.locust_target(tmp_path) == runtime.LOCUST_PLAIN_HOST
+    monkeypatch.setenv("NGINX_TLS", "1")
+    assert stackctl.locust_target(tmp_path) == runtime.LOCUST_TLS_HOST
+    monkeypatch.setenv("NGINX_TLS_CERT", str(tmp_path / "mine.pem"))
+    monkeypatch.setenv("NGINX_TLS_KEY", str(tmp_path / "mine.key"))
+    with pytest.raises(
+        StackError, match=r"^NGINX_TLS_CERT=\S+mine\.pem: the compose Locust UI verifies nginx"
+    ):
+        stackctl.locust_target(tmp_path)
+
+
+# In a Locust container as the compose UI runs it: requests (HttpUser), Python's ssl (FastHttpUser) and
+# websocket-client, each verifying; and without the mounted CA the same request fails verification.
+LOCUST_PROBE = """
+import os, ssl, urllib.request, requests, websocket
+host = os.environ["LOCUST_HOST"]
+print(requests.get(host + "/api/ping", timeout=10).json()["pong"])
+print(urllib.request.urlopen(host + "/api/ping", timeout=10, context=ssl.create_default_context()).status)
+ws = websocket.create_connection(host.replace("https", "wss") + "/ws/echo", timeout=10,
+                                 sslopt={"ca_certs": os.environ["SSL_CERT_FILE"]})
+ws.send("wss from locust")
+print(ws.recv())
+try:
+    requests.get(host + "/api/ping", timeout=10, verify=requests.certs.where())
+except requests.exceptions.SSLError as error:
+    print("unverified:", "CERTIFICATE_VERIFY_FAILED" in str(error))
+"""
+
+
+def test_the_compose_locust_ui_targets_https_and_trusts_the_local_ca(tls_project: TlsProject) -> None:
+    assert (
+        stackctl.locust_target(tls_project.run_dir)
+        == runtime.LOCUST_TLS_HOST
+        == "https://nginx.localhost:8443"
+    )
+    handle = tls_project.stack.handle
+    assert handle is not None
+    project = runtime.Project(runtime.knob_environment(handle.config, handle.environ))
+    command = project.command(
+        "run", "--rm", "--no-deps", "--entrypoint", "python3", "locust-master", "-c", LOCUST_PROBE,
+        profiles=runtime.ALL_PROFILES,
+    )  # fmt: skip
+    probe = subprocess.run(command, cwd=ROOT, env=project.env, capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert probe.stdout.split("\n")[-5:] == ["True", "200", "wss from locust", "unverified: True", ""], (
+        probe.stdout
+    )
