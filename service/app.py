@@ -12,6 +12,7 @@ import anyio.to_thread
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute, APIWebSocketRoute
 from fastapi.telemetry import TelemetryConfig
+from starlette.routing import WebSocketRoute
 
 from service import metrics, routes, schema
 from service.errors import install_error_handlers
@@ -69,8 +70,10 @@ def add_flat(app: FastAPI, router: APIRouter, responses: dict[int | str, dict[st
             app.router.add_api_websocket_route(
                 route.path, route.endpoint, route.name, dependencies=route.dependencies
             )
+        elif isinstance(route, WebSocketRoute):
+            app.router.add_websocket_route(route.path, route.endpoint, route.name)
         else:
-            raise TypeError(f"{route!r}: add_flat registers APIRoute and APIWebSocketRoute only")
+            raise TypeError(f"{route!r}: add_flat registers FastAPI routes and WebSocket routes only")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
