@@ -300,6 +300,14 @@ class Settings(BaseSettings):
         ge=0,
         le=1,
     )
+    uvicorn_ws: Literal["auto", "websockets", "websockets-sansio", "wsproto"] = knob(
+        "auto",
+        "-",
+        "uvicorn",
+        "WebSocket implementation. auto = websockets-sansio (uvicorn 0.54's pick with websockets "
+        "installed): no task per socket, pings on timers. websockets = that library's older asyncio "
+        "protocol: ~13 KiB more per idle socket. wsproto: about the memory of sansio (docs/PERFORMANCE.md).",
+    )
     uvicorn_timeout_graceful_shutdown: int = knob(
         20,
         "s",

@@ -175,6 +175,7 @@ class UvicornWorker(uvicorn_worker.UvicornWorker):  # type: ignore[misc]
             "loop": settings.uvicorn_loop,
             "http": settings.uvicorn_http,
             "limit_concurrency": settings.uvicorn_limit_concurrency or None,
+            "ws": settings.uvicorn_ws,
             "ws_ping_interval": settings.uvicorn_ws_ping_interval,
             "ws_ping_timeout": settings.uvicorn_ws_ping_timeout,
             "ws_max_size": settings.uvicorn_ws_max_size,
