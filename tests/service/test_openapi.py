@@ -250,19 +250,21 @@ ERROR_PAGE = re.compile(r"^\s*error_page ([\d ]+?) (?:=(\d{3}) )?(\S+);$", re.MU
 EDGE_PAGE = re.compile(r"^\s*location = (/_edge/\d{3}) \{ internal; return (\d{3}) '", re.MULTILINE)
 # What nginx answers before it knows the route (ngx_http_request.c: ngx_http_process_request_line,
 # ngx_http_process_request_headers, ngx_http_process_request_header, ngx_http_process_request): a bad request
-# line or header, 414, 494 (headers too large), 497 (plain HTTP to the HTTPS port), 501, 505, 405 (TRACE).
+# line or header, 414, 494 (headers too large), 497 (plain HTTP to the HTTPS port), 501, 505, 405 (TRACE,
+# CONNECT). The status server has no TLS listener, so no 497.
 BEFORE_ROUTING = {400, 405, 414, 494, 497, 501, 505}
 
 
 def test_every_error_page_of_nginx_is_an_internal_uri_with_its_own_status() -> None:
     """A named location (@name) fails for a request without a URI and nginx sends its HTML 500 instead."""
     template = (ROOT / "deploy/nginx/nginx.conf.template").read_text()
-    public_server = template.split("server {")[1]
-    pages = dict(EDGE_PAGE.findall(public_server))
-    intercepted = set()
-    for codes, overwrite, target in ERROR_PAGE.findall(public_server):
-        assert target in pages, f"error_page {codes} -> {target}: no internal location answers it"
-        for code in codes.split():
-            intercepted.add(int(code))
-            assert pages[target] == (overwrite or code), f"error_page {code} -> {target}"
-    assert intercepted >= BEFORE_ROUTING, BEFORE_ROUTING - intercepted
+    public_server, status_server = template.split("server {")[1:]
+    for server, before_routing in ((public_server, BEFORE_ROUTING), (status_server, BEFORE_ROUTING - {497})):
+        pages = dict(EDGE_PAGE.findall(server))
+        intercepted = set()
+        for codes, overwrite, target in ERROR_PAGE.findall(server):
+            assert target in pages, f"error_page {codes} -> {target}: no internal location answers it"
+            for code in codes.split():
+                intercepted.add(int(code))
+                assert pages[target] == (overwrite or code), f"error_page {code} -> {target}"
+        assert intercepted >= before_routing, before_routing - intercepted

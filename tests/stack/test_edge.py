@@ -4,6 +4,7 @@ refusing unusable TLS inputs by knob."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -350,6 +351,21 @@ def test_the_status_port_answers_loopback_only_by_client_address(plain_stack: St
         status, body = status_from("127.0.0.2", port, path)
         assert status == 403, body
         assert '"layer":"nginx"' in body and "NGINX_STATUS_ALLOW" in body
+
+
+def test_the_status_port_answers_malformed_requests_with_json_too(plain_stack: Stack) -> None:
+    port = int(plain_stack.env["NGINX_STATUS_PORT"])
+    for data, status, error in (
+        (MALFORMED["request line"][0], 400, "bad_request"),
+        (MALFORMED["HTTP/9.9"][0], 505, "http_version_not_supported"),
+        (b"TRACE /stub_status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 405, "method_not_allowed"),
+        (b"GET /_edge/400 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404, "not_found"),
+    ):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            head, _, body = exchange(raw, data).partition(b"\r\n\r\n")
+        assert head.split()[1] == str(status).encode() and b"Content-Type: application/json" in head, head
+        answer = json.loads(body)
+        assert (answer["status"], answer["error"], answer["layer"]) == (status, error, "nginx")
 
 
 # --- make check: unusable TLS inputs, named by knob ------------------------------------------------------
