@@ -83,13 +83,15 @@ drill: venv ## Worker-lifecycle drills under load (reload, recycle, TERM/KILL/ti
 # BENCH=name (or a,b; default: every row: nginx-return, bare, blueprint-direct, blueprint-nginx, slow-held, ws-held,
 # uvicorn, granian, gunicorn-asgi). One wrk (-t1 -c BENCH_CONNECTIONS, 64) and one worker count (WEB_CONCURRENCY,
 # default the blueprint's) for every row; BENCH_SECONDS (10) per row; BENCH_SLOW_N (1000) /api/slow?delay=
-# BENCH_SLOW_DELAY (5) and BENCH_WS_N (1000) WebSockets held through nginx; PROFILE; BENCH_SHORT=1 (2 s, small N).
+# BENCH_SLOW_DELAY (5) and BENCH_WS_N (1000) WebSockets held through nginx for BENCH_WS_HOLD s (BENCH_SECONDS);
+# PROFILE; BENCH_SHORT=1 (2 s, small N).
 .PHONY: bench
 bench: venv ## The blueprint's hot path beside a bare FastAPI app, nginx and other servers; writes reports/bench-<time>/
 	@$(PY) -m loadtest.bench --bench "$(BENCH)" $(if $(BENCH_SECONDS),--seconds "$(BENCH_SECONDS)") \
 		$(if $(BENCH_CONNECTIONS),--connections "$(BENCH_CONNECTIONS)") \
 		$(if $(WEB_CONCURRENCY),--workers "$(WEB_CONCURRENCY)") $(if $(BENCH_SLOW_N),--slow-n "$(BENCH_SLOW_N)") \
 		$(if $(BENCH_SLOW_DELAY),--slow-delay "$(BENCH_SLOW_DELAY)") $(if $(BENCH_WS_N),--ws-n "$(BENCH_WS_N)") \
+		$(if $(BENCH_WS_HOLD),--ws-hold "$(BENCH_WS_HOLD)") \
 		$(if $(PROFILE),--profile "$(PROFILE)") $(if $(filter 1,$(BENCH_SHORT)),--short)
 
 ##@ Tuning

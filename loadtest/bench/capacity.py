@@ -111,6 +111,7 @@ async def hold_websockets(
     first = await asyncio.gather(*(echo(s, echoes) for s in held.sockets))
     rss_held = worker_rss(worker_pids())
     await asyncio.sleep(seconds)
+    rss_end = worker_rss(worker_pids())
     second = await asyncio.gather(*(echo(s, echoes) for s in held.sockets))
     await asyncio.gather(*(s.close() for s in held.sockets), return_exceptions=True)
     connected = len(held.sockets)
@@ -129,6 +130,7 @@ async def hold_websockets(
         "rtt_p99_ms": percentile(round_trips, 99),
         "worker_rss_before_mib": round(rss_before / 2**20, 1),
         "worker_rss_held_mib": round(rss_held / 2**20, 1),
+        "worker_rss_end_mib": round(rss_end / 2**20, 1),
         "rss_kib_per_ws": round((rss_held - rss_before) / 1024 / connected, 1) if connected else None,
         "workers_replaced": len(recycled),
     }

@@ -37,6 +37,7 @@ def parser() -> Parser:
     p.add_argument("--slow-n", help="BENCH_SLOW_N: /api/slow requests held at once (1000; short: 50)")
     p.add_argument("--slow-delay", help="BENCH_SLOW_DELAY: their delay in s (5; short: 0.5)")
     p.add_argument("--ws-n", help="BENCH_WS_N: WebSockets held (1000; short: 50)")
+    p.add_argument("--ws-hold", help="BENCH_WS_HOLD: seconds they are held (0: BENCH_SECONDS)")
     p.add_argument("--profile", help="PROFILE: the blueprint's tuning profile (deploy/profiles/)")
     p.add_argument("--short", action="store_true", help="BENCH_SHORT=1: 2 s rows and small N, for tests")
     p.add_argument("--out-root", type=Path, default=ROOT / "reports")
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None, base: Mapping[str, str] | None = None) -
     try:
         args = parser().parse_args(argv)
         specs = parse_rows(args.bench)
-        keys = ("seconds", "connections", "workers", "slow_n", "slow_delay", "ws_n", "profile")
+        keys = ("seconds", "connections", "workers", "slow_n", "slow_delay", "ws_n", "ws_hold", "profile")
         params = parse_params({key: getattr(args, key) for key in keys}, short=args.short)
 
         def progress(row: Row) -> None:

@@ -73,16 +73,17 @@ def capacity_tables(rows: list[Row]) -> list[str]:
     sockets = [r for r in rows if r.spec.kind == "websocket"]
     if sockets:
         lines += [
-            "| row | WebSockets | connected | drops | round trip p50 / p99 ms | app RSS before → held MiB "
-            "| RSS per WebSocket KiB | note |",
-            "|---|---|---|---|---|---|---|---|",
+            "| row | WebSockets | held s | connected | drops | round trip p50 / p99 ms "
+            "| app RSS before → held → end MiB | RSS per WebSocket KiB | note |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for row in sockets:
             v = row.values
             lines.append(
-                f"| {row.spec.name} | {num(v.get('n'))} | {num(v.get('connected'))} | {num(v.get('drops'))} "
-                f"| {num(v.get('rtt_p50_ms'), 2)} / {num(v.get('rtt_p99_ms'), 2)} "
+                f"| {row.spec.name} | {num(v.get('n'))} | {num(v.get('held_s'))} | {num(v.get('connected'))} "
+                f"| {num(v.get('drops'))} | {num(v.get('rtt_p50_ms'), 2)} / {num(v.get('rtt_p99_ms'), 2)} "
                 f"| {num(v.get('worker_rss_before_mib'))} → {num(v.get('worker_rss_held_mib'))} "
+                f"→ {num(v.get('worker_rss_end_mib'))} "
                 f"| {num(v.get('rss_kib_per_ws'))} | {row.status} {row.note} |"
             )
     return lines

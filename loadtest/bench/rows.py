@@ -72,14 +72,19 @@ class Params:
     slow_n: int = 1000
     slow_delay: float = 5.0  # 1000 held for 5 s = 200 req/s: holding them, not their rate, is measured
     ws_n: int = 1000
+    ws_hold: float = 0.0  # 0: BENCH_SECONDS
     profile: str = ""
     short: bool = False
+
+    def hold_seconds(self) -> float:
+        return self.ws_hold or self.seconds
 
     def describe(self) -> str:
         profile = self.profile or "default"
         return (
             f"{self.seconds:g} s per row, wrk -t1 -c{self.connections}, {self.workers} workers per server, "
-            f"slow {self.slow_n} x {self.slow_delay:g} s, {self.ws_n} WebSockets, PROFILE={profile}"
+            f"slow {self.slow_n} x {self.slow_delay:g} s, {self.ws_n} WebSockets held "
+            f"{self.hold_seconds():g} s, PROFILE={profile}"
         )
 
 
@@ -130,6 +135,7 @@ def parse_params(raw: dict[str, str | None], short: bool) -> Params:
         "slow_n": ("BENCH_SLOW_N", int, 1),
         "slow_delay": ("BENCH_SLOW_DELAY", float, 0),
         "ws_n": ("BENCH_WS_N", int, 1),
+        "ws_hold": ("BENCH_WS_HOLD", float, 0),
     }
     for key, (env, kind, minimum) in rules.items():
         text = raw.get(key)
@@ -149,6 +155,7 @@ def parse_params(raw: dict[str, str | None], short: bool) -> Params:
         slow_n=values.get("slow_n", base.slow_n),
         slow_delay=values.get("slow_delay", base.slow_delay),
         ws_n=values.get("ws_n", base.ws_n),
+        ws_hold=values.get("ws_hold", base.ws_hold),
         profile=raw.get("profile") or "",
         short=short,
     )

@@ -43,7 +43,7 @@ def measure(row: Row, server: servers.Server, params: Params, wrk: str, row_dir:
         )
     elif spec.kind == "websocket":
         ws_url = url.replace("http://", "ws://", 1)
-        row.values = capacity.websockets_held(ws_url, params.ws_n, params.seconds, server.worker_pids)
+        row.values = capacity.websockets_held(ws_url, params.ws_n, params.hold_seconds(), server.worker_pids)
     else:
         target = f"{url}{PATH}"
         run_wrk(

@@ -35,7 +35,10 @@ SLOW_FIELDS = {
     "errors",
     "generator_cpu_bound",
 }
-WS_FIELDS = {"n", "connected", "drops", "rtt_p50_ms", "rtt_p99_ms", "rss_kib_per_ws", "worker_rss_held_mib"}
+WS_FIELDS = {
+    *("n", "held_s", "connected", "drops", "rtt_p50_ms", "rtt_p99_ms", "rss_kib_per_ws"),
+    *("worker_rss_held_mib", "worker_rss_end_mib"),
+}
 
 
 @pytest.mark.parametrize(
@@ -45,6 +48,7 @@ WS_FIELDS = {"n", "connected", "drops", "rtt_p50_ms", "rtt_p99_ms", "rss_kib_per
         (["--bench", "bare,granain"], "unknown row 'granain'; did you mean granian?"),
         (["--seconds", "abc"], "BENCH_SECONDS='abc': not a number"),
         (["--ws-n", "0"], "BENCH_WS_N='0': must be at least 1"),
+        (["--ws-hold", "5m"], "BENCH_WS_HOLD='5m': not a number"),
         (["--slow-delay", "9999"], "BENCH_SLOW_DELAY=9999 is above APP_MAX_DELAY="),
         (["--bogus"], "unrecognized arguments: --bogus"),
     ],
@@ -85,6 +89,7 @@ def test_a_short_run_measures_every_row_and_writes_every_file(
     assert code == 0
     assert rows["bare"]["ratio_to_bare"] == 1.0
     assert rows["ws-held"]["n"] == bench.SHORT.ws_n and rows["slow-held"]["n"] == bench.SHORT.slow_n
+    assert rows["ws-held"]["held_s"] == bench.SHORT.seconds, "BENCH_WS_HOLD unset: held BENCH_SECONDS"
     assert data["machine"]["cpu"] and data["load_average_before"] and data["load_average_after"]
     assert set(data["goals"]) == {"blueprint_direct_over_bare", "blueprint_nginx_over_direct"}
     assert not list(report_dir.glob("servers/*/state.json")), "a stack was left up"
