@@ -24,7 +24,8 @@ Every error body, whichever layer sends it, is an `ErrorBody`; its `layer` says 
 its headers or body too slowly (NGINX_CLIENT_HEADER_TIMEOUT, NGINX_CLIENT_BODY_TIMEOUT) gets no response:
 nginx closes the connection and logs a 408. A request nginx refuses before it knows the route (a request
 line it cannot parse: 400, 414, 505; headers too large: 431) gets what every route documents for that
-status. With NGINX_TLS=1 the plain-HTTP port answers every request with a 308 to the same URL on HTTPS,
+status; over HTTP/2, headers too large end the connection instead (GOAWAY ENHANCE_YOUR_CALM, no response).
+With NGINX_TLS=1 the plain-HTTP port answers every request with a 308 to the same URL on HTTPS,
 whose body is nginx's own short HTML page.
 
 The WebSocket routes are not part of OpenAPI and so not described here: `/ws/echo` echoes text and binary
