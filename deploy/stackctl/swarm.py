@@ -360,8 +360,9 @@ def reload(config: Effective, environ: Mapping[str, str] | None, run_dir: Path) 
 
 
 def nginx_upstreams(stack: Stack) -> list[int]:
-    """How many app addresses each nginx on this node balances over (its entrypoint follows tasks.app;
-    nginx on other nodes does the same)."""
+    """How many app addresses each nginx on this node balances over, as its entrypoint lists them (nginx
+    on other nodes does the same): what it rendered for an older nginx, what DNS has said long enough for
+    an nginx that resolves tasks.app itself."""
     counts = []
     for container in stack.local_containers("nginx"):
         try:

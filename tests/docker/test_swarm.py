@@ -3,8 +3,9 @@
 Two tests need no engine: the stack file stackctl renders and the swarm findings of `make check`. The rest
 share one stack, started through deploy/stackctl/stack.py on an engine that joins a single-node swarm if it
 is in none (and stays in it): the local tier's through-nginx assertions, then what only swarm has — dnsrr,
-host-mode publishing, start-first updates — a rolling update and a scale-down under POST load from wrk,
-`make scale`, Locust as services, and `make down` leaving nothing behind. They run in file order.
+host-mode publishing, start-first updates — a rolling update and a scale-down under POST load from wrk
+that lose no request (nginx follows tasks.app with `server ... resolve`, no reload), `make scale`, Locust
+as services, and `make down` leaving nothing behind. They run in file order.
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ from tests.stack.conftest import ROOT
 pytestmark = pytest.mark.docker
 
 WRK_CONNECTIONS = 16
-# Enough load that "nothing failed" means something. The rate itself is a measurement, not a pass mark
-# (docs/SWARM.md: 1,000-1,300 POST/s on 2 shared cores): the tasks booting during the test share the CPUs.
-MIN_REQUESTS = 3000
+# Enough load that "nothing failed" means something (issue 8: at least 1,000 POST/s for at least 10 s);
+# docs/SWARM.md has the rates measured here, with the tasks booting during the test on the same 2 cores.
+MIN_RATE = 1000
 MIN_SECONDS = 10.0
 POST_ECHO = """wrk.method = "POST"
 wrk.body = '{"text":"x"}'
@@ -199,6 +200,15 @@ def test_nginx_publishes_in_host_mode_on_every_node_it_runs_on(swarm_stack: Swar
     ]
 
 
+def test_nginx_follows_the_app_tasks_itself_through_dockers_dns(swarm_stack: SwarmStack) -> None:
+    """CI's nginx (Debian sid, like the default nginx:1.28-alpine) has `server ... resolve` (1.27.3)."""
+    for container in swarm_stack.task_containers("nginx"):
+        rendered = f"{swarm.NGINX_RUN_DIR}/nginx.conf"
+        conf = docker("exec", container, "cat", rendered, env=swarm_stack.env).stdout
+        assert "server tasks.app:8000 resolve;" in conf
+        assert "resolver 127.0.0.11 valid=1s ipv6=off;" in conf
+
+
 def test_tasks_are_hardened_like_the_compose_containers(swarm_stack: SwarmStack) -> None:
     for name in ("app", "nginx"):
         spec = swarm_stack.service(name)["Spec"]["TaskTemplate"]["ContainerSpec"]
@@ -286,7 +296,8 @@ class PostLoad:
 
 
 def nginx_reloads(stack: SwarmStack, since: str) -> int:
-    """How often nginx's entrypoint re-rendered and reloaded for a new set of app addresses since then."""
+    """How often nginx's entrypoint re-rendered and reloaded for a new set of app addresses since then
+    (only an nginx without `server ... resolve` does)."""
     total = 0
     for container in stack.task_containers("nginx"):
         logs = docker("logs", "--since", since, container, env=stack.env)
@@ -294,20 +305,16 @@ def nginx_reloads(stack: SwarmStack, since: str) -> int:
     return total
 
 
-def assert_nothing_failed_but_reload_races(load: Load, reloads: int, bound: int) -> None:
-    """No answer outside 2xx and no refused, unwritable or timed-out request: nginx stopped sending to a
-    task before it stopped serving, and the draining workers answered every request sent to them.
-
-    What nginx 1.22 cannot avoid is counted, not hidden: each reload closes the old workers' idle client
-    keep-alive connections, and a POST wrk wrote on one of them in that instant is lost (a read error; at
-    most one per connection). Newer nginx has keepalive_min_timeout for exactly this. So read errors
-    are bounded by connections x reloads, and the reloads themselves by `bound`."""
+def assert_nothing_failed(load: Load, reloads: int) -> None:
+    """No answer outside 2xx and no socket error of any kind: nginx stopped sending to a task before it
+    stopped serving, the draining workers answered every request sent to them, and nginx followed the
+    tasks without a reload (a reload closes idle client keep-alive connections, and a POST the client sent
+    on one in that instant is lost as a read error: nginx before 1.27.3, docs/SWARM.md)."""
     print(f"\n{load}; nginx reloads {reloads}")
-    assert load.seconds >= MIN_SECONDS and load.requests >= MIN_REQUESTS, f"too little load to judge: {load}"
+    assert load.seconds >= MIN_SECONDS and load.rate >= MIN_RATE, f"too little load to judge: {load}"
     assert load.non_2xx == 0, str(load)
-    assert load.errors["connect"] == load.errors["write"] == load.errors["timeout"] == 0, str(load)
-    assert reloads <= bound, f"{reloads} nginx reloads, expected at most {bound}"
-    assert load.errors["read"] <= WRK_CONNECTIONS * reloads, str(load)
+    assert load.errors == dict.fromkeys(load.errors, 0), str(load)
+    assert reloads == 0, f"nginx reloaded {reloads} times for the app's tasks: its nginx has no `resolve`"
 
 
 def engine_now() -> str:
@@ -333,8 +340,7 @@ def test_rolling_update_of_a_changed_knob_under_post_load_fails_no_request(
     after = set(swarm_stack.task_containers("app"))
     assert len(after) == 2 and not after & before, "the update did not replace every task"
     assert "WEB_CONCURRENCY=2" in swarm_stack.service("app")["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"]
-    # Start-first, one task at a time: each old task's removal shares a reload with its successor's addition.
-    assert_nothing_failed_but_reload_races(result, nginx_reloads(swarm_stack, since), bound=len(before) + 1)
+    assert_nothing_failed(result, nginx_reloads(swarm_stack, since))
 
 
 def hostnames_serving(stack: SwarmStack, requests: int) -> dict[str, int]:
@@ -366,7 +372,7 @@ def test_scale_down_3_to_1_under_post_load_fails_no_request(swarm_stack: SwarmSt
         result = load.stop()
     assert scaled.returncode == 0, scaled.stderr
     assert swarm_stack.service("app")["Spec"]["Mode"]["Replicated"]["Replicas"] == 1
-    assert_nothing_failed_but_reload_races(result, nginx_reloads(swarm_stack, since), bound=2)
+    assert_nothing_failed(result, nginx_reloads(swarm_stack, since))
 
 
 def test_locust_master_and_worker_run_as_stack_services(swarm_stack: SwarmStack) -> None:
