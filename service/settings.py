@@ -498,8 +498,8 @@ class Settings(BaseSettings):
         "path",
         "nginx",
         "PEM certificate (leaf first, then intermediates) served with NGINX_TLS=1. Empty = `make up` "
-        "creates a local CA and a certificate for localhost, nginx.localhost (compose), 127.0.0.1 and ::1 in <run dir>/tls and says "
-        "how to trust it.",
+        "creates a local CA and a certificate for localhost, nginx.localhost (compose), 127.0.0.1 and ::1 "
+        "in <run dir>/tls and says how to trust it.",
     )
     nginx_tls_key: str = knob(
         "",

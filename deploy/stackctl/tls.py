@@ -237,8 +237,8 @@ def verdict(settings: Settings, binary: str | None) -> Finding:
             "inputs",
             "error",
             f"NGINX_LISTEN_ADDRESS={address} with NGINX_TLS_CERT empty (generated)",
-            "the generated certificate names only localhost, nginx.localhost (compose), 127.0.0.1 and ::1: no client that "
-            f"connects to {address} can verify it",
+            "the generated certificate names only localhost, nginx.localhost (compose), 127.0.0.1 and ::1: "
+            f"no client that connects to {address} can verify it",
             "give NGINX_TLS_CERT and NGINX_TLS_KEY for a name of that address, or listen on 0.0.0.0",
             NGINX_LISTEN_ADDRESS=address,
         )
@@ -369,8 +369,8 @@ def trust_hint(served: Files, url: str, plain_url: str) -> list[str]:
     if served.ca is None:
         return [f"TLS: {url} serves NGINX_TLS_CERT={served.cert}", *lines]
     return [
-        f"TLS: {url} serves a certificate for localhost, nginx.localhost (compose), 127.0.0.1 and ::1 from a local CA made for this "
-        f"stack (it can vouch for no other name): {served.ca}",
+        f"TLS: {url} serves a certificate for localhost, nginx.localhost (compose), 127.0.0.1 and ::1 "
+        f"from a local CA made for this stack (it can vouch for no other name): {served.ca}",
         f"  trust it: curl --cacert {served.ca} {url}/api/ping",
         f"            SSL_CERT_FILE={served.ca} (Python ssl, httpx, websocket-client; "
         f"REQUESTS_CA_BUNDLE for requests); make loadtest does this itself",
