@@ -1,5 +1,6 @@
 """The app's own logic, in-process. Proxy and server behaviour is tested through the real stack."""
 
+import gc
 import json
 import logging
 
@@ -226,3 +227,13 @@ def test_routes_are_registered_flat_with_the_document_include_router_gives(
 def test_fastapis_native_opentelemetry_follows_app_opentelemetry(enabled: int) -> None:
     telemetry = create_app(load_settings(app_opentelemetry=enabled))._telemetry
     assert [telemetry[signal] for signal in ("tracing", "metrics", "logs")] == [bool(enabled)] * 3
+
+
+def test_the_workers_gc_thresholds_are_set_at_startup() -> None:
+    before = gc.get_threshold()
+    try:
+        with TestClient(create_app(load_settings(app_gc_threshold="40000, 15, 90"))):
+            assert gc.get_threshold() == (40000, 15, 90)
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
