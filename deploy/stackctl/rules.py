@@ -521,16 +521,16 @@ def swarm_findings(settings: Settings, host: HostFacts) -> list[Finding]:
                 values={"SWARM_REGISTRY": "", "nodes": str(swarm.nodes)},
             )
         )
-    if settings.nginx_tls:
+    if settings.nginx_tls and settings.swarm_locust_workers > 0:
         findings.append(
             Finding(
                 "swarm TLS",
-                "error",
-                "NGINX_TLS=1 is not wired for RUNTIME=swarm",
-                "the certificate and key reach nginx through a bind-mount overlay of the compose runtime; a "
-                "stack would need them as Docker secrets on every nginx node",
-                "terminate TLS in front of the swarm's nginx, or use RUNTIME=docker for NGINX_TLS=1",
-                values={"NGINX_TLS": "1"},
+                "warning",
+                f"NGINX_TLS=1 with SWARM_LOCUST_WORKERS={settings.swarm_locust_workers}",
+                "the Locust services load nginx's plain port, which with TLS only redirects to HTTPS "
+                "(308), by a name the certificate does not carry",
+                "run Locust from a host (`make loadtest`), or terminate TLS in front of nginx",
+                values={"NGINX_TLS": "1", "SWARM_LOCUST_WORKERS": str(settings.swarm_locust_workers)},
             )
         )
     if settings.compose_publish_address != "0.0.0.0":

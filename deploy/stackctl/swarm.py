@@ -9,10 +9,12 @@ is a new spec and a rolling update — and places nginx by SWARM_NGINX_CONSTRAIN
 
 On this kind of engine (no iptables) a service's virtual IP and routing-mesh ports do not answer: every
 service is `endpoint_mode: dnsrr`, nginx balances over `tasks.app` itself and publishes in host mode.
+With NGINX_TLS=1 the certificate and key reach nginx as a swarm config and a swarm secret (`with_tls`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -25,7 +27,7 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]  # PyYAML comes with uvicorn[standard]
 
-from deploy.stackctl import docker
+from deploy.stackctl import docker, local, tls
 from deploy.stackctl.config import ROOT, Effective
 from deploy.stackctl.local import StackError
 from deploy.stackctl.ports import LOOPBACK, port_in_use
@@ -154,6 +156,8 @@ class Stack:
         return self.docker("ps", "-q", "--filter", label).split()
 
     def url(self) -> str:
+        if self.env.get("NGINX_TLS") == "1":
+            return f"https://{LOOPBACK}:{self.env.get('HTTPS_PORT', '8443')}"
         return f"http://{LOOPBACK}:{self.env.get('HTTP_PORT', '8080')}"
 
 
@@ -282,11 +286,33 @@ def tag_images(
         service["image"] = done[local]
 
 
+def with_tls(stack: dict[str, Any], served: tls.Files, https_port: int, name: str) -> None:
+    """NGINX_TLS=1: the certificate as a swarm config and the key as a swarm secret — swarm hands both to
+    every node that runs nginx, where a compose bind mount would name a file of this host only — mounted
+    where the container's NGINX_TLS_CERT/KEY point, the key readable by nginx's uid alone; HTTPS_PORT
+    published in host mode. Swarm cannot change a config or secret in place, so each is named by its
+    content: a renewed certificate is a new one, and the nginx task is replaced (stop-first)."""
+    nginx = stack["services"]["nginx"]
+    for kind, source, path, target, mode in (
+        ("configs", "tls_cert", served.cert, docker.CONTAINER_TLS_CERT, 0o444),
+        ("secrets", "tls_key", served.key, docker.CONTAINER_TLS_KEY, 0o400),
+    ):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        stack.setdefault(kind, {})[source] = {"file": str(path), "name": f"{name}_{source}_{digest}"}
+        owner = str(docker.NGINX_UID)
+        nginx[kind] = [{"source": source, "target": target, "uid": owner, "gid": owner, "mode": mode}]
+    https = {"target": docker.CONTAINER_HTTPS_PORT, "published": https_port, "mode": "host"}
+    nginx["ports"] = [*nginx.get("ports", []), https]
+
+
 def render(
     config: Effective, env: Mapping[str, str], run_dir: Path, keep: Mapping[str, str] | None = None
 ) -> Path:
     """Build nothing: merge, convert, tag and write `<run_dir>/stack.yml`."""
     stack, _ = stack_file(rendered_config(config, env, locust_wanted(config)), config)
+    served = local.ensure_tls(config.settings)
+    if served:
+        with_tls(stack, served, config.settings.https_port, Stack(env).name)
     tag_images(config, env, stack, keep)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / STACK_FILE
@@ -332,9 +358,12 @@ def deploy(
 def up(config: Effective, environ: Mapping[str, str] | None, run_dir: Path) -> Stack:
     env = docker.knob_environment(config, environ)
     ensure_swarm(env)
-    port = config.settings.http_port
-    if "nginx" not in Stack(env).services() and port_in_use(LOOPBACK, port):
-        raise StackError(f"HTTP_PORT: port {port} is already in use by another process; choose a free one")
+    ports = {"HTTP_PORT": config.settings.http_port}
+    if config.settings.nginx_tls:
+        ports["HTTPS_PORT"] = config.settings.https_port
+    for knob, port in ports.items():
+        if "nginx" not in Stack(env).services() and port_in_use(LOOPBACK, port):
+            raise StackError(f"{knob}: port {port} is already in use by another process; choose a free one")
     stack, before = deploy(config, environ, run_dir)
     wait_converged(stack, config, before)
     apps = stack.services()["app"].replicas
@@ -400,6 +429,7 @@ def wait_converged(
     known = set(before)
     updates_before = {name: s.update_started for name, s in stack.services().items()}
     deadline = time.monotonic() + within
+    verify = local.verification(tls.files(config.settings) if config.settings.nginx_tls else None)
     pending_since: dict[str, float] = {}
     waiting = "nginx's public port"
     while time.monotonic() < deadline:
@@ -415,7 +445,7 @@ def wait_converged(
             if any(count != apps for count in nginx_upstreams(stack)):
                 lagging = [f"nginx to balance over {apps} app task(s)"]
         waiting = ", ".join(lagging) or waiting
-        if services and not lagging and docker.answers(f"{stack.url()}/healthz"):
+        if services and not lagging and docker.answers(f"{stack.url()}/healthz", verify):
             return
         time.sleep(1)
     raise StackError(f"not converged within {within:.0f} s: {waiting}; see `make ps` and `make logs`")

@@ -10,10 +10,12 @@ as services, and `make down` leaving nothing behind. They run in file order.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -26,7 +28,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from deploy.stackctl import rules, swarm
+from deploy.stackctl import rules, swarm, tls
 from deploy.stackctl import stack as stackctl
 from deploy.stackctl.config import Effective, effective
 from deploy.stackctl.local import find_wrk
@@ -84,6 +86,44 @@ def test_the_stack_file_drops_what_swarm_refuses_and_converts_what_it_ignores() 
     assert set(changed) == {"build", "depends_on", "restart", "security_opt", "tmpfs", "ports"}
 
 
+def test_tls_reaches_nginx_as_a_config_and_a_secret_named_by_content(tmp_path: Path) -> None:
+    (tmp_path / "cert.pem").write_text("certificate")
+    (tmp_path / "key.pem").write_text("key")
+    served = tls.Files(tmp_path / "cert.pem", tmp_path / "key.pem", ca=None)
+    stack: dict[str, Any] = {"services": {"nginx": {"ports": [{"target": 8080, "mode": "host"}]}}}
+    swarm.with_tls(stack, served, 9443, "blueprint")
+    digest = {
+        name: hashlib.sha256(text.encode()).hexdigest()[:12]
+        for name, text in (("c", "certificate"), ("k", "key"))
+    }
+    assert stack["configs"] == {
+        "tls_cert": {"file": str(served.cert), "name": f"blueprint_tls_cert_{digest['c']}"}
+    }
+    assert stack["secrets"] == {
+        "tls_key": {"file": str(served.key), "name": f"blueprint_tls_key_{digest['k']}"}
+    }
+    nginx = stack["services"]["nginx"]
+    assert nginx["configs"] == [
+        {
+            "source": "tls_cert",
+            "target": "/etc/blueprint/tls/cert.pem",
+            "uid": "101",
+            "gid": "101",
+            "mode": 0o444,
+        }
+    ]
+    assert nginx["secrets"] == [
+        {
+            "source": "tls_key",
+            "target": "/etc/blueprint/tls/key.pem",
+            "uid": "101",
+            "gid": "101",
+            "mode": 0o400,
+        }
+    ]
+    assert nginx["ports"][1] == {"target": 8443, "published": 9443, "mode": "host"}
+
+
 def findings_of(host: rules.HostFacts, **knobs: Any) -> dict[str, rules.Finding]:
     return {f.rule: f for f in rules.swarm_findings(load_settings(**knobs), host) if f.severity != "ok"}
 
@@ -95,7 +135,8 @@ def test_swarm_findings_name_what_the_engine_or_the_cluster_does_not_do() -> Non
     cluster = rules.HostFacts.on_swarm(load_settings(), rules.SwarmFacts("1.41", 3))
     assert findings_of(cluster)["swarm images"].severity == "error"
     assert "swarm images" not in findings_of(cluster, swarm_registry="registry.example:5000")
-    assert findings_of(cluster, nginx_tls=1)["swarm TLS"].severity == "error"
+    assert "swarm TLS" not in findings_of(cluster, nginx_tls=1)
+    assert findings_of(cluster, nginx_tls=1, swarm_locust_workers=2)["swarm TLS"].severity == "warning"
     assert "swarm publish" not in findings_of(cluster, compose_publish_address="0.0.0.0")
     late = findings_of(cluster, swarm_stop_delay=10)["rule 4 (graceful shutdown, swarm)"]
     assert late.severity == "error" and "SWARM_STOP_DELAY=10" in late.claim
@@ -402,13 +443,30 @@ def test_locust_master_and_worker_run_as_stack_services(swarm_stack: SwarmStack)
     assert worker["Placement"]["Preferences"] == [{"Spread": {"SpreadDescriptor": "node.id"}}]
 
 
+def test_nginx_tls_serves_https_with_the_key_as_a_swarm_secret(swarm_stack: SwarmStack) -> None:
+    up = swarm_stack.cli("up", NGINX_TLS="1", SWARM_LOCUST_WORKERS="0")
+    assert up.returncode == 0, up.stderr
+    spec = swarm_stack.service("nginx")["Spec"]["TaskTemplate"]["ContainerSpec"]
+    assert [(s["File"]["Name"], s["File"]["UID"], s["File"]["Mode"]) for s in spec["Secrets"]] == [
+        ("/etc/blueprint/tls/key.pem", "101", 0o400)
+    ]
+    assert [c["File"]["Name"] for c in spec["Configs"]] == ["/etc/blueprint/tls/cert.pem"]
+    https = f"https://127.0.0.1:{swarm_stack.env['HTTPS_PORT']}"
+    trusted = ssl.create_default_context(cafile=str(swarm_stack.run_dir / "tls" / "ca.pem"))
+    response = httpx2.get(f"{https}/api/info", verify=trusted, timeout=10)
+    assert response.status_code == 200 and "hostname" in response.json()
+    redirect = httpx2.get(f"http://127.0.0.1:{swarm_stack.env['HTTP_PORT']}/api/info", timeout=10)
+    assert redirect.status_code == 308 and redirect.headers["location"] == f"{https}/api/info"
+
+
 def test_make_down_removes_services_network_and_containers_and_keeps_the_swarm(
     swarm_stack: SwarmStack,
 ) -> None:
     down = swarm_stack.cli("down")
     assert down.returncode == 0, down.stderr
     label = f"label=com.docker.stack.namespace={swarm_stack.name}"
-    for kind in (("service", "ls", "-q"), ("ps", "-aq"), ("network", "ls", "-q")):
+    listed = (("service", "ls", "-q"), ("ps", "-aq"), ("network", "ls", "-q"), ("secret", "ls", "-q"))
+    for kind in (*listed, ("config", "ls", "-q")):
         assert docker(*kind, "--filter", label, env=swarm_stack.env).stdout.split() == [], kind
     state = docker("info", "--format", "{{.Swarm.LocalNodeState}}", env=swarm_stack.env).stdout.strip()
     assert state == "active"
