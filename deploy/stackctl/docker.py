@@ -36,6 +36,13 @@ WHEELHOUSE = ROOT / "wheelhouse"
 DEFAULT_PROJECT = "blueprint"
 ALL_PROFILES = ("--profile", "loadtest")
 HEALTHY_WITHIN = 180.0
+ROUTED_WITHIN = 30.0
+# nginx's fail_timeout (the template keeps the default): a new app container is in Docker's DNS, and so in
+# nginx's upstream, before it listens; the refused connect makes nginx skip it for this long.
+NGINX_FAIL_TIMEOUT_S = 10.0
+# Where the nginx image's entrypoint lists the app addresses nginx balances over (deploy/nginx/entrypoint.sh).
+NGINX_ADDRESSES = "/tmp/nginx/upstream.addresses"
+CONFIG_HASH_LABEL = "com.docker.compose.config-hash"
 # TLS: docker-compose.yml sets the nginx container's NGINX_HTTPS_LISTEN_PORT and NGINX_TLS_CERT/KEY to these;
 # with NGINX_TLS=1 an overlay written next to the run dir's files publishes the port and mounts the files.
 CONTAINER_HTTPS_PORT = 8443
@@ -88,17 +95,25 @@ class Container:
     status: str
     health: str
     exit_code: int
+    config_hash: str = ""  # what compose compares to decide a container is out of date
+    image: str = ""  # the image id it runs
+    addresses: tuple[str, ...] = ()
 
     @classmethod
     def from_inspect(cls, data: dict[str, Any]) -> Container:
         state = data["State"]
+        labels = data["Config"]["Labels"]
+        networks = (data.get("NetworkSettings") or {}).get("Networks") or {}
         return cls(
             id=data["Id"][:12],
             name=data["Name"].lstrip("/"),
-            service=data["Config"]["Labels"].get("com.docker.compose.service", "?"),
+            service=labels.get("com.docker.compose.service", "?"),
             status=state["Status"],
             health=(state.get("Health") or {}).get("Status", "none"),
             exit_code=state.get("ExitCode", 0),
+            config_hash=labels.get(CONFIG_HASH_LABEL, ""),
+            image=data.get("Image", ""),
+            addresses=tuple(n["IPAddress"] for n in networks.values() if n.get("IPAddress")),
         )
 
 
@@ -263,7 +278,10 @@ def up(config: Effective, environ: Mapping[str, str] | None = None) -> Project:
         if port_in_use(LOOPBACK, port):
             raise StackError(f"{knob}: port {port} is already in use by another process; choose a free one")
     build(project)
-    replicas = max(1, len(project.running("app")))  # `make up` keeps a `make scale`
+    apps = project.running("app")
+    replicas = max(1, len(apps))  # `make up` keeps a `make scale`
+    if apps and project.running("nginx") and out_of_date(project, apps):
+        replace_start_first(project, apps)
     start(project, "up", "-d", "--remove-orphans", "--scale", f"app={replicas}")
     wait_healthy(project)
     print(f"stack is up (docker runtime, project {project.name}, app x{replicas}): {project.url()}")
@@ -368,21 +386,124 @@ def reload(config: Effective, environ: Mapping[str, str] | None = None) -> None:
     wait_healthy(project)
     print(
         f"reloaded: gunicorn HUP in {len(apps)} app container(s) (new workers, in-flight requests finish). "
-        "Changed knobs need `make up`: compose recreates the containers whose settings changed, each "
-        "stopping gracefully."
+        "Changed knobs need `make up`: it replaces out-of-date app containers start-first (new ones "
+        "healthy and balanced over before the old ones drain) and lets compose recreate nginx if its own "
+        "settings changed."
     )
 
 
-def scale(config: Effective, replicas: int) -> None:
+def scale(config: Effective, replicas: int, project: Project | None = None) -> None:
+    """`make scale`: compose adds or stops-and-removes app containers (each stop drains, see the worker);
+    returns once nginx balances over exactly the running ones and has sent requests to each added one.
+    nginx follows the app's addresses by itself (its image's entrypoint), so it is not reloaded: a reload
+    closes idle client keep-alive connections."""
     if replicas < 1:
         raise StackError(f"APP={replicas}: the number of app containers must be at least 1")
-    project = Project(knob_environment(config))
-    require_running(project)
+    project = project or Project(knob_environment(config))
+    before = {c.id for c in require_running(project)}
+    started = time.monotonic()
     start(project, "up", "-d", "--no-recreate", "--no-build", "--scale", f"app={replicas}")
     wait_healthy(project)
-    # The entrypoint notices new replicas within seconds by itself; this makes it immediate.
-    project.run("exec", "-T", "nginx", "blueprint-nginx", "reload")
+    apps = project.running("app")
+    wait_routed(project, apps)
+    added = [c for c in apps if c.id not in before]
+    if added:
+        wait_answering(project, added, since=started)
     print(f"{replicas} app container(s) behind nginx: {project.url()}")
+
+
+def out_of_date(project: Project, apps: list[Container]) -> bool:
+    """Whether compose would recreate these app containers: another config hash (compose v1 hashes the
+    image id in, v2 does not) or another image than the one `build` just tagged."""
+    hashed = project.run("config", "--hash", "app", capture=True).stdout.split()
+    current = hashed[-1] if hashed else ""
+    image = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Id}}", "blueprint-app:local"],
+        env=project.env, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    return any(c.config_hash != current or (image and c.image != image) for c in apps)
+
+
+def replace_start_first(project: Project, old: list[Container]) -> None:
+    """Replaces out-of-date app containers without a moment in which nothing serves: as many new ones are
+    created beside them (`--no-recreate` keeps the old ones; compose v1 and v2 both create the added
+    replicas from the current config), and once they are healthy and nginx balances over them, the old ones
+    are stopped (TERM: each drains, within its stop_grace_period) and removed. Compose alone would stop the
+    only app container before starting its successor: every request in between is a 502."""
+    started = time.monotonic()
+    count = len(old)
+    start(
+        project, "up", "-d", "--no-deps", "--no-recreate", "--no-build", "--scale", f"app={2 * count}", "app"
+    )
+    wait_healthy(project)
+    retired = {c.id for c in old}
+    successors = [c for c in project.running("app") if c.id not in retired]
+    wait_routed(project, successors, exactly=False)
+    wait_answering(project, successors, since=started)
+    ids = [c.id for c in old]
+    for step in (["stop"], ["rm", "-f"]):
+        done = subprocess.run(["docker", *step, *ids], env=project.env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise StackError(f"docker {step[0]} of the old app containers failed: {done.stderr.strip()}")
+    wait_routed(project, successors)
+    print(
+        f"replaced {count} app container(s) start-first in {time.monotonic() - started:.1f} s: "
+        f"{', '.join(c.name for c in old)} -> {', '.join(c.name for c in successors)}"
+    )
+
+
+def routed(project: Project) -> set[str] | None:
+    """The app addresses nginx balances over now, as its entrypoint lists them (None: not readable)."""
+    nginx = project.running("nginx")
+    if not nginx:
+        return None
+    listed = subprocess.run(
+        ["docker", "exec", nginx[0].id, "cat", NGINX_ADDRESSES],
+        env=project.env,
+        capture_output=True,
+        text=True,
+    )
+    return set(listed.stdout.split()) if listed.returncode == 0 else None
+
+
+def wait_answering(
+    project: Project, apps: list[Container], since: float, within: float = ROUTED_WITHIN
+) -> None:
+    """Until requests through nginx have reached each of these containers, and nginx's fail_timeout has
+    passed since they were created: a container nginx skips after its boot-time refusal would leave nginx
+    with no live server once the old ones go."""
+    waiting = {c.id for c in apps}  # a container's hostname is its short id
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            info = httpx2.get(f"{project.url()}/api/info", timeout=2, verify=project.verification())
+            waiting.discard(info.json().get("hostname", "") if info.status_code == 200 else "")
+        except (httpx2.HTTPError, ValueError):
+            pass
+        if not waiting and time.monotonic() - since >= NGINX_FAIL_TIMEOUT_S:
+            return
+        time.sleep(0.1)
+    raise StackError(
+        f"no request through nginx reached app container(s) {sorted(waiting)} within {within:.0f} s"
+    )
+
+
+def wait_routed(
+    project: Project, apps: list[Container], exactly: bool = True, within: float = ROUTED_WITHIN
+) -> None:
+    """Until nginx balances over these app containers (and, `exactly`, over no other address)."""
+    wanted = {address for c in apps for address in c.addresses}
+    deadline = time.monotonic() + within
+    seen: set[str] | None = None
+    while time.monotonic() < deadline:
+        seen = routed(project)
+        if seen is not None and (seen == wanted if exactly else wanted <= seen):
+            return
+        time.sleep(0.25)
+    raise StackError(
+        f"nginx did not balance over the app containers' addresses {sorted(wanted)} within {within:.0f} s "
+        f"(it lists {sorted(seen) if seen is not None else 'nothing'} in {NGINX_ADDRESSES}); see `make logs`"
+    )
 
 
 def ps(project: Project | None = None) -> None:
