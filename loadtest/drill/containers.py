@@ -1,6 +1,6 @@
 """What the docker drills need from a compose stack beyond stack.Handle: their own project name and
-subnet, scaling and killing app containers of *that* project (docker.scale reads the project name from this
-process's environment, not from the handle)."""
+subnet, scaling and killing app containers of *that* project (the handle's, not the one this process's
+environment names), and the containers' logs before the stack goes."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import resource
 import secrets
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 from deploy.stackctl import docker, stack
 from loadtest.drill.plan import DrillError
@@ -55,11 +56,8 @@ def project_knobs(drill: str) -> dict[str, str]:
 
 def scale(handle: stack.Handle, replicas: int) -> None:
     """`make scale APP=replicas` for this handle's project (what docker.scale does for `make up`'s)."""
-    project = handle.project()
     with quiet():
-        docker.start(project, "up", "-d", "--no-recreate", "--no-build", "--scale", f"app={replicas}")
-        docker.wait_healthy(project)
-        project.run("exec", "-T", "nginx", "blueprint-nginx", "reload", capture=True)
+        docker.scale(handle.config, replicas, handle.project())
 
 
 def kill(handle: stack.Handle, container: docker.Container) -> None:
@@ -68,3 +66,13 @@ def kill(handle: stack.Handle, container: docker.Container) -> None:
     )
     if killed.returncode != 0:
         raise DrillError(f"docker kill {container.name} failed: {killed.stderr.strip()}")
+
+
+def save_logs(handle: stack.Handle, run_dir: Path) -> None:
+    """Every container's log (nginx's error lines say why a request failed) into the drill's run dir,
+    before the stack and its logs go; kept gzipped with the local runtime's logs."""
+    project = handle.project()
+    logs = subprocess.run(
+        project.command("logs", "--no-color", "--timestamps"), env=project.env, capture_output=True, text=True
+    )
+    (run_dir / "compose.log").write_text(logs.stdout + logs.stderr)

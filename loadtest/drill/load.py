@@ -141,6 +141,7 @@ class WsTally:
     failed_reconnects: dict[str, int] = field(default_factory=dict)  # reason -> count
     longest_gap_s: float = 0.0
     pushes: int = 0
+    slowest_connects_s: list[float] = field(default_factory=list)  # the 5 slowest handshakes, failed ones too
 
 
 class RawSocket(Protocol):
@@ -179,6 +180,7 @@ class TickerClients:
         self.closes: Counter[str] = Counter()
         self.failed: Counter[str] = Counter()
         self.longest_gap = 0.0
+        self.connect_times: list[float] = []
         self.threads = [threading.Thread(target=self.client, daemon=True) for _ in range(count)]
 
     def start(self, within: float = 15.0) -> None:
@@ -206,20 +208,24 @@ class TickerClients:
                 dict(sorted(self.failed.items())),
                 round(self.longest_gap, 3),
                 self.pushes,
+                [round(t, 3) for t in sorted(self.connect_times, reverse=True)[:5]],
             )
 
     def client(self) -> None:
         closed_at: float | None = None
         while not self.stopping.is_set():
+            began = time.monotonic()
             try:
                 ws = websocket.create_connection(self.url, timeout=WS_CONNECT_TIMEOUT_S)
             except (websocket.WebSocketException, OSError) as error:
                 with self.lock:
                     self.failed[failure_reason(error)] += 1
+                    self.connect_times.append(time.monotonic() - began)
                 self.stopping.wait(WS_RETRY_PAUSE_S)
                 continue
             with self.lock:
                 self.connects += 1
+                self.connect_times.append(time.monotonic() - began)
                 if closed_at is not None:
                     self.longest_gap = max(self.longest_gap, time.monotonic() - closed_at)
             code = self.receive(ws)

@@ -123,6 +123,7 @@ class Row:
     ws_failed_reconnects: int = 0
     ws_failed_by_reason: dict[str, int] = field(default_factory=dict)
     ws_longest_gap_s: float = 0.0  # longest time a client was without a connection
+    ws_slowest_connects_s: list[float] = field(default_factory=list)  # the slowest handshakes (s)
     ws_pushes: int = 0
     recovery_s: float | None = None
     recovery: str = ""  # what recovery_s measures

@@ -65,6 +65,7 @@ def fill(
         sum(ws.failed_reconnects.values()),
     )
     row.ws_longest_gap_s, row.ws_pushes = ws.longest_gap_s, ws.pushes
+    row.ws_slowest_connects_s = ws.slowest_connects_s
     row.recovery_s = None if outcome.recovery_s is None else round(outcome.recovery_s, 3)
     row.recovery, row.probes, row.probe_failures = outcome.recovery, outcome.probes, outcome.probe_failures
     row.not_counted = [kind for kind in outcome.not_counted if kind in row.failures]
@@ -120,6 +121,8 @@ def run_drill(
                 tally = load.stop()
                 if ctx.watch:
                     ctx.watch.stop()
+                if drill.runtime == "docker":
+                    containers.save_logs(ctx.handle, run_dir)
             row.seconds = round(time.monotonic() - started, 1)
     except Exception as error:  # a drill that breaks is a row saying why, not the end of the run
         row.status, row.reason = "error", f"{type(error).__name__}: {error}"

@@ -70,6 +70,8 @@ def assert_consistent(row: dict[str, Any], websockets: int) -> None:
     assert row["ws_clients"] == websockets and row["ws_connects"] >= websockets
     assert row["ws_failed_reconnects"] == sum(row["ws_failed_by_reason"].values())
     assert row["ws_connects"] == websockets + sum(row["ws_closes"].values()), "every close is reconnected"
+    slowest = row["ws_slowest_connects_s"]
+    assert 0 < len(slowest) <= 5 and slowest == sorted(slowest, reverse=True), "the slowest handshakes, first"
     assert row["recovery_s"] is not None and row["recovery_s"] > 0
     assert row["load_average_before"] and row["load_average_after"]
 
