@@ -9,15 +9,18 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx2
 import psutil
 import pytest
 
+from loadtest.drill.load import TickerClients
 from service.settings import Settings
 from tests.docker.conftest import DockerStack, docker
 from tests.docker.through_nginx import *  # noqa: F403 (the runtime-independent tests, on the compose stack)
+from tests.stack.test_drain import Wrk, assert_nothing_lost
 
 pytestmark = pytest.mark.docker
 
@@ -129,6 +132,36 @@ def test_scale_app_to_two_sends_traffic_to_both(docker_stack: DockerStack) -> No
         assert hostnames_serving(docker_stack, 20) == replicas
     finally:
         assert docker_stack.stackctl("scale", "1").returncode == 0
+
+
+def test_scale_down_under_post_load_loses_nothing_and_websockets_reconnect(
+    docker_stack: DockerStack, tmp_path: Path
+) -> None:
+    # 3 -> 1 while wrk POSTs through nginx: each stopping container drains (stops accepting, answers with
+    # Connection: close, closes its WebSockets with 1012) and nginx follows the addresses by itself, with no
+    # reload that would close idle client keep-alive connections. A 502, a socket error or a rate below
+    # 1,000 requests/s fails.
+    scaled_up = docker_stack.stackctl("scale", "3")
+    assert scaled_up.returncode == 0, scaled_up.stderr
+    # nginx spreads new connections round-robin: most of the 12 land on the two containers that go
+    sockets = TickerClients(docker_stack.ws_url, 12)
+    sockets.start()
+    try:
+        wrk = Wrk(docker_stack, tmp_path)
+        wrk.at(3.0)
+        scaled_down = docker_stack.stackctl("scale", "1")  # returns once nginx balances over the one left
+        result = wrk.result()
+        deadline = time.monotonic() + 10
+        while sockets.connects < sockets.count + sum(sockets.closes.values()) and time.monotonic() < deadline:
+            time.sleep(0.1)  # the last clients closed are reconnecting
+    finally:
+        held = sockets.stop()
+    assert scaled_down.returncode == 0, scaled_down.stderr
+    assert len(docker_stack.containers("app")) == 1
+    assert_nothing_lost(result)
+    assert held.failed_reconnects == {}, held
+    assert held.closes and set(held.closes) == {"1012"}, held
+    assert held.connects == held.clients + sum(held.closes.values()), "every close is followed by a reconnect"
 
 
 def container_address(container: dict[str, Any]) -> str:
