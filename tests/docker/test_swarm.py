@@ -5,7 +5,8 @@ share one stack, started through deploy/stackctl/stack.py on an engine that join
 is in none (and stays in it): the local tier's through-nginx assertions, then what only swarm has — dnsrr,
 host-mode publishing, start-first updates — a rolling update and a scale-down under POST load from wrk
 that lose no request (nginx follows tasks.app with `server ... resolve`, no reload), `make scale`, Locust
-as services, and `make down` leaving nothing behind. They run in file order.
+as services, HTTPS with the key as a swarm secret, and `make down` leaving nothing behind. They run in file
+order.
 """
 
 from __future__ import annotations
