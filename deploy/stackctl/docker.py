@@ -435,11 +435,18 @@ def replace_start_first(project: Project, old: list[Container]) -> None:
     start(
         project, "up", "-d", "--no-deps", "--no-recreate", "--no-build", "--scale", f"app={2 * count}", "app"
     )
-    wait_healthy(project)
     retired = {c.id for c in old}
-    successors = [c for c in project.running("app") if c.id not in retired]
-    wait_routed(project, successors, exactly=False)
-    wait_answering(project, successors, since=started)
+    try:
+        wait_healthy(project)
+        successors = [c for c in project.running("app") if c.id not in retired]
+        wait_routed(project, successors, exactly=False)
+        wait_answering(project, successors, since=started)
+    except StackError as error:
+        added = [c.id for c in project.containers("app") if c.id not in retired]
+        if added:
+            subprocess.run(["docker", "rm", "-f", *added], env=project.env, capture_output=True)
+        wait_routed(project, old)
+        raise StackError(f"{error}; removed the new app container(s), the old ones still serve") from None
     ids = [c.id for c in old]
     for step in (["stop"], ["rm", "-f"]):
         done = subprocess.run(["docker", *step, *ids], env=project.env, capture_output=True, text=True)
