@@ -111,6 +111,14 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
             "row measures the generator as much as the server.",
             "",
         ]
+        goals = meta.get("goals", {})
+        lines += [
+            f"Goals (issue 12): blueprint direct / bare = {num(goals.get('blueprint_direct_over_bare'), 2)} "
+            f"by req/s, {num(goals.get('blueprint_direct_over_bare_by_cpu'), 2)} by CPU per request (goal >= "
+            f"0.85); through nginx / direct = {num(goals.get('blueprint_nginx_over_direct'), 2)} by req/s, "
+            f"{num(goals.get('blueprint_nginx_over_direct_by_cpu'), 2)} by CPU per request (goal >= 0.80).",
+            "",
+        ]
     lines += capacity_tables(rows)
     return "\n".join(lines).rstrip() + "\n"
 

@@ -91,11 +91,15 @@ def test_a_short_run_measures_every_row_and_writes_every_file(
     assert rows["ws-held"]["n"] == bench.SHORT.ws_n and rows["slow-held"]["n"] == bench.SHORT.slow_n
     assert rows["ws-held"]["held_s"] == bench.SHORT.seconds, "BENCH_WS_HOLD unset: held BENCH_SECONDS"
     assert data["machine"]["cpu"] and data["load_average_before"] and data["load_average_after"]
-    assert set(data["goals"]) == {"blueprint_direct_over_bare", "blueprint_nginx_over_direct"}
+    assert set(data["goals"]) == {
+        *("blueprint_direct_over_bare", "blueprint_nginx_over_direct"),
+        *("blueprint_direct_over_bare_by_cpu", "blueprint_nginx_over_direct_by_cpu"),
+    }
+    assert all(isinstance(ratio, float) for ratio in data["goals"].values())
     assert not list(report_dir.glob("servers/*/state.json")), "a stack was left up"
 
     page = (report_dir / "bench.md").read_text()
     assert all(f"| {name} |" in page for name in bench.NAMES)
-    assert "load average" in page.lower() and data["machine"]["cpu"] in page
+    assert "load average" in page.lower() and data["machine"]["cpu"] in page and "Goals (issue 12)" in page
     assert (report_dir / "bench.png").read_bytes().startswith(b"\x89PNG")
     assert "| blueprint-direct |" in out and str(report_dir / "bench.md") in out
