@@ -65,6 +65,13 @@ class DrainingServer(Server):
         self.date_refreshed = 0.0
 
     def handle_exit(self, sig: int, frame: Any) -> None:
+        # Stop accepting before any response says Connection: close. When this process holds the last
+        # descriptor of the listening socket (a stopping container: gunicorn's master closed its own
+        # first), closing it resets every connection the kernel queued and nobody accepted yet, each with
+        # a request nginx already wrote (a POST it cannot retry: 502); and Connection: close makes nginx
+        # open a new connection for each next request, which must not start while the socket still queues.
+        for server in getattr(self, "servers", ()):  # uvicorn sets it in startup, which may not have run
+            server.close()
         lifecycle.closing.set()
         lifecycle.draining.set()
         super().handle_exit(sig, frame)
