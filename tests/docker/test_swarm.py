@@ -182,6 +182,8 @@ def swarm_environment() -> dict[str, str]:
         COMPOSE_PROJECT_NAME=f"blueprint-swarm-{secrets.token_hex(3)}",
         # One task for the through-nginx tests (one worker in all); later tests scale it.
         SWARM_APP_REPLICAS="1",
+        # Both cores for a task (the default limit is one): after the scale-down one task carries the load.
+        SWARM_APP_CPUS="2.0",
     )
     return env
 
