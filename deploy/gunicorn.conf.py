@@ -71,7 +71,8 @@ graceful_timeout = settings.gunicorn_graceful_timeout
 #      generation share it, so nothing queued there is lost — on HUP new connections wait in the backlog
 #      for the ~0.5 s the new workers take to boot). A max_requests recycle first keeps accepting, with
 #      step 2, until nginx has let go of the connections it had: the master forks its replacement only
-#      after it exits, and two workers draining at once would leave nobody accepting;
+#      after it exits. And it starts only while another worker accepts (they take turns: RecycleTurns,
+#      files under worker_tmp_dir), or two recycling at once left nobody accepting for seconds;
 #   2. answers every request that still arrives on an open connection, adding `Connection: close`, so nginx
 #      drops that connection from its pool after the response instead of reusing it;
 #   3. never closes an idle connection itself: nginx closes it after NGINX_UPSTREAM_KEEPALIVE_TIMEOUT idle
@@ -133,3 +134,9 @@ def child_exit(server, worker):  # type: ignore[no-untyped-def]
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def on_exit(server):  # type: ignore[no-untyped-def]
+    from service.worker import RecycleTurns
+
+    RecycleTurns.of_master(os.getpid(), workers, worker_tmp_dir).remove()

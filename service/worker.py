@@ -16,12 +16,17 @@ UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import math
+import os
+import shutil
 import socket
 import sys
+import tempfile
 import time
 from email.utils import formatdate
+from pathlib import Path
 from typing import Any
 
 import uvicorn_worker
@@ -57,12 +62,69 @@ class CloseWhenDraining:
         await self.app(scope, receive, send_closing)
 
 
+class RecycleTurns:
+    """The workers of one master take turns to recycle (max_requests): a worker stops accepting for its
+    recycle only while another worker of that master accepts, so that a new connection, a WebSocket's
+    reconnect above all, always finds one. gunicorn boots the replacement only after the exit, and two
+    workers draining at once left nobody accepting for seconds. One file per accepting worker, named by
+    its pid, in a directory named by the master's pid; a lock makes look-and-leave one step."""
+
+    def __init__(self, directory: Path, pid: int, workers: int) -> None:
+        self.directory, self.pid, self.workers = directory, pid, workers
+
+    @classmethod
+    def of_master(cls, master_pid: int, workers: int, tmp_dir: str | None = None) -> RecycleTurns:
+        directory = Path(tmp_dir or tempfile.gettempdir()) / f"blueprint-workers-{master_pid}"
+        return cls(directory, os.getpid(), workers)
+
+    def accepting(self) -> None:
+        self.directory.mkdir(exist_ok=True)
+        (self.directory / str(self.pid)).touch()
+
+    def stopped(self) -> None:
+        (self.directory / str(self.pid)).unlink(missing_ok=True)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def my_turn(self) -> bool:
+        if self.workers <= 1:
+            return True  # nobody to wait for: gunicorn's own behaviour
+        self.directory.mkdir(exist_ok=True)
+        with open(self.directory / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            others = [
+                path
+                for path in self.directory.glob("[0-9]*")
+                if int(path.name) != self.pid and alive(int(path.name))
+            ]
+            if others:
+                self.stopped()
+            return bool(others)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class DrainingServer(Server):
-    def __init__(self, config: Config, ws_close_spread: float) -> None:
+    def __init__(self, config: Config, ws_close_spread: float, turns: RecycleTurns | None = None) -> None:
         super().__init__(config)
         self.ws_close_spread = ws_close_spread
+        self.turns = turns
         self.ws_closing: set[Any] = set()
         self.date_refreshed = 0.0
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.turns is not None and self.started:
+            self.turns.accepting()
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         # Stop accepting before any response says Connection: close. When this process holds the last
@@ -72,6 +134,8 @@ class DrainingServer(Server):
         # open a new connection for each next request, which must not start while the socket still queues.
         for server in getattr(self, "servers", ()):  # uvicorn sets it in startup, which may not have run
             server.close()
+        if self.turns is not None:
+            self.turns.stopped()
         lifecycle.closing.set()
         lifecycle.draining.set()
         super().handle_exit(sig, frame)
@@ -79,15 +143,19 @@ class DrainingServer(Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # Replaces uvicorn's Server.shutdown, which closes idle keep-alive connections at once: nginx may
         # have just written a request on one of them from its pool, and it retries no POST (502).
-        lifecycle.closing.set()
         loop = asyncio.get_running_loop()
         grace = self.config.timeout_graceful_shutdown
         if not self.should_exit:
             # max_requests, not a signal: gunicorn starts no replacement before this process is gone
+            await self.wait_for_recycle_turn()
+            lifecycle.closing.set()
             await self.serve_until_nginx_lets_go(loop, grace)
+        lifecycle.closing.set()
         lifecycle.draining.set()
         for server in self.servers:
             server.close()
+        if self.turns is not None:
+            self.turns.stopped()
         for sock in sockets or []:
             sock.close()
 
@@ -122,6 +190,16 @@ class DrainingServer(Server):
 
         if not self.force_exit:
             await self.lifespan.shutdown()
+
+    async def wait_for_recycle_turn(self) -> None:
+        """Serves on as before (no `Connection: close`) until another worker accepts (RecycleTurns)."""
+        if self.turns is None or self.turns.my_turn():
+            return
+        uvicorn_logger.info("drain: request limit reached; serving on until another worker accepts")
+        started = time.monotonic()
+        while not self.should_exit and not self.turns.my_turn():
+            await self.tick()
+        uvicorn_logger.info("drain: my turn to recycle after %.2fs", time.monotonic() - started)
 
     async def serve_until_nginx_lets_go(self, loop: asyncio.AbstractEventLoop, grace: int | None) -> None:
         """Keeps accepting and serving, every response with `Connection: close`, until each HTTP connection
@@ -195,7 +273,8 @@ class UvicornWorker(uvicorn_worker.UvicornWorker):  # type: ignore[misc]
 
     async def _serve(self) -> None:
         self.config.app = CloseWhenDraining(self.wsgi)
-        server = DrainingServer(config=self.config, ws_close_spread=self.ws_close_spread)
+        turns = RecycleTurns.of_master(self.ppid, self.cfg.workers, self.cfg.worker_tmp_dir)
+        server = DrainingServer(config=self.config, ws_close_spread=self.ws_close_spread, turns=turns)
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)
         if not server.started:

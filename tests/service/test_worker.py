@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +20,7 @@ import websockets
 from uvicorn.config import Config
 
 from service import lifecycle
-from service.worker import CloseWhenDraining, DrainingServer
+from service.worker import CloseWhenDraining, DrainingServer, RecycleTurns
 
 
 async def tiny_app(scope: Any, receive: Any, send: Any) -> None:
@@ -45,7 +48,10 @@ def not_draining() -> Iterator[None]:
 
 @asynccontextmanager
 async def serving(
-    graceful: float, ws_close_spread: float = 0.0, max_requests: int | None = None
+    graceful: float,
+    ws_close_spread: float = 0.0,
+    max_requests: int | None = None,
+    turns: RecycleTurns | None = None,
 ) -> AsyncIterator[tuple[DrainingServer, int]]:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -60,7 +66,7 @@ async def serving(
         ws="websockets-sansio",
         limit_max_requests=max_requests,
     )
-    server = DrainingServer(config, ws_close_spread=ws_close_spread)
+    server = DrainingServer(config, ws_close_spread=ws_close_spread, turns=turns)
     task = asyncio.create_task(server.serve(sockets=[listener]))
     while not server.started:
         await asyncio.sleep(0.01)
@@ -135,6 +141,55 @@ def test_a_recycling_worker_serves_on_until_its_pooled_connections_are_gone() ->
                 writer.close()
 
     asyncio.run(scenario())
+
+
+def test_a_recycling_worker_waits_until_another_worker_accepts(tmp_path: Path) -> None:
+    turns = RecycleTurns(tmp_path / "workers", pid=os.getpid(), workers=2)
+    sibling = subprocess.Popen(["sleep", "30"])  # a live pid standing in for the other worker
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+
+    async def scenario() -> None:
+        async with serving(graceful=10, max_requests=1, turns=turns) as (_, port):
+            assert (turns.directory / str(os.getpid())).exists()  # it accepts, and says so
+            (turns.directory / str(gone.pid)).touch()  # a worker that died without saying so
+            pooled = await asyncio.open_connection("127.0.0.1", port)
+            await request(*pooled)  # the request limit is reached
+            await asyncio.sleep(0.5)
+            # nobody else accepts: it serves on as before, no Connection: close, and still accepts
+            assert not lifecycle.closing.is_set()
+            assert b"connection: close" not in await request(*pooled)
+            fresh = await asyncio.open_connection("127.0.0.1", port)
+            assert b"connection: close" not in await request(*fresh)
+
+            (turns.directory / str(sibling.pid)).touch()  # the other worker (re)starts accepting
+            await asyncio.sleep(0.3)
+            assert lifecycle.closing.is_set()  # its turn: the recycle goes on as before
+            assert not (turns.directory / str(os.getpid())).exists()
+            assert b"connection: close" in await request(*pooled)
+            for _, writer in (pooled, fresh):
+                writer.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        sibling.kill()
+        sibling.wait()
+
+
+def test_two_workers_never_leave_together(tmp_path: Path) -> None:
+    first = RecycleTurns(tmp_path, pid=os.getpid(), workers=2)
+    sibling = subprocess.Popen(["sleep", "30"])
+    try:
+        second = RecycleTurns(tmp_path, pid=sibling.pid, workers=2)
+        first.accepting()
+        second.accepting()
+        assert first.my_turn()  # the other accepts
+        assert not second.my_turn()  # the first has left: the second waits for its replacement
+        assert RecycleTurns(tmp_path, pid=sibling.pid, workers=1).my_turn()  # alone: gunicorn's way
+    finally:
+        sibling.kill()
+        sibling.wait()
 
 
 def test_the_deadline_closes_what_is_left_and_says_so(caplog: pytest.LogCaptureFixture) -> None:

@@ -32,6 +32,8 @@ pytestmark = pytest.mark.stack
 
 SECONDS = 12
 MIN_RATE = 1000
+# The Locust WebSocket users' and the drill's reconnect timeout; a recycle must not leave a gap this long.
+RECONNECT_WITHIN = 5.0
 # An exiting worker waits for nginx to close the pooled connections nobody reuses, which nginx does after
 # NGINX_UPSTREAM_KEEPALIVE_TIMEOUT (15 s by default); 3 s keeps a reload inside the load window.
 QUICK_DRAIN = {"WEB_CONCURRENCY": "2", "NGINX_UPSTREAM_KEEPALIVE_TIMEOUT": "3"}
@@ -131,11 +133,32 @@ def test_two_reloads_under_post_load_lose_nothing(tmp_path: Path) -> None:
 
 
 def test_recycling_every_thousand_requests_loses_nothing(tmp_path: Path) -> None:
-    knobs = {"WEB_CONCURRENCY": "2", "GUNICORN_MAX_REQUESTS": "1000", "GUNICORN_MAX_REQUESTS_JITTER": "300"}
+    knobs = {
+        "WEB_CONCURRENCY": "2",
+        "GUNICORN_MAX_REQUESTS": "1000",
+        # no jitter: both workers reach the limit together, the case where nobody was left accepting
+        "GUNICORN_MAX_REQUESTS_JITTER": "0",
+        "UVICORN_WS_CLOSE_SPREAD": "2",
+    }
+    stop = threading.Event()
     with running(make_stack(tmp_path / "run", **knobs)) as stack:
+        clients = [HeldSocket(f"{stack.ws_url}/ws/echo", stop) for _ in range(6)]
+        for client in clients:
+            client.start()
         result = Wrk(stack, tmp_path).result()
+        stop.set()
+        for client in clients:
+            client.join(timeout=15)
     assert_nothing_lost(result)
-    assert result["pids"] >= 10, f"workers should have recycled many times: {result['pids']} pids answered"
+    # each recycle lasts the WebSockets' close spread (2 s) at least, and the two workers take turns
+    assert result["pids"] >= 5, f"workers should have recycled many times: {result['pids']} pids answered"
+    # The workers take turns (service/worker.py RecycleTurns): one always accepts, so a socket closed by a
+    # recycling worker reconnects at once. Two recycling together left nobody accepting for 4-8 s.
+    assert [c.errors for c in clients] == [[]] * 6
+    assert all({code for _, code in c.closes} <= {1012} for c in clients)
+    assert sum(len(c.closes) for c in clients) >= 6, "recycling workers should have closed the sockets"
+    slowest = max(delay for c in clients for delay in c.reconnect_seconds)
+    assert slowest < RECONNECT_WITHIN, f"a reconnect took {slowest:.1f}s"
 
 
 def test_terminating_a_worker_under_post_load_loses_nothing(tmp_path: Path) -> None:
@@ -161,6 +184,7 @@ class HeldSocket(threading.Thread):
         self.url, self.stop = url, stop
         self.closes: list[tuple[float, int]] = []
         self.connects = 0
+        self.reconnect_seconds: list[float] = []
         self.errors: list[str] = []
 
     def run(self) -> None:
@@ -172,6 +196,8 @@ class HeldSocket(threading.Thread):
                 time.sleep(0.2)
                 continue
             self.connects += 1
+            if self.closes:
+                self.reconnect_seconds.append(time.monotonic() - self.closes[-1][0])
             try:
                 while not self.stop.is_set():
                     ws.send("still here")
