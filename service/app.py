@@ -36,7 +36,7 @@ def configure_logging(level: str) -> None:
 def add_flat(app: FastAPI, router: APIRouter, responses: dict[int | str, dict[str, Any]]) -> None:
     """What `app.include_router(router, responses=responses)` does, with the routes registered on the app
     itself. FastAPI >= 0.137 keeps an included router as one node that it resolves on every request (in
-    `fastapi/routing.py`, `_IncludedRouter`): about 83 k instructions per request here
+    `fastapi/routing.py`, `_IncludedRouter`): ~90 k of 621 k instructions per request here
     (docs/PERFORMANCE.md). The OpenAPI document is the same (tests/service/test_app.py)."""
     for route in router.routes:
         if isinstance(route, APIRoute):
@@ -66,6 +66,8 @@ def add_flat(app: FastAPI, router: APIRouter, responses: dict[int | str, dict[st
                 callbacks=route.callbacks,
                 openapi_extra=route.openapi_extra,
                 generate_unique_id_function=route.generate_unique_id_function,
+                strict_content_type=route.strict_content_type,
+                max_body_size=route.max_body_size,
             )
         elif isinstance(route, APIWebSocketRoute):
             app.router.add_api_websocket_route(
