@@ -177,12 +177,23 @@ def test_metrics_count_requests_of_every_worker(two_worker_stack: Stack) -> None
 
     pids = asyncio.run(run())
     assert len(pids) == 2, f"expected both workers to serve, got {pids}"
-    text = httpx2.get(f"{two_worker_stack.status_url}/metrics").text
-    served = sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith('app_requests_total{method="GET",route="/api/slow",status="200"}')
-    )
+
+    def scrape() -> tuple[float, str]:
+        text = httpx2.get(f"{two_worker_stack.status_url}/metrics").text
+        served = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith('app_requests_total{method="GET",route="/api/slow",status="200"}')
+        )
+        return served, text
+
+    # A worker writes its counts once per event-loop turn, just after the response went out, so the other
+    # worker may answer this scrape a moment before the last count is written.
+    deadline = time.monotonic() + 2
+    served, text = scrape()
+    while served < 60 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        served, text = scrape()
     assert served == 60
     assert "app_worker_up 2.0" in text
 
