@@ -123,14 +123,19 @@ def status_of(url: str, timeout: float, request_id: str | None = None) -> str:
         return type(error).__name__
 
 
-def nginx_access(handle: stack.Handle, request_id: str) -> dict[str, Any]:
-    """nginx's JSON access line for one request (upstream_status lists every attempt)."""
-    for line in handle.logs()["nginx"].read_text(errors="replace").splitlines():
-        if line.startswith("{") and f'"{request_id}"' in line:
-            with contextlib.suppress(ValueError):
-                found: dict[str, Any] = json.loads(line)
-                return found
-    return {}
+def nginx_access(handle: stack.Handle, request_id: str, within: float = 2.0) -> dict[str, Any]:
+    """nginx's JSON access line for one request (upstream_status lists every attempt). nginx buffers its
+    access log and writes it up to a second late (`flush=1s` in the template), so this waits for it."""
+    deadline = time.monotonic() + within
+    while True:
+        for line in handle.logs()["nginx"].read_text(errors="replace").splitlines():
+            if line.startswith("{") and f'"{request_id}"' in line:
+                with contextlib.suppress(ValueError):
+                    found: dict[str, Any] = json.loads(line)
+                    return found
+        if time.monotonic() >= deadline:
+            return {}
+        time.sleep(0.1)
 
 
 def exits(pids: dict[str, int], within: float) -> dict[str, float]:
