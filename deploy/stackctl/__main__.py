@@ -130,23 +130,15 @@ def existing_runtime(run: local.RunDir) -> str:
 
 def dispatch_without_config(args: argparse.Namespace, run: local.RunDir) -> int:
     runtime = existing_runtime(run)
-    if runtime == "swarm":
+    if runtime in ("swarm", "docker"):
+        engine = swarm if runtime == "swarm" else docker
         if args.command == "down":
-            swarm.down()
+            engine.down()
             stack.forget(run.path)
         elif args.command == "ps":
-            swarm.ps()
+            engine.ps()
         else:
-            swarm.logs(args.follow)
-        return 0
-    if runtime == "docker":
-        if args.command == "down":
-            docker.down()
-            stack.forget(run.path)
-        elif args.command == "ps":
-            docker.ps()
-        else:
-            docker.logs(args.follow)
+            engine.logs(args.follow)
         return 0
     if args.command == "down":
         local.down(run)
