@@ -9,6 +9,7 @@ from pathlib import Path
 
 from deploy.stackctl import check, docker, docs, local, stack, swarm
 from deploy.stackctl.config import KEPT, ROOT, Effective, read_env_file
+from deploy.stackctl.errors import AlreadyRunning, StackError
 from service.settings import ConfigError
 
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         local.prepare(run, config)  # render
         print(f"rendered {run.env_file} and {run.nginx_conf}")
         return 0
-    except (ConfigError, local.StackError) as error:
+    except (ConfigError, StackError) as error:
         print(f"stackctl {args.command}: {error}", file=sys.stderr)
         return 1
 
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 def up(run_dir: Path) -> int:
     try:
         stack.start(stack.configured_runtime(run_dir), run_dir=run_dir, quiet=False)
-    except local.AlreadyRunning as running:
+    except AlreadyRunning as running:
         print(running)
     return 0
 
@@ -85,7 +86,7 @@ def reload(run_dir: Path) -> int:
     if handle is None:
         runtime = stack.configured_runtime(run_dir)
         if runtime == "local":
-            raise local.StackError(f"no running stack in {run_dir.resolve()}; start it with `make up`")
+            raise StackError(f"no running stack in {run_dir.resolve()}; start it with `make up`")
         handle = stack.Handle(runtime, run_dir.resolve(), stack.configure(run_dir), dict(os.environ))
     new = stack.configure(run_dir)
     changed = stack.changes(handle.config, new)
@@ -110,7 +111,7 @@ def dispatch_docker(args: argparse.Namespace, config: Effective) -> int:
     elif args.command == "wheelhouse":
         print(f"wheels in {docker.build_wheelhouse(docker.knob_environment(config))}")
     else:
-        raise local.StackError(f"`{args.command}` is for the local runtime only (RUNTIME=local)")
+        raise StackError(f"`{args.command}` is for the local runtime only (RUNTIME=local)")
     return 0
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from deploy.stackctl import docker, local, rules, swarm, tls
+from deploy.stackctl import docker, local, rules, swarm, tls, tools
 from deploy.stackctl.config import KNOBS, ROOT, Effective, dump
+from deploy.stackctl.errors import StackError
 from service.settings import ConfigError, Settings
 
 OVERRIDE = f"{rules.UNSAFE_OVERRIDE}=1"
@@ -62,8 +63,8 @@ def derived_lines(settings: Settings, runtime: str, host: rules.HostFacts) -> li
 def validate_nginx(config: Effective) -> Validation:
     command = "nginx -t"
     try:
-        nginx = local.find_nginx()
-    except local.StackError as error:
+        nginx = tools.find_nginx()
+    except StackError as error:
         return Validation("nginx", command, "skipped", str(error))
     with tempfile.TemporaryDirectory(prefix="stack-check-") as scratch:
         run = local.RunDir(Path(scratch))
@@ -73,7 +74,7 @@ def validate_nginx(config: Effective) -> Validation:
         local.prepare(run, Effective(pinned, config.values))
         try:
             local.check_nginx(nginx, run)
-        except local.StackError as error:
+        except StackError as error:
             return Validation("nginx", command, "failed", str(error))
     return Validation("nginx", command, "ok", "rendered nginx.conf.template")
 
@@ -84,16 +85,16 @@ def with_tls_files(settings: Settings, scratch: Settings) -> Settings:
     served = tls.files(settings)
     if served.generated and not served.cert.is_file():
         # When that fails, nginx -t names the missing file and the TLS findings say why.
-        with contextlib.suppress(tls.TlsError, local.StackError):
-            tls.generate(tls.files(scratch), local.find_openssl())
+        with contextlib.suppress(tls.TlsError, StackError):
+            tls.generate(tls.files(scratch), tools.find_openssl())
         return scratch
     return scratch.model_copy(update={"nginx_tls_cert": str(served.cert), "nginx_tls_key": str(served.key)})
 
 
 def tls_findings(settings: Settings) -> list[rules.Finding]:
     try:
-        binary: str | None = local.find_openssl() if settings.nginx_tls else None
-    except local.StackError:
+        binary: str | None = tools.find_openssl() if settings.nginx_tls else None
+    except StackError:
         binary = None
     return tls.findings(settings, binary)
 
@@ -130,7 +131,7 @@ def validate_compose(config: Effective) -> Validation:
         return Validation("compose", "compose config", "skipped", f"no {docker.COMPOSE_FILE.name} in {ROOT}")
     try:
         command = docker.compose_command()
-    except local.StackError as error:
+    except StackError as error:
         return Validation("compose", "compose config", "skipped", str(error))
     env = {**os.environ, **{name: dump(config.settings, name) for name in KNOBS}}
     result = subprocess.run(
@@ -155,7 +156,7 @@ def validate_swarm(config: Effective) -> Validation:
     env = {**os.environ, **{knob: dump(config.settings, knob) for knob in KNOBS}}
     try:
         data = swarm.rendered_config(config, env, swarm.locust_wanted(config))
-    except local.StackError as error:
+    except StackError as error:
         status = "skipped" if "not installed" in str(error) else "failed"
         return Validation("swarm", name, status, str(error))
     stack, changed = swarm.stack_file(data, config)

@@ -6,11 +6,8 @@ repository root, the process environment. A runtime may pin a few values it owns
 
 from __future__ import annotations
 
-import functools
 import os
 import re
-import shutil
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +15,7 @@ from pathlib import Path
 from pydantic_settings.sources import DotEnvSettingsSource
 
 from deploy.stackctl import tls
+from deploy.stackctl.tools import installed_nginx, nginx_version
 from service.settings import ConfigError, Settings, env_name, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,19 +100,7 @@ NGINX_TEMP_PATH = re.compile(r"^\s*[a-z_]+_temp_path\s+([^;\s]+)", re.MULTILINE)
 # (deploy/nginx/entrypoint.sh does the same in containers, where it may also turn `resolve` on).
 CONDITIONAL_LINE = re.compile(r"^([ \t]*)#\[([a-z0-9_]+)\] ")
 CONDITIONS = ("tls", "tls_http2_listen", "tls_http2_on", "demo_routes_off", "resolve")
-NGINX_PATHS = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/opt/homebrew/bin/nginx")
 HTTP2_DIRECTIVE_SINCE = (1, 25, 1)  # `http2 on;`; older nginx has only `listen ... http2`, deprecated since
-
-
-def installed_nginx() -> str | None:
-    return shutil.which("nginx") or next((p for p in NGINX_PATHS if Path(p).exists()), None)
-
-
-@functools.cache
-def nginx_version(nginx: str) -> tuple[int, ...]:
-    said = subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr
-    found = re.search(r"nginx/([0-9.]+)", said)
-    return tuple(int(part) for part in found.group(1).split(".")) if found else ()
 
 
 def http2_directive() -> bool:

@@ -27,7 +27,7 @@ import httpx2
 from deploy.pins import pinned_requirements
 from deploy.stackctl import local, tls
 from deploy.stackctl.config import KNOBS, ROOT, Effective
-from deploy.stackctl.local import StackError
+from deploy.stackctl.errors import StackError
 from deploy.stackctl.ports import LOOPBACK, port_in_use
 from service.settings import Settings, load_settings
 

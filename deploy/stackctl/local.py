@@ -7,10 +7,8 @@ logs, the Prometheus multiprocess directory and `state.json`, which records what
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import signal
 import ssl
 import subprocess
@@ -24,26 +22,15 @@ import httpx2
 import psutil
 
 from deploy.stackctl import tls
-from deploy.stackctl.config import ROOT, Effective, installed_nginx, nginx_temp_dirs, render_nginx
+from deploy.stackctl.config import ROOT, Effective, nginx_temp_dirs, render_nginx
+from deploy.stackctl.errors import AlreadyRunning, StackError
 from deploy.stackctl.ports import LOOPBACK, port_in_use
+from deploy.stackctl.procs import alive, descendants, signal_if_alive, stop
+from deploy.stackctl.tools import find_nginx, find_openssl
 from service.settings import Settings
 
 GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
-NGINX_PACKAGE = "nginx-light"
-OPENSSL_PACKAGE = "openssl"
 NO_TLS = "none (NGINX_TLS=0)"
-
-
-class StackError(Exception):
-    """A problem the user can fix; the message is one line that says how."""
-
-
-class AlreadyRunning(StackError):
-    def __init__(self, state: State, run: RunDir) -> None:
-        super().__init__(
-            f"stack already running at {state.url} (run dir {run.path}); `make down` first to restart it"
-        )
-        self.state = state
 
 
 @dataclass
@@ -98,47 +85,9 @@ class RunDir:
             return None
 
 
-def alive(pid: int) -> bool:
-    try:
-        process = psutil.Process(pid)
-        return bool(process.status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
-
-
 def split_bind(bind: str) -> tuple[str, int]:
     host, port = bind.rsplit(":", 1)
     return (host or LOOPBACK).strip("[]"), int(port)
-
-
-def find_nginx() -> str:
-    return find_tool("nginx", NGINX_PACKAGE, installed_nginx())
-
-
-def find_openssl() -> str:
-    """The openssl command (TLS: the local CA, certificate dates), from the OS like nginx."""
-    return find_tool("openssl", OPENSSL_PACKAGE, shutil.which("openssl"))
-
-
-def find_wrk() -> str:
-    """The HTTP load generator of the drills, the bench and the loss tests, from the OS like nginx."""
-    return find_tool("wrk", "wrk", shutil.which("wrk"))
-
-
-def find_tool(name: str, package: str, found: str | None) -> str:
-    """`found`, else the OS package installed with apt-get when we are root, else the command to run."""
-    if found:
-        return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        print(f"{name} not found: installing {package} with apt-get ...", flush=True)
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
-        done = subprocess.run(["apt-get", "install", "-y", "-qq", package], check=False, env=env)
-        if done.returncode == 0 and shutil.which(name):
-            return str(shutil.which(name))
-    if sys.platform == "darwin":
-        raise StackError(f"{name} is not installed; install it with: brew install {name}")
-    raise StackError(f"{name} is not installed; install it with: sudo apt-get install -y {package}")
 
 
 def nginx_inputs(run: RunDir, settings: Settings) -> list[bytes]:
@@ -248,7 +197,7 @@ def up(run: RunDir, config: Effective, environ: Mapping[str, str] | None = None)
     settings = config.settings
     state = run.load_state()
     if state and (alive(state.gunicorn_pid) or alive(state.nginx_pid)):
-        raise AlreadyRunning(state, run)
+        raise AlreadyRunning(state.url, run.path)
 
     bind_host, bind_port = split_bind(settings.gunicorn_bind)
     public = tls.client_host(settings.nginx_listen_address)
@@ -316,27 +265,6 @@ def up(run: RunDir, config: Effective, environ: Mapping[str, str] | None = None)
     return state
 
 
-def signal_if_alive(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-
-
-def stop(pid: int, sig: signal.Signals, grace: float, wait_first: float = 0) -> None:
-    """Send `sig` (after `wait_first` seconds for the process to end by itself), SIGKILL after `grace`."""
-    if wait_for_exit(pid, wait_first):
-        return
-    signal_if_alive(pid, sig)
-    if not wait_for_exit(pid, grace):
-        signal_if_alive(pid, signal.SIGKILL)
-
-
-def wait_for_exit(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not alive(pid)
-
-
 def down(run: RunDir, quiet: bool = False) -> None:
     state = run.load_state()
     if state is None:
@@ -381,13 +309,6 @@ def app_requests_in_flight(state: State) -> float:
         return 0
     gauges = [line.split()[-1] for line in text.splitlines() if line.startswith("app_requests_in_flight ")]
     return float(gauges[0]) - 1 if gauges else 0
-
-
-def descendants(pid: int) -> list[int]:
-    try:
-        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
 
 
 def reload(run: RunDir, config: Effective) -> None:

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from deploy.stackctl import check, docker, local, rules, swarm, tls
+from deploy.stackctl import check, docker, local, procs, rules, swarm, tls
 from deploy.stackctl.config import KEPT, KNOBS, ROOT, Effective, Value, effective
-from deploy.stackctl.local import StackError
+from deploy.stackctl.errors import StackError
 from deploy.stackctl.ports import LOOPBACK
 from service.settings import ConfigError, Settings, load_settings
 
@@ -154,7 +154,7 @@ class Handle:
 
     def worker_pids(self) -> list[int]:
         master = self.pids().get("gunicorn")
-        return local.descendants(master) if master else []
+        return procs.descendants(master) if master else []
 
     def logs(self) -> dict[str, Path]:
         run = local.RunDir(self.run_dir)
@@ -247,7 +247,7 @@ def start(
 
     `enforce_rules=False` starts a config that breaks an ordering rule without a word (the timeout lab
     breaks rules on purpose); otherwise it is refused unless ALLOW_UNSAFE_CONFIG=1 is in the environment.
-    Raises ConfigError or local.StackError, each one line.
+    Raises ConfigError or StackError, each one line.
     """
     environ, env_file = environment(knobs, base)
     config = configure(run_dir, environ, env_file)

@@ -29,7 +29,7 @@ import yaml  # type: ignore[import-untyped]  # PyYAML comes with uvicorn[standar
 
 from deploy.stackctl import docker, local, tls
 from deploy.stackctl.config import ROOT, Effective
-from deploy.stackctl.local import StackError
+from deploy.stackctl.errors import StackError
 from deploy.stackctl.ports import LOOPBACK, port_in_use
 
 SWARM_FILE = ROOT / "deploy" / "swarm.yml"

@@ -31,8 +31,9 @@ import httpx2
 from rich.console import Console
 from rich.table import Table
 
-from deploy.stackctl import local, rules, stack
+from deploy.stackctl import rules, stack
 from deploy.stackctl.config import ROOT
+from deploy.stackctl.errors import StackError
 from deploy.stackctl.ports import free_port_knobs
 from service.settings import ConfigError, Settings
 
@@ -441,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = run_lab(
                 chosen, args.run_root, lambda e: status.update(f"experiment {e.name} (knobs {dict(e.knobs)})")
             )
-    except (ConfigError, local.StackError) as error:
+    except (ConfigError, StackError) as error:
         print(f"timeout-lab: {error}", file=sys.stderr)
         return 1
     if args.format == "json":

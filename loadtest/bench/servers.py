@@ -19,8 +19,9 @@ from typing import Protocol
 import httpx2
 import psutil
 
-from deploy.stackctl import local, stack
+from deploy.stackctl import local, procs, stack, tools
 from deploy.stackctl.config import ROOT, Effective, effective
+from deploy.stackctl.errors import StackError
 from deploy.stackctl.ports import LOOPBACK, free_port, free_port_knobs
 from loadtest.bench.rows import PATH, BenchError, Params, Target, Unavailable
 from service.settings import ConfigError
@@ -75,7 +76,7 @@ def gunicorn_asgi_missing() -> str:
 
 
 def descendants(pid: int) -> list[int]:
-    return local.descendants(pid)
+    return procs.descendants(pid)
 
 
 class Processes:
@@ -134,7 +135,7 @@ class Processes:
             self.process.kill()
             self.process.wait()
         for pid in children:
-            local.stop(pid, signal.SIGTERM, 5)
+            procs.stop(pid, signal.SIGTERM, 5)
 
 
 class Stack:
@@ -206,8 +207,8 @@ def start(name: str, ctx: Context) -> Server:
         conf = run_dir / "nginx.conf"
         conf.write_text(NGINX_RETURN.format(workers=workers, dir=run_dir, host=LOOPBACK, port=port))
         try:
-            nginx = local.find_nginx()
-        except local.StackError as error:
+            nginx = tools.find_nginx()
+        except StackError as error:
             raise BenchError(str(error)) from None
         command = [nginx, "-c", str(conf), "-e", str(run_dir / "error.log"), "-g", "daemon off;"]
         return Processes(name, "nginx", command, port, os.environ, log)

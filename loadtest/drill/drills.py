@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy.stackctl import local, stack
+from deploy.stackctl import procs, stack
 from loadtest.drill import containers
 from loadtest.drill.load import Load
 from loadtest.drill.observe import (
@@ -178,15 +178,15 @@ def worker_timeout(ctx: Context) -> Outcome:
 
 def nginx_reload(ctx: Context) -> Outcome:
     master = ctx.handle.pids()["nginx"]
-    old = set(local.descendants(master))
+    old = set(procs.descendants(master))
     started = time.monotonic()
     os.kill(master, signal.SIGHUP)
     deadline = started + 30
-    while time.monotonic() < deadline and len(set(local.descendants(master)) - old) < len(old):
+    while time.monotonic() < deadline and len(set(procs.descendants(master)) - old) < len(old):
         time.sleep(0.02)
     recovery = time.monotonic() - started
     time.sleep(1.0)
-    lingering = old & set(local.descendants(master))
+    lingering = old & set(procs.descendants(master))
     notes = [
         f"{len(lingering)} old nginx worker(s) still running 1 s later: they keep open WebSocket tunnels"
     ]

@@ -18,7 +18,8 @@ from typing import Any, Protocol, cast
 
 import websocket
 
-from deploy.stackctl import local
+from deploy.stackctl import tools
+from deploy.stackctl.errors import StackError
 from loadtest.drill.plan import DrillError, LoadParams
 
 LUA = Path(__file__).with_name("mixed.lua")
@@ -35,8 +36,8 @@ NO_STATUS = 1005
 def find_wrk() -> str:
     """wrk's path (deploy/stackctl/local.py installs it like nginx when missing and root)."""
     try:
-        return local.find_wrk()
-    except local.StackError as error:
+        return tools.find_wrk()
+    except StackError as error:
         raise DrillError(str(error)) from None
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import httpx2
 import psutil
 
-from deploy.stackctl import local, stack
+from deploy.stackctl import procs, stack
 
 RESPAWN_WITHIN_S = 60.0
 
@@ -144,7 +144,7 @@ def exits(pids: dict[str, int], within: float) -> dict[str, float]:
     gone: dict[str, float] = {}
     while len(gone) < len(pids) and time.monotonic() - started < within:
         for name, pid in pids.items():
-            if name not in gone and not local.alive(pid):
+            if name not in gone and not procs.alive(pid):
                 gone[name] = time.monotonic() - started
         time.sleep(0.05)
     return gone

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from deploy.stackctl.docker import compose_command
-from deploy.stackctl.local import StackError
+from deploy.stackctl.errors import StackError
 
 
 def executable(folder: Path, name: str, body: str) -> None:

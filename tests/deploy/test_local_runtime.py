@@ -4,16 +4,17 @@ from pathlib import Path
 
 import pytest
 
-from deploy.stackctl import local
+from deploy.stackctl import local, tools
+from deploy.stackctl.errors import StackError
 
 
 def test_missing_nginx_without_root_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(local.shutil, "which", lambda name: None)
-    monkeypatch.setattr(local.Path, "exists", lambda self: False)
-    monkeypatch.setattr(local.os, "geteuid", lambda: 1000)
-    monkeypatch.setattr(local.sys, "platform", "linux")
-    with pytest.raises(local.StackError, match=r"install it with: sudo apt-get install"):
-        local.find_nginx()
+    monkeypatch.setattr(tools.shutil, "which", lambda name: None)
+    monkeypatch.setattr(tools.Path, "exists", lambda self: False)
+    monkeypatch.setattr(tools.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(tools.sys, "platform", "linux")
+    with pytest.raises(StackError, match=r"install it with: sudo apt-get install"):
+        tools.find_nginx()
 
 
 def test_state_survives_a_round_trip(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from deploy.stackctl.config import NGINX_TEMPLATE, nginx_temp_dirs, nginx_variables
-from deploy.stackctl.local import find_nginx
+from deploy.stackctl.tools import find_nginx
 from service.settings import load_settings
 
 ENTRYPOINT = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "entrypoint.sh"

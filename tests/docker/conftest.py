@@ -21,7 +21,7 @@ import pytest
 
 from deploy.stackctl import stack as stackctl
 from deploy.stackctl.docker import COMPOSE_FILE, compose_command
-from deploy.stackctl.local import StackError
+from deploy.stackctl.errors import StackError
 from deploy.stackctl.ports import free_port_knobs
 from service.settings import Settings
 from tests.stack.conftest import ROOT, SMALL_WS_MAX_SIZE

@@ -20,7 +20,7 @@ import yaml
 from deploy.stackctl import docker as runtime
 from deploy.stackctl import stack as stackctl
 from deploy.stackctl.config import ROOT
-from deploy.stackctl.local import StackError
+from deploy.stackctl.errors import StackError
 from deploy.stackctl.ports import free_port
 from tests.docker.conftest import BUILD_TIMEOUT, DockerStack, docker, stack_environment, unavailable
 from tests.service.test_openapi import Contract

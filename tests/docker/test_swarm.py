@@ -32,7 +32,7 @@ import pytest
 from deploy.stackctl import rules, swarm, tls
 from deploy.stackctl import stack as stackctl
 from deploy.stackctl.config import Effective, effective
-from deploy.stackctl.local import find_wrk
+from deploy.stackctl.tools import find_wrk
 from service.settings import load_settings
 from tests.docker.conftest import BUILD_TIMEOUT, DockerStack, docker, require_engine, stack_environment
 from tests.docker.through_nginx import *  # noqa: F403 (the runtime-independent tests, on the swarm stack)

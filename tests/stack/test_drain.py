@@ -25,7 +25,7 @@ import psutil
 import pytest
 import websocket
 
-from deploy.stackctl.local import find_wrk
+from deploy.stackctl.tools import find_wrk
 from tests.stack.conftest import Stack, make_stack, running
 
 pytestmark = pytest.mark.stack

@@ -25,8 +25,9 @@ import websocket
 
 from deploy.stackctl import tls
 from deploy.stackctl.config import NGINX_TEMPLATE, effective, nginx_variables, render_nginx
-from deploy.stackctl.local import RunDir, find_nginx, find_openssl, pinned_paths
+from deploy.stackctl.local import RunDir, pinned_paths
 from deploy.stackctl.ports import free_port
+from deploy.stackctl.tools import find_nginx, find_openssl
 from tests.service.test_openapi import Contract
 from tests.stack.conftest import Stack, make_stack, running
 from tests.stack.test_contract import MALFORMED, exchange, refusal

@@ -1,0 +1,60 @@
+"""The programs the stack and its experiments run that come from the OS, not from PyPI: where they are,
+which version, and how to get them (installed with apt-get when we are root, else a one-line StackError)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from deploy.stackctl.errors import StackError
+
+NGINX_PACKAGE = "nginx-light"
+OPENSSL_PACKAGE = "openssl"
+WRK_PACKAGE = "wrk"
+NGINX_PATHS = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/opt/homebrew/bin/nginx")
+
+
+def installed_nginx() -> str | None:
+    return shutil.which("nginx") or next((p for p in NGINX_PATHS if Path(p).exists()), None)
+
+
+@functools.cache
+def nginx_version(nginx: str) -> tuple[int, ...]:
+    said = subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr
+    found = re.search(r"nginx/([0-9.]+)", said)
+    return tuple(int(part) for part in found.group(1).split(".")) if found else ()
+
+
+def find_nginx() -> str:
+    return find_tool("nginx", NGINX_PACKAGE, installed_nginx())
+
+
+def find_openssl() -> str:
+    """The openssl command (TLS: the local CA, certificate dates), from the OS like nginx."""
+    return find_tool("openssl", OPENSSL_PACKAGE, shutil.which("openssl"))
+
+
+def find_wrk() -> str:
+    """The HTTP load generator of the drills, the bench and the loss tests, from the OS like nginx."""
+    return find_tool("wrk", WRK_PACKAGE, shutil.which("wrk"))
+
+
+def find_tool(name: str, package: str, found: str | None) -> str:
+    """`found`, else the OS package installed with apt-get when we are root, else the command to run."""
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print(f"{name} not found: installing {package} with apt-get ...", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
+        done = subprocess.run(["apt-get", "install", "-y", "-qq", package], check=False, env=env)
+        if done.returncode == 0 and shutil.which(name):
+            return str(shutil.which(name))
+    if sys.platform == "darwin":
+        raise StackError(f"{name} is not installed; install it with: brew install {name}")
+    raise StackError(f"{name} is not installed; install it with: sudo apt-get install -y {package}")
