@@ -11,6 +11,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from rich.console import Console
 from rich.table import Table
@@ -18,16 +19,20 @@ from rich.table import Table
 from deploy.stackctl import docker, local, rules, swarm, tls, tools
 from deploy.stackctl.config import KNOBS, ROOT, Effective, dump
 from deploy.stackctl.errors import StackError
+from deploy.stackctl.facts import HostFacts
 from service.settings import ConfigError, Settings
 
 OVERRIDE = f"{rules.UNSAFE_OVERRIDE}=1"
+
+
+ValidationStatus = Literal["ok", "failed", "skipped"]
 
 
 @dataclass(frozen=True)
 class Validation:
     layer: str
     command: str
-    status: str  # ok, failed or skipped
+    status: ValidationStatus
     detail: str = ""
 
 
@@ -49,7 +54,7 @@ def knob_table(config: Effective) -> Table:
     return table
 
 
-def derived_lines(settings: Settings, runtime: str, host: rules.HostFacts) -> list[str]:
+def derived_lines(settings: Settings, runtime: str, host: HostFacts) -> list[str]:
     return [
         f"runtime {runtime}; profile {settings.profile}",
         f"gunicorn workers {settings.workers} (WEB_CONCURRENCY={settings.web_concurrency}, 0 = usable CPUs "
@@ -157,7 +162,7 @@ def validate_swarm(config: Effective) -> Validation:
     try:
         data = swarm.rendered_config(config, env, swarm.locust_wanted(config))
     except StackError as error:
-        status = "skipped" if "not installed" in str(error) else "failed"
+        status: ValidationStatus = "skipped" if "not installed" in str(error) else "failed"
         return Validation("swarm", name, status, str(error))
     stack, changed = swarm.stack_file(data, config)
     with tempfile.TemporaryDirectory(prefix="stack-check-") as scratch:
@@ -181,10 +186,16 @@ def validate_swarm(config: Effective) -> Validation:
     )
 
 
+MARKS: dict[rules.Severity, str] = {
+    "ok": "[green]✓ ok[/]",
+    "error": "[red]✗ error[/]",
+    "warning": "[yellow]! warning[/]",
+}
+
+
 def print_findings(findings: list[rules.Finding], console: Console) -> None:
     for finding in findings:
-        mark = {"ok": "[green]✓ ok[/]", "error": "[red]✗ error[/]", "warning": "[yellow]! warning[/]"}
-        console.print(f"{mark[finding.severity]} {finding.rule}: {finding.claim}", highlight=False)
+        console.print(f"{MARKS[finding.severity]} {finding.rule}: {finding.claim}", highlight=False)
         if finding.severity == "ok":
             continue
         console.print(f"    why: {finding.why}", highlight=False)
@@ -199,7 +210,7 @@ def make_console(stderr: bool = False) -> Console:
 def run_check(config: Effective, runtime: str) -> int:
     console = make_console()
     settings = config.settings
-    host = rules.HostFacts.for_runtime(runtime, settings)
+    host = HostFacts.for_runtime(runtime, settings)
     console.print(knob_table(config))
     console.print("bold rows come from a profile, .env, the environment or the runtime", style="dim")
     for line in derived_lines(settings, runtime, host):
@@ -242,14 +253,14 @@ def run_check(config: Effective, runtime: str) -> int:
 def refuse_unsafe(config: Effective, runtime: str, command: str, allowed: bool | None = None) -> None:
     """What `up` and `reload` run first: refuse a config that breaks a rule unless ALLOW_UNSAFE_CONFIG=1
     (`allowed`; default: read from this process's environment)."""
-    findings = rules.evaluate(config.settings, rules.HostFacts.for_runtime(runtime, config.settings))
+    findings = rules.evaluate(config.settings, HostFacts.for_runtime(runtime, config.settings))
     broken = rules.errors(findings)
     console = make_console(stderr=True)
     print_findings(rules.problems(findings), console)
     if not broken:
         return
     names = "; ".join(f.claim for f in broken)
-    if rules.unsafe_config_allowed() if allowed is None else allowed:
+    if rules.unsafe_config_allowed(os.environ) if allowed is None else allowed:
         console.print(
             f"[bold red]WARNING: {OVERRIDE}: {command} goes ahead with {len(broken)} broken ordering "
             f"rule(s) ({names}). Expect the failures they describe; never use this in production.[/]",

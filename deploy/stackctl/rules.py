@@ -1,118 +1,22 @@
 """The ordering rules between the layers (../shared/notes/failure-modes.md), as pure functions.
 
-Each rule takes the settings and the facts of the host that will run them and returns its findings: an
-`error` breaks a rule (`make check` fails, `make up` refuses), a `warning` is a setting that does nothing
-or is unwise. Every finding names both variables, both values, the rule and the fix.
+Each check takes the settings and the facts of the host that will run them (deploy/stackctl/facts.py
+gathers those) and returns its findings: an `error` breaks a rule or misses a requirement (`make check`
+fails, `make up` refuses), a `warning` is a setting that does nothing or is unwise, `ok` a rule that holds.
+Every finding names both variables, both values, the rule and the fix. The checks are listed by what they
+can find: RULES and REQUIREMENTS errors, ADVICE warnings only.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
-import os
-import resource
-import shutil
-import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Literal
 
-from service.settings import OUR_WORKER_CLASS, Settings, env_name, usable_cpus
-
-SOMAXCONN_FILE = Path("/proc/sys/net/core/somaxconn")
-
-
-@dataclass(frozen=True)
-class Fact:
-    """A limit that is not a knob of ours: its name says where it was read."""
-
-    name: str
-    value: int
-
-
-def api_at_least(version: str | None, minimum: str) -> bool:
-    if version is None:
-        return True  # unknown: assume a current engine; swarm_engine warns that it could not ask
-    return tuple(int(part) for part in version.split(".")) >= tuple(int(part) for part in minimum.split("."))
-
-
-# Service (swarm) support of what docker-compose.yml sets, by the engine's API version.
-SWARM_SYSCTLS_API = "1.40"  # Docker 19.03
-SWARM_ULIMITS_API = "1.41"  # Docker 20.10, as capabilities (cap_drop)
-
-
-@dataclass(frozen=True)
-class SwarmFacts:
-    """What the engine behind DOCKER_HOST says about swarm; None where no engine answered."""
-
-    api_version: str | None
-    nodes: int | None
-
-    @classmethod
-    def probe(cls) -> SwarmFacts:
-        def ask(*command: str) -> str | None:
-            if not shutil.which("docker"):
-                return None
-            try:
-                done = subprocess.run(["docker", *command], capture_output=True, text=True, timeout=15)
-            except (OSError, subprocess.TimeoutExpired):
-                return None
-            return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else None
-
-        api = ask("version", "--format", "{{.Server.APIVersion}}")
-        nodes = ask("info", "--format", "{{.Swarm.Nodes}}")
-        return cls(api, int(nodes) if nodes and nodes.isdigit() and int(nodes) > 0 else None)
-
-
-@dataclass(frozen=True)
-class HostFacts:
-    somaxconn: Fact
-    open_files: Fact
-    cpus: int
-    swarm: SwarmFacts | None = None  # set for the swarm runtime only
-
-    @classmethod
-    def local(cls) -> HostFacts:
-        try:
-            somaxconn = int(SOMAXCONN_FILE.read_text())
-        except (OSError, ValueError):
-            somaxconn = 4096  # Linux's default since 5.4; macOS reports no such file
-        soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        open_files = soft_limit if soft_limit != resource.RLIM_INFINITY else 1 << 20
-        return cls(
-            Fact("net.core.somaxconn (this host)", somaxconn),
-            Fact("ulimit -n (this host)", open_files),
-            usable_cpus(),
-        )
-
-    @classmethod
-    def docker(cls, settings: Settings) -> HostFacts:
-        return cls(
-            Fact("COMPOSE_SOMAXCONN", settings.compose_somaxconn),
-            Fact("COMPOSE_NOFILE", settings.compose_nofile),
-            usable_cpus(),
-        )
-
-    @classmethod
-    def on_swarm(cls, settings: Settings, swarm: SwarmFacts) -> HostFacts:
-        """The compose knobs, where the engine applies them to services; else what a task gets instead."""
-        somaxconn = Fact("COMPOSE_SOMAXCONN", settings.compose_somaxconn)
-        if not api_at_least(swarm.api_version, SWARM_SYSCTLS_API):
-            somaxconn = Fact(
-                f"net.core.somaxconn of a task (engine API {swarm.api_version}: no sysctls)", 128
-            )
-        open_files = Fact("COMPOSE_NOFILE", settings.compose_nofile)
-        if not api_at_least(swarm.api_version, SWARM_ULIMITS_API):
-            open_files = Fact(f"ulimit -n of a task (engine API {swarm.api_version}: no ulimits)", 1024)
-        return cls(somaxconn, open_files, usable_cpus(), swarm)
-
-    @classmethod
-    def for_runtime(cls, runtime: str, settings: Settings) -> HostFacts:
-        if runtime == "swarm":
-            return cls.on_swarm(settings, SwarmFacts.probe())
-        return cls.docker(settings) if runtime == "docker" else cls.local()
-
+from deploy.stackctl.facts import SWARM_SYSCTLS_API, SWARM_ULIMITS_API, Fact, HostFacts, api_at_least
+from service.settings import OUR_WORKER_CLASS, Settings, env_name
 
 # The ordering rules of failure-modes.md by number; a finding's `rule` is "rule N (title)".
 RULE_TITLES: dict[int, str] = {
@@ -130,13 +34,16 @@ def rule_name(rule_id: int, aspect: str | None = None) -> str:
     return f"rule {rule_id} ({aspect or RULE_TITLES[rule_id]})"
 
 
+Severity = Literal["ok", "error", "warning"]
+
+
 @dataclass(frozen=True)
 class Finding:
-    """One verdict: `rule_id` is the ordering rule's number (None for advice), `values` every knob or
-    host fact it compared (name -> value as shown)."""
+    """One verdict: `rule_id` is the ordering rule's number (None for requirements and advice), `values`
+    every knob or host fact it compared (name -> value as shown)."""
 
     rule: str
-    severity: Literal["ok", "error", "warning"]
+    severity: Severity
     claim: str
     why: str
     fix: str
@@ -191,7 +98,7 @@ def below(
     relation = "<=" if or_equal else "<"
     must = "" if holds else "must be "
     claim = f"{labelled(low.label, low.value)} {must}{relation} {labelled(high.label, high.value)}"
-    severity: Literal["ok", "error"] = "ok" if holds else "error"
+    severity: Severity = "ok" if holds else "error"
     values = {**low.parts, **high.parts}
     return [Finding(rule_name(rule_id, aspect), severity, claim, why, fix, rule_id, values)]
 
@@ -247,7 +154,8 @@ def request_timeout_order(settings: Settings, host: HostFacts) -> list[Finding]:
 
 
 def graceful_shutdown_order(settings: Settings, host: HostFacts) -> list[Finding]:
-    return below(
+    """On swarm the app's TERM comes SWARM_STOP_DELAY late, so its grace must cover that delay too."""
+    findings = below(
         (4, None),
         knob(settings, "uvicorn_timeout_graceful_shutdown"),
         knob(settings, "gunicorn_graceful_timeout"),
@@ -260,6 +168,27 @@ def graceful_shutdown_order(settings: Settings, host: HostFacts) -> list[Finding
         knob(settings, "compose_stop_grace_period"),
         "docker SIGKILLs the app container before gunicorn's graceful stop ends: exit 137, work lost",
         "lower GUNICORN_GRACEFUL_TIMEOUT or raise COMPOSE_STOP_GRACE_PERIOD above it",
+    )
+    if host.swarm is not None:
+        findings += swarm_stop_order(settings)
+    return findings
+
+
+def swarm_stop_order(settings: Settings) -> list[Finding]:
+    stop = settings.gunicorn_graceful_timeout + settings.swarm_stop_delay
+    return below(
+        (4, "graceful shutdown, swarm"),
+        combined(
+            f"GUNICORN_GRACEFUL_TIMEOUT={settings.gunicorn_graceful_timeout} + "
+            f"SWARM_STOP_DELAY={settings.swarm_stop_delay}",
+            stop,
+            knob(settings, "gunicorn_graceful_timeout"),
+            knob(settings, "swarm_stop_delay"),
+        ),
+        knob(settings, "compose_stop_grace_period"),
+        "an app task gets gunicorn's TERM only SWARM_STOP_DELAY after swarm's; swarm SIGKILLs it "
+        "COMPOSE_STOP_GRACE_PERIOD after its own TERM: exit 137, in-flight work lost",
+        f"raise COMPOSE_STOP_GRACE_PERIOD above {stop} or lower SWARM_STOP_DELAY / GUNICORN_GRACEFUL_TIMEOUT",
     )
 
 
@@ -444,51 +373,62 @@ def settings_without_effect(settings: Settings, host: HostFacts) -> list[Finding
     return findings
 
 
-def swarm_findings(settings: Settings, host: HostFacts) -> list[Finding]:
-    """What docker-compose.yml relies on that a swarm stack does not do, where stackctl cannot stand in."""
+# --- swarm: what docker-compose.yml relies on that a swarm stack does not do, where stackctl cannot stand
+# in. Each check finds nothing unless the host is a swarm (host.swarm set).
+
+
+def swarm_images(settings: Settings, host: HostFacts) -> list[Finding]:
     swarm = host.swarm
-    if swarm is None:
-        set_swarm = sorted(env_name(f) for f in settings.model_fields_set if f.startswith("swarm_"))
-        if not set_swarm:
-            return []
-        shown_values = {name: str(getattr(settings, name.lower())) for name in set_swarm}
-        return [
-            Finding(
-                "no effect",
-                "warning",
-                f"{', '.join(set_swarm)} set while the runtime is not swarm",
-                "only RUNTIME=swarm deploys a stack; the other runtimes ignore the SWARM_* knobs",
-                "unset them or use RUNTIME=swarm",
-                values=shown_values,
-            )
-        ]
-    stop = settings.gunicorn_graceful_timeout + settings.swarm_stop_delay
-    findings = below(
-        (4, "graceful shutdown, swarm"),
-        combined(
-            f"GUNICORN_GRACEFUL_TIMEOUT={settings.gunicorn_graceful_timeout} + "
-            f"SWARM_STOP_DELAY={settings.swarm_stop_delay}",
-            stop,
-            knob(settings, "gunicorn_graceful_timeout"),
-            knob(settings, "swarm_stop_delay"),
-        ),
-        knob(settings, "compose_stop_grace_period"),
-        "an app task gets gunicorn's TERM only SWARM_STOP_DELAY after swarm's; swarm SIGKILLs it "
-        "COMPOSE_STOP_GRACE_PERIOD after its own TERM: exit 137, in-flight work lost",
-        f"raise COMPOSE_STOP_GRACE_PERIOD above {stop} or lower SWARM_STOP_DELAY / GUNICORN_GRACEFUL_TIMEOUT",
-    )
-    api = swarm.api_version
-    if api is None:
-        findings.append(
-            Finding(
-                "swarm engine",
-                "warning",
-                "no Docker engine answered: its support of sysctls and ulimits for services is unknown",
-                "swarm applies COMPOSE_SOMAXCONN from engine API 1.40 and COMPOSE_NOFILE from 1.41 on; "
-                "older engines ignore them and rule 6 does not hold as checked",
-                "set DOCKER_HOST to the swarm manager and run `make check` again",
-            )
+    if swarm is None or not swarm.nodes or swarm.nodes <= 1 or settings.swarm_registry:
+        return []
+    return [
+        Finding(
+            "swarm images",
+            "error",
+            f"SWARM_REGISTRY is empty on a swarm of {swarm.nodes} nodes",
+            "swarm ignores `build:`: images built here exist on this node only, and tasks placed on "
+            "another node fail with `No such image`",
+            "set SWARM_REGISTRY to a registry every node can pull from (docs/SWARM.md)",
+            values={"SWARM_REGISTRY": "", "nodes": str(swarm.nodes)},
         )
+    ]
+
+
+def swarm_knobs_without_effect(settings: Settings, host: HostFacts) -> list[Finding]:
+    set_swarm = sorted(env_name(f) for f in settings.model_fields_set if f.startswith("swarm_"))
+    if host.swarm is not None or not set_swarm:
+        return []
+    return [
+        Finding(
+            "no effect",
+            "warning",
+            f"{', '.join(set_swarm)} set while the runtime is not swarm",
+            "only RUNTIME=swarm deploys a stack; the other runtimes ignore the SWARM_* knobs",
+            "unset them or use RUNTIME=swarm",
+            values={name: str(getattr(settings, name.lower())) for name in set_swarm},
+        )
+    ]
+
+
+def swarm_engine_unknown(settings: Settings, host: HostFacts) -> list[Finding]:
+    if host.swarm is None or host.swarm.api_version is not None:
+        return []
+    return [
+        Finding(
+            "swarm engine",
+            "warning",
+            "no Docker engine answered: its support of sysctls and ulimits for services is unknown",
+            "swarm applies COMPOSE_SOMAXCONN from engine API 1.40 and COMPOSE_NOFILE from 1.41 on; "
+            "older engines ignore them and rule 6 does not hold as checked",
+            "set DOCKER_HOST to the swarm manager and run `make check` again",
+        )
+    ]
+
+
+def swarm_engine_too_old(settings: Settings, host: HostFacts) -> list[Finding]:
+    if host.swarm is None:
+        return []
+    api = host.swarm.api_version
     ignored = [
         name
         for name, minimum in (
@@ -497,58 +437,60 @@ def swarm_findings(settings: Settings, host: HostFacts) -> list[Finding]:
         )
         if not api_at_least(api, minimum)
     ]
-    if ignored:
-        findings.append(
-            Finding(
-                "swarm engine",
-                "warning",
-                f"engine API {api} ignores {' and '.join(ignored)} for swarm services",
-                "tasks keep the engine's defaults, so the backlog and open-file limits of rule 6 are "
-                "checked against those defaults, not against the compose knobs",
-                f"upgrade the engine to API >= {SWARM_ULIMITS_API} (Docker 20.10)",
-                values={"engine API": str(api)},
-            )
+    if not ignored:
+        return []
+    return [
+        Finding(
+            "swarm engine",
+            "warning",
+            f"engine API {api} ignores {' and '.join(ignored)} for swarm services",
+            "tasks keep the engine's defaults, so the backlog and open-file limits of rule 6 are "
+            "checked against those defaults, not against the compose knobs",
+            f"upgrade the engine to API >= {SWARM_ULIMITS_API} (Docker 20.10)",
+            values={"engine API": str(api)},
         )
-    if swarm.nodes and swarm.nodes > 1 and not settings.swarm_registry:
-        findings.append(
-            Finding(
-                "swarm images",
-                "error",
-                f"SWARM_REGISTRY is empty on a swarm of {swarm.nodes} nodes",
-                "swarm ignores `build:`: images built here exist on this node only, and tasks placed on "
-                "another node fail with `No such image`",
-                "set SWARM_REGISTRY to a registry every node can pull from (docs/SWARM.md)",
-                values={"SWARM_REGISTRY": "", "nodes": str(swarm.nodes)},
-            )
+    ]
+
+
+def swarm_tls(settings: Settings, host: HostFacts) -> list[Finding]:
+    if host.swarm is None or not settings.nginx_tls or settings.swarm_locust_workers <= 0:
+        return []
+    return [
+        Finding(
+            "swarm TLS",
+            "warning",
+            f"NGINX_TLS=1 with SWARM_LOCUST_WORKERS={settings.swarm_locust_workers}",
+            "the Locust services load nginx's plain port, which with TLS only redirects to HTTPS "
+            "(308), by a name the certificate does not carry",
+            "run Locust from a host (`make loadtest`), or terminate TLS in front of nginx",
+            values={"NGINX_TLS": "1", "SWARM_LOCUST_WORKERS": str(settings.swarm_locust_workers)},
         )
-    if settings.nginx_tls and settings.swarm_locust_workers > 0:
-        findings.append(
-            Finding(
-                "swarm TLS",
-                "warning",
-                f"NGINX_TLS=1 with SWARM_LOCUST_WORKERS={settings.swarm_locust_workers}",
-                "the Locust services load nginx's plain port, which with TLS only redirects to HTTPS "
-                "(308), by a name the certificate does not carry",
-                "run Locust from a host (`make loadtest`), or terminate TLS in front of nginx",
-                values={"NGINX_TLS": "1", "SWARM_LOCUST_WORKERS": str(settings.swarm_locust_workers)},
-            )
+    ]
+
+
+def swarm_publish(settings: Settings, host: HostFacts) -> list[Finding]:
+    if host.swarm is None or settings.compose_publish_address == "0.0.0.0":
+        return []
+    return [
+        Finding(
+            "swarm publish",
+            "warning",
+            f"COMPOSE_PUBLISH_ADDRESS={settings.compose_publish_address} does not apply to swarm: "
+            f"HTTP_PORT={settings.http_port} listens on every address of each nginx node",
+            "swarm's published ports (host mode here) take no bind address",
+            "firewall HTTP_PORT on the nodes, then set COMPOSE_PUBLISH_ADDRESS=0.0.0.0 to say so",
+            values={
+                "COMPOSE_PUBLISH_ADDRESS": settings.compose_publish_address,
+                "HTTP_PORT": str(settings.http_port),
+            },
         )
-    if settings.compose_publish_address != "0.0.0.0":
-        findings.append(
-            Finding(
-                "swarm publish",
-                "warning",
-                f"COMPOSE_PUBLISH_ADDRESS={settings.compose_publish_address} does not apply to swarm: "
-                f"HTTP_PORT={settings.http_port} listens on every address of each nginx node",
-                "swarm's published ports (host mode here) take no bind address",
-                "firewall HTTP_PORT on the nodes, then set COMPOSE_PUBLISH_ADDRESS=0.0.0.0 to say so",
-                values={
-                    "COMPOSE_PUBLISH_ADDRESS": settings.compose_publish_address,
-                    "HTTP_PORT": str(settings.http_port),
-                },
-            )
-        )
-    findings.append(
+    ]
+
+
+def swarm_hardening(settings: Settings, host: HostFacts) -> list[Finding]:
+    if host.swarm is None:
+        return []
+    return [
         Finding(
             "swarm hardening",
             "warning",
@@ -557,12 +499,12 @@ def swarm_findings(settings: Settings, host: HostFacts) -> list[Finding]:
             "root filesystems still apply",
             "accept it, or run the containers with RUNTIME=docker where it applies",
         )
-    )
-    return findings
+    ]
 
 
 Rule = Callable[[Settings, HostFacts], list[Finding]]
 
+# failure-modes.md's ordering rules, one check each: `ok` or `error` per comparison.
 RULES: tuple[Rule, ...] = (
     keepalive_order,
     websocket_ping_order,
@@ -572,11 +514,23 @@ RULES: tuple[Rule, ...] = (
     connection_capacity,
     concurrency_headroom,
 )
-ADVICE: tuple[Rule, ...] = (settings_without_effect, drain_fits_the_grace, swarm_findings)
+# What a runtime needs of the knobs, beyond the ordering rules: `error` when it is missing.
+REQUIREMENTS: tuple[Rule, ...] = (swarm_images,)
+# Settings that do nothing or are unwise: `warning` only, never a refusal.
+ADVICE: tuple[Rule, ...] = (
+    settings_without_effect,
+    drain_fits_the_grace,
+    swarm_knobs_without_effect,
+    swarm_engine_unknown,
+    swarm_engine_too_old,
+    swarm_tls,
+    swarm_publish,
+    swarm_hardening,
+)
 
 
 def evaluate(settings: Settings, host: HostFacts) -> list[Finding]:
-    return [finding for rule in RULES + ADVICE for finding in rule(settings, host)]
+    return [finding for rule in RULES + REQUIREMENTS + ADVICE for finding in rule(settings, host)]
 
 
 def errors(findings: list[Finding]) -> list[Finding]:
@@ -590,5 +544,5 @@ def problems(findings: list[Finding]) -> list[Finding]:
 UNSAFE_OVERRIDE = "ALLOW_UNSAFE_CONFIG"
 
 
-def unsafe_config_allowed(environ: Mapping[str, str] | None = None) -> bool:
-    return (os.environ if environ is None else environ).get(UNSAFE_OVERRIDE, "") in ("1", "yes", "true")
+def unsafe_config_allowed(environ: Mapping[str, str]) -> bool:
+    return environ.get(UNSAFE_OVERRIDE, "") in ("1", "yes", "true")

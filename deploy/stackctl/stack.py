@@ -31,6 +31,7 @@ from typing import Any, Literal
 from deploy.stackctl import check, docker, local, procs, rules, swarm, tls
 from deploy.stackctl.config import KEPT, KNOBS, ROOT, Effective, Value, effective
 from deploy.stackctl.errors import StackError
+from deploy.stackctl.facts import HostFacts
 from deploy.stackctl.ports import LOOPBACK
 from service.settings import ConfigError, Settings, load_settings
 
@@ -314,7 +315,7 @@ def findings(
 ) -> list[rules.Finding]:
     """Every verdict of the ordering rules (and advice) for these knobs over `base`; nothing starts."""
     config = effective(*environment(knobs, base))
-    return rules.evaluate(config.settings, rules.HostFacts.for_runtime(runtime, config.settings))
+    return rules.evaluate(config.settings, HostFacts.for_runtime(runtime, config.settings))
 
 
 def locust_web_ui(run_dir: Path, workers: int, web_port: int) -> None:

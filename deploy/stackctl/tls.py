@@ -17,9 +17,8 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
 
-from deploy.stackctl.rules import Finding
+from deploy.stackctl.rules import Finding, Severity
 from service.settings import Settings
 
 RENEW_DAYS = 30  # a given certificate warns below this many days left; a generated one is renewed
@@ -197,9 +196,7 @@ def usable(binary: str, cert: Path, key: Path, ca: Path | None = None) -> bool:
 # --- checks ----------------------------------------------------------------------------------------------
 
 
-def tls_finding(
-    aspect: str, severity: Literal["ok", "error", "warning"], claim: str, why: str, fix: str, **values: str
-) -> Finding:
+def tls_finding(aspect: str, severity: Severity, claim: str, why: str, fix: str, **values: str) -> Finding:
     return Finding(f"tls ({aspect})", severity, claim, why, fix, values=values)
 
 

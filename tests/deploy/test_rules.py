@@ -6,13 +6,13 @@ from typing import Any
 
 import pytest
 
-from deploy.stackctl import rules
+from deploy.stackctl import facts, rules
 from deploy.stackctl.config import PROFILES_DIR, effective
 from service.settings import load_settings, usable_cpus
 
-HOST = rules.HostFacts(
-    rules.Fact("net.core.somaxconn (this host)", 4096),
-    rules.Fact("ulimit -n (this host)", 20000),
+HOST = facts.HostFacts(
+    facts.Fact("net.core.somaxconn (this host)", 4096),
+    facts.Fact("ulimit -n (this host)", 20000),
     usable_cpus(),
 )
 PROFILES = sorted(path.stem for path in PROFILES_DIR.glob("*.env"))
@@ -121,7 +121,7 @@ def test_every_rule_has_a_breaking_case() -> None:
 
 def test_docker_limits_come_from_the_compose_knobs() -> None:
     settings = load_settings(compose_somaxconn=128, compose_nofile=4096)
-    host = rules.HostFacts.docker(settings)
+    host = facts.HostFacts.docker(settings)
     claims = [f.claim for f in rules.errors(rules.connection_capacity(settings, host))]
     assert claims == [
         "GUNICORN_BACKLOG=2048 must be <= COMPOSE_SOMAXCONN=128",
@@ -132,9 +132,9 @@ def test_docker_limits_come_from_the_compose_knobs() -> None:
 def test_local_limits_are_read_from_this_host() -> None:
     import resource
 
-    host = rules.HostFacts.local()
+    host = facts.HostFacts.local()
     assert host.open_files.value == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    assert host.somaxconn.value == int(rules.SOMAXCONN_FILE.read_text())
+    assert host.somaxconn.value == int(facts.SOMAXCONN_FILE.read_text())
 
 
 def test_boundaries_are_strict_where_the_rule_says_below() -> None:
@@ -184,7 +184,7 @@ def test_warnings_do_not_make_a_config_unsafe() -> None:
 def test_every_profile_obeys_every_rule_on_this_host(profile: str) -> None:
     config = effective(environ={"PROFILE": profile}, env_file=None)
     for runtime in ("local", "docker"):
-        host = rules.HostFacts.for_runtime(runtime, config.settings)
+        host = facts.HostFacts.for_runtime(runtime, config.settings)
         assert rules.errors(rules.evaluate(config.settings, host)) == [], (profile, runtime)
 
 
@@ -211,3 +211,32 @@ def test_a_drain_longer_than_the_grace_is_a_warning_naming_both_knobs(
     [warning] = rules.drain_fits_the_grace(load_settings(**overrides), HOST)
     assert (warning.severity, warning.rule_id) == ("warning", 4)
     assert names in warning.claim and "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN=20" in warning.claim
+
+
+# Every swarm finding at once: an old engine on three nodes, no registry, TLS with Locust services.
+SWARM_HOST = facts.HostFacts.on_swarm(load_settings(), facts.SwarmFacts("1.39", 3))
+NO_ENGINE = facts.HostFacts.on_swarm(load_settings(), facts.SwarmFacts(None, None))
+SWARM_TRIPS = {
+    "nginx_tls": 1,
+    "swarm_locust_workers": 2,
+    "compose_publish_address": "127.0.0.1",
+    "swarm_stop_delay": 60,
+    "swarm_app_replicas": 3,
+    "gunicorn_max_requests_jitter": 0,
+    "uvicorn_limit_concurrency": 0,
+}
+
+
+@pytest.mark.parametrize("host", [HOST, SWARM_HOST, NO_ENGINE], ids=["local", "swarm", "no engine"])
+@pytest.mark.parametrize("overrides", [case[1] for case in BROKEN] + [SWARM_TRIPS])
+def test_advice_only_warns(host: facts.HostFacts, overrides: dict[str, Any]) -> None:
+    settings = load_settings(**overrides)
+    for check in rules.ADVICE:
+        assert {f.severity for f in check(settings, host)} <= {"warning"}, check.__name__
+
+
+def test_a_swarm_of_several_nodes_without_a_registry_is_an_error() -> None:
+    cluster = facts.HostFacts.on_swarm(load_settings(), facts.SwarmFacts("1.41", 3))
+    assert [f.rule for f in rules.errors(rules.evaluate(load_settings(), cluster))] == ["swarm images"]
+    late = rules.errors(rules.graceful_shutdown_order(load_settings(**SWARM_TRIPS), SWARM_HOST))
+    assert [f.rule for f in late] == ["rule 4 (graceful shutdown, swarm)"]

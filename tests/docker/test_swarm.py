@@ -29,7 +29,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from deploy.stackctl import rules, swarm, tls
+from deploy.stackctl import facts, rules, swarm, tls
 from deploy.stackctl import stack as stackctl
 from deploy.stackctl.config import Effective, effective
 from deploy.stackctl.tools import find_wrk
@@ -125,15 +125,29 @@ def test_tls_reaches_nginx_as_a_config_and_a_secret_named_by_content(tmp_path: P
     assert nginx["ports"][1] == {"target": 8443, "published": 9443, "mode": "host"}
 
 
-def findings_of(host: rules.HostFacts, **knobs: Any) -> dict[str, rules.Finding]:
-    return {f.rule: f for f in rules.swarm_findings(load_settings(**knobs), host) if f.severity != "ok"}
+# What `make check` adds for swarm (docs/SWARM.md); rule 4's swarm comparison is part of rule 4.
+SWARM_CHECKS: tuple[rules.Rule, ...] = (
+    rules.graceful_shutdown_order,
+    rules.swarm_images,
+    rules.swarm_knobs_without_effect,
+    rules.swarm_engine_unknown,
+    rules.swarm_engine_too_old,
+    rules.swarm_tls,
+    rules.swarm_publish,
+    rules.swarm_hardening,
+)
+
+
+def findings_of(host: facts.HostFacts, **knobs: Any) -> dict[str, rules.Finding]:
+    settings = load_settings(**knobs)
+    return {f.rule: f for check in SWARM_CHECKS for f in check(settings, host) if f.severity != "ok"}
 
 
 def test_swarm_findings_name_what_the_engine_or_the_cluster_does_not_do() -> None:
-    old_engine = rules.HostFacts.on_swarm(load_settings(), rules.SwarmFacts("1.39", 1))
+    old_engine = facts.HostFacts.on_swarm(load_settings(), facts.SwarmFacts("1.39", 1))
     assert old_engine.somaxconn.value == 128 and old_engine.open_files.value == 1024
     assert "ignores sysctls (COMPOSE_SOMAXCONN) and ulimits" in findings_of(old_engine)["swarm engine"].claim
-    cluster = rules.HostFacts.on_swarm(load_settings(), rules.SwarmFacts("1.41", 3))
+    cluster = facts.HostFacts.on_swarm(load_settings(), facts.SwarmFacts("1.41", 3))
     assert findings_of(cluster)["swarm images"].severity == "error"
     assert "swarm images" not in findings_of(cluster, swarm_registry="registry.example:5000")
     assert "swarm TLS" not in findings_of(cluster, nginx_tls=1)
@@ -141,7 +155,7 @@ def test_swarm_findings_name_what_the_engine_or_the_cluster_does_not_do() -> Non
     assert "swarm publish" not in findings_of(cluster, compose_publish_address="0.0.0.0")
     late = findings_of(cluster, swarm_stop_delay=10)["rule 4 (graceful shutdown, swarm)"]
     assert late.severity == "error" and "SWARM_STOP_DELAY=10" in late.claim
-    local = rules.HostFacts.local()
+    local = facts.HostFacts.local()
     assert list(findings_of(local, swarm_app_replicas=3)) == ["no effect"]
     assert findings_of(local) == {}
 
