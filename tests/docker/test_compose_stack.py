@@ -19,9 +19,9 @@ import pytest
 
 from loadtest.drill.load import TickerClients
 from service.settings import Settings
-from tests.docker.conftest import DockerStack, docker
 from tests.docker.through_nginx import *  # noqa: F403 (the runtime-independent tests, on the compose stack)
-from tests.stack.test_drain import Wrk, assert_nothing_lost
+from tests.support.docker import DockerStack, docker
+from tests.support.wrk import Wrk, assert_nothing_lost
 
 pytestmark = pytest.mark.docker
 

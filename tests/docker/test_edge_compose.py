@@ -22,9 +22,8 @@ from deploy.stackctl import stack as stackctl
 from deploy.stackctl.config import ROOT
 from deploy.stackctl.errors import StackError
 from deploy.stackctl.ports import free_port
-from tests.docker.conftest import BUILD_TIMEOUT, DockerStack, docker, stack_environment, unavailable
-from tests.service.test_openapi import Contract
-from tests.stack.test_contract import MALFORMED, exchange, refusal
+from tests.support.contract import MALFORMED, Contract, exchange, refusal
+from tests.support.docker import BUILD_TIMEOUT, DockerStack, docker, stack_environment, unavailable
 
 pytestmark = pytest.mark.docker
 

@@ -31,12 +31,11 @@ import pytest
 
 from deploy.stackctl import facts, rules, swarm, tls
 from deploy.stackctl import stack as stackctl
-from deploy.stackctl.config import Effective, effective
+from deploy.stackctl.config import ROOT, Effective, effective
 from deploy.stackctl.tools import find_wrk
 from service.settings import load_settings
-from tests.docker.conftest import BUILD_TIMEOUT, DockerStack, docker, require_engine, stack_environment
 from tests.docker.through_nginx import *  # noqa: F403 (the runtime-independent tests, on the swarm stack)
-from tests.stack.conftest import ROOT
+from tests.support.docker import BUILD_TIMEOUT, DockerStack, docker, require_engine, stack_environment
 
 pytestmark = pytest.mark.docker
 

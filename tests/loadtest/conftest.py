@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.stack.conftest import Stack, make_stack, running
+from tests.support.stack import Stack, make_stack, running
 
 
 @pytest.fixture(scope="session")

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from deploy.stackctl.config import ROOT
 from deploy.stackctl.ports import free_port
 from loadtest.runner import THRESHOLD_EXIT_CODE, Summary, run_headless
-from tests.stack.conftest import ROOT, Stack
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.loadtest
 

@@ -1,6 +1,6 @@
 """/openapi.json states what the wire carries: our error shape for every layer, the stream's media type, a
-model for every body. `Contract` validates real responses against it (tests/stack/test_contract.py uses it
-on the real stack)."""
+model for every body. `Contract` (tests/support/contract.py) validates real responses against it on the
+real stack (tests/stack/test_contract.py)."""
 
 from __future__ import annotations
 
@@ -13,78 +13,14 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from jsonschema import Draft202012Validator
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
 
+from deploy.stackctl.config import ROOT
 from service import lifecycle
 from service.app import create_app
 from service.settings import load_settings
-from tests.stack.conftest import ROOT
+from tests.support.contract import Contract
 
-URI = "urn:blueprint:openapi"
 ERROR_STATUSES = {"400", "404", "405", "413", "414", "429", "431", "500", "501", "502", "503", "504", "505"}
-
-
-def escape(token: str) -> str:
-    return token.replace("~", "~0").replace("/", "~1")
-
-
-class Contract:
-    """An OpenAPI 3.1 document as a validator of responses; its schemas are JSON Schema 2020-12, `$ref`s
-    resolved within the document."""
-
-    def __init__(self, document: dict[str, Any]) -> None:
-        self.document = document
-        resource = Resource.from_contents(document, default_specification=DRAFT202012)
-        self.registry: Registry[Any] = Registry().with_resource(URI, resource)
-
-    def lookup(self, pointer: str) -> Any:
-        return self.registry.resolver().lookup(f"{URI}#{pointer}").contents
-
-    def operations(self) -> Iterator[tuple[str, str]]:
-        for path, item in self.document["paths"].items():
-            for method in item:
-                yield path, method
-
-    def response_pointer(self, method: str, path: str, status: int) -> str:
-        """Where the document describes this answer. A request no operation describes (an unknown path,
-        another method) must get what every operation documents for that status."""
-        method = method.lower()
-        known = method in self.document["paths"].get(path, {})
-        candidates = [(path, method)] if known else list(self.operations())
-        for p, m in candidates:
-            assert str(status) in self.lookup(f"/paths/{escape(p)}/{m}/responses"), f"{m} {p}: no {status}"
-        pointers = [f"/paths/{escape(p)}/{m}/responses/{status}" for p, m in candidates]
-        contents = {json.dumps(self.lookup(pointer)["content"], sort_keys=True) for pointer in pointers}
-        assert len(contents) == 1, f"{method} {path}: operations disagree on {status}"
-        return pointers[0]
-
-    def validator(self, pointer: str) -> Draft202012Validator:
-        return Draft202012Validator({"$ref": f"{URI}#{pointer}"}, registry=self.registry)
-
-    def check(self, method: str, path: str, status: int, content_type: str, body: bytes) -> Any:
-        """The body's JSON value, or its lines' for a stream (`itemSchema`), valid as documented."""
-        pointer = self.response_pointer(method, path, status)
-        media_type = content_type.split(";")[0].strip()
-        content = self.lookup(pointer)["content"]
-        assert media_type in content, f"{method} {path} {status}: {media_type} is not in {list(content)}"
-        pointer = f"{pointer}/content/{escape(media_type)}"
-        if "itemSchema" in content[media_type]:
-            lines = [json.loads(line) for line in body.splitlines() if line.strip()]
-            for line in lines:
-                self.validator(f"{pointer}/itemSchema").validate(line)
-            return lines
-        value = json.loads(body)
-        self.validator(f"{pointer}/schema").validate(value)
-        return value
-
-    def check_response(self, response: Any) -> Any:
-        """`check` for an httpx2 or TestClient response."""
-        content_type = response.headers.get("content-type", "")
-        request = response.request
-        return self.check(
-            request.method, request.url.path, response.status_code, content_type, response.content
-        )
 
 
 def refs(node: Any) -> Iterator[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from deploy.stackctl.config import PROFILES_DIR
-from tests.stack.conftest import make_stack
+from tests.support.stack import make_stack
 
 pytestmark = pytest.mark.stack
 

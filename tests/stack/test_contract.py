@@ -17,8 +17,8 @@ from typing import Any
 import httpx2
 import pytest
 
-from tests.service.test_openapi import Contract
-from tests.stack.conftest import Stack, make_stack, running
+from tests.support.contract import MALFORMED, Contract, exchange, refusal
+from tests.support.stack import Stack, make_stack, running
 
 pytestmark = pytest.mark.stack
 
@@ -139,55 +139,6 @@ def raw_request(stack_: Stack, data: bytes, timeout: float = 5.0) -> bytes:
     """What nginx sends back for these bytes, until it closes the connection."""
     with socket.create_connection(("127.0.0.1", int(stack_.env["HTTP_PORT"])), timeout=timeout) as sock:
         return exchange(sock, data)
-
-
-def exchange(sock: socket.socket, data: bytes) -> bytes:
-    sock.sendall(data)
-    received = b""
-    while chunk := sock.recv(65536):
-        received += chunk
-    return received
-
-
-def refusal(contract: Contract, received: bytes, status: int, error: str) -> dict[str, Any]:
-    """nginx's answer to a request it refused before routing: this status, JSON, as every operation
-    documents it (the request may name no route at all), and the X-Request-ID header in the body too."""
-    head, _, body = received.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    headers = {name.lower(): value for name, value in (line.split(": ", 1) for line in header_lines)}
-    assert int(status_line.split()[1]) == status, received[:300]
-    assert headers["content-type"] == "application/json", received[:300]
-    refused = contract.check("GET", "*", status, headers["content-type"], body)
-    assert (refused["layer"], refused["error"]) == ("nginx", error)
-    assert refused["request_id"] == headers["x-request-id"]
-    return refused
-
-
-TOO_LONG = b"a" * 9000  # above one of nginx's large_client_header_buffers (8k)
-# Requests nginx refuses before it knows the route. Without a URI (a request line it cannot parse, 414, 505)
-# an error_page to a named location fails and nginx sends its built-in HTML 500 instead.
-MALFORMED = {
-    "request line": (b"G@T /api/ping HTTP/1.1\r\nHost: x\r\n\r\n", 400, "bad_request"),
-    "TLS to the plain port": (
-        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(32),
-        400,
-        "bad_request",
-    ),
-    "percent-encoding": (b"GET /%zz HTTP/1.1\r\nHost: x\r\n\r\n", 400, "bad_request"),
-    "no Host": (b"GET /api/ping HTTP/1.1\r\nConnection: close\r\n\r\n", 400, "bad_request"),
-    "URI too long": (b"GET /api/ping?" + TOO_LONG + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
-    "header too long": (
-        b"GET /api/ping HTTP/1.1\r\nHost: x\r\nX-Long: " + TOO_LONG + b"\r\n\r\n",
-        431,
-        "headers_too_large",
-    ),
-    "Transfer-Encoding": (
-        b"POST /api/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
-        501,
-        "not_implemented",
-    ),
-    "HTTP/9.9": (b"GET /api/ping HTTP/9.9\r\nHost: x\r\n\r\n", 505, "http_version_not_supported"),
-}
 
 
 @pytest.mark.parametrize("case", list(MALFORMED))

@@ -9,106 +9,28 @@ than 1,000 requests/s: it would prove nothing.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx2
 import psutil
 import pytest
 import websocket
 
-from deploy.stackctl.tools import find_wrk
-from tests.stack.conftest import Stack, make_stack, running
+from tests.support.stack import Stack, make_stack, running
+from tests.support.wrk import SECONDS, Wrk, assert_nothing_lost
 
 pytestmark = pytest.mark.stack
 
-SECONDS = 12
-MIN_RATE = 1000
 # The Locust WebSocket users' and the drill's reconnect timeout; a recycle must not leave a gap this long.
 RECONNECT_WITHIN = 5.0
 # An exiting worker waits for nginx to close the pooled connections nobody reuses, which nginx does after
 # NGINX_UPSTREAM_KEEPALIVE_TIMEOUT (15 s by default); 3 s keeps a reload inside the load window.
 QUICK_DRAIN = {"WEB_CONCURRENCY": "2", "NGINX_UPSTREAM_KEEPALIVE_TIMEOUT": "3"}
-
-# wrk counts statuses >= 400 and socket errors itself; the Lua part adds the status breakdown and the
-# worker pids that answered (POST /api/echo returns its pid) and prints one JSON line at the end.
-POST_ECHO_LUA = """
-wrk.method = "POST"
-wrk.body = '{"text": "nothing lost"}'
-wrk.headers["Content-Type"] = "application/json"
-CONNECTION_HEADER
-
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
-function init(args) statuses = {}; pids = {} end
-function response(status, headers, body)
-  statuses[status] = (statuses[status] or 0) + 1
-  local pid = body and body:match('"pid":%s*(%d+)')
-  if pid then pids[pid] = true end
-end
-function done(summary, latency, requests)
-  local by, seen, parts, npids = {}, {}, {}, 0
-  for _, t in ipairs(threads) do
-    for code, n in pairs(t:get("statuses")) do by[code] = (by[code] or 0) + n end
-    for pid in pairs(t:get("pids")) do if not seen[pid] then seen[pid] = true; npids = npids + 1 end end
-  end
-  for code, n in pairs(by) do table.insert(parts, string.format('"%d": %d', code, n)) end
-  local e = summary.errors
-  io.write(string.format(
-    'WRK_JSON {"requests": %d, "seconds": %.3f, "non_2xx_3xx": %d, "connect": %d, "read": %d, '
-    .. '"write": %d, "timeout": %d, "max_latency_ms": %.1f, "pids": %d, "statuses": {%s}}\\n',
-    summary.requests, summary.duration / 1e6, e.status, e.connect, e.read, e.write, e.timeout,
-    latency.max / 1000, npids, table.concat(parts, ", ")))
-end
-"""
-
-
-class Wrk:
-    """wrk POSTing to /api/echo through nginx in the background; `result()` waits for it and parses it."""
-
-    def __init__(self, stack: Stack, script_dir: Path, close_client_connections: bool = False) -> None:
-        header = 'wrk.headers["Connection"] = "close"' if close_client_connections else ""
-        script = script_dir / "post_echo.lua"
-        script.write_text(POST_ECHO_LUA.replace("CONNECTION_HEADER", header))
-        command = [find_wrk(), "-t2", "-c32", f"-d{SECONDS}s", "--timeout", "10s", "-s", str(script)]
-        self.process = subprocess.Popen(
-            [*command, f"{stack.url}/api/echo"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        self.started = time.monotonic()
-
-    def at(self, seconds: float) -> None:
-        """Sleep until `seconds` into the run."""
-        time.sleep(max(0.0, self.started + seconds - time.monotonic()))
-
-    def result(self) -> dict[str, Any]:
-        out, _ = self.process.communicate(timeout=SECONDS + 60)
-        # wrk's own summary lines say the same as the JSON; both are kept in the failure message.
-        found = re.search(r"^WRK_JSON (.*)$", out, re.MULTILINE)
-        assert found, out
-        result: dict[str, Any] = json.loads(found.group(1))
-        result["output"] = out
-        return result
-
-
-def assert_nothing_lost(result: dict[str, Any]) -> None:
-    rate = result["requests"] / result["seconds"]
-    summary = {k: v for k, v in result.items() if k != "output"}
-    assert "Non-2xx or 3xx responses" not in result["output"], result["output"]
-    assert "Socket errors" not in result["output"], result["output"]
-    assert result["non_2xx_3xx"] == 0, summary
-    assert result["connect"] + result["read"] + result["write"] + result["timeout"] == 0, summary
-    assert set(result["statuses"]) == {"200"}, summary
-    # Losses fail the test at any rate (without the drain they show at a few hundred requests/s too); the
-    # claim is "nothing lost at 1,000 requests/s or more", so a slower run proves nothing and fails too.
-    assert rate >= MIN_RATE, f"nothing lost, but only {rate:.0f} requests/s (< {MIN_RATE}): {summary}"
 
 
 def worker_pid(stack: Stack) -> int:

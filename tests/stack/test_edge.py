@@ -28,9 +28,8 @@ from deploy.stackctl.config import NGINX_TEMPLATE, effective, nginx_variables, r
 from deploy.stackctl.local import RunDir, pinned_paths
 from deploy.stackctl.ports import free_port
 from deploy.stackctl.tools import find_nginx, find_openssl
-from tests.service.test_openapi import Contract
-from tests.stack.conftest import Stack, make_stack, running
-from tests.stack.test_contract import MALFORMED, exchange, refusal
+from tests.support.contract import MALFORMED, Contract, exchange, refusal
+from tests.support.stack import Stack, make_stack, running
 
 pytestmark = pytest.mark.stack
 

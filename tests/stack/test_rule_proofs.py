@@ -17,7 +17,7 @@ import psutil
 import pytest
 import websocket
 
-from tests.stack.conftest import Stack, make_stack, running
+from tests.support.stack import Stack, make_stack, running
 
 pytestmark = pytest.mark.stack
 

@@ -14,7 +14,7 @@ from deploy.stackctl import stack
 from deploy.stackctl.ports import free_port_knobs, port_in_use
 from loadtest.runner import write_stack_settings
 from service.settings import ConfigError
-from tests.stack.conftest import make_stack
+from tests.support.stack import make_stack
 
 pytestmark = pytest.mark.stack
 

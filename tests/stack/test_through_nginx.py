@@ -12,7 +12,7 @@ import httpx2
 import pytest
 import websocket
 
-from tests.stack.conftest import Stack
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.stack
 
@@ -86,7 +86,7 @@ def test_ws_echo_text_and_binary_through_nginx(one_worker_stack: Stack) -> None:
 
 
 def test_ws_oversize_message_closes_with_1009(one_worker_stack: Stack) -> None:
-    # The stack runs with UVICORN_WS_MAX_SIZE=SMALL_WS_MAX_SIZE: see its comment in tests/stack/conftest.py.
+    # The stack runs with UVICORN_WS_MAX_SIZE=SMALL_WS_MAX_SIZE: see its comment in tests/support/stack.py.
     max_size = int(one_worker_stack.env["UVICORN_WS_MAX_SIZE"])
     ws = websocket.create_connection(f"{one_worker_stack.ws_url}/ws/echo", timeout=5)
     try:
