@@ -30,16 +30,9 @@ from urllib.parse import urlsplit
 from deploy.stackctl import stack, tls
 from deploy.stackctl.config import KNOBS
 from deploy.stackctl.ports import LOOPBACK, free_port
+from loadtest.errors import LoadtestError
 from loadtest.limits import CPU_LIMIT, THRESHOLD_EXIT_CODE
-from loadtest.stack import (
-    DEFAULT_RUN_DIR,
-    ROOT,
-    LoadtestError,
-    check_host,
-    default_host,
-    stack_info,
-    started_stack,
-)
+from loadtest.stack import DEFAULT_RUN_DIR, ROOT, check_host, default_host, stack_info, started_stack
 from service.settings import ConfigError, Settings, load_settings
 
 SCENARIO_DIR = ROOT / "loadtest" / "scenarios"
