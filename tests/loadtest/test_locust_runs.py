@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from deploy.stackctl.ports import free_port
-from loadtest.runner import THRESHOLD_EXIT_CODE, Summary, run_headless
+from loadtest.limits import THRESHOLD_EXIT_CODE
+from loadtest.runner import Summary, run_headless
 from tests.stack.conftest import ROOT, Stack
 
 pytestmark = pytest.mark.loadtest
