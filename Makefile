@@ -104,7 +104,7 @@ check: venv ## Print every knob's value and source, run nginx -t / gunicorn --ch
 
 .PHONY: timeout-lab
 timeout-lab: venv ## Break each timeout on purpose on short-lived local stacks and print who gave up first (LAB_FORMAT=table|markdown|json)
-	@$(PY) -m deploy.stackctl.timeout_lab --format $(or $(LAB_FORMAT),table)
+	@$(PY) -m loadtest.timeout_lab --format $(or $(LAB_FORMAT),table)
 
 # SWEEP='WEB_CONCURRENCY=1,2,4 APP_THREADPOOL_TOKENS=40,200': every combination gets `make check`, a fresh
 # stack and SCENARIO for RUN_TIME; a sweep's own options default to SCENARIO=http USERS=20 RUN_TIME=15s.

@@ -11,14 +11,11 @@ from urllib.parse import urlsplit
 
 from deploy.stackctl import stack
 from deploy.stackctl.ports import LOOPBACK
+from loadtest.errors import LoadtestError
 from service.settings import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RUN_DIR = ROOT / ".run" / "local"
-
-
-class LoadtestError(Exception):
-    """A problem the user can fix; the message is one line that says what and how."""
 
 
 def default_host(run_dir: Path = DEFAULT_RUN_DIR) -> str:

@@ -18,6 +18,7 @@ from deploy.stackctl.config import ROOT
 from loadtest.bench.report import markdown
 from loadtest.bench.rows import NAMES, BenchError, Row, parse_params, parse_rows
 from loadtest.bench.run import run_bench
+from loadtest.errors import LoadtestError
 
 BAD_INPUT = 2
 COULD_NOT_RUN = 1
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None, base: Mapping[str, str] | None = None) -
             err.print(f"{row.spec.name}: {row.status} {summary(row)}".rstrip())
 
         report_dir, rows, meta = run_bench(specs, params, args.out_root, base, err, progress)
-    except BenchError as error:
+    except LoadtestError as error:
         print(f"make bench: {error}", file=sys.stderr)
         return BAD_INPUT
     print(markdown(rows, meta))

@@ -6,11 +6,13 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from loadtest.errors import LoadtestError
+
 Kind = Literal["throughput", "slow", "websocket"]
 Target = Literal["direct", "nginx"]
 
 
-class BenchError(Exception):
+class BenchError(LoadtestError):
     """Bad input, or something the bench needs is missing; the message is one line."""
 
 

@@ -4,7 +4,6 @@ before the next one starts, one measurement per row, then the ratios and the rep
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,15 +22,11 @@ from rich.progress import (
 from loadtest.bench import capacity, servers
 from loadtest.bench.report import write_report
 from loadtest.bench.rows import PATH, BenchError, Params, Row, RowSpec, Unavailable
-from loadtest.bench.wrk import find_wrk, run_wrk
-from loadtest.sweep.report import machine
+from loadtest.bench.wrk import run_wrk
+from loadtest.host import find_wrk, load_average, machine
 
 REQUEST_TIMEOUT_S = 10.0
 WARM_UP_S = 1.0  # wrk before each throughput row, not counted: first requests, lazy imports, caches
-
-
-def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def measure(row: Row, server: servers.Server, params: Params, wrk: str, row_dir: Path) -> None:
@@ -107,10 +102,9 @@ def run_bench(
     report_dir = out_root / f"bench-{stamp}"
     report_dir.mkdir(parents=True, exist_ok=False)
     rows = [Row(spec) for spec in specs]
-    about = {k: v for k, v in machine().items() if k not in ("note", "load_average_at_start")}
     meta: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": about,
+        "machine": machine(),
         "load_average_before": load_average(),
         "settings": params.describe(),
         "params": dataclasses.asdict(params),

@@ -15,21 +15,11 @@ from typing import Any
 import psutil
 
 from loadtest.bench.rows import BenchError
-from loadtest.drill.load import find_wrk as drill_find_wrk
-from loadtest.drill.plan import DrillError
 from loadtest.limits import CPU_LIMIT
 
 LUA = Path(__file__).with_name("bench.lua")
 SAMPLE_S = 0.2
 SOCKET_ERRORS = ("connect", "read", "write", "timeout")
-
-
-def find_wrk() -> str:
-    """wrk's path; installed with apt-get when missing and we are root (as find_nginx does for nginx)."""
-    try:
-        return drill_find_wrk()
-    except DrillError as error:
-        raise BenchError(str(error)) from None
 
 
 @dataclass

@@ -19,6 +19,7 @@ from loadtest.drill.drills import NAMES
 from loadtest.drill.plan import DrillError, Row, parse_drills, parse_load
 from loadtest.drill.report import HEAD, cells, table
 from loadtest.drill.run import run_drills
+from loadtest.errors import LoadtestError
 from loadtest.limits import THRESHOLD_EXIT_CODE
 
 BAD_INPUT = 2
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None, base: Mapping[str, str] | None = None) -
 
         err.print(f"make drill: {', '.join(names)}; {params.describe()}")
         report_dir, rows = run_drills(names, params, args.out_root, base, progress)
-    except DrillError as error:
+    except LoadtestError as error:
         print(f"make drill: {error}", file=sys.stderr)
         return BAD_INPUT
     Console(width=max(Console().width, 160)).print(table(rows))

@@ -18,9 +18,8 @@ from typing import Any, Protocol, cast
 
 import websocket
 
-from deploy.stackctl import tools
-from deploy.stackctl.errors import StackError
 from loadtest.drill.plan import DrillError, LoadParams
+from loadtest.host import find_wrk
 
 LUA = Path(__file__).with_name("mixed.lua")
 WRK_TIMEOUT_S = 30  # an answer slower than this is wrk's `timeout` error
@@ -31,14 +30,6 @@ WS_POLL_S = 0.5  # how often a receiving client looks at the stop flag
 WS_RETRY_PAUSE_S = 0.1
 NO_CLOSE_FRAME = 1006  # RFC 6455: the connection ended without a close frame
 NO_STATUS = 1005
-
-
-def find_wrk() -> str:
-    """wrk's path (deploy/stackctl/local.py installs it like nginx when missing and root)."""
-    try:
-        return tools.find_wrk()
-    except StackError as error:
-        raise DrillError(str(error)) from None
 
 
 @dataclass

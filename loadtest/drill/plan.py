@@ -8,11 +8,13 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from loadtest.errors import LoadtestError
+
 FLOOR_RATE = 1000.0
 """Requests/s through nginx below which a drill proves little: its row says so (the verdict stands)."""
 
 
-class DrillError(Exception):
+class DrillError(LoadtestError):
     """Bad drill input or a missing tool; the message is one line naming the variable and the value."""
 
 

@@ -14,7 +14,8 @@ from rich.table import Table
 
 from loadtest.drill.load import WRK_TIMEOUT_S
 from loadtest.drill.plan import FLOOR_RATE, Row
-from loadtest.sweep.report import machine as sweep_machine
+from loadtest.host import load_average
+from loadtest.host import machine as host_machine
 
 HEAD = (
     "drill",
@@ -52,9 +53,10 @@ LEGEND = {
 
 def machine() -> dict[str, str]:
     return {
-        **sweep_machine(),
-        "cores": str(os.cpu_count()),
+        **host_machine(),
+        "load_average_at_start": load_average(),
         "note": "wrk and the WebSocket clients run on the same machine as the stack",
+        "cores": str(os.cpu_count()),
     }
 
 

@@ -18,10 +18,11 @@ from deploy.stackctl import stack
 from deploy.stackctl.ports import free_port_knobs
 from loadtest.drill import containers
 from loadtest.drill.drills import BY_NAME, Context, Drill, Outcome
-from loadtest.drill.load import Load, Tally, find_wrk
+from loadtest.drill.load import Load, Tally
 from loadtest.drill.observe import WorkerWatch
 from loadtest.drill.plan import LoadParams, Row
 from loadtest.drill.report import machine, write_report
+from loadtest.host import find_wrk, load_average
 
 LEAD = 0.4  # of DRILL_SECONDS under load before the event
 TAIL = 0.2  # of DRILL_SECONDS under load at least after it
@@ -32,10 +33,6 @@ DEFAULTS = {"WEB_CONCURRENCY": "2"}
 ISOLATED = {"GUNICORN_MAX_REQUESTS": "0", "GUNICORN_MAX_REQUESTS_JITTER": "0"}
 # Short mode: graceful timeouts of seconds, so a reload or a stop with WebSockets open ends quickly.
 SHORT_KNOBS = {"UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN": "3", "GUNICORN_GRACEFUL_TIMEOUT": "5"}
-
-
-def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def drill_knobs(drill: Drill, params: LoadParams, environ: Mapping[str, str]) -> dict[str, str]:

@@ -7,8 +7,8 @@ wake the sleeping slow requests. Compare with `make loadtest SCENARIO=slow`.
 
 from locust import between, run_single_user, task
 
-from loadtest.common import KNOBS, ApiUser, option
 from loadtest.scenarios.slow_users import SlowUser
+from loadtest.users import KNOBS, ApiUser, option
 
 __all__ = ["BlockingUser", "SlowUser"]
 

@@ -7,7 +7,7 @@ sweeps WEB_CONCURRENCY with it.
 
 from locust import constant, run_single_user, task
 
-from loadtest.common import ApiUser
+from loadtest.users import ApiUser
 
 WORK = 200_000  # iterations per request: about 20-30 ms of one core's Python time
 

@@ -8,7 +8,7 @@ import string
 
 from locust import between, run_single_user, task
 
-from loadtest.common import ApiUser, judge
+from loadtest.users import ApiUser, judge
 
 
 class HttpApiUser(ApiUser):

@@ -6,7 +6,7 @@ UVICORN_LIMIT_CONCURRENCY per worker); the app answers how many were in flight o
 
 from locust import between, run_single_user, task
 
-from loadtest.common import KNOBS, ApiUser, option
+from loadtest.users import KNOBS, ApiUser, option
 
 
 class SlowUser(ApiUser):

@@ -8,7 +8,7 @@ import time
 
 from locust import between, run_single_user, task
 
-from loadtest.common import ApiUser, describe_failure, report_sample
+from loadtest.users import ApiUser, describe_failure, report_sample
 
 
 class StreamUser(ApiUser):

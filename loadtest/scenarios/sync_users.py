@@ -6,7 +6,7 @@ queue for a thread and the row climbs in steps of the delay. Raise the users pas
 
 from locust import between, run_single_user, task
 
-from loadtest.common import KNOBS, ApiUser, option
+from loadtest.users import KNOBS, ApiUser, option
 
 
 class SyncUser(ApiUser):

@@ -7,7 +7,7 @@ socket (uvicorn sends 1012). Each connection is held for `--ws-hold` seconds (LO
 
 from locust import between, run_single_user
 
-from loadtest.common import EchoRoundTrips, TickerPushes
+from loadtest.users import EchoRoundTrips, TickerPushes
 
 
 class EchoSocketUser(EchoRoundTrips):

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from deploy.stackctl.config import ROOT
-from loadtest.sweep.plan import Load, SweepError, parse_sweep
+from loadtest.errors import LoadtestError
+from loadtest.sweep.plan import Load, parse_sweep
 from loadtest.sweep.report import Bounds
 from loadtest.sweep.run import run_sweep
 
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         load = Load(args.scenario, args.users, args.spawn_rate or args.users, args.run_time, args.workers)
         bounds = Bounds(args.max_fail_ratio, args.max_p95_ms)
         report_dir, _, recommendation = run_sweep(axes, load, args.out_root, bounds)
-    except SweepError as error:
+    except LoadtestError as error:
         print(f"make sweep: {error}", file=sys.stderr)
         return 2
     print(recommendation)

@@ -10,6 +10,7 @@ from typing import Any
 
 from deploy.stackctl.config import KNOBS, PROFILES_DIR
 from deploy.stackctl.stack import OWNED_BY_RUNTIME
+from loadtest.errors import LoadtestError
 from service.settings import ConfigError, load_settings
 
 METRICS = (
@@ -33,7 +34,7 @@ SUMMARY_FIELDS = (
 )
 
 
-class SweepError(Exception):
+class SweepError(LoadtestError):
     """Bad sweep input; the message is one line naming the knob, the value and the rule."""
 
 

@@ -6,8 +6,6 @@ import base64
 import csv
 import html
 import json
-import os
-import platform
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,7 +13,6 @@ from typing import Any
 
 from loadtest.limits import CPU_LIMIT
 from loadtest.sweep.plan import METRICS, SUMMARY_FIELDS, Axis, Result
-from service.settings import usable_cpus
 
 
 @dataclass(frozen=True)
@@ -127,25 +124,6 @@ def plot_knob(axis: Axis, axes: Sequence[Axis], results: list[Result], path: Pat
     figure.tight_layout(rect=(0, legend_room, 1, 0.96))
     figure.savefig(path, dpi=90)
     plt.close(figure)
-
-
-def machine() -> dict[str, str]:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": model,
-        "usable_cpus": str(usable_cpus()),
-        "python": platform.python_version(),
-        "platform": platform.platform(terse=True),
-        "load_average_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "note": "the load generator (Locust) runs on the same machine as the stack",
-    }
 
 
 def cell(value: Any) -> str:

@@ -25,11 +25,12 @@ from rich.progress import (
 
 from deploy.stackctl import rules, stack
 from deploy.stackctl.ports import free_port_knobs
+from loadtest.errors import LoadtestError
+from loadtest.host import load_average, machine
 from loadtest.limits import CPU_LIMIT
 from loadtest.runner import locustfiles, parse_run_time, run_headless
-from loadtest.stack import LoadtestError
 from loadtest.sweep.plan import SUMMARY_FIELDS, Axis, Load, Result, SweepError, combinations
-from loadtest.sweep.report import DEFAULT_BOUNDS, Bounds, machine, write_report
+from loadtest.sweep.report import DEFAULT_BOUNDS, Bounds, write_report
 from service.settings import ConfigError
 
 
@@ -85,11 +86,8 @@ def run_combination(
 
 
 def check_load(load: Load) -> None:
-    try:
-        locustfiles(load.scenario)
-        parse_run_time(load.run_time)
-    except LoadtestError as error:
-        raise SweepError(str(error)) from None
+    locustfiles(load.scenario)
+    parse_run_time(load.run_time)
     if load.users < 1 or load.spawn_rate <= 0 or load.workers < 0:
         raise SweepError(f"USERS={load.users}, SPAWN_RATE={load.spawn_rate}: need at least 1 user")
 
@@ -124,6 +122,8 @@ def run_sweep(
         "run_time": load.run_time,
         "locust_workers": load.workers,
         **machine(),
+        "load_average_at_start": load_average(),
+        "note": "the load generator (Locust) runs on the same machine as the stack",
     }
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     interrupted = False
@@ -160,7 +160,7 @@ def run_sweep(
         if result.status == "pending":
             result.status, result.note = "failed", "not run: the sweep was interrupted"
     meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-    meta["load_average_at_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    meta["load_average_at_end"] = load_average()
     recommendation = write_report(report_dir, axes, results, bounds, meta)
     if interrupted:
         raise SweepError(f"interrupted; the partial report is in {report_dir}")

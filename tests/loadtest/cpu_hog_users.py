@@ -5,7 +5,7 @@ import time
 import gevent
 from locust import User, constant, task
 
-import loadtest.common  # noqa: F401  (registers the summary and CPU listeners)
+import loadtest.users  # noqa: F401  (registers the summary and CPU listeners)
 
 
 class CpuHogUser(User):

@@ -2,7 +2,7 @@
 
 from locust import constant, task
 
-from loadtest.common import ApiUser
+from loadtest.users import ApiUser
 
 
 class FailingUser(ApiUser):

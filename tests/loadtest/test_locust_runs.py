@@ -18,7 +18,8 @@ import pytest
 
 from deploy.stackctl.config import ROOT
 from deploy.stackctl.ports import free_port
-from loadtest.runner import THRESHOLD_EXIT_CODE, Summary, run_headless
+from loadtest.limits import THRESHOLD_EXIT_CODE
+from loadtest.runner import Summary, run_headless
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.loadtest

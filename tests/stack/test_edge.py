@@ -253,7 +253,8 @@ def test_a_malformed_http2_request_gets_nginxs_json_400(tls_stack: TlsStack) -> 
 
 @pytest.mark.loadtest
 def test_the_loadtest_runner_trusts_the_local_ca(tls_stack: TlsStack, tmp_path: Path) -> None:
-    from loadtest.runner import run_headless, tls_target
+    from loadtest.runner import run_headless
+    from loadtest.runner.trust import tls_target
 
     host, ca = tls_target(tls_stack.stack.url, tls_stack.stack.run_dir)
     assert (host, ca) == (tls_stack.https, tls_stack.ca)

@@ -12,7 +12,7 @@ import pytest
 
 from deploy.stackctl import stack
 from deploy.stackctl.ports import free_port_knobs, port_in_use
-from loadtest.runner import write_stack_settings
+from loadtest.runner.report import write_stack_settings
 from service.settings import ConfigError
 from tests.support.stack import make_stack
 

@@ -8,8 +8,8 @@ starts one local stack per distinct set of knobs on free ports (deploy/stackctl/
 rule on purpose: their stacks start with the rules not enforced (what ALLOW_UNSAFE_CONFIG=1 does for
 `make up`), and each row records what the rules say about its knobs.
 
-    python -m deploy.stackctl.timeout_lab              # every experiment, then the table
-    python -m deploy.stackctl.timeout_lab --only app-timeout --json
+    python -m loadtest.timeout_lab              # every experiment, then the table
+    python -m loadtest.timeout_lab --only app-timeout --format json
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from deploy.stackctl import timeout_lab
-from deploy.stackctl.timeout_lab import Row
+from loadtest import timeout_lab
+from loadtest.timeout_lab import Row
 
 pytestmark = pytest.mark.stack
 

@@ -1,0 +1,71 @@
+"""The Locust web UI with a user-class and shape picker, until Ctrl-C: Locust processes here, or for a
+stack on the docker runtime the compose profile `loadtest`."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from deploy.stackctl import stack
+from deploy.stackctl.ports import LOOPBACK
+from loadtest.errors import LoadtestError
+from loadtest.runner.plan import SCENARIO_DIR, SHAPE_DIR, report_dir
+from loadtest.runner.processes import Processes, interrupt, locust_env, start_locust
+from loadtest.runner.trust import our_stack, tls_target, trust_env, trusting
+from loadtest.stack import DEFAULT_RUN_DIR, check_host, stack_info
+from service.settings import ConfigError
+
+
+def run_ui(
+    host: str, workers: int, web_port: int, run_dir: Path = DEFAULT_RUN_DIR, out_dir: Path | None = None
+) -> int:
+    """The Locust web UI with a user-class and shape picker, until Ctrl-C (or TERM)."""
+    host, ca = tls_target(check_host(host), run_dir)
+    with trusting(ca):
+        stack_info(host)
+    started = our_stack(host, run_dir)
+    try:
+        runtime = started.runtime if started else stack.configured_runtime(run_dir)
+    except ConfigError as error:
+        raise LoadtestError(str(error)) from None
+    if runtime == "docker":
+        return run_ui_compose(run_dir, workers, web_port)
+    env = {**locust_env(run_dir), **trust_env(ca)}
+    reports = report_dir("ui", out_dir)
+    files = [str(SCENARIO_DIR), str(SHAPE_DIR)]
+    options = [
+        "-f", ",".join(files), "--class-picker", "-H", host,
+        "--web-host", LOOPBACK, "--web-port", str(web_port),
+        "--html", str(reports / "report.html"), "--summary-file", str(reports / "run.json"),
+    ]  # fmt: skip
+    processes = Processes()
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        master = start_locust(processes, files, options, workers, reports, env, expect_workers=False)
+        print(
+            f"Locust web UI: http://{LOOPBACK}:{web_port}  (target {host}, {workers} workers; Ctrl-C stops)\n"
+            f"logs and the final report: {reports}",
+            flush=True,
+        )
+        return master.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        processes.stop()
+
+
+def run_ui_compose(run_dir: Path, workers: int, web_port: int) -> int:
+    """Docker runtime: the compose profile `loadtest` (locust-master, N x locust-worker), foreground."""
+    try:
+        target = stack.locust_target(run_dir)
+        print(
+            f"Locust web UI: http://{LOOPBACK}:{web_port}  (target {target} on the compose network; "
+            "compose profile loadtest; Ctrl-C stops)",
+            flush=True,
+        )
+        stack.locust_web_ui(run_dir, workers, web_port)
+    except KeyboardInterrupt:
+        return 0
+    except (ConfigError, stack.StackError) as error:
+        raise LoadtestError(str(error)) from None
+    return 0
