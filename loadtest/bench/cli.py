@@ -1,7 +1,7 @@
 """The command line of `make bench` (`python -m loadtest.bench`).
 
-Exit codes: 0 every row ran (or is unavailable on this machine, its row says why); 1 a row could not run
-(its row says why); 2 bad input or no wrk, in one line, nothing started.
+Exit codes: 0 every row ran (or was skipped: this machine lacks what it needs, its row says why); 1 a row
+could not run (error, its row says why); 2 bad input or no wrk, in one line, nothing started.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from deploy.stackctl.config import ROOT
 from loadtest.bench.report import markdown
 from loadtest.bench.rows import NAMES, BenchError, Row, parse_params, parse_rows
 from loadtest.bench.run import run_bench
+from loadtest.status import Status
 
 BAD_INPUT = 2
 COULD_NOT_RUN = 1
@@ -45,7 +46,7 @@ def parser() -> Parser:
 
 
 def exit_code(rows: list[Row]) -> int:
-    return COULD_NOT_RUN if any(row.status == "failed" for row in rows) else 0
+    return COULD_NOT_RUN if any(row.status == Status.ERROR for row in rows) else 0
 
 
 def main(argv: list[str] | None = None, base: Mapping[str, str] | None = None) -> int:
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None, base: Mapping[str, str] | None = None) -
 
 def summary(row: Row) -> str:
     v = row.values
-    if row.status != "ok":
+    if row.status != Status.OK:
         return f"— {row.note}"
     if row.spec.kind == "websocket":
         return f"{v['connected']}/{v['n']} held, {v['drops']} dropped, {v['rss_kib_per_ws']} KiB each"

@@ -6,6 +6,8 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from loadtest.status import Status
+
 Kind = Literal["throughput", "slow", "websocket"]
 Target = Literal["direct", "nginx"]
 
@@ -15,7 +17,8 @@ class BenchError(Exception):
 
 
 class Unavailable(BenchError):
-    """A row that cannot run on this machine (e.g. a server version without the worker); not a failure."""
+    """A row that cannot run on this machine (e.g. a server version without the worker): skipped, not an
+    error."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,7 @@ SHORT = Params(seconds=2.0, slow_n=50, slow_delay=0.5, ws_n=50, short=True)
 @dataclass
 class Row:
     spec: RowSpec
-    status: str = "pending"  # ok, unavailable or failed
+    status: Status = Status.PENDING  # ok, error or skipped
     note: str = ""
     values: dict[str, Any] = field(default_factory=dict)
 

@@ -20,6 +20,7 @@ from loadtest.drill.plan import DrillError, Row, parse_drills, parse_load
 from loadtest.drill.report import HEAD, cells, table
 from loadtest.drill.run import run_drills
 from loadtest.limits import THRESHOLD_EXIT_CODE
+from loadtest.status import Status
 
 BAD_INPUT = 2
 COULD_NOT_RUN = 1
@@ -45,9 +46,9 @@ def parser() -> Parser:
 
 
 def exit_code(rows: list[Row]) -> int:
-    if any(r.status == "FAIL" for r in rows):
+    if any(r.status == Status.FAILED for r in rows):
         return THRESHOLD_EXIT_CODE
-    return COULD_NOT_RUN if any(r.status == "error" for r in rows) else 0
+    return COULD_NOT_RUN if any(r.status == Status.ERROR for r in rows) else 0
 
 
 def main(argv: list[str] | None = None, base: Mapping[str, str] | None = None) -> int:
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None, base: Mapping[str, str] | None = None) -
         def progress(row: Row) -> None:
             line = dict(zip(HEAD, cells(row), strict=True))
             done = f"{row.drill}: {line['result']}"
-            if row.status in ("pass", "FAIL"):
+            if row.status.ran:
                 done += f" — sent {line['sent']}, {line['req/s']} req/s, failures {line['failures']}"
             err.print(done)
 

@@ -8,6 +8,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from loadtest.status import Status
+
 FLOOR_RATE = 1000.0
 """Requests/s through nginx below which a drill proves little: its row says so (the verdict stands)."""
 
@@ -101,7 +103,7 @@ class Row:
     drill: str
     runtime: str
     what: str
-    status: str = "pending"  # pass, FAIL, skipped, error
+    status: Status = Status.PENDING  # passed, failed, error or skipped
     reason: str = ""  # why skipped or error
     knobs: dict[str, str] = field(default_factory=dict)  # what the drill set on its stack
     seconds: float = 0.0
@@ -138,12 +140,12 @@ class Row:
     @property
     def weak(self) -> bool:
         """Ran, but below the load floor: a pass here proves little."""
-        return self.status in ("pass", "FAIL") and self.rate < FLOOR_RATE
+        return self.status.ran and self.rate < FLOOR_RATE
 
     def verdict(self) -> None:
         self.lost = sum(n for kind, n in self.failures.items() if kind not in self.not_counted)
         self.lost += self.probe_failures
-        self.status = "pass" if self.passed else "FAIL"
+        self.status = Status.PASSED if self.passed else Status.FAILED
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "weak": self.weak}

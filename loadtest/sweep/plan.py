@@ -10,6 +10,7 @@ from typing import Any
 
 from deploy.stackctl.config import KNOBS, PROFILES_DIR
 from deploy.stackctl.stack import OWNED_BY_RUNTIME
+from loadtest.status import Status
 from service.settings import ConfigError, load_settings
 
 METRICS = (
@@ -47,7 +48,7 @@ class Axis:
 class Result:
     index: int
     knobs: dict[str, str]
-    status: str = "pending"  # ok, refused or failed
+    status: Status = Status.PENDING  # ok, error or refused
     refused_rule: str = ""
     note: str = ""
     locust_report: str = ""
