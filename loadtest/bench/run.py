@@ -96,7 +96,11 @@ def run_bench(
     console = console or Console(stderr=True)
     wrk = find_wrk()
     config = servers.blueprint_config(params, base)
-    params = dataclasses.replace(params, workers=params.workers or config.settings.workers)
+    # Unset, both come from the blueprint's config: WEB_CONCURRENCY and PROFILE of the environment, `.env`.
+    settings = config.settings
+    params = dataclasses.replace(
+        params, workers=params.workers or settings.workers, profile=params.profile or settings.profile
+    )
     most = config.settings.app_max_delay
     if any(spec.kind == "slow" for spec in specs) and params.slow_delay > most:
         raise BenchError(f"BENCH_SLOW_DELAY={params.slow_delay:g} is above APP_MAX_DELAY={most:g}")

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from loadtest.status import Status
+from service.settings import ToolInputs
 
+DEFAULTS = ToolInputs()
 FLOOR_RATE = 1000.0
 """Requests/s through nginx below which a drill proves little: its row says so (the verdict stands)."""
 
@@ -20,15 +23,15 @@ class DrillError(Exception):
 
 @dataclass(frozen=True)
 class LoadParams:
-    """The load every drill runs under, and the make variable each field comes from."""
+    """The load every drill runs under; each field is the ToolInputs row of the same name."""
 
-    seconds: float = 15.0  # DRILL_SECONDS: at least this long per drill, the event in the first half
-    threads: int = 1  # WRK_THREADS
-    connections: int = 32  # WRK_CONNECTIONS: each holds one request in flight at a time
-    websockets: int = 20  # DRILL_WEBSOCKETS: held /ws/ticker clients
-    rate: float = 0.0  # DRILL_RATE: a cap in requests/s over all connections; 0 = as fast as wrk goes
-    short: bool = False  # DRILL_SHORT=1: seconds-long drills and short graceful timeouts, for tests
-    strict: bool = False  # DRILL_STRICT=1: every drill is allowed to lose nothing, the lossy ones too
+    seconds: float = DEFAULTS.drill_seconds  # at least this long per drill, the event in the first half
+    threads: int = DEFAULTS.wrk_threads
+    connections: int = DEFAULTS.wrk_connections  # each holds one request in flight at a time
+    websockets: int = DEFAULTS.drill_websockets  # held /ws/ticker clients
+    rate: float = DEFAULTS.drill_rate  # a cap in requests/s over all connections; 0 = as fast as wrk goes
+    short: bool = False  # seconds-long drills and short graceful timeouts, for tests
+    strict: bool = False  # every drill is allowed to lose nothing, the lossy ones too
 
     def delay_ms(self) -> int:
         """wrk's per-request pause on each connection that caps the total rate at `rate`."""
@@ -45,35 +48,12 @@ class LoadParams:
 
 SHORT = LoadParams(seconds=4.0, websockets=6, short=True)
 
-# (field, make variable, what it is, minimum)
-INPUTS: tuple[tuple[str, str, str, float], ...] = (
-    ("seconds", "DRILL_SECONDS", "seconds per drill", 2),
-    ("threads", "WRK_THREADS", "wrk threads", 1),
-    ("connections", "WRK_CONNECTIONS", "wrk connections", 1),
-    ("websockets", "DRILL_WEBSOCKETS", "WebSocket clients", 0),
-    ("rate", "DRILL_RATE", "requests/s (0 = no cap)", 0),
-)
 
-
-def parse_load(raw: dict[str, str | None], short: bool = False, strict: bool = False) -> LoadParams:
-    """Each given value (None = the default; short mode has its own defaults) checked and typed."""
-    types = {f.name: f.type for f in fields(LoadParams)}
-    given: dict[str, Any] = {}
-    for name, variable, what, least in INPUTS:
-        text = raw.get(name)
-        if text is None or text == "":
-            continue
-        whole = types[name] == "int"
-        try:
-            number = int(text) if whole else float(text)
-        except ValueError:
-            raise DrillError(
-                f"{variable}={text!r}: not {'a whole' if whole else 'a'} number ({what})"
-            ) from None
-        if not math.isfinite(number) or number < least:
-            raise DrillError(f"{variable}={text!r}: must be at least {least:g} ({what})")
-        given[name] = number
-    params = replace(SHORT if short else LoadParams(), strict=strict, **given)
+def parse_load(given: Mapping[str, Any], short: bool = False, strict: bool = False) -> LoadParams:
+    """The load from the values given (None: the default, which short mode lowers), each already checked
+    against its ToolInputs row; then what rows cannot check alone."""
+    chosen = {name: value for name, value in given.items() if value is not None}
+    params = replace(SHORT if short else LoadParams(), strict=strict, **chosen)
     if params.connections < params.threads:
         raise DrillError(
             f"WRK_CONNECTIONS={params.connections} < WRK_THREADS={params.threads}: wrk needs a connection "

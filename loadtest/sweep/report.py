@@ -16,13 +16,17 @@ from typing import Any
 from loadtest.limits import CPU_LIMIT
 from loadtest.status import Status
 from loadtest.sweep.plan import METRICS, SUMMARY_FIELDS, Axis, Result
-from service.settings import usable_cpus
+from service.settings import ToolInputs, usable_cpus
+
+DEFAULTS = ToolInputs()
 
 
 @dataclass(frozen=True)
 class Bounds:
-    max_fail_ratio: float = 0.01
-    max_p95_ms: float = 0.0  # 0 = twice the lowest p95 the sweep measured (fits any scenario's scale)
+    """What the recommendation requires: the ToolInputs rows sweep_max_fail_ratio and sweep_max_p95_ms."""
+
+    max_fail_ratio: float = DEFAULTS.sweep_max_fail_ratio
+    max_p95_ms: float = DEFAULTS.sweep_max_p95_ms  # 0 = twice the lowest p95 the sweep measured
 
 
 DEFAULT_BOUNDS = Bounds()
