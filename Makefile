@@ -53,46 +53,27 @@ wheelhouse: venv ## Download wheels for PYTHON_IMAGE's Python version into ./whe
 	@$(STACKCTL) wheelhouse
 
 ##@ Load testing
-# Inputs: SCENARIO (mixed | http | slow | blocking | sync | websocket | stream | cpu, or a locustfile path),
-# USERS (20), SPAWN_RATE (5/s), RUN_TIME (30s), HOST (default: the running stack's URL), SHAPE (step | spike |
-# soak), LOCUST_WORKERS (0 = one Locust process). Thresholds and the rest: the LOCUST_* rows of docs/SETTINGS.md.
+# Inputs are make or environment variables (`make loadtest SCENARIO=http USERS=50`, `make drill DRILL=reload`)
+# that each tool's command line reads itself (`python -m loadtest.drill --help`): every one, with its default
+# and effect, in docs/SETTINGS.md ("Inputs of the load tools"; Locust's thresholds: the LOCUST_* rows).
 
 .PHONY: loadtest
 loadtest: venv ## Headless Locust run against the stack: prints rps, p50/p95/p99, failures; writes reports/<time>-<scenario>/
-	@$(PY) -m loadtest.runner --run-dir $(RUN_DIR) --scenario "$(or $(SCENARIO),mixed)" \
-		--users "$(or $(USERS),20)" --spawn-rate "$(or $(SPAWN_RATE),5)" --run-time "$(or $(RUN_TIME),30s)" \
-		$(if $(HOST),--host "$(HOST)") $(if $(SHAPE),--shape "$(SHAPE)") \
-		$(if $(LOCUST_WORKERS),--workers "$(LOCUST_WORKERS)")
+	@$(PY) -m loadtest.runner --run-dir $(RUN_DIR)
 
 .PHONY: loadtest-ui
-loadtest-ui: venv ## Locust web UI on 127.0.0.1:LOCUST_WEB_PORT (8089) with a scenario and shape picker (HOST, LOCUST_WORKERS)
-	@$(PY) -m loadtest.runner --ui --run-dir $(RUN_DIR) $(if $(HOST),--host "$(HOST)") \
-		$(if $(LOCUST_WORKERS),--workers "$(LOCUST_WORKERS)")
+loadtest-ui: venv ## Locust web UI on 127.0.0.1:LOCUST_WEB_PORT (8089) with a scenario and shape picker
+	@$(PY) -m loadtest.runner --ui --run-dir $(RUN_DIR)
 
-# DRILL=name (or a,b; default: all, the docker ones need an engine). Each drill gets a fresh stack on free ports
-# and the load below: DRILL_SECONDS (15 per drill), WRK_THREADS (1), WRK_CONNECTIONS (32), DRILL_WEBSOCKETS (20),
-# DRILL_RATE (0 = as fast as wrk goes, else a cap in req/s); DRILL_SHORT=1 (4 s, short timeouts: for tests),
-# DRILL_STRICT=1 (every drill must lose nothing). Exit 3 when a drill lost more than it may.
+# Each drill gets a fresh stack on free ports, under load; exit 3 when a drill lost more than it may.
 .PHONY: drill
 drill: venv ## Worker-lifecycle drills under load (reload, recycle, TERM/KILL/timeout, down, ...): lost vs. allowed; writes reports/drill-<time>/
-	@$(PY) -m loadtest.drill --drill "$(DRILL)" $(if $(DRILL_SECONDS),--seconds "$(DRILL_SECONDS)") \
-		$(if $(WRK_THREADS),--threads "$(WRK_THREADS)") $(if $(WRK_CONNECTIONS),--connections "$(WRK_CONNECTIONS)") \
-		$(if $(DRILL_WEBSOCKETS),--websockets "$(DRILL_WEBSOCKETS)") $(if $(DRILL_RATE),--rate "$(DRILL_RATE)") \
-		$(if $(filter 1,$(DRILL_SHORT)),--short) $(if $(filter 1,$(DRILL_STRICT)),--strict)
+	@$(PY) -m loadtest.drill
 
-# BENCH=name (or a,b; default: every row: nginx-return, bare, blueprint-direct, blueprint-nginx, slow-held, ws-held,
-# uvicorn, granian, gunicorn-asgi). One wrk (-t1 -c BENCH_CONNECTIONS, 64) and one worker count (WEB_CONCURRENCY,
-# default the blueprint's) for every row; BENCH_SECONDS (10) per row; BENCH_SLOW_N (1000) /api/slow?delay=
-# BENCH_SLOW_DELAY (5) and BENCH_WS_N (1000) WebSockets held through nginx for BENCH_WS_HOLD s (BENCH_SECONDS);
-# PROFILE; BENCH_SHORT=1 (2 s, small N).
+# One wrk and one worker count (the blueprint's WEB_CONCURRENCY) for every row.
 .PHONY: bench
 bench: venv ## The blueprint's hot path beside a bare FastAPI app, nginx and other servers; writes reports/bench-<time>/
-	@$(PY) -m loadtest.bench --bench "$(BENCH)" $(if $(BENCH_SECONDS),--seconds "$(BENCH_SECONDS)") \
-		$(if $(BENCH_CONNECTIONS),--connections "$(BENCH_CONNECTIONS)") \
-		$(if $(WEB_CONCURRENCY),--workers "$(WEB_CONCURRENCY)") $(if $(BENCH_SLOW_N),--slow-n "$(BENCH_SLOW_N)") \
-		$(if $(BENCH_SLOW_DELAY),--slow-delay "$(BENCH_SLOW_DELAY)") $(if $(BENCH_WS_N),--ws-n "$(BENCH_WS_N)") \
-		$(if $(BENCH_WS_HOLD),--ws-hold "$(BENCH_WS_HOLD)") \
-		$(if $(PROFILE),--profile "$(PROFILE)") $(if $(filter 1,$(BENCH_SHORT)),--short)
+	@$(PY) -m loadtest.bench
 
 ##@ Tuning
 # `up` and `reload` apply the same ordering rules and refuse a config that breaks one;
@@ -103,17 +84,14 @@ check: venv ## Print every knob's value and source, run nginx -t / gunicorn --ch
 	@$(STACKCTL) check
 
 .PHONY: timeout-lab
-timeout-lab: venv ## Break each timeout on purpose on short-lived local stacks and print who gave up first (LAB_FORMAT=table|markdown|json)
-	@$(PY) -m loadtest.timeout_lab --format $(or $(LAB_FORMAT),table)
+timeout-lab: venv ## Break each timeout on purpose on short-lived local stacks and print who gave up first
+	@$(PY) -m loadtest.timeout_lab
 
 # SWEEP='WEB_CONCURRENCY=1,2,4 APP_THREADPOOL_TOKENS=40,200': every combination gets `make check`, a fresh
-# stack and SCENARIO for RUN_TIME; a sweep's own options default to SCENARIO=http USERS=20 RUN_TIME=15s.
+# stack and a Locust run (a sweep's own defaults: docs/SETTINGS.md).
 .PHONY: sweep
-sweep: venv ## Measure SCENARIO once per combination of SWEEP='KNOB=v1,v2 ...'; writes reports/sweep-<time>/ (USERS, SPAWN_RATE, RUN_TIME, SWEEP_MAX_P95_MS, SWEEP_MAX_FAIL_RATIO)
-	@$(PY) -m loadtest.sweep --sweep "$(SWEEP)" --scenario "$(or $(SCENARIO),http)" \
-		--users "$(or $(USERS),20)" --spawn-rate "$(or $(SPAWN_RATE),0)" --run-time "$(or $(RUN_TIME),15s)" \
-		--workers "$(or $(LOCUST_WORKERS),0)" --max-p95-ms "$(or $(SWEEP_MAX_P95_MS),0)" \
-		--max-fail-ratio "$(or $(SWEEP_MAX_FAIL_RATIO),0.01)"
+sweep: venv ## Measure SCENARIO once per combination of SWEEP='KNOB=v1,v2 ...'; writes reports/sweep-<time>/
+	@$(PY) -m loadtest.sweep
 
 ##@ Development
 

@@ -14,7 +14,6 @@ rule on purpose: their stacks start with the rules not enforced (what ALLOW_UNSA
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import shutil
@@ -33,6 +32,7 @@ from rich.table import Table
 
 from deploy.stackctl import rules, stack
 from deploy.stackctl.config import ROOT
+from deploy.stackctl.envargs import EnvParser
 from deploy.stackctl.errors import StackError
 from deploy.stackctl.ports import free_port_knobs
 from service.settings import ConfigError, Settings
@@ -429,10 +429,10 @@ def markdown(rows: list[Row]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="timeout-lab", description=__doc__.split("\n\n")[0])
+    parser = EnvParser(prog="timeout-lab", description=__doc__.split("\n\n")[0], tool="timeout-lab")
     parser.add_argument("--only", action="append", choices=sorted(BY_NAME), help="run only this experiment")
     parser.add_argument("--run-root", type=Path, default=DEFAULT_RUN_ROOT, help="where the stacks keep logs")
-    parser.add_argument("--format", choices=("table", "markdown", "json"), default="table")
+    parser.add_argument("--format", env="LAB_FORMAT")
     args = parser.parse_args(argv)
     chosen = [BY_NAME[name] for name in args.only] if args.only else EXPERIMENTS
     console = Console(stderr=True)

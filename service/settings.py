@@ -17,7 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -26,11 +26,20 @@ from pydantic_settings import (
 )
 
 Layer = Literal["stack", "app", "gunicorn", "uvicorn", "nginx", "compose", "swarm", "locust"]
+Tool = Literal["loadtest", "drill", "bench", "sweep", "timeout-lab"]
 OUR_WORKER_CLASS = "service.worker.UvicornWorker"
 
 
 def knob(default: Any, unit: str, layer: Layer, effect: str, **kwargs: Any) -> Any:
     return Field(default, description=effect, json_schema_extra={"unit": unit, "layer": layer}, **kwargs)
+
+
+def tool_input(
+    default: Any, unit: str, tool: Tool, effect: str, also: dict[Tool, Any] | None = None, **kwargs: Any
+) -> Any:
+    """A ToolInputs row: `tool` reads it; `also` maps other tools reading it to their own default."""
+    extra: dict[str, Any] = {"unit": unit, "defaults": {tool: default, **(also or {})}}
+    return Field(default, description=effect, json_schema_extra=extra, **kwargs)
 
 
 def usable_cpus() -> int:
@@ -658,9 +667,9 @@ class Settings(BaseSettings):
         0,
         "processes",
         "locust",
-        "Locust worker processes beside the master for `make loadtest` / `make loadtest-ui`; 0 = one "
-        "process does everything. One Locust process uses one CPU: add workers when a run is flagged for "
-        "Locust CPU above 90 %.",
+        "Locust worker processes beside the master for `make loadtest`, `make loadtest-ui` and each run of "
+        "`make sweep`; 0 = one process does everything. One Locust process uses one CPU: add workers when "
+        "a run is flagged for Locust CPU above 90 %.",
         ge=0,
         le=64,
     )
@@ -754,6 +763,179 @@ class Settings(BaseSettings):
     @cached_property
     def https_listen_port(self) -> int:
         return self.nginx_https_listen_port or self.https_port
+
+
+class ToolInputs(BaseModel):
+    """The inputs of the make targets that drive stacks rather than configure one: `make loadtest` /
+    `loadtest-ui`, `drill`, `bench`, `sweep` and `timeout-lab`. Each tool's command line reads them from its
+    environment, where make puts its command-line variables: an option on the command line wins, then the
+    variable, then the default (deploy/stackctl/envargs.py binds them). They are not stack knobs: no stack
+    reads them, `make check` does not list them and a sweep cannot vary them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    # --- make loadtest, loadtest-ui (and make sweep) -----------------------------------------------
+    scenario: str = tool_input(
+        "mixed",
+        "-",
+        "loadtest",
+        "Locust scenario: a name of `loadtest/scenarios/<name>_users.py` (mixed = every user class) or a "
+        "locustfile's path.",
+        also={"sweep": "http"},
+    )
+    users: int = tool_input(
+        20, "users", "loadtest", "Peak concurrent Locust users.", also={"sweep": 20}, ge=1
+    )
+    spawn_rate: float = tool_input(
+        5.0,
+        "users/s",
+        "loadtest",
+        "Users started per second; 0 = all at once (a sweep's default; `make loadtest` needs > 0).",
+        also={"sweep": 0.0},
+        ge=0,
+    )
+    run_time: str = tool_input(
+        "30s",
+        "duration",
+        "loadtest",
+        "How long the load runs, in Locust's syntax (30s, 5m, 1h30m); a sweep's is per combination.",
+        also={"sweep": "15s"},
+    )
+    host: str = tool_input(
+        "",
+        "URL",
+        "loadtest",
+        "Target of the load; empty = the running stack's URL (its https one with NGINX_TLS=1).",
+    )
+    shape: str = tool_input(
+        "",
+        "-",
+        "loadtest",
+        "Load shape: step, spike or soak (loadtest/shapes/); empty = USERS for RUN_TIME.",
+    )
+
+    # --- make drill --------------------------------------------------------------------------------
+    drill: str = tool_input(
+        "",
+        "names",
+        "drill",
+        "Drills to run: one name, several (a,b), or empty / all = every drill (the docker ones need an "
+        "engine). `python -m loadtest.drill --help` lists them.",
+    )
+    drill_seconds: float = tool_input(
+        15.0,
+        "s",
+        "drill",
+        "Load per drill, with the event in its first half; DRILL_SHORT=1 lowers the default.",
+        ge=2,
+    )
+    wrk_threads: int = tool_input(1, "threads", "drill", "wrk threads of a drill's load.", ge=1)
+    wrk_connections: int = tool_input(
+        32,
+        "connections",
+        "drill",
+        "wrk connections of a drill's load (POST /api/echo + GET /api/ping through nginx), each with one "
+        "request in flight at a time; at least WRK_THREADS.",
+        ge=1,
+    )
+    drill_websockets: int = tool_input(
+        20,
+        "connections",
+        "drill",
+        "WebSocket clients on /ws/ticker during each drill, reconnecting when closed; DRILL_SHORT=1 lowers "
+        "the default.",
+        ge=0,
+    )
+    drill_rate: float = tool_input(
+        0.0,
+        "requests/s",
+        "drill",
+        "Cap on a drill's wrk load over all its connections; 0 = as fast as wrk goes.",
+        ge=0,
+    )
+    drill_short: int = tool_input(
+        0,
+        "0/1",
+        "drill",
+        "1 = seconds-long drills with short graceful timeouts (what the tests run).",
+        ge=0,
+        le=1,
+    )
+    drill_strict: int = tool_input(
+        0,
+        "0/1",
+        "drill",
+        "1 = every drill may lose nothing, the lossy ones (a killed worker) too: exit 3 if one lost any.",
+        ge=0,
+        le=1,
+    )
+
+    # --- make bench --------------------------------------------------------------------------------
+    bench: str = tool_input(
+        "",
+        "names",
+        "bench",
+        "Rows to run: one name, several (a,b), or empty / all = every row. `python -m loadtest.bench "
+        "--help` lists them. Every row runs WEB_CONCURRENCY workers (default: the blueprint's) of PROFILE.",
+    )
+    bench_seconds: float = tool_input(
+        10.0, "s", "bench", "wrk time per row, after a warm-up; BENCH_SHORT=1 lowers the default.", ge=1
+    )
+    bench_connections: int = tool_input(
+        64, "connections", "bench", "wrk connections of the throughput rows (one wrk thread).", ge=1
+    )
+    bench_slow_n: int = tool_input(
+        1000, "requests", "bench", "/api/slow requests the slow-held row holds at once through nginx.", ge=1
+    )
+    bench_slow_delay: float = tool_input(
+        5.0, "s", "bench", "The `delay` of those requests; at most APP_MAX_DELAY.", ge=0
+    )
+    bench_ws_n: int = tool_input(
+        1000, "connections", "bench", "WebSockets the ws-held row holds on /ws/echo through nginx.", ge=1
+    )
+    bench_ws_hold: float = tool_input(
+        0.0, "s", "bench", "How long the ws-held row holds them; 0 = BENCH_SECONDS.", ge=0
+    )
+    bench_short: int = tool_input(
+        0, "0/1", "bench", "1 = short rows and small counts (what the tests run).", ge=0, le=1
+    )
+
+    # --- make sweep (also SCENARIO, USERS, SPAWN_RATE, RUN_TIME, LOCUST_WORKERS) ------------------
+    sweep: str = tool_input(
+        "",
+        "KNOB=v,...",
+        "sweep",
+        "What to sweep, e.g. 'WEB_CONCURRENCY=1,2,4 APP_THREADPOOL_TOKENS=40,200' (stack knobs): every "
+        "combination of the values gets `make check`, a fresh stack and SCENARIO for RUN_TIME.",
+    )
+    sweep_max_p95_ms: float = tool_input(
+        0.0,
+        "ms",
+        "sweep",
+        "The recommendation considers combinations whose p95 is at most this; 0 = twice the best p95 the "
+        "sweep measured.",
+        ge=0,
+    )
+    sweep_max_fail_ratio: float = tool_input(
+        0.01,
+        "ratio",
+        "sweep",
+        "The recommendation considers combinations whose failed/total requests are at most this.",
+        ge=0,
+        le=1,
+    )
+
+    # --- make timeout-lab --------------------------------------------------------------------------
+    lab_format: Literal["table", "markdown", "json"] = tool_input(
+        "table", "-", "timeout-lab", "How the lab prints its rows."
+    )
+
+
+def tool_default(field: str, tool: Tool) -> Any:
+    """The default of a ToolInputs field for `tool` (a sweep's SCENARIO is http, `make loadtest`'s mixed)."""
+    info = ToolInputs.model_fields[field]
+    defaults = info.json_schema_extra.get("defaults") if isinstance(info.json_schema_extra, dict) else None
+    return defaults[tool] if isinstance(defaults, dict) and tool in defaults else info.default
 
 
 # The layers whose knobs reach the app process (gunicorn, its workers, the app). The others are read by

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from pydantic.fields import FieldInfo
+
 from deploy.stackctl.config import ROOT
-from service.settings import Settings, env_name
+from service.settings import Settings, ToolInputs, env_name
 
 SETTINGS_DOC = ROOT / "docs" / "SETTINGS.md"
 
@@ -19,18 +23,49 @@ default below. `make check` prints the effective value of each knob and where it
 |---|---|---|---|---|
 """
 
+TOOLS_HEADER = """
+## Inputs of the load tools
+
+What `make loadtest` / `loadtest-ui`, `drill`, `bench`, `sweep` and `timeout-lab` run, not how the stack
+is configured: no stack reads these. Give them as make variables (`make drill DRILL_SECONDS=30`) or in the
+environment; each tool's command line reads its own (`python -m loadtest.drill --help` shows them beside
+its options), and an option given on that command line wins.
+
+| Env name | Default | Unit | Read by | What changing it does |
+|---|---|---|---|---|
+"""
+
+
+def extra_of(info: FieldInfo) -> dict[str, Any]:
+    return info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+
+
+def shown(default: Any) -> str:
+    return "(empty)" if default == "" else f"`{default}`"
+
+
+def row(field: str, info: FieldInfo, default: str, column: str) -> str:
+    effect = (info.description or "").replace("|", "\\|")
+    return f"| `{env_name(field)}` | {default} | {extra_of(info).get('unit')} | {column} | {effect} |"
+
+
+def tool_row(field: str, info: FieldInfo) -> str:
+    """`defaults`: the tool that owns the row first, then the others that read it, with their defaults."""
+    defaults: dict[str, Any] = extra_of(info).get("defaults") or {}
+    default = shown(info.default)
+    default += "".join(
+        f"; {tool}: {shown(value)}" for tool, value in defaults.items() if value != info.default
+    )
+    return row(field, info, default, ", ".join(f"make {tool}" for tool in defaults))
+
 
 def render() -> str:
-    rows = []
-    for field, info in Settings.model_fields.items():
-        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-        default = info.default
-        shown = "(empty)" if default == "" else f"`{default}`"
-        effect = (info.description or "").replace("|", "\\|")
-        rows.append(
-            f"| `{env_name(field)}` | {shown} | {extra.get('unit')} | {extra.get('layer')} | {effect} |"
-        )
-    return HEADER + "\n".join(rows) + "\n"
+    knobs = [
+        row(field, info, shown(info.default), str(extra_of(info).get("layer")))
+        for field, info in Settings.model_fields.items()
+    ]
+    tools = [tool_row(field, info) for field, info in ToolInputs.model_fields.items()]
+    return HEADER + "\n".join(knobs) + "\n" + TOOLS_HEADER + "\n".join(tools) + "\n"
 
 
 def settings_table(write: bool) -> int:

@@ -1,52 +1,63 @@
 """The command line of `make bench` (`python -m loadtest.bench`).
 
-Exit codes: 0 every row ran (or is unavailable on this machine, its row says why); 1 a row could not run
-(its row says why); 2 bad input or no wrk, in one line, nothing started.
+Exit codes: 0 every row ran (or was skipped: this machine lacks what it needs, its row says why); 1 a row
+could not run (error, its row says why); 2 bad input or no wrk, in one line, nothing started.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
+from argparse import Namespace
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NoReturn
 
 from rich.console import Console
 
 from deploy.stackctl.config import ROOT
+from deploy.stackctl.envargs import EnvParser, checked
 from loadtest.bench.report import markdown
-from loadtest.bench.rows import NAMES, BenchError, Row, parse_params, parse_rows
+from loadtest.bench.rows import NAMES, BenchError, Params, Row, RowSpec, parse_params, parse_rows
 from loadtest.bench.run import run_bench
 from loadtest.errors import LoadtestError
+from loadtest.status import Status
 
 BAD_INPUT = 2
 COULD_NOT_RUN = 1
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise BenchError(message)
+INPUTS = {"seconds": "BENCH_SECONDS", "connections": "BENCH_CONNECTIONS", "slow_n": "BENCH_SLOW_N"}
+INPUTS |= {"slow_delay": "BENCH_SLOW_DELAY", "ws_n": "BENCH_WS_N", "ws_hold": "BENCH_WS_HOLD"}
 
 
-def parser() -> Parser:
-    p = Parser(prog="bench", description="The hot path beside a bare app, nginx and other servers.")
-    p.add_argument("--bench", default="", help=f"BENCH: one of {', '.join(NAMES)}, several (a,b) or all")
-    p.add_argument("--seconds", help="BENCH_SECONDS: wrk time per row (10; short: 2)")
-    p.add_argument("--connections", help="BENCH_CONNECTIONS: wrk connections of the throughput rows (64)")
-    p.add_argument("--workers", help="WEB_CONCURRENCY: workers of every server (default: the blueprint's)")
-    p.add_argument("--slow-n", help="BENCH_SLOW_N: /api/slow requests held at once (1000; short: 50)")
-    p.add_argument("--slow-delay", help="BENCH_SLOW_DELAY: their delay in s (5; short: 0.5)")
-    p.add_argument("--ws-n", help="BENCH_WS_N: WebSockets held (1000; short: 50)")
-    p.add_argument("--ws-hold", help="BENCH_WS_HOLD: seconds they are held (0: BENCH_SECONDS)")
-    p.add_argument("--profile", help="PROFILE: the blueprint's tuning profile (deploy/profiles/)")
-    p.add_argument("--short", action="store_true", help="BENCH_SHORT=1: 2 s rows and small N, for tests")
+def parser(environ: Mapping[str, str] | None = None) -> EnvParser:
+    """Each option bound to its variable (`make bench BENCH_SECONDS=30`); `environ`: where they are read."""
+    p = EnvParser(
+        prog="bench",
+        description="The hot path beside a bare app, nginx and other servers.",
+        tool="bench",
+        error=BenchError,
+        environ=environ,
+    )
+    p.add_argument("--bench", env="BENCH", help=f"Rows: {', '.join(NAMES)}.")
+    for name, env in INPUTS.items():
+        # None: the default of the mode (--short)
+        p.add_argument(f"--{name.replace('_', '-')}", env=env, default=None)
+    p.add_argument("--short", action="store_true", env="BENCH_SHORT")
+    workers = "workers of every server (default: the blueprint's WEB_CONCURRENCY)"
+    p.add_argument("--workers", type=checked("WEB_CONCURRENCY"), help=workers)
+    p.add_argument("--profile", help="the blueprint's tuning profile (default: its PROFILE)")
     p.add_argument("--out-root", type=Path, default=ROOT / "reports")
     return p
 
 
+def inputs(args: Namespace) -> tuple[list[RowSpec], Params]:
+    """The rows and the inputs of the run, from the parsed options."""
+    given = {key: getattr(args, key) for key in (*INPUTS, "workers", "profile")}
+    return parse_rows(args.bench), parse_params(given, short=args.short)
+
+
 def exit_code(rows: list[Row]) -> int:
-    return COULD_NOT_RUN if any(row.status == "failed" for row in rows) else 0
+    return COULD_NOT_RUN if any(row.status == Status.ERROR for row in rows) else 0
 
 
 def main(argv: list[str] | None = None, base: Mapping[str, str] | None = None) -> int:
@@ -54,9 +65,7 @@ def main(argv: list[str] | None = None, base: Mapping[str, str] | None = None) -
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         args = parser().parse_args(argv)
-        specs = parse_rows(args.bench)
-        keys = ("seconds", "connections", "workers", "slow_n", "slow_delay", "ws_n", "ws_hold", "profile")
-        params = parse_params({key: getattr(args, key) for key in keys}, short=args.short)
+        specs, params = inputs(args)
 
         def progress(row: Row) -> None:
             err.print(f"{row.spec.name}: {row.status} {summary(row)}".rstrip())
@@ -72,7 +81,7 @@ def main(argv: list[str] | None = None, base: Mapping[str, str] | None = None) -
 
 def summary(row: Row) -> str:
     v = row.values
-    if row.status != "ok":
+    if row.status != Status.OK:
         return f"— {row.note}"
     if row.spec.kind == "websocket":
         return f"{v['connected']}/{v['n']} held, {v['drops']} dropped, {v['rss_kib_per_ws']} KiB each"

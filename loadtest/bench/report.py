@@ -9,6 +9,7 @@ from typing import Any
 
 from loadtest.bench.rows import Row
 from loadtest.limits import CPU_LIMIT
+from loadtest.status import Status
 
 
 def num(value: Any, digits: int = 1) -> str:
@@ -42,7 +43,7 @@ def throughput_table(rows: list[Row]) -> list[str]:
     ]
     for row in rows:
         v = row.values
-        note = row.note if row.status == "ok" else f"**{row.status}**: {row.note}"
+        note = row.note if row.status == Status.OK else f"**{row.status}**: {row.note}"
         lines.append(
             f"| {row.spec.name} | {row.spec.about} | {num(v.get('rps'))} | {num(v.get('p50_ms'), 2)} "
             f"| {num(v.get('p99_ms'), 2)} | {num(v.get('ratio_to_bare'), 2)} | {num(v.get('errors'))} "
@@ -129,7 +130,7 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    measured = [r for r in rows if r.spec.kind == "throughput" and r.status == "ok"]
+    measured = [r for r in rows if r.spec.kind == "throughput" and r.status == Status.OK]
     names = [r.spec.name for r in measured] or ["(no throughput row)"]
     rps = [float(r.values.get("rps") or 0) for r in measured] or [0.0]
     cpu = [float(r.values.get("server_cpu_us_per_request") or 0) for r in measured] or [0.0]

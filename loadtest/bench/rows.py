@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from loadtest.errors import LoadtestError
+from loadtest.status import Status
+from service.settings import ToolInputs
+
+DEFAULTS = ToolInputs()
 
 Kind = Literal["throughput", "slow", "websocket"]
 Target = Literal["direct", "nginx"]
@@ -17,7 +22,8 @@ class BenchError(LoadtestError):
 
 
 class Unavailable(BenchError):
-    """A row that cannot run on this machine (e.g. a server version without the worker); not a failure."""
+    """A row that cannot run on this machine (e.g. a server version without the worker): skipped, not an
+    error."""
 
 
 @dataclass(frozen=True)
@@ -68,14 +74,17 @@ PATH = "/api/ping"
 
 @dataclass(frozen=True)
 class Params:
-    seconds: float = 10.0
-    connections: int = 64
+    """The inputs of a run; each field but workers, profile and short is the ToolInputs row bench_<field>."""
+
+    seconds: float = DEFAULTS.bench_seconds
+    connections: int = DEFAULTS.bench_connections
     workers: int = 0  # 0: the blueprint's WEB_CONCURRENCY for the profile
-    slow_n: int = 1000
-    slow_delay: float = 5.0  # 1000 held for 5 s = 200 req/s: holding them, not their rate, is measured
-    ws_n: int = 1000
-    ws_hold: float = 0.0  # 0: BENCH_SECONDS
-    profile: str = ""
+    slow_n: int = DEFAULTS.bench_slow_n
+    # 1000 held for 5 s = 200 req/s: holding them, not their rate, is measured
+    slow_delay: float = DEFAULTS.bench_slow_delay
+    ws_n: int = DEFAULTS.bench_ws_n
+    ws_hold: float = DEFAULTS.bench_ws_hold  # 0: BENCH_SECONDS
+    profile: str = ""  # "": the blueprint's PROFILE
     short: bool = False
 
     def hold_seconds(self) -> float:
@@ -96,7 +105,7 @@ SHORT = Params(seconds=2.0, slow_n=50, slow_delay=0.5, ws_n=50, short=True)
 @dataclass
 class Row:
     spec: RowSpec
-    status: str = "pending"  # ok, unavailable or failed
+    status: Status = Status.PENDING  # ok, error or skipped
     note: str = ""
     values: dict[str, Any] = field(default_factory=dict)
 
@@ -126,38 +135,8 @@ def parse_rows(text: str) -> list[RowSpec]:
     return [row for row in ROWS if row.name in names]
 
 
-def parse_params(raw: dict[str, str | None], short: bool) -> Params:
-    """Each input as given (None: the default, or the short mode's) checked before anything starts."""
-    base = SHORT if short else Params()
-    values: dict[str, Any] = {}
-    rules: dict[str, tuple[str, type, float]] = {
-        "seconds": ("BENCH_SECONDS", float, 1),
-        "connections": ("BENCH_CONNECTIONS", int, 1),
-        "workers": ("WEB_CONCURRENCY", int, 0),
-        "slow_n": ("BENCH_SLOW_N", int, 1),
-        "slow_delay": ("BENCH_SLOW_DELAY", float, 0),
-        "ws_n": ("BENCH_WS_N", int, 1),
-        "ws_hold": ("BENCH_WS_HOLD", float, 0),
-    }
-    for key, (env, kind, minimum) in rules.items():
-        text = raw.get(key)
-        if text is None or text == "":
-            continue
-        try:
-            value = kind(text)
-        except ValueError:
-            raise BenchError(f"{env}={text!r}: not a number") from None
-        if value < minimum:
-            raise BenchError(f"{env}={text!r}: must be at least {minimum:g}")
-        values[key] = value
-    return Params(
-        seconds=values.get("seconds", base.seconds),
-        connections=values.get("connections", base.connections),
-        workers=values.get("workers", base.workers),
-        slow_n=values.get("slow_n", base.slow_n),
-        slow_delay=values.get("slow_delay", base.slow_delay),
-        ws_n=values.get("ws_n", base.ws_n),
-        ws_hold=values.get("ws_hold", base.ws_hold),
-        profile=raw.get("profile") or "",
-        short=short,
-    )
+def parse_params(given: Mapping[str, Any], short: bool) -> Params:
+    """The inputs from the values given (None: the default, which short mode lowers), each already checked
+    against its ToolInputs row."""
+    chosen = {key: value for key, value in given.items() if value is not None and value != ""}
+    return replace(SHORT if short else Params(), short=short, **chosen)

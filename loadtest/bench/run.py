@@ -24,6 +24,7 @@ from loadtest.bench.report import write_report
 from loadtest.bench.rows import PATH, BenchError, Params, Row, RowSpec, Unavailable
 from loadtest.bench.wrk import run_wrk
 from loadtest.host import find_wrk, load_average, machine
+from loadtest.status import Status
 
 REQUEST_TIMEOUT_S = 10.0
 WARM_UP_S = 1.0  # wrk before each throughput row, not counted: first requests, lazy imports, caches
@@ -51,22 +52,18 @@ def measure(row: Row, server: servers.Server, params: Params, wrk: str, row_dir:
         row.values = {**run.fields(), "workers_replaced": len(before - set(server.worker_pids()))}
         if row.values["workers_replaced"]:
             row.note = f"{row.values['workers_replaced']} worker(s) replaced during the row (max_requests)"
-    row.status = "ok"
+    row.status = Status.OK
 
 
 def ratios(rows: list[Row]) -> dict[str, float | None]:
     """Each throughput row's ratio to bare, and the issue's two goals by requests/s and by CPU per request."""
-    rps = {r.spec.name: r.values.get("rps") for r in rows if r.status == "ok" and r.spec.kind == "throughput"}
+    measured = [r for r in rows if r.status == Status.OK and r.spec.kind == "throughput"]
+    rps = {r.spec.name: r.values.get("rps") for r in measured}
     bare = rps.get("bare")
-    for row in rows:
-        if row.spec.kind == "throughput" and row.status == "ok":
-            row.values["ratio_to_bare"] = round(row.values["rps"] / bare, 3) if bare else None
+    for row in measured:
+        row.values["ratio_to_bare"] = round(row.values["rps"] / bare, 3) if bare else None
 
-    cpu = {
-        r.spec.name: r.values.get("server_cpu_us_per_request")
-        for r in rows
-        if r.status == "ok" and r.spec.kind == "throughput"
-    }
+    cpu = {r.spec.name: r.values.get("server_cpu_us_per_request") for r in measured}
 
     def over(values: dict[str, Any], a: str, b: str) -> float | None:
         top, bottom = values.get(a), values.get(b)
@@ -94,7 +91,11 @@ def run_bench(
     console = console or Console(stderr=True)
     wrk = find_wrk()
     config = servers.blueprint_config(params, base)
-    params = dataclasses.replace(params, workers=params.workers or config.settings.workers)
+    # Unset, both come from the blueprint's config: WEB_CONCURRENCY and PROFILE of the environment, `.env`.
+    settings = config.settings
+    params = dataclasses.replace(
+        params, workers=params.workers or settings.workers, profile=params.profile or settings.profile
+    )
     most = config.settings.app_max_delay
     if any(spec.kind == "slow" for spec in specs) and params.slow_delay > most:
         raise BenchError(f"BENCH_SLOW_DELAY={params.slow_delay:g} is above APP_MAX_DELAY={most:g}")
@@ -113,7 +114,7 @@ def run_bench(
     ctx = servers.Context(params, params.workers, config, base, report_dir)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     server: servers.Server | None = None
-    server_name, problem = "", ("", "")  # (status, note) of a server that did not start
+    server_name, problem = "", (Status.PENDING, "")  # (status, note) of a server that did not start
     with Progress(*columns, TimeElapsedColumn(), console=console, transient=False) as progress:
         task = progress.add_task("bench", total=len(rows))
         try:
@@ -129,9 +130,9 @@ def run_bench(
                     try:
                         server = servers.start(server_name, ctx)
                     except Unavailable as error:
-                        problem = ("unavailable", str(error))
+                        problem = (Status.SKIPPED, str(error))
                     except BenchError as error:
-                        problem = ("failed", str(error))
+                        problem = (Status.ERROR, str(error))
                 if server is None:
                     row.status, row.note = problem
                 else:
@@ -139,14 +140,14 @@ def run_bench(
                     try:
                         measure(row, server, params, wrk, report_dir / "rows" / row.spec.name)
                     except BenchError as error:
-                        row.status, row.note = "failed", str(error)
+                        row.status, row.note = Status.ERROR, str(error)
                 progress.advance(task)
                 if on_row:
                     on_row(row)
         except KeyboardInterrupt:
             for row in rows:
-                if row.status == "pending":
-                    row.status, row.note = "failed", "interrupted (Ctrl-C)"
+                if row.status == Status.PENDING:
+                    row.status, row.note = Status.ERROR, "interrupted (Ctrl-C)"
         finally:
             if server is not None:
                 progress.update(task, description=f"stopping {server_name}")

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from loadtest.errors import LoadtestError
+from loadtest.status import Status
+from service.settings import ToolInputs
 
+DEFAULTS = ToolInputs()
 FLOOR_RATE = 1000.0
 """Requests/s through nginx below which a drill proves little: its row says so (the verdict stands)."""
 
@@ -20,15 +24,15 @@ class DrillError(LoadtestError):
 
 @dataclass(frozen=True)
 class LoadParams:
-    """The load every drill runs under, and the make variable each field comes from."""
+    """The load every drill runs under; each field is the ToolInputs row of the same name."""
 
-    seconds: float = 15.0  # DRILL_SECONDS: at least this long per drill, the event in the first half
-    threads: int = 1  # WRK_THREADS
-    connections: int = 32  # WRK_CONNECTIONS: each holds one request in flight at a time
-    websockets: int = 20  # DRILL_WEBSOCKETS: held /ws/ticker clients
-    rate: float = 0.0  # DRILL_RATE: a cap in requests/s over all connections; 0 = as fast as wrk goes
-    short: bool = False  # DRILL_SHORT=1: seconds-long drills and short graceful timeouts, for tests
-    strict: bool = False  # DRILL_STRICT=1: every drill is allowed to lose nothing, the lossy ones too
+    seconds: float = DEFAULTS.drill_seconds  # at least this long per drill, the event in the first half
+    threads: int = DEFAULTS.wrk_threads
+    connections: int = DEFAULTS.wrk_connections  # each holds one request in flight at a time
+    websockets: int = DEFAULTS.drill_websockets  # held /ws/ticker clients
+    rate: float = DEFAULTS.drill_rate  # a cap in requests/s over all connections; 0 = as fast as wrk goes
+    short: bool = False  # seconds-long drills and short graceful timeouts, for tests
+    strict: bool = False  # every drill is allowed to lose nothing, the lossy ones too
 
     def delay_ms(self) -> int:
         """wrk's per-request pause on each connection that caps the total rate at `rate`."""
@@ -45,35 +49,12 @@ class LoadParams:
 
 SHORT = LoadParams(seconds=4.0, websockets=6, short=True)
 
-# (field, make variable, what it is, minimum)
-INPUTS: tuple[tuple[str, str, str, float], ...] = (
-    ("seconds", "DRILL_SECONDS", "seconds per drill", 2),
-    ("threads", "WRK_THREADS", "wrk threads", 1),
-    ("connections", "WRK_CONNECTIONS", "wrk connections", 1),
-    ("websockets", "DRILL_WEBSOCKETS", "WebSocket clients", 0),
-    ("rate", "DRILL_RATE", "requests/s (0 = no cap)", 0),
-)
 
-
-def parse_load(raw: dict[str, str | None], short: bool = False, strict: bool = False) -> LoadParams:
-    """Each given value (None = the default; short mode has its own defaults) checked and typed."""
-    types = {f.name: f.type for f in fields(LoadParams)}
-    given: dict[str, Any] = {}
-    for name, variable, what, least in INPUTS:
-        text = raw.get(name)
-        if text is None or text == "":
-            continue
-        whole = types[name] == "int"
-        try:
-            number = int(text) if whole else float(text)
-        except ValueError:
-            raise DrillError(
-                f"{variable}={text!r}: not {'a whole' if whole else 'a'} number ({what})"
-            ) from None
-        if not math.isfinite(number) or number < least:
-            raise DrillError(f"{variable}={text!r}: must be at least {least:g} ({what})")
-        given[name] = number
-    params = replace(SHORT if short else LoadParams(), strict=strict, **given)
+def parse_load(given: Mapping[str, Any], short: bool = False, strict: bool = False) -> LoadParams:
+    """The load from the values given (None: the default, which short mode lowers), each already checked
+    against its ToolInputs row; then what rows cannot check alone."""
+    chosen = {name: value for name, value in given.items() if value is not None}
+    params = replace(SHORT if short else LoadParams(), strict=strict, **chosen)
     if params.connections < params.threads:
         raise DrillError(
             f"WRK_CONNECTIONS={params.connections} < WRK_THREADS={params.threads}: wrk needs a connection "
@@ -103,7 +84,7 @@ class Row:
     drill: str
     runtime: str
     what: str
-    status: str = "pending"  # pass, FAIL, skipped, error
+    status: Status = Status.PENDING  # passed, failed, error or skipped
     reason: str = ""  # why skipped or error
     knobs: dict[str, str] = field(default_factory=dict)  # what the drill set on its stack
     seconds: float = 0.0
@@ -140,12 +121,12 @@ class Row:
     @property
     def weak(self) -> bool:
         """Ran, but below the load floor: a pass here proves little."""
-        return self.status in ("pass", "FAIL") and self.rate < FLOOR_RATE
+        return self.status.ran and self.rate < FLOOR_RATE
 
     def verdict(self) -> None:
         self.lost = sum(n for kind, n in self.failures.items() if kind not in self.not_counted)
         self.lost += self.probe_failures
-        self.status = "pass" if self.passed else "FAIL"
+        self.status = Status.PASSED if self.passed else Status.FAILED
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "weak": self.weak}

@@ -16,6 +16,7 @@ from loadtest.drill.load import WRK_TIMEOUT_S
 from loadtest.drill.plan import FLOOR_RATE, Row
 from loadtest.host import load_average
 from loadtest.host import machine as host_machine
+from loadtest.status import Status
 
 HEAD = (
     "drill",
@@ -30,6 +31,8 @@ HEAD = (
     "allowed",
     "result",
 )
+
+STYLES = {Status.PASSED: "green", Status.FAILED: "bold red", Status.ERROR: "red"}
 
 LEGEND = {
     "POST 502, GET 504, ...": "an answer outside 2xx, by method (nginx's JSON 502: the app closed or refused "
@@ -70,7 +73,7 @@ def counts(found: dict[str, int], not_counted: list[str] | None = None) -> str:
 
 
 def result(row: Row) -> str:
-    if row.status in ("skipped", "error"):
+    if not row.status.ran:
         return f"{row.status}: {row.reason}"
     reconnects = f", {row.ws_failed_reconnects} failed WS reconnects" if row.ws_failed_reconnects else ""
     text = f"{row.status} (lost {row.lost}{reconnects})"
@@ -80,7 +83,7 @@ def result(row: Row) -> str:
 
 
 def cells(row: Row) -> list[str]:
-    if row.status in ("skipped", "error"):
+    if not row.status.ran:
         return [row.drill, row.runtime, *[""] * (len(HEAD) - 3), result(row)]
     failures = counts(row.failures, row.not_counted)
     if row.probes:
@@ -107,8 +110,7 @@ def table(rows: list[Row]) -> Table:
     for name in HEAD:
         grid.add_column(name, overflow="fold")
     for row in rows:
-        style = {"pass": "green", "FAIL": "bold red", "error": "red"}.get(row.status, "yellow")
-        grid.add_row(*cells(row), style=style)
+        grid.add_row(*cells(row), style=STYLES.get(row.status, "yellow"))
     return grid
 
 
@@ -126,7 +128,7 @@ def write_html(path: Path, rows: list[Row], meta: dict[str, Any]) -> None:
     for row in rows:
         notes = "; ".join(row.notes)
         values = "".join(f"<td>{html.escape(c)}</td>" for c in (*cells(row), notes))
-        body.append(f'<tr class="{html.escape(row.status.lower())}">{values}</tr>')
+        body.append(f'<tr class="{row.status}">{values}</tr>')
     legend = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in LEGEND.items())
     about = "".join(
         f"<li>{html.escape(k)}: {html.escape(str(v))}</li>" for k, v in meta.items() if k != "params"
@@ -137,7 +139,7 @@ def write_html(path: Path, rows: list[Row], meta: dict[str, Any]) -> None:
 <style>
 body {{ font-family: sans-serif; margin: 2em; }} table {{ border-collapse: collapse; font-size: 0.9em; }}
 td, th {{ border: 1px solid #ccc; padding: 0.25em 0.5em; vertical-align: top; }}
-tr.pass {{ background: #eef6ee; }} tr.fail {{ background: #fbeaea; }} tr.error {{ color: #a33; }}
+tr.passed {{ background: #eef6ee; }} tr.failed {{ background: #fbeaea; }} tr.error {{ color: #a33; }}
 tr.skipped {{ color: #777; }}
 </style></head><body>
 <h1>make drill: nothing lost under load?</h1>
@@ -154,7 +156,7 @@ tr.skipped {{ color: #777; }}
 
 
 def write_report(report_dir: Path, rows: list[Row], meta: dict[str, Any]) -> None:
-    passed = all(r.status in ("pass", "skipped") for r in rows)
+    passed = all(r.status in (Status.PASSED, Status.SKIPPED) for r in rows)
     summary = {**meta, "passed": passed, "legend": LEGEND, "rows": rows}
     (report_dir / "drill.json").write_text(json.dumps(summary, indent=2, default=jsonable))
     write_html(report_dir / "index.html", rows, meta)

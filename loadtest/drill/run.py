@@ -23,6 +23,7 @@ from loadtest.drill.observe import WorkerWatch
 from loadtest.drill.plan import LoadParams, Row
 from loadtest.drill.report import machine, write_report
 from loadtest.host import find_wrk, load_average
+from loadtest.status import Status
 
 LEAD = 0.4  # of DRILL_SECONDS under load before the event
 TAIL = 0.2  # of DRILL_SECONDS under load at least after it
@@ -122,7 +123,7 @@ def run_drill(
                     containers.save_logs(ctx.handle, run_dir)
             row.seconds = round(time.monotonic() - started, 1)
     except Exception as error:  # a drill that breaks is a row saying why, not the end of the run
-        row.status, row.reason = "error", f"{type(error).__name__}: {error}"
+        row.status, row.reason = Status.ERROR, f"{type(error).__name__}: {error}"
         return row
     finally:
         row.load_average_after = load_average()
@@ -154,14 +155,15 @@ def run_drills(
     try:
         for drill in drills:
             if drill.runtime == "docker" and not engine:
-                row = Row(drill.name, drill.runtime, drill.what, status="skipped")
+                row = Row(drill.name, drill.runtime, drill.what, status=Status.SKIPPED)
                 row.reason = "no Docker engine reachable (`docker info` failed); start one or set DOCKER_HOST"
             else:
                 row = run_drill(drill, params, report_dir, base, wrk)
             rows.append(row)
             progress(row)
     except KeyboardInterrupt:
-        rows.append(Row(drill.name, drill.runtime, drill.what, status="error", reason="interrupted (Ctrl-C)"))
+        interrupted = Row(drill.name, drill.runtime, drill.what, Status.ERROR, "interrupted (Ctrl-C)")
+        rows.append(interrupted)
     meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     meta["load_average_at_end"] = load_average()
     write_report(report_dir, rows, meta)

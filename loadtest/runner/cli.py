@@ -7,13 +7,13 @@ line, nothing started; anything else is Locust's own.
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 from pathlib import Path
 
+from deploy.stackctl.envargs import EnvParser
 from loadtest.errors import LoadtestError
-from loadtest.runner.plan import SCENARIOS, SHAPES
+from loadtest.runner.plan import SCENARIOS
 from loadtest.runner.processes import locust_setting
 from loadtest.runner.report import print_summary
 from loadtest.runner.run import run_headless
@@ -22,14 +22,14 @@ from loadtest.stack import DEFAULT_RUN_DIR, default_host
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="loadtest.runner", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenario", default="mixed", help=f"{' | '.join(SCENARIOS)} or a locustfile path")
-    parser.add_argument("--users", type=int, default=20, help="peak concurrent users (default 20)")
-    parser.add_argument("--spawn-rate", type=float, default=5, help="users started per second (default 5)")
-    parser.add_argument("--run-time", default="30s", help="duration: 30s, 5m, 1h30m (default 30s)")
-    parser.add_argument("--host", default="", help="target URL (default: the running stack's)")
+    parser = EnvParser(prog="loadtest.runner", description=__doc__.split("\n\n")[0], tool="loadtest")
+    parser.add_argument("--scenario", env="SCENARIO", help=f"Scenarios: {', '.join(SCENARIOS)}.")
+    parser.add_argument("--users", env="USERS")
+    parser.add_argument("--spawn-rate", env="SPAWN_RATE")
+    parser.add_argument("--run-time", env="RUN_TIME")
+    parser.add_argument("--host", env="HOST")
     parser.add_argument("--workers", type=int, default=None, help="Locust worker processes (LOCUST_WORKERS)")
-    parser.add_argument("--shape", default="", help=f"load shape: {' | '.join(SHAPES)} (default none)")
+    parser.add_argument("--shape", env="SHAPE")
     parser.add_argument("--no-thresholds", action="store_true", help="the exit code ignores the thresholds")
     parser.add_argument(
         "--out", type=Path, default=None, help="report directory (default reports/<time>-<scenario>)"

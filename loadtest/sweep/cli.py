@@ -2,34 +2,42 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from deploy.stackctl.config import ROOT
+from deploy.stackctl.envargs import EnvParser
 from loadtest.errors import LoadtestError
-from loadtest.sweep.plan import Load, parse_sweep
+from loadtest.sweep.plan import Load, SweepError, parse_sweep
 from loadtest.sweep.report import Bounds
 from loadtest.sweep.run import run_sweep
 
 
+def parser(environ: Mapping[str, str] | None = None) -> EnvParser:
+    """Each option bound to its variable (`make sweep SWEEP=... USERS=50`); `environ`: where they are read."""
+    p = EnvParser(
+        prog="sweep",
+        description="Measure a scenario once per combination of knob values.",
+        tool="sweep",
+        error=SweepError,
+        environ=environ,
+    )
+    p.add_argument("--sweep", env="SWEEP")
+    p.add_argument("--scenario", env="SCENARIO")
+    p.add_argument("--users", env="USERS")
+    p.add_argument("--spawn-rate", env="SPAWN_RATE")
+    p.add_argument("--run-time", env="RUN_TIME")
+    p.add_argument("--workers", env="LOCUST_WORKERS")
+    p.add_argument("--max-fail-ratio", env="SWEEP_MAX_FAIL_RATIO")
+    p.add_argument("--max-p95-ms", env="SWEEP_MAX_P95_MS")
+    p.add_argument("--out-root", type=Path, default=ROOT / "reports")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="sweep", description="Measure a scenario once per combination of knob values."
-    )
-    parser.add_argument("--sweep", default="", help="'KNOB=v1,v2 KNOB2=a,b' (env names, docs/SETTINGS.md)")
-    parser.add_argument("--scenario", default="http")
-    parser.add_argument("--users", type=int, default=20)
-    parser.add_argument("--spawn-rate", type=float, default=0, help="users started per second (0 = all)")
-    parser.add_argument("--run-time", default="15s", help="per combination, Locust syntax (20s, 1m)")
-    parser.add_argument("--workers", type=int, default=0, help="Locust worker processes (0 = one process)")
-    parser.add_argument("--max-fail-ratio", type=float, default=Bounds.max_fail_ratio)
-    parser.add_argument(
-        "--max-p95-ms", type=float, default=Bounds.max_p95_ms, help="p95 bound (0 = 2 x the best p95)"
-    )
-    parser.add_argument("--out-root", type=Path, default=ROOT / "reports")
-    args = parser.parse_args(argv)
     try:
+        args = parser().parse_args(argv)
         axes = parse_sweep(args.sweep)
         load = Load(args.scenario, args.users, args.spawn_rate or args.users, args.run_time, args.workers)
         bounds = Bounds(args.max_fail_ratio, args.max_p95_ms)

@@ -11,6 +11,7 @@ from typing import Any
 from deploy.stackctl.config import KNOBS, PROFILES_DIR
 from deploy.stackctl.stack import OWNED_BY_RUNTIME
 from loadtest.errors import LoadtestError
+from loadtest.status import Status
 from service.settings import ConfigError, load_settings
 
 METRICS = (
@@ -48,7 +49,7 @@ class Axis:
 class Result:
     index: int
     knobs: dict[str, str]
-    status: str = "pending"  # ok, refused or failed
+    status: Status = Status.PENDING  # ok, error or refused
     refused_rule: str = ""
     note: str = ""
     locust_report: str = ""

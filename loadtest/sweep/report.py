@@ -12,20 +12,26 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.limits import CPU_LIMIT
+from loadtest.status import Status
 from loadtest.sweep.plan import METRICS, SUMMARY_FIELDS, Axis, Result
+from service.settings import ToolInputs
+
+DEFAULTS = ToolInputs()
 
 
 @dataclass(frozen=True)
 class Bounds:
-    max_fail_ratio: float = 0.01
-    max_p95_ms: float = 0.0  # 0 = twice the lowest p95 the sweep measured (fits any scenario's scale)
+    """What the recommendation requires: the ToolInputs rows sweep_max_fail_ratio and sweep_max_p95_ms."""
+
+    max_fail_ratio: float = DEFAULTS.sweep_max_fail_ratio
+    max_p95_ms: float = DEFAULTS.sweep_max_p95_ms  # 0 = twice the lowest p95 the sweep measured
 
 
 DEFAULT_BOUNDS = Bounds()
 
 
 def recommend(results: list[Result], bounds: Bounds) -> str:
-    measured = [r for r in results if r.status == "ok"]
+    measured = [r for r in results if r.status == Status.OK]
     valid = [r for r in measured if r.metrics.get("cpu_valid")]
     p95s = [r.metric("p95_ms") or 0.0 for r in valid]
     if bounds.max_p95_ms:
@@ -98,7 +104,7 @@ def plot_knob(axis: Axis, axes: Sequence[Axis], results: list[Result], path: Pat
             points = [
                 (positions[r.knobs[axis.knob]], r.metric(metric), r.metrics.get("cpu_valid"))
                 for r in rows
-                if r.status == "ok" and r.metric(metric) is not None
+                if r.status == Status.OK and r.metric(metric) is not None
             ]
             if not points:
                 continue
@@ -119,7 +125,7 @@ def plot_knob(axis: Axis, axes: Sequence[Axis], results: list[Result], path: Pat
         legend_room = 0.5 / figure.get_figheight() * (1 + len(labels) // 4)
         figure.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize="small")
     figure.suptitle(
-        f"{axis.knob}: refused/failed combinations have no point; circled = Locust CPU > {CPU_LIMIT:g} %"
+        f"{axis.knob}: refused/error combinations have no point; circled = Locust CPU > {CPU_LIMIT:g} %"
     )
     figure.tight_layout(rect=(0, legend_room, 1, 0.96))
     figure.savefig(path, dpi=90)
@@ -160,7 +166,7 @@ def write_html(
 <style>
 body {{ font-family: sans-serif; margin: 2em; }} table {{ border-collapse: collapse; font-size: 0.9em; }}
 td, th {{ border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }}
-tr.refused {{ color: #a33; }} tr.failed {{ color: #a60; }} img {{ max-width: 100%; }}
+tr.refused {{ color: #a33; }} tr.error {{ color: #a60; }} img {{ max-width: 100%; }}
 .recommendation {{ font-size: 1.1em; font-weight: bold; padding: 0.5em; background: #eef6ee; }}
 </style></head><body>
 <h1>Sweep {html.escape(meta["sweep"])}</h1>

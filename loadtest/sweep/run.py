@@ -29,6 +29,7 @@ from loadtest.errors import LoadtestError
 from loadtest.host import load_average, machine
 from loadtest.limits import CPU_LIMIT
 from loadtest.runner import locustfiles, parse_run_time, run_headless
+from loadtest.status import Status
 from loadtest.sweep.plan import SUMMARY_FIELDS, Axis, Load, Result, SweepError, combinations
 from loadtest.sweep.report import DEFAULT_BOUNDS, Bounds, write_report
 from service.settings import ConfigError
@@ -50,7 +51,7 @@ def run_combination(
     step("make check")
     refused = refused_rules(stack.findings(result.knobs, runtime, base_env))
     if refused:
-        result.status, result.refused_rule = "refused", refused
+        result.status, result.refused_rule = Status.REFUSED, refused
         return
     step("starting the stack")
     knobs = {**result.knobs, **free_port_knobs(runtime)}
@@ -72,15 +73,15 @@ def run_combination(
             )
             step("stopping the stack")
     except (ConfigError, stack.StackError) as error:
-        result.status, result.note = "failed", f"stack: {error}"
+        result.status, result.note = Status.ERROR, f"stack: {error}"
         return
     except LoadtestError as error:
-        result.status, result.note = "failed", f"load test: {error}"
+        result.status, result.note = Status.ERROR, f"load test: {error}"
         return
     values = summary.to_dict()
     result.metrics = {name: values.get(name) for name in SUMMARY_FIELDS}
     result.locust_report = os.path.relpath(Path(summary.report_dir), report_dir)
-    result.status = "ok" if values.get("requests") else "failed"
+    result.status = Status.OK if values.get("requests") else Status.ERROR
     if not values.get("requests"):
         result.note = f"Locust made no requests (exit {values.get('exit_code')})"
 
@@ -146,19 +147,20 @@ def run_sweep(
             try:
                 run_combination(result, load, base_env, runtime, report_dir, step)
             except OSError as error:
-                result.status, result.note = "failed", f"{type(error).__name__}: {error}"
+                result.status, result.note = Status.ERROR, f"{type(error).__name__}: {error}"
             except KeyboardInterrupt:
                 interrupted = True
             if interrupted:
-                result.status, result.note = "failed", "interrupted (Ctrl-C): numbers cover part of the run"
+                result.status = Status.ERROR
+                result.note = "interrupted (Ctrl-C): numbers cover part of the run"
             progress.console.print(f"{prefix}: {outcome(result)}", highlight=False)
             progress.advance(task)
             if interrupted:
                 break
         progress.update(task, description=f"sweep done: {len(results)} combinations")
     for result in results:
-        if result.status == "pending":
-            result.status, result.note = "failed", "not run: the sweep was interrupted"
+        if result.status == Status.PENDING:
+            result.status, result.note = Status.ERROR, "not run: the sweep was interrupted"
     meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     meta["load_average_at_end"] = load_average()
     recommendation = write_report(report_dir, axes, results, bounds, meta)
@@ -180,9 +182,9 @@ def sigint_handler(handler: Callable[[int, Any], None]) -> Iterator[None]:
 
 
 def outcome(result: Result) -> str:
-    if result.status == "refused":
+    if result.status == Status.REFUSED:
         return f"refused — {result.refused_rule}"
-    if result.status != "ok":
+    if result.status != Status.OK:
         return f"{result.status} — {result.note}"
     m = result.metric
     valid = "" if result.metrics.get("cpu_valid") else f" (Locust CPU > {CPU_LIMIT:g} %: numbers invalid)"

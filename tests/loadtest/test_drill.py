@@ -52,7 +52,7 @@ def report(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
 
 def assert_consistent(row: dict[str, Any], websockets: int) -> None:
     name = row["drill"]
-    assert row["status"] in ("pass", "FAIL"), row["reason"]
+    assert row["status"] in ("passed", "failed"), row["reason"]
     assert row["requests"] >= row["responses"] > 0
     assert row["rate"] > 0 and row["seconds"] >= 4
     assert set(row["by_method"]) == {"GET", "POST"}, f"{name}: both methods are counted apart"
@@ -66,7 +66,7 @@ def assert_consistent(row: dict[str, Any], websockets: int) -> None:
     counted = sum(n for kind, n in row["failures"].items() if kind not in row["not_counted"])
     assert row["lost"] == counted + row["probe_failures"]
     passed = row["lost"] <= row["allowed"] and row["ws_failed_reconnects"] == 0
-    assert row["status"] == ("pass" if passed else "FAIL")
+    assert row["status"] == ("passed" if passed else "failed")
     assert row["ws_clients"] == websockets and row["ws_connects"] >= websockets
     assert row["ws_failed_reconnects"] == sum(row["ws_failed_by_reason"].values())
     assert row["ws_connects"] == websockets + sum(row["ws_closes"].values()), "every close is reconnected"
@@ -101,7 +101,7 @@ def test_short_run_of_reload_and_worker_kill_writes_consistent_rows(
     assert set(kill["ws_closes"]) <= {"1006"}, "a killed worker sends no close frame"
     assert "1 gunicorn worker(s) started during the drill" in kill["notes"]
 
-    failed = any(row["status"] == "FAIL" for row in data["rows"])
+    failed = any(row["status"] == "failed" for row in data["rows"])
     assert code == (THRESHOLD_EXIT_CODE if failed else 0)
     assert data["passed"] is not failed
     assert data["cores"] and data["cpu"] and data["load_average_at_start"] and data["load_average_at_end"]
@@ -119,5 +119,5 @@ def test_a_lossy_drill_held_to_zero_exits_non_zero(tmp_path: Path) -> None:
     (row,) = data["rows"]
     assert row["allowed"] == 0 and row["allowance"].startswith("nothing (DRILL_STRICT=1; else <= ")
     assert row["lost"] > 0, "SIGKILL under load takes the killed worker's in-flight requests with it"
-    assert row["status"] == "FAIL" and data["passed"] is False
+    assert row["status"] == "failed" and data["passed"] is False
     assert code == THRESHOLD_EXIT_CODE
