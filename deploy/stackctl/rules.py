@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from service.settings import OUR_WORKER_CLASS, Settings, env_name, usable_cpus
+from service.settings import OUR_WORKER_CLASS, Settings, env_name, unix_socket_path, usable_cpus
 
 SOMAXCONN_FILE = Path("/proc/sys/net/core/somaxconn")
 
@@ -71,6 +71,7 @@ class HostFacts:
     open_files: Fact
     cpus: int
     swarm: SwarmFacts | None = None  # set for the swarm runtime only
+    runtime: str = "local"
 
     @classmethod
     def local(cls) -> HostFacts:
@@ -92,6 +93,7 @@ class HostFacts:
             Fact("COMPOSE_SOMAXCONN", settings.compose_somaxconn),
             Fact("COMPOSE_NOFILE", settings.compose_nofile),
             usable_cpus(),
+            runtime="docker",
         )
 
     @classmethod
@@ -105,7 +107,7 @@ class HostFacts:
         open_files = Fact("COMPOSE_NOFILE", settings.compose_nofile)
         if not api_at_least(swarm.api_version, SWARM_ULIMITS_API):
             open_files = Fact(f"ulimit -n of a task (engine API {swarm.api_version}: no ulimits)", 1024)
-        return cls(somaxconn, open_files, usable_cpus(), swarm)
+        return cls(somaxconn, open_files, usable_cpus(), swarm, runtime="swarm")
 
     @classmethod
     def for_runtime(cls, runtime: str, settings: Settings) -> HostFacts:
@@ -561,6 +563,54 @@ def swarm_findings(settings: Settings, host: HostFacts) -> list[Finding]:
     return findings
 
 
+def unix_socket_findings(settings: Settings, host: HostFacts) -> list[Finding]:
+    """GUNICORN_BIND=unix:path: nginx connects to the socket, so host:port upstream knobs do not apply, and
+    uvicorn sees no peer address. In containers deploy/compose.unix.yml sets both ends; swarm cannot."""
+    bind = settings.gunicorn_bind
+    if unix_socket_path(bind) is None:
+        return []
+    if host.runtime == "swarm":
+        return [
+            Finding(
+                "unix socket",
+                "error",
+                f"GUNICORN_BIND={bind} on swarm",
+                "swarm places app and nginx tasks on any node, and a socket file reaches no other node",
+                "use a host:port bind (the swarm stack's nginx goes to tasks.app:8000)",
+                values={"GUNICORN_BIND": bind},
+            )
+        ]
+    if host.runtime == "docker":
+        return []  # the overlay fixes the socket's path, nginx's upstream and the trusted peers
+    findings = []
+    if settings.nginx_upstream and settings.nginx_upstream != bind:
+        findings.append(
+            Finding(
+                "no effect",
+                "warning",
+                f"NGINX_UPSTREAM={settings.nginx_upstream} set while GUNICORN_BIND={bind}",
+                "with a unix bind nginx connects to gunicorn's socket: a host:port upstream does not apply",
+                "unset NGINX_UPSTREAM",
+                values={"NGINX_UPSTREAM": settings.nginx_upstream, "GUNICORN_BIND": bind},
+            )
+        )
+    trusted = settings.gunicorn_forwarded_allow_ips
+    if trusted.strip() != "*":
+        findings.append(
+            Finding(
+                "client address",
+                "warning",
+                f"GUNICORN_FORWARDED_ALLOW_IPS={trusted} with GUNICORN_BIND={bind}",
+                "uvicorn sees no peer address on a unix socket, so it believes nginx's X-Forwarded-For from "
+                "no one and the app sees no client address",
+                "set GUNICORN_FORWARDED_ALLOW_IPS='*': on a unix socket only processes allowed into its "
+                "directory can connect at all",
+                values={"GUNICORN_FORWARDED_ALLOW_IPS": trusted, "GUNICORN_BIND": bind},
+            )
+        )
+    return findings
+
+
 Rule = Callable[[Settings, HostFacts], list[Finding]]
 
 RULES: tuple[Rule, ...] = (
@@ -572,7 +622,12 @@ RULES: tuple[Rule, ...] = (
     connection_capacity,
     concurrency_headroom,
 )
-ADVICE: tuple[Rule, ...] = (settings_without_effect, drain_fits_the_grace, swarm_findings)
+ADVICE: tuple[Rule, ...] = (
+    settings_without_effect,
+    drain_fits_the_grace,
+    swarm_findings,
+    unix_socket_findings,
+)
 
 
 def evaluate(settings: Settings, host: HostFacts) -> list[Finding]:

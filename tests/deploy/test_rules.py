@@ -211,3 +211,30 @@ def test_a_drain_longer_than_the_grace_is_a_warning_naming_both_knobs(
     [warning] = rules.drain_fits_the_grace(load_settings(**overrides), HOST)
     assert (warning.severity, warning.rule_id) == ("warning", 4)
     assert names in warning.claim and "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN=20" in warning.claim
+
+
+def test_a_unix_bind_says_which_host_port_knobs_do_not_apply_locally() -> None:
+    bind = "unix:/run/blueprint/app.sock"
+    settings = load_settings(gunicorn_bind=bind, nginx_upstream="127.0.0.1:9000")
+    found = {f.rule: f for f in rules.unix_socket_findings(settings, HOST)}
+    assert set(found) == {"no effect", "client address"}
+    assert all(f.severity == "warning" for f in found.values())
+    assert found["no effect"].claim == f"NGINX_UPSTREAM=127.0.0.1:9000 set while GUNICORN_BIND={bind}"
+    assert "host:port upstream does not apply" in found["no effect"].why
+    assert (
+        found["client address"].claim == f"GUNICORN_FORWARDED_ALLOW_IPS=127.0.0.1 with GUNICORN_BIND={bind}"
+    )
+    assert "GUNICORN_FORWARDED_ALLOW_IPS='*'" in found["client address"].fix
+    trusted = load_settings(gunicorn_bind=bind, gunicorn_forwarded_allow_ips="*")
+    assert rules.unix_socket_findings(trusted, HOST) == []
+    assert rules.unix_socket_findings(load_settings(), HOST) == [], "a TCP bind has nothing to say"
+
+
+def test_a_unix_bind_is_refused_on_swarm_and_left_to_the_overlay_in_docker() -> None:
+    settings = load_settings(gunicorn_bind="unix:/run/blueprint/app.sock")
+    swarm = rules.HostFacts(HOST.somaxconn, HOST.open_files, HOST.cpus, rules.SwarmFacts("1.45", 1), "swarm")
+    (refusal,) = rules.unix_socket_findings(settings, swarm)
+    assert refusal.severity == "error" and "no other node" in refusal.why
+    assert refusal in rules.errors(rules.evaluate(settings, swarm))
+    docker = rules.HostFacts.docker(settings)
+    assert docker.runtime == "docker" and rules.unix_socket_findings(settings, docker) == []
