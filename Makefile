@@ -81,7 +81,7 @@ drill: venv ## Worker-lifecycle drills under load (reload, recycle, TERM/KILL/ti
 		$(if $(filter 1,$(DRILL_SHORT)),--short) $(if $(filter 1,$(DRILL_STRICT)),--strict)
 
 # BENCH=name (or a,b; default: every row: nginx-return, bare, blueprint-direct, blueprint-nginx, slow-held, ws-held,
-# uvicorn, granian, gunicorn-asgi). One wrk (-t1 -c BENCH_CONNECTIONS, 64) and one worker count (WEB_CONCURRENCY,
+# blueprint-nginx-unix (nginx -> gunicorn over a unix socket), uvicorn, granian, gunicorn-asgi). One wrk (-t1 -c BENCH_CONNECTIONS, 64) and one worker count (WEB_CONCURRENCY,
 # default the blueprint's) for every row; BENCH_SECONDS (10) per row; BENCH_SLOW_N (1000) /api/slow?delay=
 # BENCH_SLOW_DELAY (5) and BENCH_WS_N (1000) WebSockets held through nginx for BENCH_WS_HOLD s (BENCH_SECONDS);
 # PROFILE; BENCH_SHORT=1 (2 s, small N).

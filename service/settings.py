@@ -214,7 +214,7 @@ class Settings(BaseSettings):
     )
     gunicorn_bind: str = knob(
         "127.0.0.1:8000",
-        "host:port | unix:path",
+        "host:port or unix:path",
         "gunicorn",
         "Where gunicorn listens. Only nginx should reach it: keep it on loopback locally; compose binds "
         "0.0.0.0:8000 on the internal network and publishes nothing. `unix:/absolute/path.sock` (at most "
@@ -428,7 +428,7 @@ class Settings(BaseSettings):
     )
     nginx_upstream: str = knob(
         "",
-        "host:port | unix:path",
+        "host:port or unix:path",
         "nginx",
         "Where nginx sends requests; empty = GUNICORN_BIND (local), and always GUNICORN_BIND when that is a "
         "unix socket. Compose sets app:8000.",
