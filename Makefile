@@ -107,13 +107,13 @@ $(VENV)/.installed: pyproject.toml deploy/pins.py
 
 .PHONY: test
 test: venv ## Lint, type-check and run every test tier (app, real nginx+gunicorn stack, ...)
-	$(PY) -m ruff check service deploy tests loadtest
+	$(PY) -m ruff check service deploy tests loadtest examples
 	$(PY) -m mypy service deploy loadtest
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: lint
 lint: venv ## ruff + mypy only
-	$(PY) -m ruff check service deploy tests loadtest
+	$(PY) -m ruff check service deploy tests loadtest examples
 	$(PY) -m mypy service deploy loadtest
 
 .PHONY: settings-table

@@ -37,7 +37,8 @@ def check_host(host: str) -> str:
 
 
 def stack_info(host: str, timeout: float = 3.0) -> dict[str, Any]:
-    """GET /api/info: proves the stack answers and returns the settings it runs with."""
+    """GET /api/info: proves the stack answers and returns the settings it runs with. An app of your own
+    (APP_MODULE) has no /api/info: its 404 proves the stack answers; the settings are then unknown ({})."""
     url = f"{host}/api/info"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -45,6 +46,8 @@ def stack_info(host: str, timeout: float = 3.0) -> dict[str, Any]:
             return info
     except urllib.error.HTTPError as error:
         error.close()
+        if error.code == 404:
+            return {}
         raise LoadtestError(f"{url} answered {error.code}: is this the blueprint's stack?") from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)

@@ -30,6 +30,16 @@ Tool = Literal["loadtest", "drill", "bench", "sweep", "timeout-lab"]
 OUR_WORKER_CLASS = "service.worker.UvicornWorker"
 
 
+UNIX_PREFIX = "unix:"
+# Linux's sockaddr_un.sun_path holds 108 bytes with the terminating NUL (macOS: 104): longer paths fail.
+SUN_PATH_MAX = 107
+
+
+def unix_socket_path(address: str) -> str | None:
+    """The path of a `unix:/path` address (as gunicorn and nginx write it); None for host:port."""
+    return address[len(UNIX_PREFIX) :] if address.startswith(UNIX_PREFIX) else None
+
+
 def knob(default: Any, unit: str, layer: Layer, effect: str, **kwargs: Any) -> Any:
     return Field(default, description=effect, json_schema_extra={"unit": unit, "layer": layer}, **kwargs)
 
@@ -213,10 +223,12 @@ class Settings(BaseSettings):
     )
     gunicorn_bind: str = knob(
         "127.0.0.1:8000",
-        "host:port",
+        "host:port or unix:path",
         "gunicorn",
         "Where gunicorn listens. Only nginx should reach it: keep it on loopback locally; compose binds "
-        "0.0.0.0:8000 on the internal network and publishes nothing.",
+        "0.0.0.0:8000 on the internal network and publishes nothing. `unix:/absolute/path.sock` (at most "
+        "107 bytes): a unix socket, nginx on the same host connects to it and NGINX_UPSTREAM does not apply "
+        "(compose: deploy/compose.unix.yml).",
     )
     gunicorn_worker_class: str = knob(
         OUR_WORKER_CLASS,
@@ -425,9 +437,10 @@ class Settings(BaseSettings):
     )
     nginx_upstream: str = knob(
         "",
-        "host:port",
+        "host:port or unix:path",
         "nginx",
-        "Where nginx sends requests; empty = GUNICORN_BIND (local). Compose sets app:8000.",
+        "Where nginx sends requests; empty = GUNICORN_BIND (local), and always GUNICORN_BIND when that is a "
+        "unix socket. Compose sets app:8000.",
     )
     nginx_upstream_keepalive: int = knob(
         32, "connections", "nginx", "Idle keep-alive connections to the app each nginx worker keeps.", ge=1
@@ -727,9 +740,21 @@ class Settings(BaseSettings):
 
     @field_validator("gunicorn_bind", "nginx_upstream")
     @classmethod
-    def _host_port(cls, value: str) -> str:
-        if value and (":" not in value or not value.rsplit(":", 1)[1].isdigit()):
-            raise ValueError(f"expected host:port, got {value!r}")
+    def _address(cls, value: str) -> str:
+        path = unix_socket_path(value)
+        if path is not None:
+            if not path.startswith("/"):
+                raise ValueError(f"a unix socket path must be absolute (unix:/dir/app.sock), got {path!r}")
+            if path.endswith("/"):
+                raise ValueError(f"a unix socket path must name a file, not a directory, got {path!r}")
+            size = len(os.fsencode(path))
+            if size > SUN_PATH_MAX:
+                raise ValueError(
+                    f"a unix socket path may have at most {SUN_PATH_MAX} bytes (the kernel's sun_path), "
+                    f"{path!r} has {size}"
+                )
+        elif value and (":" not in value or not value.rsplit(":", 1)[1].isdigit()):
+            raise ValueError(f"expected host:port or unix:/absolute/path, got {value!r}")
         return value
 
     @classmethod
@@ -754,6 +779,9 @@ class Settings(BaseSettings):
 
     @cached_property
     def upstream(self) -> str:
+        """Where nginx connects: a unix socket is on this host, so no other upstream address applies."""
+        if unix_socket_path(self.gunicorn_bind) is not None:
+            return self.gunicorn_bind
         return self.nginx_upstream or self.gunicorn_bind
 
     @cached_property

@@ -32,6 +32,9 @@
 # (`resolver` + a variable in proxy_pass also re-resolves, per request, but such a proxy_pass has no
 # `upstream` block, so no upstream keep-alive pool — the very thing this blueprint tunes.)
 # On both, $RUN_DIR/upstream.addresses lists the addresses nginx balances over, for stackctl's waits.
+#
+# NGINX_UPSTREAM=unix:/path (deploy/compose.unix.yml: the app's socket on a volume both containers mount):
+# rendered as `server unix:/path;`, nothing to resolve or follow; upstream.addresses lists the socket.
 set -eu
 
 TEMPLATE=${NGINX_TEMPLATE:-/etc/blueprint/nginx.conf.template}
@@ -61,6 +64,8 @@ template_variables() {
 
 upstream_host() { echo "${NGINX_UPSTREAM%:*}"; }
 upstream_port() { echo "${NGINX_UPSTREAM##*:}"; }
+# True when the upstream is a unix socket (unix:/path), not host:port.
+upstream_is_unix() { case "$NGINX_UPSTREAM" in unix:*) return 0 ;; *) return 1 ;; esac; }
 
 # All IPv4 addresses of a host name, sorted, one per line; nothing when it does not resolve.
 resolve() {
@@ -76,8 +81,12 @@ resolve() {
     echo "$found" | grep -E '^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$' | sort -u || true
 }
 
-# The value `server ${NGINX_UPSTREAM};` is rendered with: one server per address.
+# The value `server ${NGINX_UPSTREAM};` is rendered with: one server per address (a socket: itself).
 server_lines() {
+    if upstream_is_unix; then
+        printf '%s' "$NGINX_UPSTREAM"
+        return
+    fi
     echo "$1" | awk -v port="$(upstream_port)" '
         NR > 1 { printf ";\n        server " }
         { printf "%s:%s", $1, port }'
@@ -99,6 +108,7 @@ nginx_at_least() {
 # True when nginx follows the upstream host's addresses itself: `server ... resolve` (nginx 1.27.3) and a
 # host name, not an address.
 follows_by_itself() {
+    upstream_is_unix && return 1
     case "$(upstream_host)" in
         *[!0-9.]*) nginx_at_least 1.27.3 ;;
         *) return 1 ;;
@@ -165,17 +175,30 @@ render() {
 }
 
 current_addresses() {
+    if upstream_is_unix; then
+        echo "$NGINX_UPSTREAM"
+        return
+    fi
     addresses=$(resolve "$(upstream_host)")
     [ -n "$addresses" ] || die "NGINX_UPSTREAM=$NGINX_UPSTREAM: $(upstream_host) does not resolve"
     echo "$addresses"
 }
 
-# Up to UPSTREAM_WAIT seconds until the upstream host resolves (swarm lists only healthy tasks).
+# True when the upstream is there: its host resolves, or its socket file exists.
+upstream_present() {
+    if upstream_is_unix; then
+        [ -S "${NGINX_UPSTREAM#unix:}" ]
+    else
+        [ -n "$(resolve "$(upstream_host)")" ]
+    fi
+}
+
+# Up to UPSTREAM_WAIT seconds until the upstream is there (swarm lists only healthy tasks).
 wait_for_upstream() {
     waited=0
     trap 'exit 0' QUIT TERM INT
-    while [ "$waited" -lt "$UPSTREAM_WAIT" ] && [ -z "$(resolve "$(upstream_host)")" ]; do
-        [ "$waited" -gt 0 ] || log "waiting up to ${UPSTREAM_WAIT}s for $(upstream_host) to resolve"
+    while [ "$waited" -lt "$UPSTREAM_WAIT" ] && ! upstream_present; do
+        [ "$waited" -gt 0 ] || log "waiting up to ${UPSTREAM_WAIT}s for $NGINX_UPSTREAM"
         sleep 1
         waited=$((waited + 1))
     done
@@ -201,6 +224,7 @@ only_added() {
 # Re-resolve; on a new set of addresses re-render and signal nginx. An empty answer (the app is being
 # recreated) keeps the last good config.
 follow_upstream() {
+    upstream_is_unix && return 0
     addresses=$(resolve "$(upstream_host)")
     [ -n "$addresses" ] || return 0
     previous=$(cat "$ADDRESSES" 2>/dev/null) || previous=""
@@ -236,7 +260,9 @@ note_settled() {
 
 serve() {
     wait_for_upstream
-    if [ "$RESOLVE" = 1 ]; then
+    if upstream_is_unix; then
+        log "nginx $(nginx_version) connects to the app's socket $NGINX_UPSTREAM: nothing to resolve"
+    elif [ "$RESOLVE" = 1 ]; then
         log "nginx $(nginx_version) resolves $(upstream_host) itself (server ... resolve): no reloads for it"
     else
         log "nginx $(nginx_version) has no upstream \`resolve\` (1.27.3): re-resolving $(upstream_host)" \
@@ -291,7 +317,7 @@ health() {
 
 case "${1:-serve}" in
     serve | reload)
-        : "${NGINX_UPSTREAM:?is not set (host:port of the app)}"
+        : "${NGINX_UPSTREAM:?is not set (host:port or unix:/path of the app)}"
         RESOLVE=0
         follows_by_itself && RESOLVE=1
         "${1:-serve}"

@@ -29,7 +29,7 @@ from deploy.stackctl import local, tls
 from deploy.stackctl.config import KNOBS, ROOT, Effective
 from deploy.stackctl.errors import StackError
 from deploy.stackctl.ports import LOOPBACK, port_in_use
-from service.settings import Settings, load_settings
+from service.settings import Settings, load_settings, unix_socket_path
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 WHEELHOUSE = ROOT / "wheelhouse"
@@ -55,6 +55,8 @@ LOCUST_TLS_HOST = f"https://{tls.CONTAINER_NAME}:{CONTAINER_HTTPS_PORT}"
 LOCUST_PLAIN_HOST = "http://nginx:8080"  # docker-compose.yml's LOCUST_HOST
 NGINX_UID = 101  # deploy/Dockerfile.nginx's USER: it must be able to read the key
 TLS_OVERLAY = "compose.tls.yml"
+# GUNICORN_BIND=unix:...: the app's socket on a volume nginx mounts too; one app container (see the file).
+UNIX_OVERLAY = ROOT / "deploy" / "compose.unix.yml"
 
 
 def default_build_arg(name: str) -> str:
@@ -128,12 +130,17 @@ class Project:
         return [*self.compose, "-p", self.name, *files, *profiles, *args]
 
     def overlays(self) -> list[Path]:
-        """With NGINX_TLS=1, the TLS overlay `up` wrote into the stack's run dir."""
+        """With a unix bind, deploy/compose.unix.yml; with NGINX_TLS=1, the TLS overlay `up` wrote into the
+        stack's run dir."""
+        unix = [UNIX_OVERLAY] if self.unix_bind() else []
         run_dir = self.env.get("NGINX_RUN_DIR")
         if self.env.get("NGINX_TLS") != "1" or not run_dir:
-            return []
+            return unix
         overlay = Path(run_dir).parent / TLS_OVERLAY
-        return [overlay] if overlay.is_file() else []
+        return [*unix, overlay] if overlay.is_file() else unix
+
+    def unix_bind(self) -> bool:
+        return unix_socket_path(self.env.get("GUNICORN_BIND", "")) is not None
 
     def settings(self) -> Settings:
         return load_settings(**{KNOBS[name]: value for name, value in self.env.items() if name in KNOBS})
@@ -280,8 +287,10 @@ def up(config: Effective, environ: Mapping[str, str] | None = None) -> Project:
     build(project)
     apps = project.running("app")
     replicas = max(1, len(apps))  # `make up` keeps a `make scale`
-    if apps and project.running("nginx") and out_of_date(project, apps):
-        replace_start_first(project, apps)
+    if project.unix_bind() and replicas > 1:
+        raise StackError(one_socket_one_app(replicas))
+    if apps and project.running("nginx") and out_of_date(project, apps) and not project.unix_bind():
+        replace_start_first(project, apps)  # with a unix bind compose recreates it stop-first
     start(project, "up", "-d", "--remove-orphans", "--scale", f"app={replicas}")
     wait_healthy(project)
     print(f"stack is up (docker runtime, project {project.name}, app x{replicas}): {project.url()}")
@@ -400,6 +409,8 @@ def scale(config: Effective, replicas: int, project: Project | None = None) -> N
     if replicas < 1:
         raise StackError(f"APP={replicas}: the number of app containers must be at least 1")
     project = project or Project(knob_environment(config))
+    if project.unix_bind() and replicas > 1:
+        raise StackError(one_socket_one_app(replicas))
     before = {c.id for c in require_running(project)}
     started = time.monotonic()
     start(project, "up", "-d", "--no-recreate", "--no-build", "--scale", f"app={replicas}")
@@ -410,6 +421,13 @@ def scale(config: Effective, replicas: int, project: Project | None = None) -> N
     if added:
         wait_answering(project, added, since=started)
     print(f"{replicas} app container(s) behind nginx: {project.url()}")
+
+
+def one_socket_one_app(replicas: int) -> str:
+    return (
+        f"APP={replicas} with a unix GUNICORN_BIND: every app container would bind the one socket path "
+        "nginx connects to (deploy/compose.unix.yml); scale with a host:port bind"
+    )
 
 
 def out_of_date(project: Project, apps: list[Container]) -> bool:

@@ -64,6 +64,7 @@ class HostFacts:
     open_files: Fact
     cpus: int
     swarm: SwarmFacts | None = None  # set for the swarm runtime only
+    runtime: str = "local"  # where the stack runs: the checks that differ between runtimes ask it
 
     @classmethod
     def local(cls) -> HostFacts:
@@ -85,6 +86,7 @@ class HostFacts:
             Fact("COMPOSE_SOMAXCONN", settings.compose_somaxconn),
             Fact("COMPOSE_NOFILE", settings.compose_nofile),
             usable_cpus(),
+            runtime="docker",
         )
 
     @classmethod
@@ -98,7 +100,7 @@ class HostFacts:
         open_files = Fact("COMPOSE_NOFILE", settings.compose_nofile)
         if not api_at_least(swarm.api_version, SWARM_ULIMITS_API):
             open_files = Fact(f"ulimit -n of a task (engine API {swarm.api_version}: no ulimits)", 1024)
-        return cls(somaxconn, open_files, usable_cpus(), swarm)
+        return cls(somaxconn, open_files, usable_cpus(), swarm, runtime="swarm")
 
     @classmethod
     def probed_swarm(cls, settings: Settings) -> HostFacts:

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import ssl
+import stat
 import subprocess
 import sys
 import time
@@ -24,10 +25,10 @@ import psutil
 from deploy.stackctl import tls
 from deploy.stackctl.config import ROOT, Effective, nginx_temp_dirs, render_nginx
 from deploy.stackctl.errors import AlreadyRunning, StackError
-from deploy.stackctl.ports import LOOPBACK, port_in_use
+from deploy.stackctl.ports import LOOPBACK, bind_in_use, port_in_use, split_bind
 from deploy.stackctl.procs import alive, descendants, signal_if_alive, stop
 from deploy.stackctl.tools import find_nginx, find_openssl
-from service.settings import Settings
+from service.settings import Settings, unix_socket_path
 
 GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
 NO_TLS = "none (NGINX_TLS=0)"
@@ -85,9 +86,6 @@ class RunDir:
             return None
 
 
-def split_bind(bind: str) -> tuple[str, int]:
-    host, port = bind.rsplit(":", 1)
-    return (host or LOOPBACK).strip("[]"), int(port)
 
 
 def nginx_inputs(run: RunDir, settings: Settings) -> list[bytes]:
@@ -199,16 +197,18 @@ def up(run: RunDir, config: Effective, environ: Mapping[str, str] | None = None)
     if state and (alive(state.gunicorn_pid) or alive(state.nginx_pid)):
         raise AlreadyRunning(state.url, run.path)
 
-    bind_host, bind_port = split_bind(settings.gunicorn_bind)
+    socket_path = unix_socket_path(settings.gunicorn_bind)
     public = tls.client_host(settings.nginx_listen_address)
     for knob, host, port in (
         ("HTTP_PORT", public, settings.listen_port),
         *[("HTTPS_PORT", public, settings.https_listen_port)] * settings.nginx_tls,
-        ("GUNICORN_BIND", bind_host, bind_port),
+        *([("GUNICORN_BIND", *split_bind(settings.gunicorn_bind))] if socket_path is None else []),
         ("NGINX_STATUS_PORT", LOOPBACK, settings.nginx_status_port),
     ):
         if port_in_use(host, port):
             raise StackError(f"{knob}: port {port} is already in use by another process; choose a free one")
+    if socket_path is not None:
+        check_unix_bind(Path(socket_path))
 
     nginx = find_nginx()
     served = ensure_tls(settings)
@@ -287,12 +287,11 @@ def down(run: RunDir, quiet: bool = False) -> None:
         stop(child, signal.SIGTERM, 5)
     for pid in state.log_pids:  # they end by themselves at EOF, once nothing writes to their pipe
         stop(pid, signal.SIGTERM, 5, wait_first=5)
-    bind_host, bind_port = split_bind(state.gunicorn_bind)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and (
         port_in_use(state.host, state.http_port)
         or (state.https_port and port_in_use(state.host, state.https_port))
-        or port_in_use(bind_host, bind_port)
+        or bind_in_use(state.gunicorn_bind)
     ):
         time.sleep(0.1)
     run.state.unlink(missing_ok=True)
@@ -302,13 +301,43 @@ def down(run: RunDir, quiet: bool = False) -> None:
 
 def app_requests_in_flight(state: State) -> float:
     """HTTP requests the app is serving now, besides the asking one (its /metrics, on the gunicorn bind)."""
-    host, port = split_bind(state.gunicorn_bind)
     try:
-        text = httpx2.get(f"http://{host}:{port}/metrics", timeout=2).text
+        text = get_from_app(state.gunicorn_bind, "/metrics").text
     except httpx2.HTTPError:
         return 0
     gauges = [line.split()[-1] for line in text.splitlines() if line.startswith("app_requests_in_flight ")]
     return float(gauges[0]) - 1 if gauges else 0
+
+
+def get_from_app(bind: str, path: str) -> httpx2.Response:
+    """GET `path` from gunicorn itself (not through nginx), on its host:port or its unix socket."""
+    socket_path = unix_socket_path(bind)
+    if socket_path is None:
+        host, port = split_bind(bind)
+        return httpx2.get(f"http://{host}:{port}{path}", timeout=2)
+    with httpx2.Client(transport=httpx2.HTTPTransport(uds=socket_path), timeout=2) as client:
+        return client.get(f"http://{LOOPBACK}{path}")
+
+
+def check_unix_bind(path: Path) -> None:
+    """GUNICORN_BIND=unix:path, refused in one line where gunicorn or nginx would fail on it later:
+    gunicorn replaces any socket file at the path, even one another server still listens on."""
+    knob = f"GUNICORN_BIND=unix:{path}"
+    if not path.parent.is_dir():
+        raise StackError(f"{knob}: directory {path.parent} does not exist; create it or choose another")
+    if path.exists() and not path.is_socket():
+        raise StackError(f"{knob}: {path} exists and is not a socket; choose another path")
+    if bind_in_use(f"unix:{path}"):
+        raise StackError(f"{knob}: a process already accepts connections on it; choose another path")
+    if os.geteuid() == 0:
+        # nginx started by root runs its workers as `nobody`, which must enter every directory on the way.
+        for directory in path.parents:
+            if not directory.stat().st_mode & stat.S_IXOTH:
+                raise StackError(
+                    f"{knob}: nginx's workers run as nobody (nginx started by root) and may not enter "
+                    f"{directory} (mode {stat.S_IMODE(directory.stat().st_mode):o}); choose a socket "
+                    "directory every user may enter, e.g. under /run or /tmp"
+                )
 
 
 def reload(run: RunDir, config: Effective) -> None:

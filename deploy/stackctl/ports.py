@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 
+from service.settings import unix_socket_path
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -18,6 +20,21 @@ def port_in_use(host: str, port: int) -> bool:
     with socket.socket() as probe:
         probe.settimeout(0.5)
         return probe.connect_ex((host, port)) == 0
+
+
+def split_bind(bind: str) -> tuple[str, int]:
+    host, port = bind.rsplit(":", 1)
+    return (host or LOOPBACK).strip("[]"), int(port)
+
+
+def bind_in_use(bind: str) -> bool:
+    """Whether something accepts connections at a gunicorn bind: host:port, or unix:/path."""
+    path = unix_socket_path(bind)
+    if path is None:
+        return port_in_use(*split_bind(bind))
+    with socket.socket(socket.AF_UNIX) as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(path) == 0
 
 
 def free_port_knobs(runtime: str) -> dict[str, str]:

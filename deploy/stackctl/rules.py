@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from deploy.stackctl.facts import SWARM_SYSCTLS_API, SWARM_ULIMITS_API, Fact, HostFacts, api_at_least
-from service.settings import OUR_WORKER_CLASS, Settings, env_name
+from service.settings import OUR_WORKER_CLASS, Settings, env_name, unix_socket_path
 
 # The ordering rules of failure-modes.md by number; a finding's `rule` is "rule N (title)".
 RULE_TITLES: dict[int, str] = {
@@ -502,6 +502,59 @@ def swarm_hardening(settings: Settings, host: HostFacts) -> list[Finding]:
     ]
 
 
+def unix_socket_on_swarm(settings: Settings, host: HostFacts) -> list[Finding]:
+    bind = settings.gunicorn_bind
+    if unix_socket_path(bind) is None or host.runtime != "swarm":
+        return []
+    return [
+        Finding(
+            "unix socket",
+            "error",
+            f"GUNICORN_BIND={bind} on swarm",
+            "swarm places app and nginx tasks on any node, and a socket file reaches no other node",
+            "use a host:port bind (the swarm stack's nginx goes to tasks.app:8000)",
+            values={"GUNICORN_BIND": bind},
+        )
+    ]
+
+
+def unix_socket_findings(settings: Settings, host: HostFacts) -> list[Finding]:
+    """GUNICORN_BIND=unix:path: nginx connects to the socket, so host:port upstream knobs do not apply, and
+    uvicorn sees no peer address. In containers deploy/compose.unix.yml sets both ends; swarm cannot."""
+    bind = settings.gunicorn_bind
+    if unix_socket_path(bind) is None or host.runtime == "swarm":
+        return []
+    if host.runtime == "docker":
+        return []  # the overlay fixes the socket's path, nginx's upstream and the trusted peers
+    findings = []
+    if settings.nginx_upstream and settings.nginx_upstream != bind:
+        findings.append(
+            Finding(
+                "no effect",
+                "warning",
+                f"NGINX_UPSTREAM={settings.nginx_upstream} set while GUNICORN_BIND={bind}",
+                "with a unix bind nginx connects to gunicorn's socket: a host:port upstream does not apply",
+                "unset NGINX_UPSTREAM",
+                values={"NGINX_UPSTREAM": settings.nginx_upstream, "GUNICORN_BIND": bind},
+            )
+        )
+    trusted = settings.gunicorn_forwarded_allow_ips
+    if trusted.strip() != "*":
+        findings.append(
+            Finding(
+                "client address",
+                "warning",
+                f"GUNICORN_FORWARDED_ALLOW_IPS={trusted} with GUNICORN_BIND={bind}",
+                "uvicorn sees no peer address on a unix socket, so it believes nginx's X-Forwarded-For from "
+                "no one and the app sees no client address",
+                "set GUNICORN_FORWARDED_ALLOW_IPS='*': on a unix socket only processes allowed into its "
+                "directory can connect at all",
+                values={"GUNICORN_FORWARDED_ALLOW_IPS": trusted, "GUNICORN_BIND": bind},
+            )
+        )
+    return findings
+
+
 Rule = Callable[[Settings, HostFacts], list[Finding]]
 
 # failure-modes.md's ordering rules, one check each: `ok` or `error` per comparison.
@@ -515,7 +568,7 @@ RULES: tuple[Rule, ...] = (
     concurrency_headroom,
 )
 # What a runtime needs of the knobs, beyond the ordering rules: `error` when it is missing.
-REQUIREMENTS: tuple[Rule, ...] = (swarm_images,)
+REQUIREMENTS: tuple[Rule, ...] = (swarm_images, unix_socket_on_swarm)
 # Settings that do nothing or are unwise: `warning` only, never a refusal.
 ADVICE: tuple[Rule, ...] = (
     settings_without_effect,
@@ -526,6 +579,7 @@ ADVICE: tuple[Rule, ...] = (
     swarm_tls,
     swarm_publish,
     swarm_hardening,
+    unix_socket_findings,
 )
 
 

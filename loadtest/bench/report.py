@@ -120,6 +120,16 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
             f"{num(goals.get('blueprint_nginx_over_direct_by_cpu'), 2)} by CPU per request (goal >= 0.80).",
             "",
         ]
+        unix = meta.get("unix_vs_tcp") or {}
+        if unix:
+            lines += [
+                f"Unix socket vs TCP between nginx and gunicorn (blueprint-nginx-unix / blueprint-nginx): "
+                f"{num(unix.get('rps_unix_over_tcp'), 2)} x the req/s; TCP costs "
+                f"{num(unix.get('app_cpu_tcp_over_unix'), 2)} x the app's CPU per request and "
+                f"{num(unix.get('server_cpu_tcp_over_unix'), 2)} x all server processes' (above 1: the "
+                "socket is cheaper).",
+                "",
+            ]
     lines += capacity_tables(rows)
     return "\n".join(lines).rstrip() + "\n"
 

@@ -60,6 +60,13 @@ ROWS: tuple[RowSpec, ...] = (
         "nginx",
         "BENCH_WS_N WebSockets on /ws/echo held through nginx",
     ),
+    RowSpec(
+        "blueprint-nginx-unix",
+        "throughput",
+        "blueprint-unix",
+        "nginx",
+        "the blueprint through nginx over a unix socket (GUNICORN_BIND=unix:...)",
+    ),
     RowSpec("uvicorn", "throughput", "uvicorn", "direct", "the blueprint app under `uvicorn --workers N`"),
     RowSpec(
         "granian", "throughput", "granian", "direct", "the blueprint app under `granian --interface asgi`"

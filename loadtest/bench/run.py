@@ -79,6 +79,28 @@ def ratios(rows: list[Row]) -> dict[str, float | None]:
     }
 
 
+def unix_vs_tcp(rows: list[Row]) -> dict[str, float | None]:
+    """The blueprint through nginx over a unix socket beside TCP: requests/s, and the app's (gunicorn's) and
+    every server process's CPU per request, TCP over unix (above 1: the socket costs less)."""
+    ok = {r.spec.name: r.values for r in rows if r.status == "ok" and r.spec.kind == "throughput"}
+    tcp, unix = ok.get("blueprint-nginx"), ok.get("blueprint-nginx-unix")
+    if tcp is None or unix is None:
+        return {}
+
+    def over(top: float | None, bottom: float | None) -> float | None:
+        return round(top / bottom, 3) if top is not None and bottom else None
+
+    def app_cpu(values: dict[str, Any]) -> float | None:
+        by_role: dict[str, float | None] = values.get("server_cpu_us_by_role") or {}
+        return by_role.get("app")
+
+    return {
+        "rps_unix_over_tcp": over(unix["rps"], tcp["rps"]),
+        "app_cpu_tcp_over_unix": over(app_cpu(tcp), app_cpu(unix)),
+        "server_cpu_tcp_over_unix": over(tcp["server_cpu_us_per_request"], unix["server_cpu_us_per_request"]),
+    }
+
+
 def run_bench(
     specs: list[RowSpec],
     params: Params,
@@ -154,6 +176,7 @@ def run_bench(
                 server.stop()
         progress.update(task, description=f"bench done: {len(rows)} rows")
     meta["goals"] = ratios(rows)
+    meta["unix_vs_tcp"] = unix_vs_tcp(rows)
     meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     meta["load_average_after"] = load_average()
     write_report(report_dir, rows, meta)

@@ -1,15 +1,18 @@
 """The servers `make bench` measures, each on free loopback ports, each started and stopped by the bench:
 nginx answering `return 200` itself, the bare hello app under gunicorn, the blueprint stack (through
-deploy/stackctl/stack.py, the one way to start it; with its own worker class or gunicorn's `asgi`), and the
-blueprint app under uvicorn's and granian's own process managers."""
+deploy/stackctl/stack.py, the one way to start it; with its own worker class or gunicorn's `asgi`, or with
+nginx reaching gunicorn over a unix socket), and the blueprint app under uvicorn's and granian's own process
+managers."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -139,11 +142,11 @@ class Processes:
 
 
 class Stack:
-    """The blueprint as `make up` runs it (local runtime), on free ports."""
+    """The blueprint as `make up` runs it (local runtime), on free ports (`knobs` may set GUNICORN_BIND)."""
 
     def __init__(self, knobs: Mapping[str, str], ctx: Context, run_dir: Path) -> None:
         try:
-            self.handle = stack.start("local", {**knobs, **free_port_knobs("local")}, run_dir, base=ctx.base)
+            self.handle = stack.start("local", {**free_port_knobs("local"), **knobs}, run_dir, base=ctx.base)
         except (ConfigError, stack.StackError) as error:
             raise BenchError(f"the blueprint stack did not start: {error}") from None
 
@@ -165,6 +168,32 @@ class Stack:
 
     def stop(self) -> None:
         self.handle.stop()
+
+
+class UnixStack(Stack):
+    """The blueprint with nginx -> gunicorn over a unix socket, in a short directory of its own (a report
+    path can be longer than the 107 bytes a socket path may have) that `nobody` may enter: nginx started by
+    root serves with `nobody` workers."""
+
+    def __init__(self, knobs: Mapping[str, str], ctx: Context, run_dir: Path) -> None:
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="bench-unix-"))
+        self.socket_dir.chmod(0o755)
+        # uvicorn sees no peer address on a socket: '*' makes it read X-Forwarded-For as it does over TCP.
+        unix = {
+            "GUNICORN_BIND": f"unix:{self.socket_dir / 'gunicorn.sock'}",
+            "GUNICORN_FORWARDED_ALLOW_IPS": "*",
+        }
+        try:
+            super().__init__({**knobs, **unix}, ctx, run_dir)
+        except BenchError:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
+            raise
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
 
 
 NGINX_RETURN = """worker_processes {workers};
@@ -232,6 +261,8 @@ def start(name: str, ctx: Context) -> Server:
         if missing:
             raise Unavailable(missing)
         knobs["GUNICORN_WORKER_CLASS"] = "asgi"
+    if name == "blueprint-unix":
+        return UnixStack(knobs, ctx, run_dir)
     return Stack(knobs, ctx, run_dir)
 
 

@@ -21,6 +21,8 @@ def write_stack_settings(report_dir: Path, host: str, info: dict[str, Any], run_
             "source": f"the stack started in {run_dir} ({started.runtime} runtime): every layer",
             "settings": started.settings(),
         }
+    elif not info:
+        record = {"source": f"{host}: an app without /api/info (not the demo): its settings are unknown"}
     else:
         layers = info.get("settings_layers") or []
         record = {

@@ -144,3 +144,35 @@ def test_nginx_from_1_27_3_resolves_the_app_itself_older_gets_a_server_per_addre
         expected = ["172.28.80.3", "172.28.80.5"] if upstream.startswith("tasks.") else ["172.28.80.3"]
         assert servers == [f"server {address}:{port};" for address in expected]
         assert "zone app" not in upstream_block and not resolver
+
+
+@pytest.mark.parametrize("nginx", ["this host's", "1.30.6"])
+def test_a_unix_socket_upstream_is_rendered_as_is_with_nothing_to_resolve(tmp_path: Path, nginx: str) -> None:
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    if nginx != "this host's":  # a stand-in that says its version and passes `nginx -t`
+        (tools / "nginx").write_text(NGINX_OF_VERSION.format(version=nginx))
+        (tools / "nginx").chmod(0o755)
+    (tools / "getent").write_text("#!/bin/sh\necho getent must not be asked >&2\nexit 1\n")
+    (tools / "getent").chmod(0o755)
+    run_dir = tmp_path / "run"
+    socket = "unix:/run/blueprint/app.sock"
+    settings = load_settings(nginx_run_dir=str(run_dir))
+    result = subprocess.run(
+        ["sh", str(ENTRYPOINT), "reload"],  # renders, then fails to signal: no nginx runs here
+        env={
+            **os.environ, **nginx_variables(settings), "NGINX_UPSTREAM": socket,
+            "NGINX_TEMPLATE": str(NGINX_TEMPLATE), "PATH": os.pathsep.join([str(tools), nginx_path()]),
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )  # fmt: skip
+    assert (run_dir / "nginx.conf").is_file(), result.stderr  # `nginx -t` passed on it
+    conf = (run_dir / "nginx.conf").read_text()
+    upstream_block = conf.split("upstream app {")[1].split("}")[0]
+    servers = [line.strip() for line in upstream_block.splitlines() if line.strip().startswith("server ")]
+    assert servers == [f"server {socket};"]
+    assert "resolver 127.0.0.11" not in conf and "zone app" not in upstream_block
+    assert (run_dir / "upstream.addresses").read_text().split() == [socket]
+    assert "getent must not be asked" not in result.stderr

@@ -240,3 +240,31 @@ def test_a_swarm_of_several_nodes_without_a_registry_is_an_error() -> None:
     assert [f.rule for f in rules.errors(rules.evaluate(load_settings(), cluster))] == ["swarm images"]
     late = rules.errors(rules.graceful_shutdown_order(load_settings(**SWARM_TRIPS), SWARM_HOST))
     assert [f.rule for f in late] == ["rule 4 (graceful shutdown, swarm)"]
+
+
+def test_a_unix_bind_says_which_host_port_knobs_do_not_apply_locally() -> None:
+    bind = "unix:/run/blueprint/app.sock"
+    settings = load_settings(gunicorn_bind=bind, nginx_upstream="127.0.0.1:9000")
+    found = {f.rule: f for f in rules.unix_socket_findings(settings, HOST)}
+    assert set(found) == {"no effect", "client address"}
+    assert all(f.severity == "warning" for f in found.values())
+    assert found["no effect"].claim == f"NGINX_UPSTREAM=127.0.0.1:9000 set while GUNICORN_BIND={bind}"
+    assert "host:port upstream does not apply" in found["no effect"].why
+    assert (
+        found["client address"].claim == f"GUNICORN_FORWARDED_ALLOW_IPS=127.0.0.1 with GUNICORN_BIND={bind}"
+    )
+    assert "GUNICORN_FORWARDED_ALLOW_IPS='*'" in found["client address"].fix
+    trusted = load_settings(gunicorn_bind=bind, gunicorn_forwarded_allow_ips="*")
+    assert rules.unix_socket_findings(trusted, HOST) == []
+    assert rules.unix_socket_findings(load_settings(), HOST) == [], "a TCP bind has nothing to say"
+
+
+def test_a_unix_bind_is_refused_on_swarm_and_left_to_the_overlay_in_docker() -> None:
+    settings = load_settings(gunicorn_bind="unix:/run/blueprint/app.sock")
+    swarm = facts.HostFacts(HOST.somaxconn, HOST.open_files, HOST.cpus, facts.SwarmFacts("1.45", 1), "swarm")
+    (refusal,) = rules.unix_socket_on_swarm(settings, swarm)
+    assert refusal.severity == "error" and "no other node" in refusal.why
+    assert refusal in rules.errors(rules.evaluate(settings, swarm))
+    docker = facts.HostFacts.docker(settings)
+    assert docker.runtime == "docker" and rules.unix_socket_findings(settings, docker) == []
+    assert rules.unix_socket_on_swarm(settings, docker) == []

@@ -96,10 +96,18 @@ def test_a_short_run_measures_every_row_and_writes_every_file(
         *("blueprint_direct_over_bare_by_cpu", "blueprint_nginx_over_direct_by_cpu"),
     }
     assert all(isinstance(ratio, float) for ratio in data["goals"].values())
+    assert set(data["unix_vs_tcp"]) == {
+        "rps_unix_over_tcp",
+        "app_cpu_tcp_over_unix",
+        "server_cpu_tcp_over_unix",
+    }
+    assert all(isinstance(ratio, float) for ratio in data["unix_vs_tcp"].values())
+    assert rows["blueprint-nginx-unix"]["server_cpu_us_by_role"]["nginx"] > 0, "nginx was in the path"
     assert not list(report_dir.glob("servers/*/state.json")), "a stack was left up"
 
     page = (report_dir / "bench.md").read_text()
     assert all(f"| {name} |" in page for name in bench.NAMES)
     assert "load average" in page.lower() and data["machine"]["cpu"] in page and "Goals (issue 12)" in page
+    assert "Unix socket vs TCP between nginx and gunicorn" in page
     assert (report_dir / "bench.png").read_bytes().startswith(b"\x89PNG")
     assert "| blueprint-direct |" in out and str(report_dir / "bench.md") in out

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from service.settings import ConfigError, load_settings, usable_cpus
@@ -30,3 +32,37 @@ def test_workers_default_to_usable_cpus(monkeypatch: pytest.MonkeyPatch) -> None
     assert load_settings().workers == usable_cpus() >= 1
     monkeypatch.setenv("WEB_CONCURRENCY", "3")
     assert load_settings().workers == 3
+
+
+@pytest.mark.parametrize(
+    ("bind", "rule"),
+    [
+        (
+            "unix:run/app.sock",
+            r"a unix socket path must be absolute \(unix:/dir/app.sock\), got 'run/app\.sock'",
+        ),
+        ("unix:", r"a unix socket path must be absolute"),
+        ("unix:/run/app/", r"a unix socket path must name a file, not a directory, got '/run/app/'"),
+        (
+            f"unix:/{'a' * 107}",
+            r"a unix socket path may have at most 107 bytes \(the kernel's sun_path\), '/a+' has 108",
+        ),
+        ("app.sock", r"expected host:port or unix:/absolute/path, got 'app.sock'"),
+    ],
+)
+def test_bad_unix_socket_bind_names_the_variable_the_value_and_the_rule(
+    bind: str, rule: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GUNICORN_BIND", bind)
+    with pytest.raises(ConfigError, match=rf"^GUNICORN_BIND='{re.escape(bind)}': Value error, {rule}"):
+        load_settings()
+
+
+def test_a_unix_socket_bind_is_nginx_upstream_whatever_nginx_upstream_says() -> None:
+    longest = f"/{'a' * 106}"  # 107 bytes: the most sun_path takes
+    assert load_settings(gunicorn_bind=f"unix:{longest}").upstream == f"unix:{longest}"
+    settings = load_settings(gunicorn_bind="unix:/run/app.sock", nginx_upstream="127.0.0.1:9000")
+    assert settings.upstream == "unix:/run/app.sock"
+    assert load_settings(nginx_upstream="127.0.0.1:9000").upstream == "127.0.0.1:9000"
+    with pytest.raises(ConfigError, match=r"^NGINX_UPSTREAM='unix:app.sock': Value error, a unix socket"):
+        load_settings(nginx_upstream="unix:app.sock")
