@@ -81,6 +81,7 @@ def test_an_added_components_port_is_refused_when_taken(tmp_path: Path) -> None:
         runtime = Local((*COMPONENTS, file_server(port)))
         env = make_stack(tmp_path).env
         run_dir = tmp_path / "run"
-        with pytest.raises(StackError, match=rf"FILES_PORT: port {port} is already in use"), stack.quietly(True):
-            runtime.up(run_dir, stack.configure(run_dir, env, env_file=None), env)
+        config = stack.configure(run_dir, env, env_file=None)
+        with pytest.raises(StackError, match=rf"FILES_PORT: port {port} is already in use"):
+            runtime.up(run_dir, config, env)
     assert processes_of(run_dir) == []
