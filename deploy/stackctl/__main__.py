@@ -7,8 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from deploy.stackctl import check, docker, docs, local, stack, swarm
-from deploy.stackctl.config import KEPT, ROOT, Effective, read_env_file
+from deploy.stackctl import check, docker, docs, runtimes, stack
+from deploy.stackctl.config import KEPT, knob_environment
 from deploy.stackctl.errors import AlreadyRunning, StackError
 from service.settings import ConfigError
 
@@ -45,31 +45,44 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "settings-table":
             return docs.settings_table(write=args.write)
-        run = local.RunDir(args.run_dir)
         if args.command in ("down", "ps", "logs"):
-            return dispatch_without_config(args, run)
+            return without_config(args)
         if args.command == "up":
             return up(args.run_dir)
         if args.command == "reload":
             return reload(args.run_dir)
         config = stack.configure(args.run_dir)
-        runtime = stack.resolve_runtime(config.settings.runtime)
+        name = stack.resolve_runtime(config.settings.runtime)
+        backend = runtimes.RUNTIMES[name]
         if args.command == "runtime":
-            print(runtime)
-            return 0
-        if args.command == "check":
-            return check.run_check(config, runtime)
-        if runtime == "swarm" and args.command == "scale":
-            swarm.scale(config, args.replicas)
-            return 0
-        if runtime in ("docker", "swarm") or args.command in ("scale", "images", "wheelhouse"):
-            return dispatch_docker(args, config)
-        local.prepare(run, config)  # render
-        print(f"rendered {run.env_file} and {run.nginx_conf}")
+            print(name)
+        elif args.command == "check":
+            return check.run_check(config, name)
+        elif args.command == "scale":
+            backend.scale(args.run_dir, config, os.environ, args.replicas)
+        elif args.command == "images":
+            docker.build(docker.Project(knob_environment(config)), loadtest=True)
+        elif args.command == "wheelhouse":
+            print(f"wheels in {docker.build_wheelhouse(knob_environment(config))}")
+        else:
+            backend.render(args.run_dir, config)
         return 0
     except (ConfigError, StackError) as error:
         print(f"stackctl {args.command}: {error}", file=sys.stderr)
         return 1
+
+
+def without_config(args: argparse.Namespace) -> int:
+    """down, ps and logs: to the runtime the stack was started with, named by this environment."""
+    backend = runtimes.RUNTIMES[stack.existing_runtime(args.run_dir)]
+    if args.command == "down":
+        backend.down(args.run_dir, os.environ)
+        stack.forget(args.run_dir.resolve())
+    elif args.command == "ps":
+        backend.ps(args.run_dir, os.environ)
+    else:
+        backend.logs(args.run_dir, os.environ, args.follow)
+    return 0
 
 
 def up(run_dir: Path) -> int:
@@ -84,70 +97,20 @@ def reload(run_dir: Path) -> int:
     """Re-render from the environment, keeping what the stack was started with; say what changes."""
     handle = stack.attach(run_dir)
     if handle is None:
-        runtime = stack.configured_runtime(run_dir)
-        if runtime == "local":
+        name = stack.configured_runtime(run_dir)
+        if runtimes.RUNTIMES[name].needs_record:
             raise StackError(f"no running stack in {run_dir.resolve()}; start it with `make up`")
-        handle = stack.Handle(runtime, run_dir.resolve(), stack.configure(run_dir), dict(os.environ))
+        handle = stack.Handle(name, run_dir.resolve(), stack.configure(run_dir), dict(os.environ))
     new = stack.configure(run_dir)
     changed = stack.changes(handle.config, new)
-    for name, old, value, source in changed:
-        print(f"  {name}: {old} -> {value} ({source})")
-    if not changed and handle.runtime == "swarm":
-        print("no knob changed; replacing the app tasks anyway (a rolling update)")
-    elif not changed:
-        print("no knob changed; reloading anyway (new workers, nginx re-reads its config)")
-    kept = [f"{name}={value.value}" for name, value in new.values.items() if value.source == KEPT]
+    for knob, old, value, source in changed:
+        print(f"  {knob}: {old} -> {value} ({source})")
+    if not changed:
+        print(f"no knob changed; {handle.backend.reload_anyway}")
+    kept = [f"{knob}={value.value}" for knob, value in new.values.items() if value.source == KEPT]
     if kept:
         print(f"kept from the environment the stack started with: {' '.join(kept)} (set one to change it)")
     handle.apply(new, os.environ)
-    return 0
-
-
-def dispatch_docker(args: argparse.Namespace, config: Effective) -> int:
-    if args.command == "scale":
-        docker.scale(config, args.replicas)
-    elif args.command == "images":
-        docker.build(docker.Project(docker.knob_environment(config)), loadtest=True)
-    elif args.command == "wheelhouse":
-        print(f"wheels in {docker.build_wheelhouse(docker.knob_environment(config))}")
-    else:
-        raise StackError(f"`{args.command}` is for the local runtime only (RUNTIME=local)")
-    return 0
-
-
-def existing_runtime(run: local.RunDir) -> str:
-    """Which runtime down/ps/logs talk to: RUNTIME if set, else the one a stack was started with."""
-    dotenv = read_env_file(ROOT / ".env") if (ROOT / ".env").is_file() else {}
-    requested = os.environ.get("RUNTIME") or dotenv.get("RUNTIME")
-    if requested in stack.RUNTIMES:
-        return requested
-    previous = stack.recorded(run.path)
-    if previous is not None:
-        return previous.runtime
-    if run.load_state() is not None or not stack.docker_engine_reachable():
-        return "local"
-    return "docker"
-
-
-def dispatch_without_config(args: argparse.Namespace, run: local.RunDir) -> int:
-    runtime = existing_runtime(run)
-    if runtime in ("swarm", "docker"):
-        engine = swarm if runtime == "swarm" else docker
-        if args.command == "down":
-            engine.down()
-            stack.forget(run.path)
-        elif args.command == "ps":
-            engine.ps()
-        else:
-            engine.logs(args.follow)
-        return 0
-    if args.command == "down":
-        local.down(run)
-        stack.forget(run.path)
-    elif args.command == "ps":
-        local.ps(run)
-    else:
-        local.logs(run, args.follow)
     return 0
 
 

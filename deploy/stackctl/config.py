@@ -57,6 +57,11 @@ def knob_env(environ: Mapping[str, str]) -> dict[str, str]:
     return {name: value for name, value in environ.items() if name in KNOBS}
 
 
+def knob_environment(config: Effective, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`base` (default: this process's environment) with every knob's effective value, for compose."""
+    return {**(os.environ if base is None else base), **{name: v.value for name, v in config.values.items()}}
+
+
 KEPT = "kept from start"
 
 

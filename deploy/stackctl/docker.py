@@ -26,9 +26,12 @@ import httpx2
 
 from deploy.pins import pinned_requirements
 from deploy.stackctl import local, tls
+from deploy.stackctl.components import APP, NGINX, SERVICES
 from deploy.stackctl.config import KNOBS, ROOT, Effective
+from deploy.stackctl.config import knob_environment as knob_environment
 from deploy.stackctl.errors import StackError
 from deploy.stackctl.ports import LOOPBACK, port_in_use
+from deploy.stackctl.runtime import Runtime
 from service.settings import Settings, load_settings, unix_socket_path
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -67,6 +70,15 @@ def default_build_arg(name: str) -> str:
     if not found:
         raise StackError(f"deploy/{dockerfile} declares no default for {name}")
     return found.group(1)
+
+
+def engine_reachable() -> bool:
+    if not shutil.which("docker"):
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def compose_command() -> list[str]:
@@ -190,11 +202,6 @@ class Project:
         return f"http://{LOOPBACK}:{self.env.get('HTTP_PORT', '8080')}"
 
 
-def knob_environment(config: Effective, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """`base` (default: this process's environment) with every knob's effective value, for compose."""
-    return {**(os.environ if base is None else base), **{name: v.value for name, v in config.values.items()}}
-
-
 def build_wheelhouse(env: dict[str, str]) -> Path:
     """Wheels for the image's Python (asked from the image itself) in ./wheelhouse, for OFFLINE=1 builds."""
     image = env.get("PYTHON_IMAGE") or default_build_arg("PYTHON_IMAGE")
@@ -248,7 +255,7 @@ def wait_healthy(project: Project, within: float = HEALTHY_WITHIN) -> None:
     waiting: list[Container] = []
     while time.monotonic() < deadline:
         containers = project.containers()
-        broken = [c for c in containers if c.status in ("exited", "dead") and c.service in ("app", "nginx")]
+        broken = [c for c in containers if c.status in ("exited", "dead") and c.service in SERVICES]
         if broken:
             first = broken[0]
             raise StackError(f"{first.name} exited with {first.exit_code}: {last_log(project, first)}")
@@ -281,17 +288,17 @@ def up(config: Effective, environ: Mapping[str, str] | None = None) -> Project:
         write_tls_overlay(settings, served)
     project = Project(knob_environment(config, environ))
     published = [("HTTP_PORT", settings.http_port), *[("HTTPS_PORT", settings.https_port)] * bool(served)]
-    for knob, port in published if not project.running("nginx") else []:
+    for knob, port in published if not project.running(NGINX.service) else []:
         if port_in_use(LOOPBACK, port):
             raise StackError(f"{knob}: port {port} is already in use by another process; choose a free one")
     build(project)
-    apps = project.running("app")
+    apps = project.running(APP.service)
     replicas = max(1, len(apps))  # `make up` keeps a `make scale`
     if project.unix_bind() and replicas > 1:
         raise StackError(one_socket_one_app(replicas))
-    if apps and project.running("nginx") and out_of_date(project, apps) and not project.unix_bind():
+    if apps and project.running(NGINX.service) and out_of_date(project, apps) and not project.unix_bind():
         replace_start_first(project, apps)  # with a unix bind compose recreates it stop-first
-    start(project, "up", "-d", "--remove-orphans", "--scale", f"app={replicas}")
+    start(project, "up", "-d", "--remove-orphans", "--scale", f"{APP.service}={replicas}")
     wait_healthy(project)
     print(f"stack is up (docker runtime, project {project.name}, app x{replicas}): {project.url()}")
     for line in tls.trust_hint(served, project.url(), project.plain_url()) if served else []:
@@ -309,7 +316,7 @@ def write_tls_overlay(settings: Settings, served: tls.Files) -> Path:
         "ports": [f"{settings.compose_publish_address}:{settings.https_port}:{CONTAINER_HTTPS_PORT}"],
         "volumes": [read_only(source, target) for source, target in mounts],
     }
-    services: dict[str, Any] = {"nginx": nginx}
+    services: dict[str, Any] = {NGINX.service: nginx}
     if served.ca is not None:
         nginx["networks"] = {"default": {"aliases": [tls.CONTAINER_NAME]}}
         locust = {
@@ -380,8 +387,8 @@ def down(project: Project | None = None) -> None:
 
 
 def require_running(project: Project) -> list[Container]:
-    apps = project.running("app")
-    if not apps or not project.running("nginx"):
+    apps = project.running(APP.service)
+    if not apps or not project.running(NGINX.service):
         raise StackError(f"compose project {project.name} is not running; start it with `make up`")
     return apps
 
@@ -389,7 +396,7 @@ def require_running(project: Project) -> list[Container]:
 def reload(config: Effective, environ: Mapping[str, str] | None = None) -> None:
     project = Project(knob_environment(config, environ))
     apps = require_running(project)
-    project.run("kill", "-s", "HUP", "app")
+    project.run("kill", "-s", "HUP", APP.service)
     # nginx is left alone: its container's settings cannot change without a recreate, its entrypoint follows
     # the app's addresses by itself, and a reloading nginx closes idle client keep-alive connections.
     wait_healthy(project)
@@ -413,9 +420,9 @@ def scale(config: Effective, replicas: int, project: Project | None = None) -> N
         raise StackError(one_socket_one_app(replicas))
     before = {c.id for c in require_running(project)}
     started = time.monotonic()
-    start(project, "up", "-d", "--no-recreate", "--no-build", "--scale", f"app={replicas}")
+    start(project, "up", "-d", "--no-recreate", "--no-build", "--scale", f"{APP.service}={replicas}")
     wait_healthy(project)
-    apps = project.running("app")
+    apps = project.running(APP.service)
     wait_routed(project, apps)
     added = [c for c in apps if c.id not in before]
     if added:
@@ -433,7 +440,7 @@ def one_socket_one_app(replicas: int) -> str:
 def out_of_date(project: Project, apps: list[Container]) -> bool:
     """Whether compose would recreate these app containers: another config hash (compose v1 hashes the
     image id in, v2 does not) or another image than the one `build` just tagged."""
-    hashed = project.run("config", "--hash", "app", capture=True).stdout.split()
+    hashed = project.run("config", "--hash", APP.service, capture=True).stdout.split()
     current = hashed[-1] if hashed else ""
     image = subprocess.run(
         ["docker", "image", "inspect", "--format", "{{.Id}}", "blueprint-app:local"],
@@ -450,17 +457,16 @@ def replace_start_first(project: Project, old: list[Container]) -> None:
     only app container before starting its successor: every request in between is a 502."""
     started = time.monotonic()
     count = len(old)
-    start(
-        project, "up", "-d", "--no-deps", "--no-recreate", "--no-build", "--scale", f"app={2 * count}", "app"
-    )
+    doubled = f"{APP.service}={2 * count}"
+    start(project, "up", "-d", "--no-deps", "--no-recreate", "--no-build", "--scale", doubled, APP.service)
     retired = {c.id for c in old}
     try:
         wait_healthy(project)
-        successors = [c for c in project.running("app") if c.id not in retired]
+        successors = [c for c in project.running(APP.service) if c.id not in retired]
         wait_routed(project, successors, exactly=False)
         wait_answering(project, successors, since=started)
     except StackError as error:
-        added = [c.id for c in project.containers("app") if c.id not in retired]
+        added = [c.id for c in project.containers(APP.service) if c.id not in retired]
         if added:
             subprocess.run(["docker", "rm", "-f", *added], env=project.env, capture_output=True)
         wait_routed(project, old)
@@ -479,7 +485,7 @@ def replace_start_first(project: Project, old: list[Container]) -> None:
 
 def routed(project: Project) -> set[str] | None:
     """The app addresses nginx balances over now, as its entrypoint lists them (None: not readable)."""
-    nginx = project.running("nginx")
+    nginx = project.running(NGINX.service)
     if not nginx:
         return None
     listed = subprocess.run(
@@ -536,7 +542,39 @@ def ps(project: Project | None = None) -> None:
     project.run("ps", profiles=ALL_PROFILES)
 
 
-def logs(follow: bool) -> None:
-    project = Project()
+def logs(follow: bool, project: Project | None = None) -> None:
+    project = project or Project()
     command = project.command("logs", "--tail", "50", *(["-f"] if follow else []), profiles=ALL_PROFILES)
     os.execvpe(command[0], command, project.env)
+
+
+class Docker(Runtime):
+    """The stack as the compose project COMPOSE_PROJECT_NAME on the engine behind DOCKER_HOST."""
+
+    def up(self, run_dir: Path, config: Effective, environ: Mapping[str, str]) -> None:
+        up(config, environ)
+
+    def reload(self, run_dir: Path, config: Effective, environ: Mapping[str, str]) -> None:
+        reload(config, environ)
+
+    def scale(self, run_dir: Path, config: Effective, environ: Mapping[str, str], replicas: int) -> None:
+        scale(config, replicas, Project(knob_environment(config, environ)))
+
+    def down(self, run_dir: Path, environ: Mapping[str, str]) -> None:
+        down(Project(environ))
+
+    def ps(self, run_dir: Path, environ: Mapping[str, str]) -> None:
+        ps(Project(environ))
+
+    def logs(self, run_dir: Path, environ: Mapping[str, str], follow: bool) -> None:
+        logs(follow, Project(environ))
+
+    def port_knobs(self) -> tuple[str, ...]:
+        return ("HTTP_PORT", "HTTPS_PORT", "LOCUST_WEB_PORT")
+
+    def available(self) -> bool:
+        return engine_reachable()
+
+    def containers(self, environ: Mapping[str, str], service: str | None = None) -> list[Container]:
+        project = Project(environ)
+        return project.running(service) if service else project.containers()

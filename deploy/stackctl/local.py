@@ -1,4 +1,5 @@
-"""The local runtime: gunicorn and nginx as background processes of this host, managed by pid.
+"""The local runtime: the stack's components (components.py: gunicorn and nginx) as background processes
+of this host, managed by pid.
 
 Everything a stack writes lives in one run directory (default `.run/local`): rendered configs, pid files,
 logs, the Prometheus multiprocess directory and `state.json`, which records what `up` started so that
@@ -7,85 +8,37 @@ logs, the Prometheus multiprocess directory and `state.json`, which records what
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import signal
 import ssl
-import stat
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import httpx2
 import psutil
 
 from deploy.stackctl import tls
-from deploy.stackctl.config import ROOT, Effective, nginx_temp_dirs, render_nginx
+from deploy.stackctl.components import APP, COMPONENTS, NGINX, Component, Launch
+from deploy.stackctl.components import GUNICORN_CONF as GUNICORN_CONF
+from deploy.stackctl.components import check_nginx as check_nginx
+from deploy.stackctl.components import check_unix_bind as check_unix_bind
+from deploy.stackctl.components import process_env as process_env
+from deploy.stackctl.config import ROOT, Effective
 from deploy.stackctl.errors import AlreadyRunning, StackError
-from deploy.stackctl.ports import LOOPBACK, bind_in_use, port_in_use, split_bind
+from deploy.stackctl.ports import LOOPBACK, bind_in_use, port_in_use
 from deploy.stackctl.procs import alive, descendants, signal_if_alive, stop
-from deploy.stackctl.tools import find_nginx, find_openssl
+from deploy.stackctl.rundir import RunDir as RunDir
+from deploy.stackctl.rundir import Started, State
+from deploy.stackctl.rundir import pinned_paths as pinned_paths
+from deploy.stackctl.runtime import Runtime
+from deploy.stackctl.tools import find_openssl
 from service.settings import Settings, unix_socket_path
 
-GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
 NO_TLS = "none (NGINX_TLS=0)"
-
-
-@dataclass
-class State:
-    gunicorn_pid: int
-    nginx_pid: int
-    http_port: int
-    gunicorn_bind: str
-    status_port: int
-    graceful_timeout: int
-    log_pids: list[int]
-    https_port: int = 0  # 0: no TLS
-    listen_address: str = LOOPBACK
-
-    @property
-    def host(self) -> str:
-        """Where a client of this host reaches nginx's public ports."""
-        return tls.client_host(self.listen_address)
-
-    @property
-    def plain_url(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
-
-    @property
-    def url(self) -> str:
-        return f"https://{self.host}:{self.https_port}" if self.https_port else self.plain_url
-
-
-class RunDir:
-    def __init__(self, path: Path) -> None:
-        self.path = path.resolve()
-
-    def __getattr__(self, name: str) -> Path:
-        files = {
-            "state": "state.json",
-            "env_file": "stack.env",
-            "nginx_conf": "nginx.conf",
-            "nginx_dir": "nginx",
-            "metrics_dir": "metrics",
-            "gunicorn_log": "gunicorn.log",
-            "nginx_log": "nginx.log",
-            "gunicorn_pid": "gunicorn.pid",
-        }
-        if name not in files:
-            raise AttributeError(name)
-        return self.path / files[name]
-
-    def load_state(self) -> State | None:
-        try:
-            return State(**json.loads(self.state.read_text()))
-        except (OSError, ValueError, TypeError):
-            return None
-
-
+READY_WITHIN = 60.0
 
 
 def nginx_inputs(run: RunDir, settings: Settings) -> list[bytes]:
@@ -111,44 +64,10 @@ def verification(served: tls.Files | None) -> ssl.SSLContext | bool:
     return tls.client_context(served) if served else True
 
 
-def prepare(run: RunDir, config: Effective) -> None:
+def prepare(run: RunDir, config: Effective, components: Sequence[Component] = COMPONENTS) -> None:
     run.path.mkdir(parents=True, exist_ok=True)
-    run.metrics_dir.mkdir(exist_ok=True)
-    run.env_file.write_text(config.env_file_text())
-    rendered = render_nginx(config.settings)
-    run.nginx_conf.write_text(rendered)
-    for directory in (run.nginx_dir, *nginx_temp_dirs(rendered)):
-        directory.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            # nginx started by root drops its workers to `nobody`, which must write request-body temp files.
-            import pwd
-
-            nobody = pwd.getpwnam("nobody")
-            os.chown(directory, nobody.pw_uid, nobody.pw_gid)
-
-
-def check_nginx(nginx: str, run: RunDir) -> None:
-    test = subprocess.run(
-        [nginx, "-t", "-q", "-c", str(run.nginx_conf), "-e", "stderr"], capture_output=True, text=True
-    )
-    if test.returncode != 0:
-        lines = test.stderr.strip().splitlines() or ["(no output)"]
-        reason = next((line for line in lines if "[emerg]" in line), lines[-1])
-        raise StackError(f"nginx -t rejected {run.nginx_conf}: {reason}")
-
-
-def pinned_paths(run: RunDir) -> dict[str, str]:
-    """Values the local runtime owns: nginx's writable directory must be this stack's own."""
-    return {"NGINX_RUN_DIR": str(run.nginx_dir.resolve())}
-
-
-def process_env(run: RunDir, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    return {
-        **(os.environ if environ is None else environ),
-        "STACK_ENV_FILE": str(run.env_file),
-        "PROMETHEUS_MULTIPROC_DIR": str(run.metrics_dir),
-        "PYTHONUNBUFFERED": "1",
-    }
+    for component in components:
+        component.prepare(run, config)
 
 
 def rotating_log(path: Path, config: Effective) -> subprocess.Popen[bytes]:
@@ -167,97 +86,90 @@ def rotating_log(path: Path, config: Effective) -> subprocess.Popen[bytes]:
     )
 
 
-def wait_healthy(
-    url: str,
-    processes: dict[str, subprocess.Popen[bytes]],
-    logs: dict[str, Path],
-    verify: ssl.SSLContext | bool = True,
+def wait_ready(
+    launch: Launch, processes: Mapping[str, subprocess.Popen[bytes]], components: Sequence[Component]
 ) -> None:
-    deadline = time.monotonic() + 60
+    """Until every component's readiness probe holds; refused as soon as one of `processes` exits."""
+    deadline = time.monotonic() + READY_WITHIN
+    probes = [component.ready for component in components if component.ready]
+    waiting = probes
     while time.monotonic() < deadline:
         for name, process in processes.items():
             if process.poll() is not None:
-                tail = logs[name].read_text(errors="replace").strip().splitlines()[-5:]
+                tail = launch.run.log(name).read_text(errors="replace").strip().splitlines()[-5:]
                 raise StackError(
                     f"{name} exited with {process.returncode} while starting: {' | '.join(tail)}"
                 )
-        try:
-            if httpx2.get(f"{url}/healthz", timeout=2, verify=verify).status_code == 200:
-                return
-        except httpx2.HTTPError:
-            pass
+        waiting = [probe for probe in probes if not probe.ready(launch)]
+        if not waiting:
+            return
         time.sleep(0.2)
-    raise StackError(f"{url}/healthz did not answer through nginx within 60 s; see `make logs`")
+    raise StackError(f"{waiting[0].waiting(launch)} within {READY_WITHIN:.0f} s; see `make logs`")
 
 
-def up(run: RunDir, config: Effective, environ: Mapping[str, str] | None = None) -> State:
-    """Start gunicorn and nginx; `environ` is the processes' environment (default: this one's)."""
+def up(
+    run: RunDir,
+    config: Effective,
+    environ: Mapping[str, str] | None = None,
+    components: Sequence[Component] = COMPONENTS,
+) -> State:
+    """Start the components in order; `environ` is the processes' environment (default: this one's)."""
     settings = config.settings
     state = run.load_state()
-    if state and (alive(state.gunicorn_pid) or alive(state.nginx_pid)):
+    if state and any(alive(pid) for pid in state.pids.values()):
         raise AlreadyRunning(state.url, run.path)
 
-    socket_path = unix_socket_path(settings.gunicorn_bind)
-    public = tls.client_host(settings.nginx_listen_address)
-    for knob, host, port in (
-        ("HTTP_PORT", public, settings.listen_port),
-        *[("HTTPS_PORT", public, settings.https_listen_port)] * settings.nginx_tls,
-        *([("GUNICORN_BIND", *split_bind(settings.gunicorn_bind))] if socket_path is None else []),
-        ("NGINX_STATUS_PORT", LOOPBACK, settings.nginx_status_port),
-    ):
+    ports = [address for component in components for address in component.listens(settings)]
+    for knob, host, port in ports:
         if port_in_use(host, port):
             raise StackError(f"{knob}: port {port} is already in use by another process; choose a free one")
-    if socket_path is not None:
-        check_unix_bind(Path(socket_path))
+    for component in components:
+        component.claims(settings)
 
-    nginx = find_nginx()
     served = ensure_tls(settings)
-    prepare(run, config)
-    check_nginx(nginx, run)
+    prepare(run, config, components)
+    for component in components:
+        component.check(run)
 
-    env = process_env(run, environ)
-    gunicorn_log, nginx_log = rotating_log(run.gunicorn_log, config), rotating_log(run.nginx_log, config)
-    gunicorn = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "--pid", str(run.gunicorn_pid)],
-        cwd=ROOT,
-        env=env,
-        stdout=gunicorn_log.stdin,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    nginx_process = subprocess.Popen(
-        [nginx, "-c", str(run.nginx_conf), "-e", "stderr", "-g", "daemon off;"],
-        cwd=run.path,
-        stdout=nginx_log.stdin,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    for pipe in (gunicorn_log, nginx_log):
-        if pipe.stdin:
-            pipe.stdin.close()  # the servers hold the write ends now; EOF when they exit
     state = State(
-        gunicorn.pid,
-        nginx_process.pid,
+        {},
+        ports,
         settings.listen_port,
         settings.gunicorn_bind,
         settings.nginx_status_port,
-        settings.gunicorn_graceful_timeout,
-        [gunicorn_log.pid, nginx_log.pid],
         settings.https_listen_port if served else 0,
         settings.nginx_listen_address,
     )
-    run.state.write_text(json.dumps(asdict(state)))
-    try:
-        wait_healthy(
-            state.url,
-            {"gunicorn": gunicorn, "nginx": nginx_process},
-            {"gunicorn": run.gunicorn_log, "nginx": run.nginx_log},
-            verification(served),
+    launch = Launch(run, config, environ, state.url, verification(served))
+    commands = {component.name: component.command(launch) for component in components}
+    pipes = {component.name: rotating_log(run.log(component.name), config) for component in components}
+    processes = {
+        component.name: subprocess.Popen(
+            commands[component.name],
+            cwd=component.cwd(launch),
+            env=component.env(launch),
+            stdout=pipes[component.name].stdin,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
+        for component in components
+    }
+    for pipe in pipes.values():
+        if pipe.stdin:
+            pipe.stdin.close()  # the servers hold the write ends now; EOF when they exit
+    for component in components:
+        state.started[component.name] = Started(
+            processes[component.name].pid,
+            pipes[component.name].pid,
+            component.stop_signal.name,
+            component.grace(settings),
+        )
+    run.save_state(state)
+    try:
+        wait_ready(launch, processes, components)
     except StackError:
-        down(run, quiet=True)
+        down(run, quiet=True, components=components)
         raise
     print(f"stack is up (local runtime, {settings.workers} workers): {state.url}")
     for line in tls.trust_hint(served, state.url, state.plain_url) if served else []:
@@ -265,84 +177,55 @@ def up(run: RunDir, config: Effective, environ: Mapping[str, str] | None = None)
     return state
 
 
-def down(run: RunDir, quiet: bool = False) -> None:
+def down(run: RunDir, quiet: bool = False, components: Sequence[Component] = COMPONENTS) -> None:
+    """Stop what state.json says `up` started, in reverse start order (components.Component.drained)."""
     state = run.load_state()
     if state is None:
         if not quiet:
             print(f"nothing to stop: no stack state in {run.path}")
         return
-    grace = state.graceful_timeout + 5
-    workers = descendants(state.gunicorn_pid) + descendants(state.nginx_pid)
-    # QUIT: nginx stops accepting and finishes open requests. Its WebSocket tunnels only end when the app
-    # closes them, so gunicorn gets TERM (graceful: in-flight requests finish, WebSockets close with 1012)
-    # once nginx has exited or the app has no HTTP request left in flight, not after nginx's whole grace.
-    signal_if_alive(state.nginx_pid, signal.SIGQUIT)
-    deadline = time.monotonic() + grace
-    while alive(state.nginx_pid) and time.monotonic() < deadline and app_requests_in_flight(state) > 0:
-        time.sleep(0.2)
-    signal_if_alive(state.gunicorn_pid, signal.SIGTERM)
-    stop(state.nginx_pid, signal.SIGQUIT, max(1.0, deadline - time.monotonic()))
-    stop(state.gunicorn_pid, signal.SIGTERM, grace)
-    for child in workers:
+    known = {component.name: component for component in components}
+    order = list(reversed(state.started.items()))
+    children = [child for each in state.started.values() for child in descendants(each.pid)]
+    signalled: list[tuple[int, float]] = []  # pid and the end of its grace, of each one signalled so far
+    for name, each in order:
+        drained = known[name].drained if name in known else None
+        if signalled:
+            deadline = max(until for _, until in signalled)
+            while (
+                any(alive(pid) for pid, _ in signalled)
+                and time.monotonic() < deadline
+                and not (drained and drained(state))
+            ):
+                time.sleep(0.2)
+        signal_if_alive(each.pid, signal.Signals[each.stop_signal])
+        signalled.append((each.pid, time.monotonic() + each.grace))
+    # The first one stopped gets what is left of its grace, each later one its whole grace once those
+    # before it are gone.
+    for position, (_, each) in enumerate(order):
+        left = signalled[0][1] - time.monotonic() if position == 0 else each.grace
+        stop(each.pid, signal.Signals[each.stop_signal], max(1.0, left))
+    for child in children:
         stop(child, signal.SIGTERM, 5)
     for pid in state.log_pids:  # they end by themselves at EOF, once nothing writes to their pipe
         stop(pid, signal.SIGTERM, 5, wait_first=5)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and (
-        port_in_use(state.host, state.http_port)
-        or (state.https_port and port_in_use(state.host, state.https_port))
-        or bind_in_use(state.gunicorn_bind)
+        any(port_in_use(host, port) for _, host, port in state.ports)
+        or (unix_socket_path(state.gunicorn_bind) is not None and bind_in_use(state.gunicorn_bind))
     ):
         time.sleep(0.1)
     run.state.unlink(missing_ok=True)
     if not quiet:
-        print(f"stopped the stack of {run.path} (gunicorn {state.gunicorn_pid}, nginx {state.nginx_pid})")
+        stopped = ", ".join(f"{name} {each.pid}" for name, each in state.started.items())
+        print(f"stopped the stack of {run.path} ({stopped})")
 
 
-def app_requests_in_flight(state: State) -> float:
-    """HTTP requests the app is serving now, besides the asking one (its /metrics, on the gunicorn bind)."""
-    try:
-        text = get_from_app(state.gunicorn_bind, "/metrics").text
-    except httpx2.HTTPError:
-        return 0
-    gauges = [line.split()[-1] for line in text.splitlines() if line.startswith("app_requests_in_flight ")]
-    return float(gauges[0]) - 1 if gauges else 0
-
-
-def get_from_app(bind: str, path: str) -> httpx2.Response:
-    """GET `path` from gunicorn itself (not through nginx), on its host:port or its unix socket."""
-    socket_path = unix_socket_path(bind)
-    if socket_path is None:
-        host, port = split_bind(bind)
-        return httpx2.get(f"http://{host}:{port}{path}", timeout=2)
-    with httpx2.Client(transport=httpx2.HTTPTransport(uds=socket_path), timeout=2) as client:
-        return client.get(f"http://{LOOPBACK}{path}")
-
-
-def check_unix_bind(path: Path) -> None:
-    """GUNICORN_BIND=unix:path, refused in one line where gunicorn or nginx would fail on it later:
-    gunicorn replaces any socket file at the path, even one another server still listens on."""
-    knob = f"GUNICORN_BIND=unix:{path}"
-    if not path.parent.is_dir():
-        raise StackError(f"{knob}: directory {path.parent} does not exist; create it or choose another")
-    if path.exists() and not path.is_socket():
-        raise StackError(f"{knob}: {path} exists and is not a socket; choose another path")
-    if bind_in_use(f"unix:{path}"):
-        raise StackError(f"{knob}: a process already accepts connections on it; choose another path")
-    if os.geteuid() == 0:
-        # nginx started by root runs its workers as `nobody`, which must enter every directory on the way.
-        for directory in path.parents:
-            if not directory.stat().st_mode & stat.S_IXOTH:
-                raise StackError(
-                    f"{knob}: nginx's workers run as nobody (nginx started by root) and may not enter "
-                    f"{directory} (mode {stat.S_IMODE(directory.stat().st_mode):o}); choose a socket "
-                    "directory every user may enter, e.g. under /run or /tmp"
-                )
-
-
-def reload(run: RunDir, config: Effective) -> None:
+def reload(run: RunDir, config: Effective, components: Sequence[Component] = COMPONENTS) -> None:
+    """gunicorn HUP (new workers), and nginx HUP only when its config or certificate changed."""
     state = run.load_state()
-    if state is None or not alive(state.gunicorn_pid):
+    app, nginx = (state.pids.get(APP.name, 0), state.pids.get(NGINX.name, 0)) if state else (0, 0)
+    if state is None or not alive(app):
         raise StackError(f"no running stack in {run.path}; start it with `make up`")
     settings = config.settings
     https_port = settings.https_listen_port if settings.nginx_tls else NO_TLS
@@ -357,51 +240,112 @@ def reload(run: RunDir, config: Effective) -> None:
             raise StackError(
                 f"{knob} changed from {old} to {new}: a reload cannot move ports; run `make down && make up`"
             )
-    nginx = find_nginx()
     nginx_before = nginx_inputs(run, settings)
     served = ensure_tls(settings)
-    old_workers = set(descendants(state.gunicorn_pid))
-    prepare(run, config)
-    check_nginx(nginx, run)
+    old_workers = set(descendants(app))
+    prepare(run, config, components)
+    for component in components:
+        component.check(run)
     nginx_changed = nginx_inputs(run, settings) != nginx_before
-    os.kill(state.gunicorn_pid, signal.SIGHUP)
+    os.kill(app, signal.SIGHUP)
     if nginx_changed:
         # Only then: a reloading nginx closes idle client keep-alive connections, and a client that sent a
         # request on one at that moment gets no answer (nginx cannot avoid it; clients that retry hide it).
-        os.kill(state.nginx_pid, signal.SIGHUP)
+        os.kill(nginx, signal.SIGHUP)
     deadline = time.monotonic() + settings.gunicorn_graceful_timeout + 10
     while time.monotonic() < deadline:
-        current = set(descendants(state.gunicorn_pid))
+        current = set(descendants(app))
         if not (current & old_workers) and len(current) >= settings.workers:
             break
         time.sleep(0.1)
     else:
         raise StackError("gunicorn did not replace its workers in time; see `make logs`")
-    wait_healthy(state.url, {}, {}, verification(served))
+    wait_ready(Launch(run, config, None, state.url, verification(served)), {}, components)
     nginx_done = f"nginx re-read {run.nginx_conf}" if nginx_changed else "nginx unchanged (not reloaded)"
     print(f"reloaded: {settings.workers} new workers, {nginx_done}")
 
 
-def ps(run: RunDir) -> None:
+def ps(run: RunDir, components: Sequence[Component] = COMPONENTS) -> None:
     state = run.load_state()
     if state is None:
         print(f"no stack in {run.path}")
         return
+    titles = {component.name: component.title or component.name for component in components}
     print(f"{'PID':>7}  {'ROLE':<16} {'STATUS':<9} COMMAND")
-    for role, pid in (("gunicorn master", state.gunicorn_pid), ("nginx master", state.nginx_pid)):
-        rows = [(role, pid)] + [(f"  {role.split()[0]} worker", c) for c in descendants(pid)]
-        for name, each in rows:
+    for name, pid in state.pids.items():
+        rows = [(titles.get(name, name), pid)] + [(f"  {name} worker", c) for c in descendants(pid)]
+        for role, each in rows:
             try:
                 process = psutil.Process(each)
-                print(f"{each:>7}  {name:<16} {process.status():<9} {' '.join(process.cmdline())[:90]}")
+                print(f"{each:>7}  {role:<16} {process.status():<9} {' '.join(process.cmdline())[:90]}")
             except psutil.NoSuchProcess:
-                print(f"{each:>7}  {name:<16} {'gone':<9}")
+                print(f"{each:>7}  {role:<16} {'gone':<9}")
     print(f"url: {state.url}   metrics/stub_status: http://{LOOPBACK}:{state.status_port}/metrics")
 
 
-def logs(run: RunDir, follow: bool) -> None:
-    files = [str(p) for p in (run.gunicorn_log, run.nginx_log) if p.exists()]
+def log_names(run: RunDir, components: Sequence[Component]) -> list[str]:
+    """Every component's, and those of a stack started with others (its state names them)."""
+    state = run.load_state()
+    names = [component.name for component in components]
+    return names + [name for name in (state.started if state else {}) if name not in names]
+
+
+def logs(run: RunDir, follow: bool, components: Sequence[Component] = COMPONENTS) -> None:
+    files = [str(run.log(name)) for name in log_names(run, components) if run.log(name).exists()]
     if not files:
         print(f"no logs in {run.path}")
         return
-    os.execvp("tail", ["tail", *(["-F"] if follow else []), "-n", "50", *files])
+    with contextlib.suppress(KeyboardInterrupt):  # how `make logs -f` ends
+        subprocess.run(["tail", *(["-F"] if follow else []), "-n", "50", *files], check=False)
+
+
+class Local(Runtime):
+    """The stack's components as processes of this host, by pid (state.json in the run dir)."""
+
+    needs_record = True
+
+    def __init__(self, components: Sequence[Component] = COMPONENTS) -> None:
+        self.components = tuple(components)
+
+    def up(self, run_dir: Path, config: Effective, environ: Mapping[str, str]) -> None:
+        up(RunDir(run_dir), config, environ, self.components)
+
+    def reload(self, run_dir: Path, config: Effective, environ: Mapping[str, str]) -> None:
+        reload(RunDir(run_dir), config, self.components)
+
+    def scale(self, run_dir: Path, config: Effective, environ: Mapping[str, str], replicas: int) -> None:
+        raise StackError(
+            "`scale` is for the docker and swarm runtimes (RUNTIME=docker or swarm); the local runtime runs "
+            "one gunicorn: set WEB_CONCURRENCY for more workers"
+        )
+
+    def down(self, run_dir: Path, environ: Mapping[str, str]) -> None:
+        down(RunDir(run_dir), components=self.components)
+
+    def ps(self, run_dir: Path, environ: Mapping[str, str]) -> None:
+        ps(RunDir(run_dir), self.components)
+
+    def logs(self, run_dir: Path, environ: Mapping[str, str], follow: bool) -> None:
+        logs(RunDir(run_dir), follow, self.components)
+
+    def port_knobs(self) -> tuple[str, ...]:
+        return tuple(knob for component in self.components for knob in component.port_knobs)
+
+    def render(self, run_dir: Path, config: Effective) -> None:
+        run = RunDir(run_dir)
+        prepare(run, config, self.components)
+        print(f"rendered {run.env_file} and {run.nginx_conf}")
+
+    def left_state(self, run_dir: Path) -> bool:
+        return RunDir(run_dir).load_state() is not None
+
+    def abandon(self, run_dir: Path) -> None:
+        down(RunDir(run_dir), quiet=True, components=self.components)
+
+    def pids(self, run_dir: Path) -> dict[str, int]:
+        state = RunDir(run_dir).load_state()
+        return state.pids if state else {}
+
+    def log_files(self, run_dir: Path) -> dict[str, Path]:
+        run = RunDir(run_dir)
+        return {component.name: run.log(component.name) for component in self.components}

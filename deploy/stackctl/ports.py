@@ -1,4 +1,4 @@
-"""Free loopback ports, and which knobs a runtime needs set to run a stack beside others on one host."""
+"""Free loopback ports, and the knobs a runtime needs set to them to run a stack beside others on one host."""
 
 from __future__ import annotations
 
@@ -37,13 +37,13 @@ def bind_in_use(bind: str) -> bool:
         return probe.connect_ex(path) == 0
 
 
+def free_port_value(knob: str) -> str:
+    """A free port as `knob` takes it: `host:port` for a bind address, else the number."""
+    return f"{LOOPBACK}:{free_port()}" if knob.endswith("_BIND") else str(free_port())
+
+
 def free_port_knobs(runtime: str) -> dict[str, str]:
     """Every port knob of a stack of this runtime, each on a free port: nothing collides with `make up`."""
-    if runtime == "docker":
-        return {name: str(free_port()) for name in ("HTTP_PORT", "HTTPS_PORT", "LOCUST_WEB_PORT")}
-    return {
-        "HTTP_PORT": str(free_port()),
-        "HTTPS_PORT": str(free_port()),
-        "NGINX_STATUS_PORT": str(free_port()),
-        "GUNICORN_BIND": f"{LOOPBACK}:{free_port()}",
-    }
+    from deploy.stackctl import runtimes  # the runtimes use this module
+
+    return runtimes.get(runtime).free_port_knobs()

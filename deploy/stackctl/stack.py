@@ -20,25 +20,35 @@ import contextlib
 import io
 import json
 import os
-import shutil
-import subprocess
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from deploy.stackctl import check, docker, local, procs, rules, swarm, tls
-from deploy.stackctl.config import KEPT, KNOBS, ROOT, Effective, Value, effective
+from deploy.stackctl import check, docker, procs, rules, runtimes, swarm, tls
+from deploy.stackctl.components import APP
+from deploy.stackctl.config import (
+    KEPT,
+    KNOBS,
+    ROOT,
+    Effective,
+    Value,
+    effective,
+    knob_environment,
+    read_env_file,
+)
 from deploy.stackctl.errors import StackError
 from deploy.stackctl.facts import HostFacts
-from deploy.stackctl.ports import LOOPBACK
+from deploy.stackctl.rundir import RunDir, pinned_paths
+from deploy.stackctl.runtime import Name
+from deploy.stackctl.runtime import Runtime as Backend
 from service.settings import ConfigError, Settings, load_settings
 
 __all__ = ["ConfigError", "Handle", "StackError", "attach", "findings", "running", "start"]
 
-Runtime = Literal["local", "docker", "swarm"]
-RUNTIMES: tuple[Runtime, ...] = ("local", "docker", "swarm")
+Runtime = Name  # a runtime's name; its implementation (a runtime.Runtime) is runtimes.RUNTIMES[name]
+RUNTIMES: tuple[Runtime, ...] = tuple(runtimes.RUNTIMES)
 DEFAULT_RUN_DIR = ROOT / ".run" / "local"
 RECORD = "stack.json"
 # What the runtime itself decides for each stack; never a sweep axis or a drill input.
@@ -48,29 +58,31 @@ OWNED_BY_RUNTIME = (
 )
 
 
-def docker_engine_reachable() -> bool:
-    if not shutil.which("docker"):
-        return False
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-def resolve_runtime(requested: str) -> Runtime:
-    """RUNTIME=auto means docker when an engine answers, else local; never swarm (it changes the engine)."""
-    if requested == "auto":
-        return "docker" if docker_engine_reachable() else "local"
-    for runtime in RUNTIMES:
-        if requested == runtime:
-            return runtime
-    raise ConfigError(f"RUNTIME={requested!r}: choose one of auto, {', '.join(RUNTIMES)}")
+docker_engine_reachable = docker.engine_reachable
+resolve_runtime = runtimes.resolve
 
 
 def configured_runtime(run_dir: Path = DEFAULT_RUN_DIR, base: Mapping[str, str] | None = None) -> Runtime:
     """The runtime `make up` would use now: RUNTIME from the environment, .env or profile, resolved."""
     environ, env_file = environment(None, base)
     return resolve_runtime(configure(run_dir, environ, env_file).settings.runtime)
+
+
+def existing_runtime(run_dir: Path = DEFAULT_RUN_DIR) -> Runtime:
+    """Which runtime `down`/`ps`/`logs` talk to without reading the config: RUNTIME if set, else the one
+    the stack in run_dir was started with (its record, else state a runtime left there), else auto's."""
+    dotenv = read_env_file(ROOT / ".env") if (ROOT / ".env").is_file() else {}
+    requested = os.environ.get("RUNTIME") or dotenv.get("RUNTIME")
+    for name in RUNTIMES:
+        if requested == name:
+            return name
+    previous = recorded(run_dir)
+    if previous is not None:
+        return previous.runtime
+    for name in RUNTIMES:
+        if runtimes.RUNTIMES[name].left_state(run_dir):
+            return name
+    return resolve_runtime("auto")
 
 
 @dataclass(frozen=True)
@@ -125,17 +137,21 @@ class Handle:
     environ: Mapping[str, str]  # the processes' environment: the CLI run with it sees the same stack
 
     @property
+    def backend(self) -> Backend:
+        return runtimes.RUNTIMES[self.runtime]
+
+    @property
     def settings(self) -> Settings:
         return self.config.settings
 
     @property
     def url(self) -> str:
         """Where clients reach the stack: its HTTPS URL when NGINX_TLS=1 (the plain port only redirects)."""
-        return tls.https_url(self.settings) if self.settings.nginx_tls else self.plain_url
+        return self.backend.url(self.settings)
 
     @property
     def plain_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.settings.http_port}"
+        return self.backend.plain_url(self.settings)
 
     @property
     def ws_url(self) -> str:
@@ -144,31 +160,35 @@ class Handle:
     @property
     def status_url(self) -> str:
         """nginx's status server (stub_status, /metrics): on this host for local stacks only."""
-        return f"http://{LOOPBACK}:{self.settings.nginx_status_port}"
+        return self.backend.status_url(self.settings)
 
     def started_with(self) -> dict[str, Any]:
         return dict(zip(KNOBS, dump_typed(self.settings), strict=True))
 
+    def knob_environment(self) -> dict[str, str]:
+        """The processes' environment with every knob's effective value: what compose interpolates."""
+        return knob_environment(self.config, self.environ)
+
     def pids(self) -> dict[str, int]:
-        state = local.RunDir(self.run_dir).load_state() if self.runtime == "local" else None
-        return {"gunicorn": state.gunicorn_pid, "nginx": state.nginx_pid} if state else {}
+        """The main process of each component (components.py) by name; local stacks only."""
+        return self.backend.pids(self.run_dir)
 
     def worker_pids(self) -> list[int]:
-        master = self.pids().get("gunicorn")
+        master = self.pids().get(APP.name)
         return procs.descendants(master) if master else []
 
     def logs(self) -> dict[str, Path]:
-        run = local.RunDir(self.run_dir)
-        return {"gunicorn": run.gunicorn_log, "nginx": run.nginx_log} if self.runtime == "local" else {}
+        """Each component's log file by name; local stacks only."""
+        return self.backend.log_files(self.run_dir)
 
     def project(self) -> docker.Project:
-        return docker.Project(docker.knob_environment(self.config, self.environ))
+        return docker.Project(self.knob_environment())
 
     def containers(self, service: str | None = None) -> list[docker.Container]:
-        return self.project().running(service) if service else self.project().containers()
+        return self.backend.containers(self.knob_environment(), service)
 
     def swarm_stack(self) -> swarm.Stack:
-        return swarm.Stack(docker.knob_environment(self.config, self.environ))
+        return swarm.Stack(self.knob_environment())
 
     def reload(self, **knobs: str) -> Handle:
         """Apply changed knobs without dropping requests (gunicorn HUP and nginx reload)."""
@@ -178,22 +198,13 @@ class Handle:
     def apply(self, config: Effective, environ: Mapping[str, str]) -> Handle:
         """Reload the running stack into `config` (refused when it breaks an ordering rule)."""
         check.refuse_unsafe(config, self.runtime, "reload", unsafe_allowed(environ))
-        if self.runtime == "docker":
-            docker.reload(config, environ)
-        elif self.runtime == "swarm":
-            swarm.reload(config, environ, self.run_dir)
-        else:
-            local.reload(local.RunDir(self.run_dir), config)
+        self.backend.reload(self.run_dir, config, environ)
         record(self.run_dir, self.runtime, self.url, config)
         return Handle(self.runtime, self.run_dir, config, environ)
 
     def stop(self) -> None:
-        if self.runtime == "docker":
-            docker.down(self.project())
-        elif self.runtime == "swarm":
-            swarm.down(self.swarm_stack())
-        else:
-            local.down(local.RunDir(self.run_dir), quiet=True)
+        with quietly(True):
+            self.backend.down(self.run_dir, self.knob_environment())
         forget(self.run_dir)
 
 
@@ -232,7 +243,7 @@ def configure(
     """The effective config for a stack in run_dir: a running one keeps what it was started with."""
     previous = recorded(run_dir)
     kept = previous.from_environment() if previous else None
-    return effective(environ, env_file, local.pinned_paths(local.RunDir(run_dir)), kept)
+    return effective(environ, env_file, pinned_paths(RunDir(run_dir)), kept)
 
 
 def start(
@@ -255,12 +266,7 @@ def start(
     if enforce_rules:
         check.refuse_unsafe(config, runtime, "up", unsafe_allowed(environ))
     with quietly(quiet):
-        if runtime == "docker":
-            docker.up(config, environ)
-        elif runtime == "swarm":
-            swarm.up(config, environ, run_dir)
-        else:
-            local.up(local.RunDir(run_dir), config, environ)
+        runtimes.RUNTIMES[runtime].up(run_dir, config, environ)
     handle = Handle(runtime, run_dir.resolve(), config, environ)
     record(handle.run_dir, runtime, handle.url, config)
     return handle
@@ -282,8 +288,8 @@ def running(
         with quietly(True):
             if handle is not None:
                 handle.stop()
-            elif runtime == "local":
-                local.down(local.RunDir(run_dir), quiet=True)
+            else:
+                runtimes.RUNTIMES[runtime].abandon(run_dir)
 
 
 @contextlib.contextmanager
@@ -292,8 +298,8 @@ def quietly(quiet: bool) -> Iterator[None]:
         yield
         return
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        # local.up leaves gunicorn and nginx running past their Popen objects on purpose (down stops them
-        # by pid); Python warns about that when those objects are freed.
+        # local.up leaves the components running past their Popen objects on purpose (down stops them by
+        # pid); Python warns about that when those objects are freed.
         warnings.simplefilter("ignore", ResourceWarning)
         yield
 
@@ -325,7 +331,7 @@ def locust_web_ui(run_dir: Path, workers: int, web_port: int) -> None:
     handle = attach(run_dir)
     config = handle.config if handle else configure(run_dir)
     base = {**(handle.environ if handle else os.environ), "LOCUST_WEB_PORT": str(web_port)}
-    project = docker.Project({**docker.knob_environment(config, base), "LOCUST_WEB_PORT": str(web_port)})
+    project = docker.Project({**knob_environment(config, base), "LOCUST_WEB_PORT": str(web_port)})
     docker.build(project, loadtest=True)
     scale = f"locust-worker={max(workers, 1)}"
     project.run("up", "--scale", scale, "locust-master", "locust-worker", profiles=docker.ALL_PROFILES)

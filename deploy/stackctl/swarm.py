@@ -28,9 +28,11 @@ from typing import Any
 import yaml  # type: ignore[import-untyped]  # PyYAML comes with uvicorn[standard]
 
 from deploy.stackctl import docker, local, tls
+from deploy.stackctl.components import APP, NGINX
 from deploy.stackctl.config import ROOT, Effective
 from deploy.stackctl.errors import StackError
 from deploy.stackctl.ports import LOOPBACK, port_in_use
+from deploy.stackctl.runtime import Runtime
 
 SWARM_FILE = ROOT / "deploy" / "swarm.yml"
 STACK_FILE = "stack.yml"
@@ -249,8 +251,8 @@ def stack_file(data: dict[str, Any], config: Effective) -> tuple[dict[str, Any],
         for resources in (service.get("deploy", {}).get("resources") or {}).values():
             if "cpus" in resources:  # compose prints a number, the stack schema wants a string
                 resources["cpus"] = str(resources["cpus"])
-    if settings.swarm_nginx_constraint and "nginx" in services:
-        placement = services["nginx"].setdefault("deploy", {}).setdefault("placement", {})
+    if settings.swarm_nginx_constraint and NGINX.service in services:
+        placement = services[NGINX.service].setdefault("deploy", {}).setdefault("placement", {})
         placement["constraints"] = [*placement.get("constraints", []), settings.swarm_nginx_constraint]
     data.pop("name", None)  # compose v2 names the project; the stack's name is given to `stack deploy`
     for network in data.get("networks", {}).values():
@@ -292,7 +294,7 @@ def with_tls(stack: dict[str, Any], served: tls.Files, https_port: int, name: st
     where the container's NGINX_TLS_CERT/KEY point, the key readable by nginx's uid alone; HTTPS_PORT
     published in host mode. Swarm cannot change a config or secret in place, so each is named by its
     content: a renewed certificate is a new one, and the nginx task is replaced (stop-first)."""
-    nginx = stack["services"]["nginx"]
+    nginx = stack["services"][NGINX.service]
     for kind, source, path, target, mode in (
         ("configs", "tls_cert", served.cert, docker.CONTAINER_TLS_CERT, 0o444),
         ("secrets", "tls_key", served.key, docker.CONTAINER_TLS_KEY, 0o400),
@@ -325,7 +327,7 @@ def deploy_environment(config: Effective, environ: Mapping[str, str] | None, sta
     """Knob values for compose's interpolation; a running app keeps its `make scale` count unless
     SWARM_APP_REPLICAS comes from this command's environment."""
     env = docker.knob_environment(config, environ)
-    app = stack.services().get("app")
+    app = stack.services().get(APP.service)
     if app is not None and config.values["SWARM_APP_REPLICAS"].source != "environment":
         env["SWARM_APP_REPLICAS"] = str(app.replicas)
     return env
@@ -362,11 +364,11 @@ def up(config: Effective, environ: Mapping[str, str] | None, run_dir: Path) -> S
     if config.settings.nginx_tls:
         ports["HTTPS_PORT"] = config.settings.https_port
     for knob, port in ports.items():
-        if "nginx" not in Stack(env).services() and port_in_use(LOOPBACK, port):
+        if NGINX.service not in Stack(env).services() and port_in_use(LOOPBACK, port):
             raise StackError(f"{knob}: port {port} is already in use by another process; choose a free one")
     stack, before = deploy(config, environ, run_dir)
     wait_converged(stack, config, before)
-    apps = stack.services()["app"].replicas
+    apps = stack.services()[APP.service].replicas
     print(f"stack is up (swarm runtime, stack {stack.name}, app x{apps}): {stack.url()}")
     return stack
 
@@ -379,10 +381,10 @@ def reload(config: Effective, environ: Mapping[str, str] | None, run_dir: Path) 
     previous = require_running(stack)
     stack, before = deploy(config, environ, run_dir, build=False)
     after = stack.services()
-    if after["app"].template == previous["app"].template:
-        stack.docker("service", "update", "--force", "--detach", stack.full_name("app"), timeout=120)
+    if after[APP.service].template == previous[APP.service].template:
+        stack.docker("service", "update", "--force", "--detach", stack.full_name(APP.service), timeout=120)
         print("  app: no knob of it changed; replacing its tasks anyway (rolling, start-first)", flush=True)
-    if "nginx" in after and after["nginx"].template != previous["nginx"].template:
+    if NGINX.service in after and after[NGINX.service].template != previous[NGINX.service].template:
         print("  nginx: its knobs changed; swarm replaces it (stop-first: a host-mode port has one owner)")
     wait_converged(stack, config, before)
     print(f"reloaded (rolling update, start-first): {stack.url()}")
@@ -393,7 +395,7 @@ def nginx_upstreams(stack: Stack) -> list[int]:
     on other nodes does the same): what it rendered for an older nginx, what DNS has said long enough for
     an nginx that resolves tasks.app itself."""
     counts = []
-    for container in stack.local_containers("nginx"):
+    for container in stack.local_containers(NGINX.service):
         try:
             listed = stack.docker("exec", container, "cat", f"{NGINX_RUN_DIR}/upstream.addresses", timeout=20)
         except StackError:
@@ -404,18 +406,18 @@ def nginx_upstreams(stack: Stack) -> list[int]:
 
 def require_running(stack: Stack) -> dict[str, Service]:
     services = stack.services()
-    if "app" not in services or "nginx" not in services:
+    if APP.service not in services or NGINX.service not in services:
         raise StackError(f"swarm stack {stack.name} is not running; start it with `make up`")
     return services
 
 
-def scale(config: Effective, replicas: int) -> None:
+def scale(config: Effective, replicas: int, environ: Mapping[str, str] | None = None) -> None:
     if replicas < 1:
         raise StackError(f"APP={replicas}: the number of app tasks must be at least 1")
-    stack = Stack(docker.knob_environment(config))
+    stack = Stack(docker.knob_environment(config, environ))
     require_running(stack)
     before = [task.id for task in stack.tasks()]
-    stack.docker("service", "scale", "--detach", f"{stack.full_name('app')}={replicas}")
+    stack.docker("service", "scale", "--detach", f"{stack.full_name(APP.service)}={replicas}")
     wait_converged(stack, config, before)
     print(f"{replicas} app task(s) behind nginx: {stack.url()}")
 
@@ -440,8 +442,8 @@ def wait_converged(
             check_failures(stack, config, service, [t for t in tasks if t.service == service.name], known)
             check_pending(config, service, tasks, pending_since)
         lagging = [name for name, service in services.items() if not converged(service, tasks)]
-        if not lagging and "app" in services:
-            apps = len([t for t in tasks if t.service == "app" and t.desired == t.state == "running"])
+        if not lagging and APP.service in services:
+            apps = len([t for t in tasks if t.service == APP.service and t.desired == t.state == "running"])
             if any(count != apps for count in nginx_upstreams(stack)):
                 lagging = [f"nginx to balance over {apps} app task(s)"]
         waiting = ", ".join(lagging) or waiting
@@ -559,3 +561,34 @@ def logs(follow: bool, stack: Stack | None = None) -> None:
         for process in processes:
             process.terminate()
     sys.stdout.flush()
+
+
+class Swarm(Runtime):
+    """The stack as a `docker stack` (docker-compose.yml + deploy/swarm.yml) on a swarm manager."""
+
+    reload_anyway = "replacing the app tasks anyway (a rolling update)"
+
+    def up(self, run_dir: Path, config: Effective, environ: Mapping[str, str]) -> None:
+        up(config, environ, run_dir)
+
+    def reload(self, run_dir: Path, config: Effective, environ: Mapping[str, str]) -> None:
+        reload(config, environ, run_dir)
+
+    def scale(self, run_dir: Path, config: Effective, environ: Mapping[str, str], replicas: int) -> None:
+        scale(config, replicas, environ)
+
+    def down(self, run_dir: Path, environ: Mapping[str, str]) -> None:
+        down(Stack(environ))
+
+    def ps(self, run_dir: Path, environ: Mapping[str, str]) -> None:
+        ps(Stack(environ))
+
+    def logs(self, run_dir: Path, environ: Mapping[str, str], follow: bool) -> None:
+        logs(follow, Stack(environ))
+
+    def port_knobs(self) -> tuple[str, ...]:
+        # As before the interface: the local runtime's set, though swarm publishes only HTTP(S)_PORT here.
+        return ("HTTP_PORT", "HTTPS_PORT", "NGINX_STATUS_PORT", "GUNICORN_BIND")
+
+    def available(self) -> bool:
+        return docker.engine_reachable()

@@ -157,9 +157,10 @@ class Stack:
         state = local.RunDir(self.handle.run_dir).load_state()
         if state is None:
             return {}
+        app, nginx = state.pids["gunicorn"], state.pids["nginx"]
         return {
-            "app": [state.gunicorn_pid, *descendants(state.gunicorn_pid)],
-            "nginx": [state.nginx_pid, *descendants(state.nginx_pid)],
+            "app": [app, *descendants(app)],
+            "nginx": [nginx, *descendants(nginx)],
             "log pipes": list(state.log_pids),
         }
 

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy.stackctl import local, tools
+from deploy.stackctl import tools
 from deploy.stackctl.errors import StackError
+from deploy.stackctl.rundir import RunDir, Started, State
 
 
 def test_missing_nginx_without_root_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -18,8 +19,9 @@ def test_missing_nginx_without_root_names_the_install_command(monkeypatch: pytes
 
 
 def test_state_survives_a_round_trip(tmp_path: Path) -> None:
-    run = local.RunDir(tmp_path)
-    state = local.State(1, 2, 8080, "127.0.0.1:8000", 8081, 25, [3, 4])
+    run = RunDir(tmp_path)
+    started = {"gunicorn": Started(1, 3, "SIGTERM", 30), "nginx": Started(2, 4, "SIGQUIT", 30)}
+    state = State(started, [("HTTP_PORT", "127.0.0.1", 8080)], 8080, "127.0.0.1:8000", 8081)
     run.state.write_text(json.dumps(asdict(state)))
     assert run.load_state() == state
     run.state.write_text("{broken")

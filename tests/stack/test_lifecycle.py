@@ -98,8 +98,8 @@ def test_logs_rotate_at_their_bound_and_keep_one_json_line_per_request(tmp_path:
 
 
 def nginx_workers(stack: Stack) -> set[int]:
-    state = json.loads((stack.run_dir / "state.json").read_text())
-    return {child.pid for child in psutil.Process(state["nginx_pid"]).children()}
+    assert stack.handle is not None
+    return {child.pid for child in psutil.Process(stack.handle.pids()["nginx"]).children()}
 
 
 def test_reload_leaves_nginx_alone_unless_its_config_changed(tmp_path: Path) -> None:

@@ -16,8 +16,9 @@ import psutil
 import pytest
 import websocket
 
-from deploy.stackctl import local, stack
-from tests.stack.conftest import ROOT, Stack, make_stack, running
+from deploy.stackctl import local, procs, stack
+from deploy.stackctl.config import ROOT
+from tests.support.stack import Stack, make_stack, running
 
 pytestmark = pytest.mark.stack
 
@@ -62,7 +63,8 @@ def test_nginx_proxies_http_to_gunicorns_unix_socket(unix_stack: Stack, socket_d
 def test_gunicorn_listens_on_no_tcp_port(unix_stack: Stack) -> None:
     state = local.RunDir(unix_stack.run_dir).load_state()
     assert state is not None
-    for pid in [state.gunicorn_pid, *local.descendants(state.gunicorn_pid)]:
+    master = state.pids["gunicorn"]
+    for pid in [master, *procs.descendants(master)]:
         listening = [c for c in psutil.Process(pid).net_connections("inet") if c.status == psutil.CONN_LISTEN]
         assert listening == [], f"gunicorn process {pid} listens on {listening}"
 
