@@ -207,7 +207,7 @@ def build_wheelhouse(env: dict[str, str]) -> Path:
         glibc_minor = int(libc.split(".")[1])
         platforms = [f"manylinux_2_{n}_{machine}" for n in range(glibc_minor, 16, -1)]
         platforms += [f"manylinux2014_{machine}", f"manylinux2010_{machine}", f"manylinux1_{machine}"]
-    requirements = "\n".join(pinned_requirements(["loadtest"])) + "\n"
+    requirements = "\n".join(pinned_requirements(["demo", "loadtest"])) + "\n"
     digest = hashlib.sha256(f"{requirements}{platforms}".encode()).hexdigest()[:12]
     stamp = WHEELHOUSE / f".complete-cp{major}{minor}-{machine}-{digest}"
     if stamp.exists():
