@@ -28,6 +28,8 @@ from service.settings import ConfigError
 START_TIMEOUT_S = 60.0
 STOP_GRACE_S = 15.0
 OUR_WORKER = "uvicorn_worker.UvicornWorker"
+# The blueprint app (APP_MODULE inside the platform) for servers that take an import path, not a worker class.
+PLATFORM_APP = "service.platform.serve:app"
 
 
 class Server(Protocol):
@@ -216,12 +218,12 @@ def start(name: str, ctx: Context) -> Server:
         command += ["loadtest.bench.hello:app"]
         return Processes(name, "app", command, port, process_env(ctx, run_dir), log)
     if name == "uvicorn":
-        command = [python, "-m", "uvicorn", "service.app:app", "--workers", workers, "--no-access-log"]
+        command = [python, "-m", "uvicorn", PLATFORM_APP, "--workers", workers, "--no-access-log"]
         command += ["--host", LOOPBACK, "--port", str(port)]
         return Processes(name, "app", command, port, process_env(ctx, run_dir), log)
     if name == "granian":
         command = [python, "-m", "granian", "--interface", "asgi", "--workers", workers]
-        command += ["--host", LOOPBACK, "--port", str(port), "service.app:app"]
+        command += ["--host", LOOPBACK, "--port", str(port), PLATFORM_APP]
         return Processes(name, "app", command, port, process_env(ctx, run_dir), log)
     knobs = {"WEB_CONCURRENCY": workers}
     if ctx.params.profile:
