@@ -1,7 +1,8 @@
 """Container healthcheck, standard library only (no curl in slim images): exit 0 when healthy.
 
-python deploy/healthcheck.py                      the app: /readyz on GUNICORN_BIND's port (503 while
-                                                  draining on shutdown, so a stopping app turns unhealthy)
+python deploy/healthcheck.py                      the app: APP_READINESS_PATH (/readyz) on GUNICORN_BIND's
+                                                  port (503 while draining on shutdown, so a stopping app
+                                                  turns unhealthy)
 python deploy/healthcheck.py http://HOST:PORT/P   any URL that must answer 2xx (the Locust web UI)
 python deploy/healthcheck.py tcp://HOST:PORT      a port that must accept connections (Locust master)
 """
@@ -15,7 +16,7 @@ from urllib.parse import urlsplit
 
 def app_url() -> str:
     port = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000").rsplit(":", 1)[1]
-    return f"http://127.0.0.1:{port}/readyz"
+    return f"http://127.0.0.1:{port}{os.environ.get('APP_READINESS_PATH') or '/readyz'}"
 
 
 def healthy(target: str) -> bool:

@@ -246,7 +246,8 @@ def wait_healthy(project: Project, within: float = HEALTHY_WITHIN) -> None:
             first = broken[0]
             raise StackError(f"{first.name} exited with {first.exit_code}: {last_log(project, first)}")
         waiting = [c for c in containers if c.status != "running" or c.health not in ("healthy", "none")]
-        if containers and not waiting and answers(f"{project.url()}/healthz", project.verification()):
+        liveness = f"{project.url()}{project.settings().app_liveness_path}"
+        if containers and not waiting and answers(liveness, project.verification()):
             return
         time.sleep(0.5)
     names = ", ".join(f"{c.name} ({c.health})" for c in waiting) or "nginx's public port"

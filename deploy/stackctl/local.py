@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import httpx2
@@ -57,6 +57,8 @@ class State:
     log_pids: list[int]
     https_port: int = 0  # 0: no TLS
     listen_address: str = LOOPBACK
+    liveness_path: str = "/healthz"  # APP_LIVENESS_PATH
+    metrics_path: str = "/metrics"  # APP_METRICS_PATH
 
     @property
     def host(self) -> str:
@@ -235,12 +237,12 @@ def wait_healthy(
                     f"{name} exited with {process.returncode} while starting: {' | '.join(tail)}"
                 )
         try:
-            if httpx2.get(f"{url}/healthz", timeout=2, verify=verify).status_code == 200:
+            if httpx2.get(url, timeout=2, verify=verify).status_code == 200:
                 return
         except httpx2.HTTPError:
             pass
         time.sleep(0.2)
-    raise StackError(f"{url}/healthz did not answer through nginx within 60 s; see `make logs`")
+    raise StackError(f"{url} did not answer through nginx within 60 s; see `make logs`")
 
 
 def up(run: RunDir, config: Effective, environ: Mapping[str, str] | None = None) -> State:
@@ -298,11 +300,13 @@ def up(run: RunDir, config: Effective, environ: Mapping[str, str] | None = None)
         [gunicorn_log.pid, nginx_log.pid],
         settings.https_listen_port if served else 0,
         settings.nginx_listen_address,
+        settings.app_liveness_path,
+        settings.app_metrics_path,
     )
     run.state.write_text(json.dumps(asdict(state)))
     try:
         wait_healthy(
-            state.url,
+            f"{state.url}{state.liveness_path}",
             {"gunicorn": gunicorn, "nginx": nginx_process},
             {"gunicorn": run.gunicorn_log, "nginx": run.nginx_log},
             verification(served),
@@ -373,10 +377,10 @@ def down(run: RunDir, quiet: bool = False) -> None:
 
 
 def app_requests_in_flight(state: State) -> float:
-    """HTTP requests the app is serving now, besides the asking one (its /metrics, on the gunicorn bind)."""
+    """HTTP requests the app is serving now, besides the asking one (its metrics, on the gunicorn bind)."""
     host, port = split_bind(state.gunicorn_bind)
     try:
-        text = httpx2.get(f"http://{host}:{port}/metrics", timeout=2).text
+        text = httpx2.get(f"http://{host}:{port}{state.metrics_path}", timeout=2).text
     except httpx2.HTTPError:
         return 0
     gauges = [line.split()[-1] for line in text.splitlines() if line.startswith("app_requests_in_flight ")]
@@ -427,7 +431,9 @@ def reload(run: RunDir, config: Effective) -> None:
         time.sleep(0.1)
     else:
         raise StackError("gunicorn did not replace its workers in time; see `make logs`")
-    wait_healthy(state.url, {}, {}, verification(served))
+    state = replace(state, liveness_path=settings.app_liveness_path, metrics_path=settings.app_metrics_path)
+    run.state.write_text(json.dumps(asdict(state)))
+    wait_healthy(f"{state.url}{state.liveness_path}", {}, {}, verification(served))
     nginx_done = f"nginx re-read {run.nginx_conf}" if nginx_changed else "nginx unchanged (not reloaded)"
     print(f"reloaded: {settings.workers} new workers, {nginx_done}")
 
