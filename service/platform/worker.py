@@ -127,6 +127,7 @@ class DrainingServer(Server):
         self.turns = turns
         self.ws_closing: set[Any] = set()
         self.date_refreshed = 0.0
+        self.signalled = False  # told to stop (TERM, HUP, QUIT): not a failure, even before it started
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -143,6 +144,7 @@ class DrainingServer(Server):
             server.close()
         if self.turns is not None:
             self.turns.stopped()
+        self.signalled = True
         lifecycle.closing.set()
         lifecycle.draining.set()
         super().handle_exit(sig, frame)
@@ -300,7 +302,10 @@ class UvicornWorker(uvicorn_worker.UvicornWorker):  # type: ignore[misc]
         finally:
             watchdog.cancel()
         if not server.started:
-            sys.exit(Arbiter.WORKER_BOOT_ERROR)
+            # A worker stopped while it started has not failed to boot: exiting 0 then keeps a master that
+            # halts for another worker's failure from reaping a second WORKER_BOOT_ERROR in its halt, which
+            # gunicorn raises as an uncaught HaltServer (exit 1 and a traceback).
+            sys.exit(0 if server.signalled else Arbiter.WORKER_BOOT_ERROR)
 
     def exit_if_startup_blocks(self, server: DrainingServer) -> threading.Timer:
         """The platform times the app's lifespan startup out on the event loop; a startup that blocks the
@@ -309,8 +314,10 @@ class UvicornWorker(uvicorn_worker.UvicornWorker):  # type: ignore[misc]
         limit = self.settings.app_startup_timeout
 
         def still_starting() -> None:
-            if server.started or server.should_exit:
+            if server.started:
                 return
+            if server.signalled:
+                os._exit(0)  # stopping anyway; a blocked loop would hold it until GUNICORN_GRACEFUL_TIMEOUT
             uvicorn_logger.error(
                 "APP_MODULE=%s: lifespan startup did not finish within APP_STARTUP_TIMEOUT=%gs and the event "
                 "loop is blocked (sync code in startup?); the worker exits",
