@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 
 from service.platform import metrics
 from service.platform.lifespan import AppLifespan, LifespanError
@@ -42,6 +43,10 @@ class Platform:
         self.app = app
         self.settings = settings
         self.name = name or settings.app_module
+        # When the app's lifespan startup began and whether it has ended (either way), for a watchdog
+        # thread: a startup that blocks the event loop cannot time itself out (worker.py).
+        self.startup_began: float | None = None
+        self.startup_ended = False
         configure_logging(settings.app_log_level)
         self.probes = Probes(
             app, settings.app_liveness_path, settings.app_readiness_path, settings.app_metrics_path
@@ -63,6 +68,7 @@ class Platform:
     async def lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         await receive()  # lifespan.startup
         app_lifespan = AppLifespan(self.app, scope)
+        self.startup_began = time.monotonic()
         try:
             await app_lifespan.startup(self.settings.app_startup_timeout)
         except LifespanError as error:
@@ -70,6 +76,8 @@ class Platform:
             log.error("%s", line, exc_info=error.__cause__)
             await send({"type": "lifespan.startup.failed", "message": line})
             return
+        finally:
+            self.startup_ended = True
         tune_worker(self.settings)
         await send({"type": "lifespan.startup.complete"})
         await receive()  # lifespan.shutdown

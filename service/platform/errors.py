@@ -24,7 +24,7 @@ async def send_json(
     headers: list[tuple[bytes, bytes]] | None = None,
     head_only: bool = False,
 ) -> None:
-    payload = json.dumps(body).encode()
+    payload = json.dumps(body, separators=(",", ":")).encode()
     await send(
         {
             "type": "http.response.start",

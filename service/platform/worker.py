@@ -48,6 +48,10 @@ from service.platform.errors import CONNECTION_CLOSE
 from service.platform.types import ASGIApp, Message, Receive, Scope, Send
 from service.settings import load_settings
 
+# After APP_STARTUP_TIMEOUT the platform itself fails a startup that still lets the loop run; the watchdog
+# acts this much later, so that it only ever ends a worker whose loop is blocked.
+STARTUP_WATCHDOG_GRACE_S = 1.0
+
 
 class CloseWhenDraining:
     """Adds `Connection: close` to every HTTP response that starts while this worker drains, so nginx
@@ -300,36 +304,41 @@ class UvicornWorker(uvicorn_worker.UvicornWorker):  # type: ignore[misc]
         try:
             await server.serve(sockets=self.sockets)
         finally:
-            watchdog.cancel()
+            watchdog.set()
         if not server.started:
             # A worker stopped while it started has not failed to boot: exiting 0 then keeps a master that
             # halts for another worker's failure from reaping a second WORKER_BOOT_ERROR in its halt, which
             # gunicorn raises as an uncaught HaltServer (exit 1 and a traceback).
             sys.exit(0 if server.signalled else Arbiter.WORKER_BOOT_ERROR)
 
-    def exit_if_startup_blocks(self, server: DrainingServer) -> threading.Timer:
+    def exit_if_startup_blocks(self, server: DrainingServer) -> threading.Event:
         """The platform times the app's lifespan startup out on the event loop; a startup that blocks the
-        loop (sync code) it cannot. This thread ends such a worker with WORKER_BOOT_ERROR, so the master
-        stops, where gunicorn's heartbeat would kill it after GUNICORN_TIMEOUT and boot it again."""
-        limit = self.settings.app_startup_timeout
+        loop (sync code) it cannot. This thread ends such a worker with WORKER_BOOT_ERROR, so that the
+        master stops, where gunicorn's heartbeat would kill it after GUNICORN_TIMEOUT and boot it again.
+        Set the returned event to stop watching."""
+        platform: Platform = self.wsgi
+        limit = self.settings.app_startup_timeout + STARTUP_WATCHDOG_GRACE_S
+        done = threading.Event()
 
-        def still_starting() -> None:
-            if server.started:
-                return
-            if server.signalled:
-                os._exit(0)  # stopping anyway; a blocked loop would hold it until GUNICORN_GRACEFUL_TIMEOUT
-            uvicorn_logger.error(
-                "APP_MODULE=%s: lifespan startup did not finish within APP_STARTUP_TIMEOUT=%gs and the event "
-                "loop is blocked (sync code in startup?); the worker exits",
-                self.wsgi.name,
-                limit,
-            )
-            os._exit(Arbiter.WORKER_BOOT_ERROR)
+        def watch() -> None:
+            while not done.wait(0.1):
+                if server.started or platform.startup_ended:
+                    return
+                began = platform.startup_began
+                if began is None or time.monotonic() - began < limit:
+                    continue
+                if server.signalled:
+                    os._exit(0)  # stopping anyway; the blocked loop would hold it until graceful_timeout
+                uvicorn_logger.error(
+                    "APP_MODULE=%s: lifespan startup did not finish within APP_STARTUP_TIMEOUT=%gs and the "
+                    "event loop is blocked (sync code in startup?); the worker exits",
+                    platform.name,
+                    self.settings.app_startup_timeout,
+                )
+                os._exit(Arbiter.WORKER_BOOT_ERROR)
 
-        timer = threading.Timer(limit + 0.5, still_starting)
-        timer.daemon = True
-        timer.start()
-        return timer
+        threading.Thread(target=watch, name="startup-watchdog", daemon=True).start()
+        return done
 
 
 async def json_service_unavailable(scope: Scope, receive: Receive, send: Send) -> None:

@@ -353,4 +353,4 @@ def test_the_whole_platform_imports_and_serves_without_fastapi_or_starlette(tmp_
     )
     assert done.returncode == 0, done.stderr
     assert "service.platform.worker" in done.stdout and "service.platform.loader" in done.stdout
-    assert done.stdout.strip().endswith("""b'plain' b'{"status": "ok"}'""")
+    assert done.stdout.strip().endswith("""b'plain' b'{"status":"ok"}'""")
