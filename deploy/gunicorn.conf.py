@@ -18,8 +18,9 @@ os.environ.setdefault(
 )
 os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
+from service.platform import PLATFORM_APP  # noqa: E402
 from service.platform.loader import put_source_first  # noqa: E402
-from service.settings import load_settings  # noqa: E402
+from service.settings import OUR_WORKER_CLASS, load_settings  # noqa: E402
 
 settings = load_settings()
 
@@ -27,8 +28,9 @@ settings = load_settings()
 # wsgi_app: the ASGI app, `module:attribute` or a factory `module:create_app()`. Our worker class loads it
 #   with service/platform/loader.py (one-line errors naming APP_MODULE; an app that fails to load or to
 #   start stops gunicorn instead of being booted again) and serves it inside the platform. A HUP re-reads
-#   it. gunicorn's own `asgi` worker serves the bare app, without the platform. (APP_MODULE)
-wsgi_app = settings.app_module
+#   it. Any other worker class (gunicorn's `asgi`) gets service.platform.serve:app, APP_MODULE already
+#   inside the platform, so that its probes and metrics are there too. (APP_MODULE)
+wsgi_app = settings.app_module if settings.gunicorn_worker_class == OUR_WORKER_CLASS else PLATFORM_APP
 
 # APP_SRC goes first on the import path here, in the master (gunicorn's `pythonpath` setting is applied
 #   only after --check-config has loaded the app); the workers inherit it. (APP_SRC)

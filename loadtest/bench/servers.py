@@ -23,13 +23,12 @@ from deploy.stackctl import local, stack
 from deploy.stackctl.config import ROOT, Effective, effective
 from deploy.stackctl.ports import LOOPBACK, free_port, free_port_knobs
 from loadtest.bench.rows import PATH, BenchError, Params, Target, Unavailable
+from service.platform import PLATFORM_APP
 from service.settings import ConfigError
 
 START_TIMEOUT_S = 60.0
 STOP_GRACE_S = 15.0
 OUR_WORKER = "uvicorn_worker.UvicornWorker"
-# The blueprint app (APP_MODULE inside the platform) for servers that take an import path, not a worker class.
-PLATFORM_APP = "service.platform.serve:app"
 
 
 class Server(Protocol):

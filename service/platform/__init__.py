@@ -8,3 +8,6 @@ ASGI. It imports no web framework: the app brings its own (the demo's is FastAPI
   without loss (`lifecycle`).
 - `loader` loads APP_MODULE with one-line errors; `python -m service.platform.loader` checks it.
 """
+
+# APP_MODULE already inside the platform, for a server that takes an import path and no worker class.
+PLATFORM_APP = "service.platform.serve:app"

@@ -1,5 +1,6 @@
-"""`service.platform.serve:app`: APP_MODULE inside the platform, for a server that takes an import path
-and no worker class (bare uvicorn, granian: loadtest/bench compares them with the blueprint's worker)."""
+"""`service.platform.serve:app` (PLATFORM_APP): APP_MODULE inside the platform, for a server that takes an
+import path and no worker class (bare uvicorn, granian, gunicorn's `asgi` worker: loadtest/bench compares
+them with ours)."""
 
 from __future__ import annotations
 

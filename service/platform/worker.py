@@ -293,7 +293,7 @@ class UvicornWorker(uvicorn_worker.UvicornWorker):  # type: ignore[misc]
         except loader.AppLoadError as error:
             self.log.error("%s", error, exc_info=error.__cause__)
             raise AppImportError(str(error)) from error  # the arbiter prints it and stops: APP_LOAD_ERROR
-        self.wsgi = Platform(app, self.settings, name=spec)
+        self.wsgi = app if isinstance(app, Platform) else Platform(app, self.settings, name=spec)
 
     async def _serve(self) -> None:
         self.config.app = CloseWhenDraining(self.wsgi)
