@@ -100,7 +100,7 @@ venv: $(VENV)/.installed ## Create or update the virtualenv from the pins in pyp
 
 $(VENV)/.installed: pyproject.toml deploy/pins.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PYTHON) deploy/pins.py loadtest dev > $(VENV)/requirements.txt
+	@$(PYTHON) deploy/pins.py demo loadtest dev > $(VENV)/requirements.txt
 	@echo "installing pinned requirements into $(VENV) ..."
 	@$(PY) -m pip install -q --disable-pip-version-check -r $(VENV)/requirements.txt
 	@touch $@

@@ -10,7 +10,7 @@
 # Classic builder compatible on purpose (no RUN --mount, no heredocs): many hosts still lack buildx.
 ARG PYTHON_IMAGE=python:3.12-slim
 
-# --- build: a virtualenv with the pinned requirements of pyproject.toml ---------------------------------
+# --- build: a virtualenv with the platform's pins and the demo's (pyproject.toml) ---------------------------------
 FROM ${PYTHON_IMAGE} AS build
 ARG OFFLINE=0
 ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
@@ -21,7 +21,7 @@ COPY deploy/pins.py /build/deploy/
 # rides along only so that the instruction always has a source.
 COPY pyproject.toml wheelhous[e] /build/wheelhouse/
 RUN python3 -m venv /opt/venv \
- && python3 /build/deploy/pins.py > /build/requirements.txt \
+ && python3 /build/deploy/pins.py demo > /build/requirements.txt \
  && if [ "$OFFLINE" = 1 ]; then set -- --no-index --find-links /build/wheelhouse; else set --; fi \
  && /opt/venv/bin/pip install -q "$@" -r /build/requirements.txt
 

@@ -5,7 +5,8 @@
 # this file on HUP (`make reload`), so changed knobs apply to the new workers without dropping requests.
 #
 # Request path: nginx -> this master's listening socket -> N worker processes, each one uvicorn event loop
-# serving the FastAPI app (service.app:app).
+# serving APP_MODULE (the demo FastAPI app, service.app:app, by default) inside the platform
+# (service/platform/: request id, metrics, probes, deadline, drain).
 
 import os
 import tempfile
@@ -17,12 +18,23 @@ os.environ.setdefault(
 )
 os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
-from service.settings import load_settings  # noqa: E402
+from service.platform import PLATFORM_APP  # noqa: E402
+from service.platform.loader import put_source_first  # noqa: E402
+from service.settings import OUR_WORKER_CLASS, load_settings  # noqa: E402
 
 settings = load_settings()
 
 # --- What to serve ---------------------------------------------------------------------------------
-wsgi_app = "service.app:app"
+# wsgi_app: the ASGI app, `module:attribute` or a factory `module:create_app()`. Our worker class loads it
+#   with service/platform/loader.py (one-line errors naming APP_MODULE; an app that fails to load or to
+#   start stops gunicorn instead of being booted again) and serves it inside the platform. A HUP re-reads
+#   it. Any other worker class (gunicorn's `asgi`) gets service.platform.serve:app, APP_MODULE already
+#   inside the platform, so that its probes and metrics are there too. (APP_MODULE)
+wsgi_app = settings.app_module if settings.gunicorn_worker_class == OUR_WORKER_CLASS else PLATFORM_APP
+
+# APP_SRC goes first on the import path here, in the master (gunicorn's `pythonpath` setting is applied
+#   only after --check-config has loaded the app); the workers inherit it. (APP_SRC)
+put_source_first(settings.app_src)
 
 # bind: where the master listens. Only nginx should reach it. Locally keep it on loopback; in compose it
 #   is 0.0.0.0:8000 on the internal network and no port is published. (GUNICORN_BIND)
@@ -60,7 +72,7 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm
 #   stop_grace_period. (GUNICORN_GRACEFUL_TIMEOUT)
 graceful_timeout = settings.gunicorn_graceful_timeout
 
-# --- Loss-free worker exit (the drain of service/worker.py; docs/TUNING.md "Loss-free worker exit") ---------
+# --- Loss-free worker exit (the drain of service/platform/worker.py; docs/TUNING.md "Loss-free worker exit")
 # A worker exits on HUP (reload: the master forks the new workers first, then TERMs the old), on TERM (one
 #   worker, or all of them when the master stops), and by itself after max_requests. nginx keeps idle
 #   connections to the app in a pool (NGINX_UPSTREAM_KEEPALIVE) and takes the most recently used one for
@@ -111,8 +123,8 @@ max_requests_jitter = settings.gunicorn_max_requests_jitter
 forwarded_allow_ips = settings.gunicorn_forwarded_allow_ips
 
 # --- Logging ---------------------------------------------------------------------------------------
-# The app writes one JSON access line per request itself (service/middleware.py) with the request id
-# nginx passes in X-Request-ID: uvicorn workers do not use gunicorn's access_log_format.
+# The platform writes one JSON access line per request itself (service/platform/middleware.py) with the
+# request id nginx passes in X-Request-ID: uvicorn workers do not use gunicorn's access_log_format.
 loglevel = settings.gunicorn_log_level
 errorlog = "-"
 accesslog = None
@@ -137,6 +149,6 @@ def child_exit(server, worker):  # type: ignore[no-untyped-def]
 
 
 def on_exit(server):  # type: ignore[no-untyped-def]
-    from service.worker import RecycleTurns
+    from service.platform.worker import RecycleTurns
 
     RecycleTurns.of_master(os.getpid(), workers, worker_tmp_dir).remove()

@@ -1,11 +1,12 @@
 """Container healthcheck, standard library only (no curl in slim images): exit 0 when healthy.
 
-python deploy/healthcheck.py                      the app: /readyz on GUNICORN_BIND's port or unix socket
+python deploy/healthcheck.py                      the app: APP_READINESS_PATH (/readyz) on GUNICORN_BIND's
+                                                  port or unix socket
                                                   (503 while draining on shutdown, so a stopping app turns
                                                   unhealthy)
 python deploy/healthcheck.py http://HOST:PORT/P   any URL that must answer 2xx (the Locust web UI)
 python deploy/healthcheck.py tcp://HOST:PORT      a port that must accept connections (Locust master)
-python deploy/healthcheck.py unix:/PATH           /readyz on a unix socket
+python deploy/healthcheck.py unix:/PATH           APP_READINESS_PATH on a unix socket
 """
 
 import http.client
@@ -15,7 +16,7 @@ import sys
 import urllib.request
 from urllib.parse import urlsplit
 
-READINESS = "/readyz"
+READINESS = os.environ.get("APP_READINESS_PATH") or "/readyz"
 
 
 class UnixConnection(http.client.HTTPConnection):

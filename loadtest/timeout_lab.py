@@ -306,6 +306,7 @@ EXPERIMENTS: list[Experiment] = [
         {
             **ONE_WORKER,
             "GUNICORN_TIMEOUT": "2",
+            "APP_STARTUP_TIMEOUT": "1.5",  # the startup half of rule 5 holds: only the blocking half breaks
             "APP_EXPECTED_BLOCKING": "6",  # how long the probe's /api/blocking holds the loop
             "NGINX_UPSTREAM_KEEPALIVE_TIMEOUT": "1",
         },

@@ -1,36 +1,23 @@
-"""The ASGI app: `service.app:app` for gunicorn, `create_app(settings)` for tests."""
+"""The demo app: `service.app:app`, the default APP_MODULE; `create_app(settings)` for tests.
+
+It is one app among others: request ids, metrics, the deadline, liveness, readiness and the worker's
+tuning come from the platform around it (service/platform/), not from here.
+"""
 
 from __future__ import annotations
 
-import gc
-import logging
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
-import anyio.to_thread
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute, APIWebSocketRoute
 from fastapi.telemetry import TelemetryConfig
 from starlette.routing import WebSocketRoute
 
-from service import metrics, routes, schema
+from service import routes, schema
 from service.errors import install_error_handlers
-from service.middleware import RequestContextMiddleware
 from service.settings import Settings, load_settings
 
 NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
-
-
-def configure_logging(level: str) -> None:
-    logger = logging.getLogger("service")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(level.upper())
-    logger.propagate = False
 
 
 def add_flat(app: FastAPI, router: APIRouter, responses: dict[int | str, dict[str, Any]]) -> None:
@@ -81,31 +68,15 @@ def add_flat(app: FastAPI, router: APIRouter, responses: dict[int | str, dict[st
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
-    configure_logging(settings.app_log_level)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.app_threadpool_tokens
-        gc.freeze()
-        gc.set_threshold(*settings.gc_thresholds)
-        metrics.WORKERS.set(1)
-        yield
-
     app = FastAPI(
         title="FastAPI deployment blueprint",
         description=schema.DESCRIPTION,
-        lifespan=lifespan,
         docs_url="/docs",
         openapi_url="/openapi.json",
         telemetry=None if settings.app_opentelemetry else NO_TELEMETRY,
     )
     app.state.settings = settings  # what the routes' `app_settings` dependency reads
     install_error_handlers(app)
-    app.add_middleware(
-        RequestContextMiddleware,
-        request_timeout=settings.app_request_timeout,
-        access_log=bool(settings.app_access_log),
-    )
     for router in routes.ROUTERS:
         # The error bodies are the handlers' above (and nginx's, uvicorn's), not FastAPI's.
         add_flat(app, router, responses=schema.ERRORS)

@@ -1,7 +1,8 @@
 """Every error a client can see is one JSON shape, naming the layer that answered: `ErrorBody`.
 
-The app builds its errors from these models; nginx (deploy/nginx/nginx.conf.template) and uvicorn
-(service/worker.py) write the same shape by hand, and tests/stack/test_contract.py holds all three to it.
+The demo app builds its errors from these models; the platform (service/platform/errors.py: 504, 503,
+405), nginx (deploy/nginx/nginx.conf.template) and uvicorn (service/platform/worker.py) write the same shape
+by hand, and tests/stack/test_contract.py holds them all to it.
 """
 
 from __future__ import annotations

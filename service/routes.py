@@ -13,24 +13,22 @@ from typing import Annotated, Any
 
 import anyio
 import anyio.to_thread
-from fastapi import APIRouter, Depends, Query, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError, WebSocketRequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from pydantic_core import PydanticKnownError
 from pydantic_core.core_schema import ErrorType
 from starlette.requests import HTTPConnection
 
-from service import lifecycle, metrics, schema
-from service.errors import error_response
-from service.schema import Blocking, Cpu, Echo, Health, Info, Ping, Ready, Slow, StreamChunk, Sync
+from service import schema
+from service.schema import Blocking, Cpu, Echo, Info, Ping, Slow, StreamChunk, Sync
 from service.settings import APP_PROCESS_LAYERS, Settings, fields_of
 
-health = APIRouter()
 demo = APIRouter()
 introspection = APIRouter()
 websockets = APIRouter()
-ROUTERS = (health, demo, introspection, websockets)
+ROUTERS = (demo, introspection, websockets)
 
 
 async def app_settings(connection: HTTPConnection) -> Settings:
@@ -148,21 +146,6 @@ async def tick_param(
     return interval
 
 
-# --- health and readiness --------------------------------------------------------------------------
-
-
-@health.get("/healthz")
-async def healthz() -> Health:
-    return Health(status="ok")
-
-
-@health.get("/readyz", response_model=Ready)
-async def readyz(request: Request) -> Response:
-    if lifecycle.draining.is_set():
-        return error_response(request, 503, "draining", "worker is shutting down")
-    return JSONResponse(Ready(status="ready", pid=os.getpid()).model_dump())
-
-
 # --- HTTP demo routes ------------------------------------------------------------------------------
 
 
@@ -256,7 +239,7 @@ async def stream(params: Annotated[tuple[int, float], Depends(stream_params)]) -
     return StreamingResponse(produce(), media_type=schema.NDJSON, headers={"X-Accel-Buffering": "no"})
 
 
-# --- what the app sees: info and metrics -----------------------------------------------------------
+# --- what the app sees -----------------------------------------------------------------------------
 
 
 @introspection.get("/api/info")
@@ -272,12 +255,6 @@ async def info(request: Request, settings: AppSettings) -> Info:
         settings=settings.model_dump(include=set(fields_of(*APP_PROCESS_LAYERS))),
         settings_layers=list(APP_PROCESS_LAYERS),
     )
-
-
-@introspection.get("/metrics", include_in_schema=False)
-async def prometheus_metrics() -> Response:
-    payload, content_type = metrics.exposition()
-    return Response(payload, media_type=content_type)
 
 
 # --- WebSockets ------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ body (HTTPValidationError), which the app never sends, with `InvalidRequest`.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
@@ -39,15 +39,6 @@ Seconds = Annotated[float, Field(description="The delay asked for, in seconds.")
 
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class Health(Body):
-    status: Literal["ok"]
-
-
-class Ready(Body):
-    status: Literal["ready"]
-    pid: Pid
 
 
 class Ping(Body):

@@ -13,6 +13,7 @@ defaults below.
 from __future__ import annotations
 
 import os
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -27,7 +28,11 @@ from pydantic_settings import (
 
 Layer = Literal["stack", "app", "gunicorn", "uvicorn", "nginx", "compose", "swarm", "locust"]
 Tool = Literal["loadtest", "drill", "bench", "sweep", "timeout-lab"]
-OUR_WORKER_CLASS = "service.worker.UvicornWorker"
+OUR_WORKER_CLASS = "service.platform.worker.UvicornWorker"
+DEMO_APP = "service.app:app"
+# A URL path nginx can name in a `location` unquoted: letters, digits, `.`, `_`, `~`, `-` and slashes.
+PLATFORM_PATH = r"^/[A-Za-z0-9._~/-]*$"
+APP_MODULE_SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(\(\))?$")
 
 
 UNIX_PREFIX = "unix:"
@@ -113,13 +118,78 @@ class Settings(BaseSettings):
         ge=2,
     )
 
+    # --- app: which app, and the platform around it (service/platform/) ------------------------------
+    app_module: str = knob(
+        DEMO_APP,
+        "module:attribute",
+        "app",
+        "The ASGI app gunicorn serves, inside the platform: `package.module:app`, or a factory called once "
+        "per worker, `package.module:create_app()`. The default is the demo service. "
+        "`python -m service.platform.loader` loads it and says in one line what is wrong.",
+    )
+    app_src: str = knob(
+        "",
+        "path",
+        "app",
+        "The directory holding the app's code, put first on the import path (relative paths are taken from "
+        "the directory gunicorn starts in). Empty = the repository root, where the demo lives.",
+    )
+    app_requirements: str = knob(
+        "",
+        "path",
+        "app",
+        "A requirements file with the app's own dependencies (its framework included), installed beside the "
+        "platform's pins. Empty = the demo's (the `demo` extra of pyproject.toml).",
+    )
+    app_startup_timeout: float = knob(
+        20.0,
+        "s",
+        "app",
+        "How long the app's lifespan startup may take in each worker; past it, or when startup raises, the "
+        "worker exits and gunicorn stops instead of restarting it. Below GUNICORN_TIMEOUT: gunicorn's "
+        "heartbeat does not tick during startup.",
+        gt=0,
+    )
+    app_liveness_path: str = knob(
+        "/healthz",
+        "path",
+        "app",
+        "Answered by the platform before the app: 200 while the worker's event loop runs.",
+        pattern=PLATFORM_PATH,
+    )
+    app_readiness_path: str = knob(
+        "/readyz",
+        "path",
+        "app",
+        "Answered by the platform before the app: 200, or a JSON 503 while the worker drains (the container "
+        "healthcheck reads it).",
+        pattern=PLATFORM_PATH,
+    )
+    app_metrics_path: str = knob(
+        "/metrics",
+        "path",
+        "app",
+        "Prometheus exposition of every worker, answered by the platform before the app. nginx refuses it on "
+        "the public port and serves it as /metrics on NGINX_STATUS_PORT.",
+        pattern=PLATFORM_PATH,
+    )
+    app_metrics_max_routes: int = knob(
+        100,
+        "routes",
+        "app",
+        "Distinct route templates per worker that get their own `route` label in the request metrics; "
+        "requests on further routes are counted as `overflow` (no route matched: `unmatched`). Bounds the "
+        "series an app with many routes creates.",
+        ge=1,
+    )
+
     # --- app ---------------------------------------------------------------------------------------
     app_request_timeout: float = knob(
         15.0,
         "s",
         "app",
-        "Time from request to first response byte before the app itself answers a JSON 504. Keep it below "
-        "NGINX_PROXY_READ_TIMEOUT so clients get the app's answer, not nginx's.",
+        "Time from request to first response byte before the platform answers a JSON 504 for the app. Keep "
+        "it below NGINX_PROXY_READ_TIMEOUT so clients get the app's answer, not nginx's.",
         gt=0,
     )
     app_max_delay: float = knob(
@@ -737,6 +807,22 @@ class Settings(BaseSettings):
     def gc_thresholds(self) -> tuple[int, int, int]:
         gen0, gen1, gen2 = (int(part) for part in self.app_gc_threshold.split(","))
         return gen0, gen1, gen2
+
+    @field_validator("app_module")
+    @classmethod
+    def _app_module(cls, value: str) -> str:
+        if not APP_MODULE_SPEC.match(value):
+            raise ValueError(
+                f"expected module:attribute or module:factory() (dotted Python names), got {value!r}"
+            )
+        return value
+
+    @field_validator("app_src", "app_requirements")
+    @classmethod
+    def _one_path(cls, value: str) -> str:
+        if value != value.strip() or any(char in value for char in "\n\r\0"):
+            raise ValueError(f"expected one path without surrounding blanks or line breaks, got {value!r}")
+        return value
 
     @field_validator("gunicorn_bind", "nginx_upstream")
     @classmethod

@@ -243,7 +243,7 @@ def run_check(config: Effective, runtime: str) -> int:
         console.print(f"[red]check failed: {'; '.join(parts)}[/]{refusal}", highlight=False)
         return 1
     console.print(
-        f"[green]check ok:[/] all {len(rules.RULES)} rules hold, {warnings} warning(s); validators: "
+        f"[green]check ok:[/] all {len(rules.RULE_TITLES)} rules hold, {warnings} warning(s); validators: "
         + ", ".join(f"{c.command} {c.status}" for c in validations),
         highlight=False,
     )

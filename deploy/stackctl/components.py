@@ -133,10 +133,10 @@ def app_listens(settings: Settings) -> list[Address]:
     return [("GUNICORN_BIND", *split_bind(settings.gunicorn_bind))]
 
 
-def app_requests_in_flight(bind: str) -> float:
-    """HTTP requests the app is serving now, besides the asking one (its /metrics, on the gunicorn bind)."""
+def app_requests_in_flight(bind: str, metrics_path: str) -> float:
+    """HTTP requests the app is serving now, besides the asking one (its metrics, on the gunicorn bind)."""
     try:
-        text = get_from_app(bind, "/metrics").text
+        text = get_from_app(bind, metrics_path).text
     except httpx2.HTTPError:
         return 0
     gauges = [line.split()[-1] for line in text.splitlines() if line.startswith("app_requests_in_flight ")]
@@ -191,7 +191,7 @@ APP = Component(
     grace=lambda settings: settings.gunicorn_graceful_timeout + 5,
     # nginx's WebSocket tunnels only end when the app closes them, so the app is stopped once nginx has
     # exited or the app has no HTTP request left in flight, not after nginx's whole grace.
-    drained=lambda state: app_requests_in_flight(state.gunicorn_bind) <= 0,
+    drained=lambda state: app_requests_in_flight(state.gunicorn_bind, state.metrics_path) <= 0,
 )
 
 
@@ -243,7 +243,7 @@ NGINX = Component(
     check=lambda run: check_nginx(find_nginx(), run),
     listens=nginx_listens,
     port_knobs=("HTTP_PORT", "HTTPS_PORT", "NGINX_STATUS_PORT"),
-    ready=answers_200(lambda launch: f"{launch.url}/healthz", "through nginx"),
+    ready=answers_200(lambda launch: f"{launch.url}{launch.settings.app_liveness_path}", "through nginx"),
     stop_signal=signal.SIGQUIT,  # stop accepting, finish open requests
     grace=lambda settings: settings.gunicorn_graceful_timeout + 5,
 )

@@ -129,6 +129,7 @@ def nginx_variables(settings: Settings) -> dict[str, str]:
     variables["NGINX_UPSTREAM"] = settings.upstream
     variables["NGINX_HTTPS_LISTEN_PORT"] = str(settings.https_listen_port)
     variables["NGINX_HTTPS_PORT"] = str(settings.https_port)  # the port a redirect names: HTTPS_PORT
+    variables["NGINX_APP_METRICS_PATH"] = settings.app_metrics_path  # what the status port's /metrics asks
     served = tls.files(settings)
     variables["NGINX_TLS_CERT"], variables["NGINX_TLS_KEY"] = str(served.cert), str(served.key)
     return variables

@@ -221,7 +221,7 @@ def build_wheelhouse(env: dict[str, str]) -> Path:
         glibc_minor = int(libc.split(".")[1])
         platforms = [f"manylinux_2_{n}_{machine}" for n in range(glibc_minor, 16, -1)]
         platforms += [f"manylinux2014_{machine}", f"manylinux2010_{machine}", f"manylinux1_{machine}"]
-    requirements = "\n".join(pinned_requirements(["loadtest"])) + "\n"
+    requirements = "\n".join(pinned_requirements(["demo", "loadtest"])) + "\n"
     digest = hashlib.sha256(f"{requirements}{platforms}".encode()).hexdigest()[:12]
     stamp = WHEELHOUSE / f".complete-cp{major}{minor}-{machine}-{digest}"
     if stamp.exists():
@@ -260,7 +260,8 @@ def wait_healthy(project: Project, within: float = HEALTHY_WITHIN) -> None:
             first = broken[0]
             raise StackError(f"{first.name} exited with {first.exit_code}: {last_log(project, first)}")
         waiting = [c for c in containers if c.status != "running" or c.health not in ("healthy", "none")]
-        if containers and not waiting and answers(f"{project.url()}/healthz", project.verification()):
+        liveness = f"{project.url()}{project.settings().app_liveness_path}"
+        if containers and not waiting and answers(liveness, project.verification()):
             return
         time.sleep(0.5)
     names = ", ".join(f"{c.name} ({c.health})" for c in waiting) or "nginx's public port"

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -139,6 +140,8 @@ def up(
         settings.nginx_status_port,
         settings.https_listen_port if served else 0,
         settings.nginx_listen_address,
+        settings.app_liveness_path,
+        settings.app_metrics_path,
     )
     launch = Launch(run, config, environ, state.url, verification(served))
     commands = {component.name: component.command(launch) for component in components}
@@ -260,6 +263,8 @@ def reload(run: RunDir, config: Effective, components: Sequence[Component] = COM
         time.sleep(0.1)
     else:
         raise StackError("gunicorn did not replace its workers in time; see `make logs`")
+    state = replace(state, liveness_path=settings.app_liveness_path, metrics_path=settings.app_metrics_path)
+    run.save_state(state)
     wait_ready(Launch(run, config, None, state.url, verification(served)), {}, components)
     nginx_done = f"nginx re-read {run.nginx_conf}" if nginx_changed else "nginx unchanged (not reloaded)"
     print(f"reloaded: {settings.workers} new workers, {nginx_done}")

@@ -225,6 +225,17 @@ def blocking_vs_heartbeat(settings: Settings, host: HostFacts) -> list[Finding]:
     )
 
 
+def startup_vs_heartbeat(settings: Settings, host: HostFacts) -> list[Finding]:
+    return below(
+        (5, "app startup"),
+        knob(settings, "app_startup_timeout"),
+        knob(settings, "gunicorn_timeout"),
+        "gunicorn's heartbeat does not tick during the app's lifespan startup: a startup longer than "
+        "GUNICORN_TIMEOUT is killed and restarted by gunicorn, over and over, instead of stopping it",
+        "lower APP_STARTUP_TIMEOUT or raise GUNICORN_TIMEOUT above it",
+    )
+
+
 def connection_capacity(settings: Settings, host: HostFacts) -> list[Finding]:
     findings = below(
         (6, None),
@@ -308,7 +319,7 @@ def is_our_worker_class(path: str) -> bool:
         return False
     try:
         candidate = getattr(importlib.import_module(module_name), class_name)
-        ours = getattr(importlib.import_module("service.worker"), "UvicornWorker")  # noqa: B009
+        ours = getattr(importlib.import_module("service.platform.worker"), "UvicornWorker")  # noqa: B009
     except (ImportError, AttributeError):
         return False
     return isinstance(candidate, type) and issubclass(candidate, ours)
@@ -564,6 +575,7 @@ RULES: tuple[Rule, ...] = (
     request_timeout_order,
     graceful_shutdown_order,
     blocking_vs_heartbeat,
+    startup_vs_heartbeat,
     connection_capacity,
     concurrency_headroom,
 )

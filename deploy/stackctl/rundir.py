@@ -36,6 +36,8 @@ class State:
     status_port: int
     https_port: int = 0  # 0: no TLS
     listen_address: str = LOOPBACK
+    liveness_path: str = "/healthz"  # APP_LIVENESS_PATH
+    metrics_path: str = "/metrics"  # APP_METRICS_PATH
 
     @property
     def pids(self) -> dict[str, int]:

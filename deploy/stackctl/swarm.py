@@ -447,7 +447,8 @@ def wait_converged(
             if any(count != apps for count in nginx_upstreams(stack)):
                 lagging = [f"nginx to balance over {apps} app task(s)"]
         waiting = ", ".join(lagging) or waiting
-        if services and not lagging and docker.answers(f"{stack.url()}/healthz", verify):
+        liveness = f"{stack.url()}{config.settings.app_liveness_path}"
+        if services and not lagging and docker.answers(liveness, verify):
             return
         time.sleep(1)
     raise StackError(f"not converged within {within:.0f} s: {waiting}; see `make ps` and `make logs`")

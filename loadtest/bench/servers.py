@@ -27,6 +27,7 @@ from deploy.stackctl.config import ROOT, Effective, effective
 from deploy.stackctl.errors import StackError
 from deploy.stackctl.ports import LOOPBACK, free_port, free_port_knobs
 from loadtest.bench.rows import PATH, BenchError, Params, Target, Unavailable
+from service.platform import PLATFORM_APP
 from service.settings import ConfigError
 
 START_TIMEOUT_S = 60.0
@@ -247,12 +248,12 @@ def start(name: str, ctx: Context) -> Server:
         command += ["loadtest.bench.hello:app"]
         return Processes(name, "app", command, port, process_env(ctx, run_dir), log)
     if name == "uvicorn":
-        command = [python, "-m", "uvicorn", "service.app:app", "--workers", workers, "--no-access-log"]
+        command = [python, "-m", "uvicorn", PLATFORM_APP, "--workers", workers, "--no-access-log"]
         command += ["--host", LOOPBACK, "--port", str(port)]
         return Processes(name, "app", command, port, process_env(ctx, run_dir), log)
     if name == "granian":
         command = [python, "-m", "granian", "--interface", "asgi", "--workers", workers]
-        command += ["--host", LOOPBACK, "--port", str(port), "service.app:app"]
+        command += ["--host", LOOPBACK, "--port", str(port), PLATFORM_APP]
         return Processes(name, "app", command, port, process_env(ctx, run_dir), log)
     knobs = {"WEB_CONCURRENCY": workers}
     if ctx.params.profile:

@@ -136,7 +136,8 @@ def worker_kill(ctx: Context) -> Outcome:
 
 
 def timeout_knobs(params: LoadParams) -> dict[str, str]:
-    return {"GUNICORN_TIMEOUT": "2" if params.short else "3"}
+    # APP_STARTUP_TIMEOUT must stay below GUNICORN_TIMEOUT (rule 5, app startup) or `up` refuses the stack.
+    return {"GUNICORN_TIMEOUT": "2" if params.short else "3", "APP_STARTUP_TIMEOUT": "1.5"}
 
 
 def worker_timeout(ctx: Context) -> Outcome:

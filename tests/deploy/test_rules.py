@@ -61,6 +61,12 @@ BROKEN: list[tuple[rules.Rule, dict[str, Any], tuple[str, str], tuple[str, str]]
         ("=45", "=30"),
     ),
     (
+        rules.startup_vs_heartbeat,
+        {"app_startup_timeout": 30, "gunicorn_timeout": 30},
+        ("APP_STARTUP_TIMEOUT", "GUNICORN_TIMEOUT"),
+        ("=30", "=30"),
+    ),
+    (
         rules.connection_capacity,
         {"gunicorn_backlog": 8192},
         ("GUNICORN_BACKLOG", "net.core.somaxconn"),

@@ -84,7 +84,7 @@ def pinned(name: str) -> str:
 def demo_pin(name: str) -> str:
     from deploy.pins import pinned_requirements
 
-    return next(r.split("==", 1)[1] for r in pinned_requirements([]) if r.startswith(f"{name}=="))
+    return next(r.split("==", 1)[1] for r in pinned_requirements(["demo"]) if r.startswith(f"{name}=="))
 
 
 def test_runs_on_its_own_fastapi_minor_not_the_demos(seen: dict[str, Any]) -> None:

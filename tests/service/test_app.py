@@ -1,4 +1,5 @@
-"""The app's own logic, in-process. Proxy and server behaviour is tested through the real stack."""
+"""The demo app's own logic, in-process, served as gunicorn serves it: inside the platform (`served`).
+Proxy and server behaviour is tested through the real stack; the platform alone in test_platform.py."""
 
 import gc
 import json
@@ -10,15 +11,21 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocketDisconnect
 
 from service import app as app_module
-from service import lifecycle, routes
+from service import routes
 from service.app import create_app
-from service.settings import load_settings
+from service.platform.asgi import Platform
+from service.settings import Settings, load_settings
+
+
+def served(settings: Settings) -> Platform:
+    """The demo as our worker serves it: request id, deadline, metrics and probes are the platform's."""
+    return Platform(create_app(settings), settings)
 
 
 @pytest.fixture
 def client() -> TestClient:
     settings = load_settings(app_request_timeout=0.5, app_max_delay=2, uvicorn_ws_max_size=64)
-    with TestClient(create_app(settings)) as test_client:
+    with TestClient(served(settings)) as test_client:
         yield test_client
 
 
@@ -90,20 +97,14 @@ def test_unhandled_exception_is_a_json_500() -> None:
     assert response.headers["connection"] == "close"
 
 
-def test_readyz_turns_503_while_draining(client: TestClient) -> None:
-    assert client.get("/readyz").status_code == 200
-    lifecycle.draining.set()
-    try:
-        response = client.get("/readyz")
-        assert response.status_code == 503
-        assert response.json()["error"] == "draining"
-    finally:
-        lifecycle.draining.clear()
-    assert client.get("/healthz").status_code == 200
+def test_the_demo_serves_no_health_or_metrics_route_of_its_own() -> None:
+    paths = {route.path for route in create_app(load_settings()).routes}
+    assert not paths & {"/healthz", "/readyz", "/metrics"}
+    assert TestClient(create_app(load_settings())).get("/healthz").status_code == 404
 
 
 def test_sync_route_runs_in_the_sized_threadpool() -> None:
-    with TestClient(create_app(load_settings(app_threadpool_tokens=7))) as test_client:
+    with TestClient(served(load_settings(app_threadpool_tokens=7))) as test_client:
         assert test_client.get("/api/sync", params={"delay": 0}).json()["threadpool_tokens"] == 7
 
 
@@ -198,7 +199,7 @@ def test_the_apps_access_line_is_written_only_when_app_access_log_is_on(enabled:
     logging.getLogger("service.access").addHandler(collector)
     try:
         settings = load_settings(app_access_log=enabled, app_log_level="info")
-        with TestClient(create_app(settings)) as client:
+        with TestClient(served(settings)) as client:
             client.get("/api/ping", headers={"X-Request-ID": "line-7"})
     finally:
         logging.getLogger("service.access").removeHandler(collector)
@@ -232,7 +233,7 @@ def test_fastapis_native_opentelemetry_follows_app_opentelemetry(enabled: int) -
 def test_the_workers_gc_thresholds_are_set_at_startup() -> None:
     before = gc.get_threshold()
     try:
-        with TestClient(create_app(load_settings(app_gc_threshold="40000, 15, 90"))):
+        with TestClient(served(load_settings(app_gc_threshold="40000, 15, 90"))):
             assert gc.get_threshold() == (40000, 15, 90)
     finally:
         gc.set_threshold(*before)

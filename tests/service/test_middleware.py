@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from service import metrics
-from service.middleware import RequestContextMiddleware, request_ids
+from service.platform import metrics
+from service.platform.middleware import RequestContextMiddleware, request_ids
 
 Message = dict[str, Any]
 

@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 from jsonschema import Draft202012Validator
 
 from deploy.stackctl.config import ROOT
-from service import lifecycle
-from service.app import create_app
+from service.platform import lifecycle
 from service.settings import load_settings
+from tests.service.test_app import served
 from tests.support.contract import Contract
 
 ERROR_STATUSES = {"400", "404", "405", "413", "414", "429", "431", "500", "501", "502", "503", "504", "505"}
@@ -36,7 +36,7 @@ def refs(node: Any) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
     settings = load_settings(app_request_timeout=0.5, app_max_delay=2)
-    with TestClient(create_app(settings)) as test_client:
+    with TestClient(served(settings)) as test_client:
         yield test_client
 
 
@@ -115,8 +115,6 @@ def test_websocket_routes_are_named_outside_openapi(contract: Contract) -> None:
 @pytest.mark.parametrize(
     ("method", "url", "body", "status"),
     [
-        ("GET", "/healthz", None, 200),
-        ("GET", "/readyz", None, 200),
         ("GET", "/api/ping", None, 200),
         ("POST", "/api/echo", {"text": "hi"}, 200),
         ("GET", "/api/slow?delay=0", None, 200),
@@ -139,7 +137,12 @@ def test_the_apps_own_answers_match_the_contract(
     contract.check_response(response)
 
 
+def test_the_platforms_paths_are_not_in_the_apps_document(contract: Contract) -> None:
+    assert not set(contract.document["paths"]) & {"/healthz", "/readyz", "/metrics"}
+
+
 def test_readyz_while_draining_matches_the_contract(client: TestClient, contract: Contract) -> None:
+    """The platform's 503 is not in the app's document, and is the error every operation documents."""
     lifecycle.draining.set()
     try:
         response = client.get("/readyz")
@@ -150,7 +153,7 @@ def test_readyz_while_draining_matches_the_contract(client: TestClient, contract
 
 
 def test_uvicorns_over_capacity_body_is_an_error_body(contract: Contract) -> None:
-    from service.worker import json_service_unavailable
+    from service.platform.worker import json_service_unavailable
 
     sent: list[dict[str, Any]] = []
 

@@ -125,12 +125,6 @@ def test_the_websocket_router_reads_its_apps_message_limit() -> None:
     assert closed.value.code == 1009
 
 
-def test_the_health_router_needs_no_settings() -> None:
-    with unit(routes.health) as client:
-        assert client.get("/healthz").json() == {"status": "ok"}
-        assert client.get("/readyz").json()["status"] == "ready"
-
-
 def test_info_reports_the_app_process_layers_alone() -> None:
     with unit(routes.introspection, load_settings(gunicorn_keepalive=21)) as client:
         info = client.get("/api/info").json()

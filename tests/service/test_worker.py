@@ -19,8 +19,8 @@ import pytest
 import websockets
 from uvicorn.config import Config
 
-from service import lifecycle
-from service.worker import CloseWhenDraining, DrainingServer, RecycleTurns
+from service.platform import lifecycle
+from service.platform.worker import CloseWhenDraining, DrainingServer, RecycleTurns
 
 
 async def tiny_app(scope: Any, receive: Any, send: Any) -> None:

@@ -2,9 +2,9 @@
 and terminated; WebSockets held on an exiting worker are closed one by one and reconnect.
 
 POST is the request nginx never retries: a worker that closed a pooled keep-alive connection nginx had just
-written a request on shows up here as a 502 (see service/worker.py and docs/TUNING.md, "Loss-free worker
-exit"). Each POST test drives 32 connections for 12 s; a loss fails it, and so does a run that reached less
-than 1,000 requests/s: it would prove nothing.
+written a request on shows up here as a 502 (see service/platform/worker.py and docs/TUNING.md, "Loss-free
+worker exit"). Each POST test drives 32 connections for 12 s; a loss fails it, and so does a run that reached
+less than 1,000 requests/s: it would prove nothing.
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ def test_recycling_every_thousand_requests_loses_nothing(tmp_path: Path) -> None
     assert_nothing_lost(result)
     # each recycle lasts the WebSockets' close spread (2 s) at least, and the two workers take turns
     assert result["pids"] >= 5, f"workers should have recycled many times: {result['pids']} pids answered"
-    # The workers take turns (service/worker.py RecycleTurns): one always accepts, so a socket closed by a
-    # recycling worker reconnects at once. Two recycling together left nobody accepting for 4-8 s.
+    # The workers take turns (service/platform/worker.py RecycleTurns): one always accepts, so a socket closed
+    # by a recycling worker reconnects at once. Two recycling together left nobody accepting for 4-8 s.
     assert [c.errors for c in clients] == [[]] * 6
     assert all({code for _, code in c.closes} <= {1012} for c in clients)
     assert sum(len(c.closes) for c in clients) >= 6, "recycling workers should have closed the sockets"

@@ -36,6 +36,7 @@ OBEYED = {
     # gunicorn kills a blocked worker 3-5 s into the block, before nginx's 10 s read timeout.
     "GUNICORN_TIMEOUT": "3",
     "APP_EXPECTED_BLOCKING": "1",
+    "APP_STARTUP_TIMEOUT": "2",  # rule 5 (app startup): 2 < 3
     "UVICORN_LIMIT_CONCURRENCY": "5",
     "NGINX_UPSTREAM_KEEPALIVE": "2",
     "APP_EXPECTED_WEBSOCKETS": "2",  # rule 7: 2 x 1 + 2 < 5

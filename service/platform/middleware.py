@@ -6,7 +6,8 @@ client disconnects (starlette #297), so this deadline is what bounds abandoned w
 
 It runs on every request, so it is written to be cheap (docs/PERFORMANCE.md measures it): one timer per
 event loop for all deadlines instead of one per request, metrics written once per loop turn
-(service/metrics.py), request ids without a syscall, and no work for the access line while it is off.
+(service/platform/metrics.py), request ids without a syscall, and no work for the access line while it is
+off.
 """
 
 from __future__ import annotations
@@ -16,15 +17,27 @@ import itertools
 import json
 import logging
 import os
+import sys
 import time
+from collections.abc import Iterable
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from service import metrics
-from service.errors import error_body
+from service.platform import metrics
+from service.platform.errors import REQUEST_ID, error_body, send_json
+from service.platform.types import ASGIApp, Message, Receive, Scope, Send
 
 access_log = logging.getLogger("service.access")
-REQUEST_ID = b"x-request-id"
+
+
+def configure_logging(level: str) -> None:
+    """The `service` loggers (the access line, the platform's and the demo's errors): one line each on
+    stderr, which gunicorn's log collects."""
+    logger = logging.getLogger("service")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    logger.propagate = False
 
 
 class RequestIds:
@@ -44,11 +57,6 @@ class RequestIds:
 
 
 request_ids = RequestIds()
-
-
-def route_label(scope: Scope) -> str:
-    route = scope.get("route")
-    return getattr(route, "path", None) or "unmatched"
 
 
 class Pending:
@@ -111,11 +119,21 @@ class Deadlines:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, request_timeout: float, access_log: bool = False) -> None:
+    """`fixed_routes`: route labels that never count toward `max_routes` (the platform's own paths)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        request_timeout: float,
+        access_log: bool = False,
+        max_routes: int = 100,
+        fixed_routes: Iterable[str] = (),
+    ) -> None:
         self.app = app
         self.request_timeout = request_timeout
         self.access_log = access_log and access_log_enabled()
         self.deadlines = Deadlines(request_timeout)
+        self.routes = metrics.RouteLabels(max_routes, fixed_routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -151,13 +169,15 @@ class RequestContextMiddleware:
                 raise
             status = 504
             detail = f"no response within APP_REQUEST_TIMEOUT={self.request_timeout:g}s"
-            await send_json(send, 504, error_body(504, "request_timeout", detail, request_id), request_id)
+            body = error_body(504, "request_timeout", detail, request_id)
+            await send_json(send, 504, body, [(REQUEST_ID, request_id.encode())])
         finally:
             deadlines.done(pending)
             elapsed = time.perf_counter() - started
-            metrics.REQUEST_METRICS.done(scope["method"], route_label(scope), status, elapsed)
+            route = self.routes.label(scope)
+            metrics.REQUEST_METRICS.done(scope["method"], route, status, elapsed)
             if self.access_log:
-                log_access(scope, status, elapsed, request_id)
+                log_access(scope, route, status, elapsed, request_id)
 
     async def websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         accepted = False
@@ -183,27 +203,11 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def send_json(send: Send, status: int, body: object, request_id: str) -> None:
-    payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                (REQUEST_ID, request_id.encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
-
-
 def access_log_enabled() -> bool:
     return access_log.isEnabledFor(logging.INFO)
 
 
-def log_access(scope: Scope, status: int, elapsed: float, request_id: str) -> None:
+def log_access(scope: Scope, route: str, status: int, elapsed: float, request_id: str) -> None:
     client = scope.get("client")
     access_log.info(
         json.dumps(
@@ -214,7 +218,7 @@ def log_access(scope: Scope, status: int, elapsed: float, request_id: str) -> No
                 "client": client[0] if client else None,
                 "method": scope["method"],
                 "path": scope["path"],
-                "route": route_label(scope),
+                "route": route,
                 "status": status,
                 "duration_ms": round(elapsed * 1000, 3),
             }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 from bisect import bisect_left
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import (
@@ -102,6 +103,33 @@ class RequestMetrics:
 
 
 REQUEST_METRICS = RequestMetrics()
+
+UNMATCHED = "unmatched"  # no route of the app matched (a 404 of its router, say)
+OVERFLOW = "overflow"  # a route past APP_METRICS_MAX_ROUTES
+
+
+class RouteLabels:
+    """The `route` label of a request: its route template (`/items/{id}`, what the app's router put in
+    `scope["route"].path`, as Starlette and FastAPI do), never the raw path, so that the series stay
+    bounded. The first `most` templates a worker sees keep their own label, later ones share OVERFLOW;
+    `fixed` (the platform's own paths) never count toward `most`."""
+
+    def __init__(self, most: int, fixed: Iterable[str] = ()) -> None:
+        self.most = most
+        self.fixed = frozenset(fixed)
+        self.counted: set[str] = set()
+
+    def label(self, scope: Any) -> str:
+        route = scope.get("route")
+        path = route if isinstance(route, str) else getattr(route, "path", None)
+        if not isinstance(path, str) or not path:
+            return UNMATCHED
+        if path in self.counted or path in self.fixed:
+            return path
+        if len(self.counted) < self.most:
+            self.counted.add(path)
+            return path
+        return OVERFLOW
 
 
 def exposition() -> tuple[bytes, str]:

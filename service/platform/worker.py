@@ -11,6 +11,11 @@ closes an idle keep-alive connection itself (nginx closes its pooled ones after 
 the GUNICORN_KEEPALIVE timer, which rule 1 puts later, or the deadline do), closes its WebSockets with 1012
 spread over UVICORN_WS_CLOSE_SPREAD, and exits once no connection is left, at the latest after
 UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN.
+
+The app: the worker loads what gunicorn was told to serve (`wsgi_app`, APP_MODULE in
+deploy/gunicorn.conf.py) with the platform's loader, and serves it inside the platform (asgi.Platform). An
+app that does not load, or whose lifespan startup raises or outlasts APP_STARTUP_TIMEOUT, ends the worker
+with gunicorn's APP_LOAD_ERROR or WORKER_BOOT_ERROR: the master then stops instead of booting it again.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 import time
 from email.utils import formatdate
 from pathlib import Path
@@ -31,15 +37,20 @@ from typing import Any
 
 import uvicorn_worker
 from gunicorn.arbiter import Arbiter
+from gunicorn.errors import AppImportError
 from uvicorn.config import Config
 from uvicorn.server import Server
 from uvicorn.server import logger as uvicorn_logger
 
-from service import lifecycle
+from service.platform import lifecycle, loader
+from service.platform.asgi import Platform
+from service.platform.errors import CONNECTION_CLOSE
+from service.platform.types import ASGIApp, Message, Receive, Scope, Send
 from service.settings import load_settings
 
-ASGIApp = Any
-CONNECTION_CLOSE = (b"connection", b"close")
+# After APP_STARTUP_TIMEOUT the platform itself fails a startup that still lets the loop run; the watchdog
+# acts this much later, so that it only ever ends a worker whose loop is blocked.
+STARTUP_WATCHDOG_GRACE_S = 1.0
 
 
 class CloseWhenDraining:
@@ -49,12 +60,12 @@ class CloseWhenDraining:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not lifecycle.closing.is_set():
             await self.app(scope, receive, send)
             return
 
-        async def send_closing(message: Any) -> None:
+        async def send_closing(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message = {**message, "headers": [*message.get("headers", ()), CONNECTION_CLOSE]}
             await send(message)
@@ -120,6 +131,7 @@ class DrainingServer(Server):
         self.turns = turns
         self.ws_closing: set[Any] = set()
         self.date_refreshed = 0.0
+        self.signalled = False  # told to stop (TERM, HUP, QUIT): not a failure, even before it started
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -136,6 +148,7 @@ class DrainingServer(Server):
             server.close()
         if self.turns is not None:
             self.turns.stopped()
+        self.signalled = True
         lifecycle.closing.set()
         lifecycle.draining.set()
         super().handle_exit(sig, frame)
@@ -254,9 +267,10 @@ class DrainingServer(Server):
 
 class UvicornWorker(uvicorn_worker.UvicornWorker):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        settings = load_settings()
+        self.settings = settings = load_settings()
         self.ws_close_spread = settings.uvicorn_ws_close_spread
         self.CONFIG_KWARGS = {
+            "lifespan": "on",  # the platform speaks it for every app (lifespan.py)
             "loop": settings.uvicorn_loop,
             "http": settings.uvicorn_http,
             "limit_concurrency": settings.uvicorn_limit_concurrency or None,
@@ -271,17 +285,63 @@ class UvicornWorker(uvicorn_worker.UvicornWorker):  # type: ignore[misc]
         }
         super().__init__(*args, **kwargs)
 
+    def load_wsgi(self) -> None:
+        # The config file's wsgi_app first: gunicorn keeps the app name of its first start across a HUP.
+        spec = self.cfg.wsgi_app or self.app.app_uri
+        try:
+            app = loader.load(spec, self.settings.app_src)
+        except loader.AppLoadError as error:
+            self.log.error("%s", error, exc_info=error.__cause__)
+            raise AppImportError(str(error)) from error  # the arbiter prints it and stops: APP_LOAD_ERROR
+        self.wsgi = app if isinstance(app, Platform) else Platform(app, self.settings, name=spec)
+
     async def _serve(self) -> None:
         self.config.app = CloseWhenDraining(self.wsgi)
         turns = RecycleTurns.of_master(self.ppid, self.cfg.workers, self.cfg.worker_tmp_dir)
         server = DrainingServer(config=self.config, ws_close_spread=self.ws_close_spread, turns=turns)
         self._install_sigquit_handler()
-        await server.serve(sockets=self.sockets)
+        watchdog = self.exit_if_startup_blocks(server)
+        try:
+            await server.serve(sockets=self.sockets)
+        finally:
+            watchdog.set()
         if not server.started:
-            sys.exit(Arbiter.WORKER_BOOT_ERROR)
+            # A worker stopped while it started has not failed to boot: exiting 0 then keeps a master that
+            # halts for another worker's failure from reaping a second WORKER_BOOT_ERROR in its halt, which
+            # gunicorn raises as an uncaught HaltServer (exit 1 and a traceback).
+            sys.exit(0 if server.signalled else Arbiter.WORKER_BOOT_ERROR)
+
+    def exit_if_startup_blocks(self, server: DrainingServer) -> threading.Event:
+        """The platform times the app's lifespan startup out on the event loop; a startup that blocks the
+        loop (sync code) it cannot. This thread ends such a worker with WORKER_BOOT_ERROR, so that the
+        master stops, where gunicorn's heartbeat would kill it after GUNICORN_TIMEOUT and boot it again.
+        Set the returned event to stop watching."""
+        platform: Platform = self.wsgi
+        limit = self.settings.app_startup_timeout + STARTUP_WATCHDOG_GRACE_S
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(0.1):
+                if server.started or platform.startup_ended:
+                    return
+                began = platform.startup_began
+                if began is None or time.monotonic() - began < limit:
+                    continue
+                if server.signalled:
+                    os._exit(0)  # stopping anyway; the blocked loop would hold it until graceful_timeout
+                uvicorn_logger.error(
+                    "APP_MODULE=%s: lifespan startup did not finish within APP_STARTUP_TIMEOUT=%gs and the "
+                    "event loop is blocked (sync code in startup?); the worker exits",
+                    platform.name,
+                    self.settings.app_startup_timeout,
+                )
+                os._exit(Arbiter.WORKER_BOOT_ERROR)
+
+        threading.Thread(target=watch, name="startup-watchdog", daemon=True).start()
+        return done
 
 
-async def json_service_unavailable(scope: Any, receive: Any, send: Any) -> None:
+async def json_service_unavailable(scope: Scope, receive: Receive, send: Send) -> None:
     body = json.dumps(
         {
             "status": 503,
