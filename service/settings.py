@@ -948,7 +948,7 @@ class ToolInputs(BaseModel):
         32,
         "connections",
         "drill",
-        "wrk connections of a drill's load (POST /api/echo + GET /api/ping through nginx), each with one "
+        "wrk connections of a drill's load (POST DRILL_POST + GET DRILL_GET through nginx), each with one "
         "request in flight at a time; at least WRK_THREADS.",
         ge=1,
     )
@@ -956,9 +956,32 @@ class ToolInputs(BaseModel):
         20,
         "connections",
         "drill",
-        "WebSocket clients on /ws/ticker during each drill, reconnecting when closed; DRILL_SHORT=1 lowers "
+        "WebSocket clients on DRILL_WS during each drill, reconnecting when closed; DRILL_SHORT=1 lowers "
         "the default.",
         ge=0,
+    )
+    drill_post: str = tool_input(
+        "/api/echo",
+        "path",
+        "drill",
+        "What wrk POSTs DRILL_BODY to (Content-Type: application/json); an answer outside 2xx is a loss. "
+        "Your app's (APP_MODULE): e.g. /message.",
+    )
+    drill_body: str = tool_input(
+        '{"text":"drill"}', "JSON", "drill", "The JSON body of every POST to DRILL_POST."
+    )
+    drill_get: str = tool_input(
+        "/api/ping",
+        "path",
+        "drill",
+        "What wrk GETs, in turn with the POSTs on every connection; empty = POSTs only.",
+    )
+    drill_ws: str = tool_input(
+        "/ws/echo",
+        "path",
+        "drill",
+        "The WebSocket the drill's DRILL_WEBSOCKETS clients hold; it must echo text: each client sends a "
+        "message every 0.5 s and expects it back. Empty = no WebSockets.",
     )
     drill_rate: float = tool_input(
         0.0,
@@ -998,14 +1021,31 @@ class ToolInputs(BaseModel):
     bench_connections: int = tool_input(
         64, "connections", "bench", "wrk connections of the throughput rows (one wrk thread).", ge=1
     )
+    bench_path: str = tool_input(
+        "/api/ping",
+        "path",
+        "bench",
+        "What the throughput rows GET from the app (the bare row always GETs hello.py's /api/ping). Your "
+        "app's (APP_MODULE): a cheap GET route, e.g. /.",
+    )
     bench_slow_n: int = tool_input(
-        1000, "requests", "bench", "/api/slow requests the slow-held row holds at once through nginx.", ge=1
+        1000,
+        "requests",
+        "bench",
+        "/api/slow requests the slow-held row holds at once through nginx (a demo route: the row is skipped "
+        "when APP_MODULE is another app).",
+        ge=1,
     )
     bench_slow_delay: float = tool_input(
         5.0, "s", "bench", "The `delay` of those requests; at most APP_MAX_DELAY.", ge=0
     )
     bench_ws_n: int = tool_input(
-        1000, "connections", "bench", "WebSockets the ws-held row holds on /ws/echo through nginx.", ge=1
+        1000,
+        "connections",
+        "bench",
+        "WebSockets the ws-held row holds on /ws/echo through nginx (a demo route: the row is skipped when "
+        "APP_MODULE is another app).",
+        ge=1,
     )
     bench_ws_hold: float = tool_input(
         0.0, "s", "bench", "How long the ws-held row holds them; 0 = BENCH_SECONDS.", ge=0

@@ -29,6 +29,9 @@ COULD_NOT_RUN = 1
 
 LOAD = {"seconds": "DRILL_SECONDS", "threads": "WRK_THREADS", "connections": "WRK_CONNECTIONS"}
 LOAD |= {"websockets": "DRILL_WEBSOCKETS", "rate": "DRILL_RATE"}
+# What the load sends: the demo's routes by default, your app's (APP_MODULE) when you name them.
+TARGETS = {"post": "DRILL_POST", "body": "DRILL_BODY", "get": "DRILL_GET", "ws_path": "DRILL_WS"}
+MAY_BE_EMPTY = ("DRILL_GET", "DRILL_WS")  # DRILL_WS= : no WebSockets
 
 
 def parser(environ: Mapping[str, str] | None = None) -> EnvParser:
@@ -43,6 +46,8 @@ def parser(environ: Mapping[str, str] | None = None) -> EnvParser:
     p.add_argument("--drill", env="DRILL", help=f"Drills: {', '.join(NAMES)}.")
     for option, env in LOAD.items():
         p.add_argument(f"--{option}", env=env, default=None)  # None: the default of the mode (--short)
+    for option, env in TARGETS.items():
+        p.add_argument(f"--{option.replace('_', '-')}", env=env, empty_is_value=env in MAY_BE_EMPTY)
     p.add_argument("--short", action="store_true", env="DRILL_SHORT")
     p.add_argument("--strict", action="store_true", env="DRILL_STRICT")
     p.add_argument("--out-root", type=Path, default=ROOT / "reports")
@@ -52,7 +57,8 @@ def parser(environ: Mapping[str, str] | None = None) -> EnvParser:
 def inputs(args: Namespace) -> tuple[list[str], LoadParams]:
     """The drills and their load, from the parsed options."""
     names = parse_drills(args.drill, NAMES)
-    return names, parse_load({name: getattr(args, name) for name in LOAD}, args.short, args.strict)
+    given = {name: getattr(args, name) for name in (*LOAD, *TARGETS)}
+    return names, parse_load(given, args.short, args.strict)
 
 
 def exit_code(rows: list[Row]) -> int:

@@ -69,6 +69,7 @@ class Drill:
     act: Action
     knobs: Callable[[LoadParams], dict[str, str]] = lambda params: {}
     prepare: Callable[[Context], None] | None = None  # before the load starts
+    needs: str = ""  # a route of the demo's the drill sends itself: skipped for another APP_MODULE
 
 
 def in_flight_bound(ctx: Context, held: int, whose: str) -> tuple[int, str]:
@@ -305,9 +306,16 @@ DRILLS: tuple[Drill, ...] = (
         "/api/blocking past GUNICORN_TIMEOUT: gunicorn kills the blocked worker",
         worker_timeout,
         timeout_knobs,
+        needs="/api/blocking",
     ),
     Drill("nginx-reload", "local", "HUP to the nginx master", nginx_reload),
-    Drill("down-in-flight", "local", "stop the stack with slow requests in flight", down_in_flight),
+    Drill(
+        "down-in-flight",
+        "local",
+        "stop the stack with slow requests in flight",
+        down_in_flight,
+        needs="/api/slow",
+    ),
     Drill("recreate", "docker", "compose recreates the app container for a changed knob", recreate),
     Drill("scale-down", "docker", "compose scale app=3 -> 1 under load", scale_down, prepare=three_apps),
     Drill("app-killed", "docker", "docker kill one of 2 app containers", app_killed, prepare=two_apps),

@@ -4,6 +4,7 @@ row each drill fills in."""
 from __future__ import annotations
 
 import difflib
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -29,21 +30,32 @@ class LoadParams:
     seconds: float = DEFAULTS.drill_seconds  # at least this long per drill, the event in the first half
     threads: int = DEFAULTS.wrk_threads
     connections: int = DEFAULTS.wrk_connections  # each holds one request in flight at a time
-    websockets: int = DEFAULTS.drill_websockets  # held /ws/ticker clients
+    websockets: int = DEFAULTS.drill_websockets  # held clients on ws_path
     rate: float = DEFAULTS.drill_rate  # a cap in requests/s over all connections; 0 = as fast as wrk goes
     short: bool = False  # seconds-long drills and short graceful timeouts, for tests
     strict: bool = False  # every drill is allowed to lose nothing, the lossy ones too
+    post: str = DEFAULTS.drill_post  # what wrk POSTs body to
+    body: str = DEFAULTS.drill_body
+    get: str = DEFAULTS.drill_get  # "": POSTs only
+    ws_path: str = DEFAULTS.drill_ws  # an echoing WebSocket; "": none
 
     def delay_ms(self) -> int:
         """wrk's per-request pause on each connection that caps the total rate at `rate`."""
         return math.ceil(1000 * self.connections / self.rate) if self.rate else 0
 
+    @property
+    def sockets(self) -> int:
+        """WebSocket clients held: none without a path."""
+        return self.websockets if self.ws_path else 0
+
     def describe(self) -> str:
         rate = f"capped at {self.rate:g} req/s" if self.rate else "as fast as wrk goes"
         mode = ", short mode" if self.short else ""
+        requests = f"POST {self.post}" + (f" + GET {self.get}" if self.get else "")
+        sockets = f"{self.sockets} WebSockets on {self.ws_path} (echo)" if self.sockets else "no WebSockets"
         return (
-            f"wrk -t{self.threads} -c{self.connections} ({rate}) POST /api/echo + GET /api/ping, "
-            f"{self.websockets} WebSockets on /ws/ticker, >= {self.seconds:g} s per drill{mode}"
+            f"wrk -t{self.threads} -c{self.connections} ({rate}) {requests}, {sockets}, "
+            f">= {self.seconds:g} s per drill{mode}"
         )
 
 
@@ -60,7 +72,24 @@ def parse_load(given: Mapping[str, Any], short: bool = False, strict: bool = Fal
             f"WRK_CONNECTIONS={params.connections} < WRK_THREADS={params.threads}: wrk needs a connection "
             "per thread at least"
         )
+    check_paths(params)
     return params
+
+
+PATHS = {"post": "DRILL_POST", "get": "DRILL_GET", "ws_path": "DRILL_WS"}
+
+
+def check_paths(params: LoadParams) -> None:
+    """Each path absolute (DRILL_POST required, the others may be empty) and the body JSON."""
+    for name, env in PATHS.items():
+        value: str = getattr(params, name)
+        if (value or name == "post") and not value.startswith("/"):
+            rule = "a path starting with /" + ("" if value or name != "post" else " (required)")
+            raise DrillError(f"{env}={value!r}: {rule}, e.g. {getattr(LoadParams(), name)}")
+    try:
+        json.loads(params.body)
+    except ValueError as error:
+        raise DrillError(f"DRILL_BODY={params.body!r}: not JSON ({error})") from None
 
 
 def parse_drills(text: str, known: tuple[str, ...]) -> list[str]:
@@ -107,7 +136,8 @@ class Row:
     ws_failed_by_reason: dict[str, int] = field(default_factory=dict)
     ws_longest_gap_s: float = 0.0  # longest time a client was without a connection
     ws_slowest_connects_s: list[float] = field(default_factory=list)  # the slowest handshakes (s)
-    ws_pushes: int = 0
+    ws_echoes: int = 0  # messages the server echoed
+    ws_wrong_echoes: int = 0  # answers that were not the message sent: must be 0
     recovery_s: float | None = None
     recovery: str = ""  # what recovery_s measures
     load_average_before: str = ""
@@ -116,7 +146,7 @@ class Row:
 
     @property
     def passed(self) -> bool:
-        return self.lost <= self.allowed and self.ws_failed_reconnects == 0
+        return self.lost <= self.allowed and self.ws_failed_reconnects == 0 and self.ws_wrong_echoes == 0
 
     @property
     def weak(self) -> bool:

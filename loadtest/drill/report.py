@@ -49,6 +49,8 @@ LEGEND = {
     "WS closes": "close codes the server sent (1012: restart, 1001: going away; 1006: no close frame, the "
     "worker died); every client reconnects at once",
     "failed reconnects": "WebSocket connects that failed (handshake status or socket error); must be 0",
+    "wrong WS echoes": "answers on a WebSocket that were not the message its client sent (each client sends "
+    "one every 0.5 s and expects it back, in order); must be 0",
     "allowed": "what the event may lose: nothing, or for a killed worker or container the requests in flight "
     "on it, bounded by the connections it held (each carries at most one request) and by wrk's connections",
 }
@@ -76,7 +78,8 @@ def result(row: Row) -> str:
     if not row.status.ran:
         return f"{row.status}: {row.reason}"
     reconnects = f", {row.ws_failed_reconnects} failed WS reconnects" if row.ws_failed_reconnects else ""
-    text = f"{row.status} (lost {row.lost}{reconnects})"
+    wrong = f", {row.ws_wrong_echoes} wrong WS echoes" if row.ws_wrong_echoes else ""
+    text = f"{row.status} (lost {row.lost}{reconnects}{wrong})"
     if row.weak:
         text += f"; load {row.rate:.0f} req/s < {FLOOR_RATE:.0f}: weak evidence"
     return text

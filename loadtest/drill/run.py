@@ -16,6 +16,7 @@ from typing import Any
 
 from deploy.stackctl import stack
 from deploy.stackctl.ports import free_port_knobs
+from loadtest.apps import needs_demo, served_app
 from loadtest.drill import containers
 from loadtest.drill.drills import BY_NAME, Context, Drill, Outcome
 from loadtest.drill.load import Load, Tally
@@ -62,7 +63,7 @@ def fill(
         ws.failed_reconnects,
         sum(ws.failed_reconnects.values()),
     )
-    row.ws_longest_gap_s, row.ws_pushes = ws.longest_gap_s, ws.pushes
+    row.ws_longest_gap_s, row.ws_echoes, row.ws_wrong_echoes = ws.longest_gap_s, ws.echoes, ws.wrong_echoes
     row.ws_slowest_connects_s = ws.slowest_connects_s
     row.recovery_s = None if outcome.recovery_s is None else round(outcome.recovery_s, 3)
     row.recovery, row.probes, row.probe_failures = outcome.recovery, outcome.probes, outcome.probe_failures
@@ -142,12 +143,14 @@ def run_drills(
     """Every named drill on its own stack; writes drill.json and index.html into reports/drill-<time>/."""
     drills = [BY_NAME[name] for name in names]
     wrk = find_wrk()
+    app = served_app(base)
     engine = any(d.runtime == "docker" for d in drills) and stack.docker_engine_reachable()
     report_dir = out_root / f"drill-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
     report_dir.mkdir(parents=True, exist_ok=False)
     meta: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "load": params.describe(),
+        "app": app,
         "params": params,
         **machine(),
     }
@@ -157,6 +160,8 @@ def run_drills(
             if drill.runtime == "docker" and not engine:
                 row = Row(drill.name, drill.runtime, drill.what, status=Status.SKIPPED)
                 row.reason = "no Docker engine reachable (`docker info` failed); start one or set DOCKER_HOST"
+            elif missing := needs_demo(drill.needs, app):
+                row = Row(drill.name, drill.runtime, drill.what, Status.SKIPPED, missing)
             else:
                 row = run_drill(drill, params, report_dir, base, wrk)
             rows.append(row)

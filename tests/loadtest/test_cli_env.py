@@ -37,11 +37,20 @@ def test_drill_reads_its_variables() -> None:
         "DRILL_RATE": "1500",
         "DRILL_SHORT": "1",
         "DRILL_STRICT": "1",
+        "DRILL_POST": "/message",
+        "DRILL_BODY": '{"author": "drill", "text": "hi"}',
+        "DRILL_GET": "/",
+        "DRILL_WS": "/ws",
     }
-    expected = LoadParams(30.0, 2, 64, 0, 1500.0, True, True)
+    expected = LoadParams(30.0, 2, 64, 0, 1500.0, True, True, "/message", environ["DRILL_BODY"], "/", "/ws")
     assert drill_params(environ) == (["reload", "worker-kill"], expected)
     assert drill_params({"DRILL_SHORT": "1"}) == (list(drill.NAMES), SHORT), "short mode keeps its defaults"
     assert drill_params({})[1] == LoadParams() and LoadParams().seconds == ToolInputs().drill_seconds
+    assert LoadParams().ws_path == "/ws/echo" and LoadParams().post == "/api/echo", "the demo's routes"
+    # empty is a value for these two (make exports NAME= as ""): POSTs only, no WebSockets
+    none = drill_params({"DRILL_GET": "", "DRILL_WS": ""})[1]
+    assert (none.get, none.ws_path, none.sockets) == ("", "", 0)
+    assert drill_params({"DRILL_POST": ""})[1].post == "/api/echo", "an empty DRILL_POST is unset"
 
 
 def test_bench_reads_its_variables() -> None:
@@ -54,10 +63,11 @@ def test_bench_reads_its_variables() -> None:
         "BENCH_WS_N": "20",
         "BENCH_WS_HOLD": "1",
         "BENCH_SHORT": "1",
+        "BENCH_PATH": "/",
     }
     specs, params = bench_cli.inputs(bench_cli.parser(environ).parse_args([]))
     assert [spec.name for spec in specs] == ["bare", "ws-held"]
-    assert params == Params(3.0, 8, 0, 10, 0.5, 20, 1.0, "", True)
+    assert params == Params(3.0, 8, 0, 10, 0.5, 20, 1.0, "/", "", True)
 
 
 def test_sweep_reads_its_variables_with_a_sweeps_own_defaults() -> None:

@@ -27,6 +27,10 @@ SOCKET_KINDS = {"connect", "read", "write", "timeout"}
         (["--websockets", "-1"], "DRILL_WEBSOCKETS='-1': must be at least 0"),
         (["--rate", "nan"], "DRILL_RATE='nan': must be at least 0"),
         (["--threads", "4", "--connections", "2"], "WRK_CONNECTIONS=2 < WRK_THREADS=4"),
+        (["--post", "message"], "DRILL_POST='message': a path starting with /, e.g. /api/echo"),
+        (["--post", ""], "DRILL_POST='': a path starting with / (required)"),
+        (["--ws-path", "ws"], "DRILL_WS='ws': a path starting with /, e.g. /ws/echo"),
+        (["--body", "{text: 1}"], "DRILL_BODY='{text: 1}': not JSON (Expecting property name"),
         (["--bogus"], "unrecognized arguments: --bogus"),
     ],
 )
