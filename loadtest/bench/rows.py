@@ -33,6 +33,7 @@ class RowSpec:
     server: str  # a key of servers.SERVERS; consecutive rows on one server share one start
     target: Target
     about: str
+    needs: str = ""  # a route of the demo's the row measures: skipped for another APP_MODULE
 
 
 ROWS: tuple[RowSpec, ...] = (
@@ -52,6 +53,7 @@ ROWS: tuple[RowSpec, ...] = (
         "blueprint",
         "nginx",
         "BENCH_SLOW_N requests of /api/slow?delay=BENCH_SLOW_DELAY held at once, through nginx",
+        needs="/api/slow",
     ),
     RowSpec(
         "ws-held",
@@ -59,6 +61,7 @@ ROWS: tuple[RowSpec, ...] = (
         "blueprint",
         "nginx",
         "BENCH_WS_N WebSockets on /ws/echo held through nginx",
+        needs="/ws/echo",
     ),
     RowSpec(
         "blueprint-nginx-unix",
@@ -76,7 +79,7 @@ ROWS: tuple[RowSpec, ...] = (
     ),
 )
 NAMES = tuple(row.name for row in ROWS)
-PATH = "/api/ping"
+HELLO_PATH = "/api/ping"  # what the bare row GETs: hello.py's one route
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ class Params:
     slow_delay: float = DEFAULTS.bench_slow_delay
     ws_n: int = DEFAULTS.bench_ws_n
     ws_hold: float = DEFAULTS.bench_ws_hold  # 0: BENCH_SECONDS
+    path: str = DEFAULTS.bench_path  # what the throughput rows GET from the app
     profile: str = ""  # "": the blueprint's PROFILE
     short: bool = False
 
@@ -100,7 +104,8 @@ class Params:
     def describe(self) -> str:
         profile = self.profile or "default"
         return (
-            f"{self.seconds:g} s per row, wrk -t1 -c{self.connections}, {self.workers} workers per server, "
+            f"{self.seconds:g} s per row, wrk -t1 -c{self.connections} GET {self.path}, "
+            f"{self.workers} workers per server, "
             f"slow {self.slow_n} x {self.slow_delay:g} s, {self.ws_n} WebSockets held "
             f"{self.hold_seconds():g} s, PROFILE={profile}"
         )
@@ -146,4 +151,7 @@ def parse_params(given: Mapping[str, Any], short: bool) -> Params:
     """The inputs from the values given (None: the default, which short mode lowers), each already checked
     against its ToolInputs row."""
     chosen = {key: value for key, value in given.items() if value is not None and value != ""}
-    return replace(SHORT if short else Params(), short=short, **chosen)
+    params = replace(SHORT if short else Params(), short=short, **chosen)
+    if not params.path.startswith("/"):
+        raise BenchError(f"BENCH_PATH={params.path!r}: a path starting with /, e.g. {HELLO_PATH}")
+    return params

@@ -19,9 +19,10 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from loadtest.apps import needs_demo
 from loadtest.bench import capacity, servers
 from loadtest.bench.report import write_report
-from loadtest.bench.rows import PATH, BenchError, Params, Row, RowSpec, Unavailable
+from loadtest.bench.rows import HELLO_PATH, BenchError, Params, Row, RowSpec, Unavailable
 from loadtest.bench.wrk import run_wrk
 from loadtest.host import find_wrk, load_average, machine
 from loadtest.status import Status
@@ -41,7 +42,7 @@ def measure(row: Row, server: servers.Server, params: Params, wrk: str, row_dir:
         ws_url = url.replace("http://", "ws://", 1)
         row.values = capacity.websockets_held(ws_url, params.ws_n, params.hold_seconds(), server.worker_pids)
     else:
-        target = f"{url}{PATH}"
+        target = f"{url}{HELLO_PATH if spec.server == 'bare' else params.path}"
         run_wrk(
             wrk, target, WARM_UP_S, params.connections, REQUEST_TIMEOUT_S, row_dir / "warm-up", server.roles
         )
@@ -118,18 +119,24 @@ def run_bench(
     params = dataclasses.replace(
         params, workers=params.workers or settings.workers, profile=params.profile or settings.profile
     )
+    app = settings.app_module
     most = config.settings.app_max_delay
-    if any(spec.kind == "slow" for spec in specs) and params.slow_delay > most:
+    slow = any(spec.kind == "slow" and not needs_demo(spec.needs, app) for spec in specs)
+    if slow and params.slow_delay > most:
         raise BenchError(f"BENCH_SLOW_DELAY={params.slow_delay:g} is above APP_MAX_DELAY={most:g}")
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     report_dir = out_root / f"bench-{stamp}"
     report_dir.mkdir(parents=True, exist_ok=False)
     rows = [Row(spec) for spec in specs]
+    for row in rows:
+        if missing := needs_demo(row.spec.needs, app):
+            row.status, row.note = Status.SKIPPED, missing
     meta: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "load_average_before": load_average(),
         "settings": params.describe(),
+        "app": app,
         "params": dataclasses.asdict(params),
         "wrk": wrk,
     }
@@ -142,7 +149,7 @@ def run_bench(
         try:
             for index, row in enumerate(rows, start=1):
                 prefix = f"[{index}/{len(rows)}] {row.spec.name}"
-                if row.spec.server != server_name:
+                if row.status == Status.PENDING and row.spec.server != server_name:
                     if server is not None:
                         progress.update(task, description=f"{prefix}: stopping {server_name}")
                         server.stop()
@@ -155,7 +162,9 @@ def run_bench(
                         problem = (Status.SKIPPED, str(error))
                     except BenchError as error:
                         problem = (Status.ERROR, str(error))
-                if server is None:
+                if row.status != Status.PENDING:
+                    pass  # skipped before the run
+                elif server is None:
                     row.status, row.note = problem
                 else:
                     progress.update(task, description=f"{prefix}: measuring ({row.spec.about})")

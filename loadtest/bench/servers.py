@@ -26,7 +26,7 @@ from deploy.stackctl import local, procs, stack, tools
 from deploy.stackctl.config import ROOT, Effective, effective
 from deploy.stackctl.errors import StackError
 from deploy.stackctl.ports import LOOPBACK, free_port, free_port_knobs
-from loadtest.bench.rows import PATH, BenchError, Params, Target, Unavailable
+from loadtest.bench.rows import HELLO_PATH, BenchError, Params, Target, Unavailable
 from service.platform import PLATFORM_APP
 from service.settings import ConfigError
 
@@ -87,9 +87,16 @@ class Processes:
     """One command in its own session, answering on a loopback port; stopped by its pid."""
 
     def __init__(
-        self, name: str, role: str, command: list[str], port: int, env: Mapping[str, str], log: Path
+        self,
+        name: str,
+        role: str,
+        command: list[str],
+        port: int,
+        env: Mapping[str, str],
+        log: Path,
+        ready_path: str = HELLO_PATH,
     ) -> None:
-        self.name, self.role = name, role
+        self.name, self.role, self.ready_path = name, role, ready_path
         self.base_url = f"http://{LOOPBACK}:{port}"
         self.log = log
         with log.open("wb") as output:
@@ -111,13 +118,16 @@ class Processes:
                 tail = " | ".join(self.log.read_text(errors="replace").strip().splitlines()[-3:])
                 raise BenchError(f"{self.name} exited with {self.process.returncode} while starting: {tail}")
             try:
-                if httpx2.get(f"{self.base_url}{PATH}", timeout=2).status_code == 200:
+                if httpx2.get(f"{self.base_url}{self.ready_path}", timeout=2).status_code == 200:
                     return
             except httpx2.HTTPError:
                 pass
             time.sleep(0.2)
         self.stop()
-        raise BenchError(f"{self.name} did not answer {PATH} within {START_TIMEOUT_S:g} s; see {self.log}")
+        raise BenchError(
+            f"{self.name} did not answer {self.ready_path} with 200 within {START_TIMEOUT_S:g} s; "
+            f"see {self.log}"
+        )
 
     def url(self, target: Target) -> str:
         return self.base_url
@@ -250,11 +260,11 @@ def start(name: str, ctx: Context) -> Server:
     if name == "uvicorn":
         command = [python, "-m", "uvicorn", PLATFORM_APP, "--workers", workers, "--no-access-log"]
         command += ["--host", LOOPBACK, "--port", str(port)]
-        return Processes(name, "app", command, port, process_env(ctx, run_dir), log)
+        return Processes(name, "app", command, port, process_env(ctx, run_dir), log, ctx.params.path)
     if name == "granian":
         command = [python, "-m", "granian", "--interface", "asgi", "--workers", workers]
         command += ["--host", LOOPBACK, "--port", str(port), PLATFORM_APP]
-        return Processes(name, "app", command, port, process_env(ctx, run_dir), log)
+        return Processes(name, "app", command, port, process_env(ctx, run_dir), log, ctx.params.path)
     knobs = {"WEB_CONCURRENCY": workers}
     if ctx.params.profile:
         knobs["PROFILE"] = ctx.params.profile

@@ -50,6 +50,7 @@ WS_FIELDS = {
         (["--ws-n", "0"], "BENCH_WS_N='0': must be at least 1"),
         (["--ws-hold", "5m"], "BENCH_WS_HOLD='5m': not a number"),
         (["--slow-delay", "9999"], "BENCH_SLOW_DELAY=9999 is above APP_MAX_DELAY="),
+        (["--path", "api/ping"], "BENCH_PATH='api/ping': a path starting with /, e.g. /api/ping"),
         (["--bogus"], "unrecognized arguments: --bogus"),
     ],
 )
