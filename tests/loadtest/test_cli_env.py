@@ -5,7 +5,9 @@ one line before anything starts."""
 
 from __future__ import annotations
 
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -132,3 +134,17 @@ def test_a_make_variable_reaches_the_tools_plain_command_line(
     assert name not in recipe and value not in shlex.split(recipe), f"the recipe passes nothing on: {recipe}"
     result = subprocess.run(make, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_make_drill_passes_app_module_on_to_its_stacks() -> None:
+    # `make drill APP_MODULE=... APP_SRC=...`: the stack knobs reach the drills like any tool's inputs, so a
+    # drill that needs a demo route is skipped for that app, before any stack starts.
+    venv = Path(sys.prefix)
+    make = ["make", "--no-print-directory", "-o", f"{venv}/.installed", f"VENV={venv}", "drill"]
+    knobs = ["APP_MODULE=main:app", "APP_SRC=examples/chat", "DRILL=worker-timeout"]
+    result = subprocess.run([*make, *knobs], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    written = re.search(r"^report: (\S+)/index\.html", result.stdout, re.MULTILINE)
+    if written:
+        shutil.rmtree(written.group(1))  # make drill writes under reports/; nothing ran
+    assert result.returncode == 0, result.stderr
+    assert "worker-timeout: skipped: needs the demo's /api/blocking: APP_MODULE=main:app" in result.stderr

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from deploy.stackctl import stack
+from deploy.stackctl.config import ROOT
 from loadtest import drill
 from loadtest.limits import THRESHOLD_EXIT_CODE
 
@@ -125,3 +126,55 @@ def test_a_lossy_drill_held_to_zero_exits_non_zero(tmp_path: Path) -> None:
     assert row["lost"] > 0, "SIGKILL under load takes the killed worker's in-flight requests with it"
     assert row["status"] == "failed" and data["passed"] is False
     assert code == THRESHOLD_EXIT_CODE
+
+
+CHAT = ROOT / "examples" / "chat"
+CHAT_LOAD = [
+    "--post",
+    "/message",
+    "--body",
+    '{"author": "drill", "text": "hello"}',
+    "--get",
+    "/",
+    "--ws-path",
+    "/ws",
+]
+
+
+@pytest.mark.loadtest
+def test_a_short_run_on_the_chat_example_loses_nothing_and_skips_the_demo_drills(tmp_path: Path) -> None:
+    # The stacks serve examples/chat (APP_MODULE, APP_SRC, as `make drill APP_MODULE=...` passes them on);
+    # the load sends its routes: POST /message (201), GET /, and WebSockets on its echo at /ws.
+    base = {**base_env(), "APP_MODULE": "main:app", "APP_SRC": str(CHAT)}
+    drills = "reload,worker-term,worker-timeout,down-in-flight"
+    argv = ["--drill", drills, "--short", *CHAT_LOAD, "--out-root", str(tmp_path)]
+    code = drill.main(argv, base=base)
+    _, data = report(tmp_path)
+    reload, term, timeout, down = data["rows"]
+    websockets = drill.SHORT.websockets
+
+    assert data["app"] == "main:app"
+    assert "POST /message + GET /" in data["load"] and "WebSockets on /ws (echo)" in data["load"]
+    for row in (reload, term):
+        assert_consistent(row, websockets)
+        assert row["status"] == "passed" and row["lost"] == 0, (row["failures"], row["ws_failed_by_reason"])
+        assert set(row["by_method"]["POST"]) == {"201"} and set(row["by_method"]["GET"]) == {"200"}
+        assert row["ws_echoes"] > 0 and row["ws_wrong_echoes"] == 0
+    assert reload["ws_closes"].get("1012", 0) >= websockets, "a reload closes every WebSocket with 1012"
+    for row, route in ((timeout, "/api/blocking"), (down, "/api/slow")):
+        assert row["status"] == "skipped" and row["reason"] == (
+            f"needs the demo's {route}: APP_MODULE=main:app is not the demo (service.app:app)"
+        )
+    assert code == 0
+
+
+@pytest.mark.loadtest
+def test_a_websocket_that_does_not_echo_is_refused_by_name(tmp_path: Path) -> None:
+    # The demo's ticker pushes instead of echoing: the drill's clients cannot count on it.
+    argv = ["--drill", "baseline", "--short", "--ws-path", "/ws/ticker", "--out-root", str(tmp_path)]
+    code = drill.main(argv, base=base_env())
+    _, data = report(tmp_path)
+    (row,) = data["rows"]
+    assert row["status"] == "error" and code == 1
+    assert "DRILL_WS=/ws/ticker: 6 of 6 clients had no echo of their first message" in row["reason"]
+    assert 'it answered \'{"tick":0' in row["reason"], row["reason"]
