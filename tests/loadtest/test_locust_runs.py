@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from deploy.stackctl.config import ROOT
 from deploy.stackctl.ports import free_port
 from loadtest.limits import THRESHOLD_EXIT_CODE
 from loadtest.runner import Summary, run_headless
-from tests.support.stack import Stack
+from tests.support.stack import Stack, make_stack, running
 
 pytestmark = pytest.mark.loadtest
 
@@ -282,3 +282,42 @@ def test_an_unreachable_host_fails_fast_with_one_line(tmp_path: Path) -> None:
     [line] = done.stderr.strip().splitlines()
     assert line.startswith(f"loadtest: {host} is not reachable (") and "make up" in line, line
     assert not (tmp_path / "never").exists()
+
+
+CHAT = ROOT / "examples" / "chat"
+CHAT_ROWS = [
+    ("POST", "/message"),
+    ("GET", "/"),
+    ("GET", "/slow"),
+    ("WS", "/ws connect"),
+    ("WS", "/ws round-trip"),
+]
+
+
+@pytest.fixture(scope="module")
+def chat_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The chat example served as `make up APP_MODULE=main:app APP_SRC=examples/chat` serves it (its code
+    imports on the tooling venv's FastAPI too; its own pinned FastAPI is tests/examples' and the image's)."""
+    run_dir = tmp_path_factory.mktemp("chat-stack")
+    stack_ = make_stack(run_dir, WEB_CONCURRENCY="1", APP_MODULE="main:app", APP_SRC=str(CHAT))
+    with running(stack_):
+        yield stack_
+
+
+def test_the_chat_examples_own_locustfile_runs_against_it_as_scenario(
+    chat_stack: Stack, tmp_path: Path
+) -> None:
+    # SCENARIO=examples/chat/locustfile.py: a user's locustfile, against the user's app, through nginx
+    summary = run(chat_stack, str(CHAT / "locustfile.py"), tmp_path / "chat", users=5, run_time="5s")
+
+    assert summary.exit_code == 0, explain(summary)
+    assert summary.requests > 0 and summary.failures == 0, explain(summary)
+    for expected in CHAT_ROWS:
+        row = summary.row(*expected)
+        assert row is not None and row["requests"] > 0, f"no {expected} row in {summary.rows}"
+    for name in REPORT_FILES:
+        assert (summary.report_dir / name).is_file(), name
+    assert summary.scenario == "locustfile", "a locustfile's run is named after its file"
+    # an app of one's own has no /api/info: the settings come from the run dir's stack.json instead
+    settings = json.loads((summary.report_dir / "stack-settings.json").read_text())
+    assert settings["settings"]["APP_MODULE"] == "main:app", settings
