@@ -94,9 +94,9 @@ class Params:
     slow_delay: float = DEFAULTS.bench_slow_delay
     ws_n: int = DEFAULTS.bench_ws_n
     ws_hold: float = DEFAULTS.bench_ws_hold  # 0: BENCH_SECONDS
-    path: str = DEFAULTS.bench_path  # what the throughput rows GET from the app
     profile: str = ""  # "": the blueprint's PROFILE
     short: bool = False
+    path: str = DEFAULTS.bench_path  # what the throughput rows GET from the app
 
     def hold_seconds(self) -> float:
         return self.ws_hold or self.seconds

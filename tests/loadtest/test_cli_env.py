@@ -69,7 +69,7 @@ def test_bench_reads_its_variables() -> None:
     }
     specs, params = bench_cli.inputs(bench_cli.parser(environ).parse_args([]))
     assert [spec.name for spec in specs] == ["bare", "ws-held"]
-    assert params == Params(3.0, 8, 0, 10, 0.5, 20, 1.0, "/", "", True)
+    assert params == Params(3.0, 8, 0, 10, 0.5, 20, 1.0, "", True, "/")
 
 
 def test_sweep_reads_its_variables_with_a_sweeps_own_defaults() -> None:
