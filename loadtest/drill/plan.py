@@ -25,7 +25,7 @@ class DrillError(LoadtestError):
 
 @dataclass(frozen=True)
 class LoadParams:
-    """The load every drill runs under; each field is the ToolInputs row it is set from (cli.py LOAD, TARGETS)."""
+    """The load every drill runs under; each field is set from a ToolInputs row (cli.py: LOAD, TARGETS)."""
 
     seconds: float = DEFAULTS.drill_seconds  # at least this long per drill, the event in the first half
     threads: int = DEFAULTS.wrk_threads
