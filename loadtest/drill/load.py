@@ -179,7 +179,8 @@ class EchoClients:
         self.connects = 0
         self.echoes = 0
         self.echoed_once: set[int] = set()  # clients whose first message came back
-        self.wrong: list[str] = []  # what came back instead of the message sent
+        self.wrong = 0  # answers that were not the message sent
+        self.first_wrong = ""
         self.closes: Counter[str] = Counter()
         self.failed: Counter[str] = Counter()
         self.longest_gap = 0.0
@@ -199,7 +200,7 @@ class EchoClients:
         while len(self.echoed_once) < self.count and time.monotonic() < deadline:
             time.sleep(0.05)
         if len(self.echoed_once) < self.count:
-            got = f"it answered {self.wrong[0][:60]!r}" if self.wrong else "no answer"
+            got = f"it answered {self.first_wrong[:60]!r}" if self.wrong else "no answer"
             raise DrillError(
                 f"DRILL_WS={self.path}: {self.count - len(self.echoed_once)} of {self.count} clients had "
                 f"no echo of their first message within {FIRST_ECHO_WITHIN_S:g} s ({got}); the drill's "
@@ -222,7 +223,7 @@ class EchoClients:
                 dict(sorted(self.failed.items())),
                 round(self.longest_gap, 3),
                 self.echoes,
-                len(self.wrong),
+                self.wrong,
                 [round(t, 3) for t in sorted(self.connect_times, reverse=True)[:5]],
             )
 
@@ -287,7 +288,8 @@ class EchoClients:
                 self.echoes += 1
                 self.echoed_once.add(number)
             else:
-                self.wrong.append(text)
+                self.wrong += 1
+                self.first_wrong = self.first_wrong or text
 
 
 @dataclass
