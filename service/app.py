@@ -15,7 +15,7 @@ from fastapi.routing import APIRoute, APIWebSocketRoute
 from fastapi.telemetry import TelemetryConfig
 from starlette.routing import WebSocketRoute
 
-from service import metrics, routes, schema
+from service import docs, metrics, routes, schema
 from service.errors import install_error_handlers
 from service.middleware import RequestContextMiddleware
 from service.settings import Settings, load_settings
@@ -95,7 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="FastAPI deployment blueprint",
         description=schema.DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # service/docs.py serves it, with Swagger UI's files from the image
         openapi_url="/openapi.json",
         telemetry=None if settings.app_opentelemetry else NO_TELEMETRY,
     )
@@ -106,9 +106,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request_timeout=settings.app_request_timeout,
         access_log=bool(settings.app_access_log),
     )
+    if settings.app_demo_routes:
+        docs.install(app, openapi_url="/openapi.json")
     for router in routes.ROUTERS:
         # The error bodies are the handlers' above (and nginx's, uvicorn's), not FastAPI's.
         add_flat(app, router, responses=schema.ERRORS)
+    if not settings.app_demo_routes:
+        # nginx answers its 404 for these before the app; the app does not serve them either.
+        app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", "") not in routes.DEMO_ONLY]
 
     def openapi() -> dict[str, Any]:
         # FastAPI caches the schema; both steps are no-ops the second time (the limits' markers are gone).
