@@ -293,6 +293,14 @@ async def prometheus_metrics() -> Response:
 # --- WebSockets ------------------------------------------------------------------------------------
 
 
+def message_size(data: str | bytes, limit: int) -> int:
+    """A message's size in bytes as sent (UTF-8 for text), counted exactly only near `limit`: uvicorn lets
+    a message a little above UVICORN_WS_MAX_SIZE through (service/worker.py, ws_frame_limit)."""
+    if isinstance(data, bytes) or len(data) * 4 <= limit:
+        return len(data)
+    return len(data.encode())
+
+
 async def ws_echo(websocket: WebSocket) -> None:
     settings: Settings = websocket.app.state.settings
     await websocket.accept()
@@ -304,7 +312,7 @@ async def ws_echo(websocket: WebSocket) -> None:
             data = message.get("text") if message.get("text") is not None else message.get("bytes")
             if data is None:
                 continue
-            if len(data) > settings.uvicorn_ws_max_size:
+            if message_size(data, limit := settings.uvicorn_ws_max_size) > limit:
                 await websocket.close(code=1009, reason="message too big")
                 return
             if isinstance(data, str):
