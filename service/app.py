@@ -113,7 +113,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         add_flat(app, router, responses=schema.ERRORS)
     if not settings.app_demo_routes:
         # nginx answers its 404 for these before the app; the app does not serve them either.
-        app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", "") not in routes.DEMO_ONLY]
+        kept = [route for route in app.router.routes if getattr(route, "path", "") not in routes.DEMO_ONLY]
+        app.router.routes[:] = kept
 
     def openapi() -> dict[str, Any]:
         # FastAPI caches the schema; both steps are no-ops the second time (the limits' markers are gone).

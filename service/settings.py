@@ -100,9 +100,9 @@ class Settings(BaseSettings):
         20,
         "MiB",
         "stack",
-        "Size at which a log file rotates: the local runtime's gunicorn.log and nginx.log, and each "
-        "container's json-file log. At most LOG_FILES x this stays on disk per log, however long a soak "
-        "runs.",
+        "Size at which a log file rotates: the local runtime's gunicorn.log, nginx.log and nginx-error.log, "
+        "and each container's json-file log. At most LOG_FILES x this stays on disk per log, however long a "
+        "soak runs.",
         ge=1,
     )
     log_files: int = knob(
@@ -691,7 +691,7 @@ class Settings(BaseSettings):
         0,
         "tasks",
         "swarm",
-        "Locust as stack services: a locust-master (web UI on LOCUST_WEB_PORT of its node) and this many "
+        "Locust as stack services: a locust-master (its web UI not published: docs/SWARM.md) and this many "
         "locust-worker tasks spread over the nodes. 0 = no Locust services in the stack.",
         ge=0,
         le=64,
