@@ -20,7 +20,9 @@ from service.app import create_app
 from service.settings import load_settings
 from tests.support.contract import Contract
 
-ERROR_STATUSES = {"400", "404", "405", "413", "414", "421", "429", "431", "500", "501", "502", "503", "504", "505"}
+ERROR_STATUSES = {
+    *("400", "404", "405", "413", "414", "421", "429", "431", "500", "501", "502", "503", "504", "505")
+}
 
 
 def refs(node: Any) -> Iterator[str]:
@@ -170,7 +172,7 @@ NGINX_PAGE = re.compile(r"return (\d{3}) '(\{.*\})\\n';")
 
 def test_every_json_page_of_nginx_is_a_documented_error_body(contract: Contract) -> None:
     template = (ROOT / "deploy/nginx/nginx.conf.template").read_text()
-    public_servers = "".join(template.split("server {")[1:3])  # the default and the named; then the status port's
+    public_servers = "".join(template.split("server {")[1:3])  # default and named; the third: status port
     pages = NGINX_PAGE.findall(public_servers)
     for status, page in pages:
         body = json.loads(re.sub(r"\$\{?[A-Za-z_]+\}?", "x", page))  # nginx's variables and the knobs
