@@ -215,6 +215,7 @@ def test_nginx_connection_limit_is_a_documented_503(guarded: Stack) -> None:
 def test_a_too_slow_client_gets_no_answer_not_a_408(guarded: Stack) -> None:
     # The API description says so: nginx closes the connection after NGINX_CLIENT_BODY_TIMEOUT.
     started = time.monotonic()
-    received = raw_request(guarded, b"POST /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\n{")
+    slow = b"POST /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\n{"
+    received = raw_request(guarded, slow)
     assert received == b""
     assert time.monotonic() - started < int(GUARDED["NGINX_CLIENT_BODY_TIMEOUT"]) + 2
