@@ -105,9 +105,9 @@ class Settings(BaseSettings):
         20,
         "MiB",
         "stack",
-        "Size at which a log file rotates: the local runtime's gunicorn.log and nginx.log, and each "
-        "container's json-file log. At most LOG_FILES x this stays on disk per log, however long a soak "
-        "runs.",
+        "Size at which a log file rotates: the local runtime's gunicorn.log, nginx.log and nginx-error.log, "
+        "and each container's json-file log. At most LOG_FILES x this stays on disk per log, however long a "
+        "soak runs.",
         ge=1,
     )
     log_files: int = knob(
@@ -218,6 +218,15 @@ class Settings(BaseSettings):
     app_max_stream_chunks: int = knob(
         1_000, "chunks", "app", "Largest `chunks` GET /api/stream accepts (422 above).", ge=1
     )
+    app_max_stream_seconds: float = knob(
+        60.0,
+        "s",
+        "app",
+        "Longest GET /api/stream may last: `chunks` x `interval` above it is refused with a 422 naming both "
+        "(each alone may reach APP_MAX_STREAM_CHUNKS and APP_MAX_DELAY). One client otherwise holds a "
+        "connection for hours.",
+        gt=0,
+    )
     app_log_level: Literal["debug", "info", "warning", "error"] = knob(
         "info", "-", "app", "Level of the app's JSON access and error log lines."
     )
@@ -257,9 +266,10 @@ class Settings(BaseSettings):
         1,
         "0/1",
         "app",
-        "The routes that stall or burn a worker on request (/api/blocking, /api/cpu, /api/slow, /api/sync). "
-        "1 = served; 0 = nginx answers its JSON 404 for them without asking the app: for a stack that others "
-        "can reach.",
+        "The routes that stall or burn a worker on request (/api/blocking, /api/cpu, /api/slow, /api/sync), "
+        "/api/info (pid, hostname, bind, trusted proxies, every timeout) and the Swagger UI (/docs). 1 = "
+        "served; 0 = nginx answers its JSON 404 for them without asking the app, and the app does not "
+        "serve them either: for a stack that others can reach. /openapi.json stays.",
         ge=0,
         le=1,
     )
@@ -620,6 +630,34 @@ class Settings(BaseSettings):
         "once HTTPS works for a real name.",
         ge=0,
     )
+    nginx_server_names: str = knob(
+        "localhost 127.0.0.1 [::1]",
+        "names",
+        "nginx",
+        "Host names nginx serves (its `server_name`, space-separated; `*.example.com` and IPs allowed). A "
+        "request for any other Host gets a JSON 421 from nginx and never reaches the app, which builds "
+        "absolute URLs (redirects) from Host. Compose adds nginx and nginx.localhost, the names its "
+        "containers use.",
+        pattern=r"^[A-Za-z0-9.*_:\[\]-]+( [A-Za-z0-9.*_:\[\]-]+)*$",
+    )
+    nginx_ocsp_stapling: int = knob(
+        0,
+        "0/1",
+        "nginx",
+        "With NGINX_TLS=1: nginx fetches the OCSP answer for NGINX_TLS_CERT from its CA and staples it to "
+        "the handshake. Needs a given certificate with its full chain and an OCSP responder URL (`make "
+        "check` refuses it with the local CA) and NGINX_OCSP_RESOLVER.",
+        ge=0,
+        le=1,
+    )
+    nginx_ocsp_resolver: str = knob(
+        "127.0.0.11",
+        "IP",
+        "nginx",
+        "DNS server nginx asks for the OCSP responder's address with NGINX_OCSP_STAPLING=1. The default is "
+        "Docker's (compose, swarm); on the local runtime your resolver, e.g. 127.0.0.53.",
+        pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){3}(:[0-9]{1,5})?$",
+    )
     nginx_run_dir: str = knob(
         "/tmp/nginx", "path", "nginx", "Writable directory for nginx's pid and temp files."
     )
@@ -723,7 +761,7 @@ class Settings(BaseSettings):
         0,
         "tasks",
         "swarm",
-        "Locust as stack services: a locust-master (web UI on LOCUST_WEB_PORT of its node) and this many "
+        "Locust as stack services: a locust-master (its web UI not published: docs/SWARM.md) and this many "
         "locust-worker tasks spread over the nodes. 0 = no Locust services in the stack.",
         ge=0,
         le=64,

@@ -11,8 +11,8 @@
 # Rendering substitutes only the ${NGINX_*} names the template uses (nginx's own $variables stay), and
 # fails with one line when one of them is not set: docker-compose.yml passes every NGINX_* knob. Then it
 # keeps the template's `#[name] ` lines whose condition holds, as stackctl does for the local runtime:
-# tls (NGINX_TLS=1; with tls_http2_on or tls_http2_listen by this nginx's version), demo_routes_off
-# (APP_DEMO_ROUTES=0), resolve (below). With TLS, compose mounts the certificate and key read-only at
+# tls (NGINX_TLS=1; with tls_http2_on or tls_http2_listen by this nginx's version), ocsp (NGINX_TLS=1 and
+# NGINX_OCSP_STAPLING=1), demo_routes_off (APP_DEMO_ROUTES=0), resolve (below). With TLS, compose mounts the certificate and key read-only at
 # NGINX_TLS_CERT/KEY.
 #
 # Following the app's replicas. nginx resolves `server app:8000;` once, at start: when compose recreates or
@@ -124,6 +124,7 @@ conditions() {
         else
             printf 'tls tls_http2_listen '
         fi
+        [ "${NGINX_OCSP_STAPLING:-0}" != 1 ] || printf 'ocsp '
     fi
     [ "$RESOLVE" = 0 ] || printf 'resolve '
     [ "${APP_DEMO_ROUTES:-1}" = 1 ] || printf 'demo_routes_off '

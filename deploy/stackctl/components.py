@@ -102,6 +102,13 @@ class Component:
     # sooner once this says it has nothing left in flight (given what `up` recorded of the stack).
     drained: Callable[[State], bool] | None = None
     title: str = ""  # its main process in `make ps` (default: name); children show as `<name> worker`
+    # Its stderr in a log of its own, `<run dir>/<name>-error.log`, beside stdout's `<name>.log`.
+    error_log: bool = False
+
+    @property
+    def logs(self) -> tuple[str, ...]:
+        """Its log names (`<run dir>/<log>.log`): stdout (and stderr, unless it has an error log), stderr."""
+        return (self.name, f"{self.name}-error") if self.error_log else (self.name,)
 
 
 # --- the app: gunicorn with our uvicorn workers ------------------------------------------------------
@@ -234,10 +241,14 @@ NGINX = Component(
     name="nginx",
     service="nginx",
     title="nginx master",
+    # stdout: the JSON access log (NGINX_ACCESS_LOG=/dev/stdout), every line one JSON object; stderr: the
+    # error log (NGINX_ERROR_LOG=/dev/stderr, and -e for what nginx says before it has read its config),
+    # in nginx-error.log.
     command=lambda launch: [
         *(find_nginx(), "-c", str(launch.run.nginx_conf)),
         *("-e", "stderr", "-g", "daemon off;"),
     ],
+    error_log=True,
     cwd=lambda launch: launch.run.path,
     prepare=prepare_nginx,
     check=lambda run: check_nginx(find_nginx(), run),

@@ -97,7 +97,9 @@ def wait_ready(
     while time.monotonic() < deadline:
         for name, process in processes.items():
             if process.poll() is not None:
-                tail = launch.run.log(name).read_text(errors="replace").strip().splitlines()[-5:]
+                said = launch.run.log(f"{name}-error")
+                said = said if said.exists() else launch.run.log(name)
+                tail = said.read_text(errors="replace").strip().splitlines()[-5:]
                 raise StackError(
                     f"{name} exited with {process.returncode} while starting: {' | '.join(tail)}"
                 )
@@ -145,14 +147,14 @@ def up(
     )
     launch = Launch(run, config, environ, state.url, verification(served))
     commands = {component.name: component.command(launch) for component in components}
-    pipes = {component.name: rotating_log(run.log(component.name), config) for component in components}
+    pipes = {name: rotating_log(run.log(name), config) for component in components for name in component.logs}
     processes = {
         component.name: subprocess.Popen(
             commands[component.name],
             cwd=component.cwd(launch),
             env=component.env(launch),
-            stdout=pipes[component.name].stdin,
-            stderr=subprocess.STDOUT,
+            stdout=pipes[component.logs[0]].stdin,
+            stderr=pipes[component.logs[-1]].stdin if component.error_log else subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
@@ -167,6 +169,7 @@ def up(
             pipes[component.name].pid,
             component.stop_signal.name,
             component.grace(settings),
+            pipes[component.logs[-1]].pid if component.error_log else 0,
         )
     run.save_state(state)
     try:
@@ -291,8 +294,9 @@ def ps(run: RunDir, components: Sequence[Component] = COMPONENTS) -> None:
 def log_names(run: RunDir, components: Sequence[Component]) -> list[str]:
     """Every component's, and those of a stack started with others (its state names them)."""
     state = run.load_state()
-    names = [component.name for component in components]
-    return names + [name for name in (state.started if state else {}) if name not in names]
+    names = [name for component in components for name in component.logs]
+    others = [name for name in (state.started if state else {}) if name not in names]
+    return names + others + [f"{name}-error" for name in others]
 
 
 def logs(run: RunDir, follow: bool, components: Sequence[Component] = COMPONENTS) -> None:
@@ -353,4 +357,4 @@ class Local(Runtime):
 
     def log_files(self, run_dir: Path) -> dict[str, Path]:
         run = RunDir(run_dir)
-        return {component.name: run.log(component.name) for component in self.components}
+        return {name: run.log(name) for component in self.components for name in component.logs}

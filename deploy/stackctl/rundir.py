@@ -23,6 +23,7 @@ class Started:
     log_pid: int
     stop_signal: str  # a signal's name, e.g. SIGQUIT
     grace: float  # seconds it may take to exit before SIGKILL
+    error_log_pid: int = 0  # the log pipe of its stderr, when it has an error log of its own
 
 
 @dataclass
@@ -45,7 +46,7 @@ class State:
 
     @property
     def log_pids(self) -> list[int]:
-        return [each.log_pid for each in self.started.values()]
+        return [pid for each in self.started.values() for pid in (each.log_pid, each.error_log_pid) if pid]
 
     @property
     def host(self) -> str:

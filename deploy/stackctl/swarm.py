@@ -37,6 +37,9 @@ from deploy.stackctl.runtime import Runtime
 SWARM_FILE = ROOT / "deploy" / "swarm.yml"
 STACK_FILE = "stack.yml"
 LOCUST_SERVICES = ("locust-master", "locust-worker")
+# Services whose compose ports a stack does not publish: the Locust web UI has no login, and swarm binds a
+# published port on every address of a node, never on loopback alone.
+UNPUBLISHED = ("locust-master",)
 ADVERTISE_ADDRESS = "127.0.0.1"
 CONVERGE_WITHIN = 240.0
 FAILED_TASKS = 3  # new failed tasks of one service before a wait gives up
@@ -246,6 +249,8 @@ def stack_file(data: dict[str, Any], config: Effective) -> tuple[dict[str, Any],
         mounts = [tmpfs_mount(entry) for entry in service.pop("tmpfs", None) or []]
         if mounts:
             service["volumes"] = [*service.get("volumes", []), *mounts]
+        if name in UNPUBLISHED:
+            service.pop("ports", None)
         if "ports" in service:
             service["ports"] = swarm_ports(service["ports"])
         for resources in (service.get("deploy", {}).get("resources") or {}).values():

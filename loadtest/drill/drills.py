@@ -169,12 +169,15 @@ def worker_timeout(ctx: Context) -> Outcome:
         f"/api/blocking?delay={delay} (the drill's own, not counted) blocked worker {victim}; gunicorn "
         f"killed it {died - started:.1f} s later (GUNICORN_TIMEOUT={timeout})"
     )
-    if len(killed) > 1:
-        tries = nginx_access(ctx.handle, request_id).get("upstream_status", "?")
-        outcome.notes.append(
-            f"nginx sent it again (upstream_status {tries}): it retries a GET that fails on a pooled "
-            f"upstream connection, so one blocking GET timed out {len(killed)} workers in turn"
+    tries = nginx_access(ctx.handle, request_id).get("upstream_status", "?")
+    if len(killed) != 1:
+        # nginx must not send a request whose worker died serving it to another worker
+        # (proxy_next_upstream_timeout in the template): the poison request kills one worker, not all.
+        raise DrillError(
+            f"one blocking GET killed {len(killed)} workers {killed} (nginx upstream_status {tries}); "
+            "exactly one may die"
         )
+    outcome.notes.append(f"nginx tried it once (upstream_status {tries}) and answered {answer}")
     return outcome
 
 

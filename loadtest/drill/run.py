@@ -5,7 +5,9 @@ WebSocket closes and failed reconnects, recovery, and the verdict against the dr
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import json
 import os
 import shutil
 import time
@@ -78,6 +80,20 @@ def fill(
     row.verdict()
 
 
+def nginx_retries(run_dir: Path) -> int | None:
+    """Requests nginx sent to the app more than once (its access line lists an upstream_status per try);
+    None without a local nginx log. A loss-free drill must not owe its 0 to these."""
+    logs = sorted(run_dir.glob("nginx.log*"))
+    if not logs:
+        return None
+    retried = 0
+    for log in logs:
+        for line in log.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError, AttributeError):
+                retried += "," in json.loads(line).get("upstream_status", "")
+    return retried
+
+
 def compress_logs(run_dir: Path) -> None:
     """nginx's access log is one JSON line per request (~12 MB per drill): kept, gzipped."""
     for log in sorted(run_dir.glob("*.log*")):
@@ -128,8 +144,11 @@ def run_drill(
         return row
     finally:
         row.load_average_after = load_average()
+        retries = nginx_retries(run_dir)
         compress_logs(run_dir)
     fill(row, tally, outcome, params, load.started_at, ctx.watch.started() if ctx.watch else None)
+    if retries is not None:
+        row.notes.append(f"nginx retried {retries} request(s) on a second try (upstream_status)")
     return row
 
 
