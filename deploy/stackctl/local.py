@@ -303,6 +303,7 @@ class Local(Runtime):
     """The stack's components as processes of this host, by pid (state.json in the run dir)."""
 
     needs_record = True
+    processes_here = True
 
     def __init__(self, components: Sequence[Component] = COMPONENTS) -> None:
         self.components = tuple(components)
@@ -349,3 +350,7 @@ class Local(Runtime):
     def log_files(self, run_dir: Path) -> dict[str, Path]:
         run = RunDir(run_dir)
         return {component.name: run.log(component.name) for component in self.components}
+
+    def log_pids(self, run_dir: Path) -> list[int]:
+        state = RunDir(run_dir).load_state()
+        return state.log_pids if state else []
