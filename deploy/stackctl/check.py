@@ -4,36 +4,24 @@ validator, and the ordering rules of deploy/stackctl/rules.py. `up` and `reload`
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from rich.console import Console
 from rich.table import Table
 
-from deploy.stackctl import docker, local, rules, swarm, tls, tools
+from deploy.stackctl import docker, local, rules, runtimes, tls, tools
 from deploy.stackctl.config import KNOBS, ROOT, Effective, dump
 from deploy.stackctl.errors import StackError
 from deploy.stackctl.facts import HostFacts
+from deploy.stackctl.runtime import Name
+from deploy.stackctl.validation import Validation
 from service.settings import ConfigError, Settings
 
 OVERRIDE = f"{rules.UNSAFE_OVERRIDE}=1"
-
-
-ValidationStatus = Literal["ok", "failed", "skipped"]
-
-
-@dataclass(frozen=True)
-class Validation:
-    layer: str
-    command: str
-    status: ValidationStatus
-    detail: str = ""
 
 
 def layer_of(settings: Settings, name: str) -> str:
@@ -154,38 +142,6 @@ def validate_compose(config: Effective) -> Validation:
     return Validation("compose", name, "ok", docker.COMPOSE_FILE.name)
 
 
-def validate_swarm(config: Effective) -> Validation:
-    """The stack file `make up` would deploy (images left at their local tags), checked by `docker stack
-    config`; the detail names what the stack drops or converts from docker-compose.yml."""
-    name = "docker stack config"
-    env = {**os.environ, **{knob: dump(config.settings, knob) for knob in KNOBS}}
-    try:
-        data = swarm.rendered_config(config, env, swarm.locust_wanted(config))
-    except StackError as error:
-        status: ValidationStatus = "skipped" if "not installed" in str(error) else "failed"
-        return Validation("swarm", name, status, str(error))
-    stack, changed = swarm.stack_file(data, config)
-    with tempfile.TemporaryDirectory(prefix="stack-check-") as scratch:
-        path = Path(scratch) / swarm.STACK_FILE
-        path.write_text(json.dumps(stack))
-        try:
-            result = subprocess.run(
-                ["docker", "stack", "config", "-c", str(path)], capture_output=True, text=True, timeout=60
-            )
-        except OSError as error:
-            return Validation("swarm", name, "skipped", f"the docker CLI cannot run: {error}")
-    if result.returncode != 0:
-        lines = (result.stderr or result.stdout).strip().splitlines() or [f"exit {result.returncode}"]
-        return Validation("swarm", name, "failed", lines[-1])
-    stand_ins = {**swarm.DROPPED, **swarm.CONVERTED}
-    notes = "; ".join(
-        f"{key} ({', '.join(services)}) -> {stand_ins[key]}" for key, services in changed.items()
-    )
-    return Validation(
-        "swarm", name, "ok", f"docker-compose.yml + deploy/swarm.yml; not as in compose: {notes}"
-    )
-
-
 MARKS: dict[rules.Severity, str] = {
     "ok": "[green]✓ ok[/]",
     "error": "[red]✗ error[/]",
@@ -207,10 +163,11 @@ def make_console(stderr: bool = False) -> Console:
     return Console(file=stream, width=None if stream.isatty() else 130, soft_wrap=True)
 
 
-def run_check(config: Effective, runtime: str) -> int:
+def run_check(config: Effective, runtime: Name) -> int:
     console = make_console()
     settings = config.settings
-    host = HostFacts.for_runtime(runtime, settings)
+    backend = runtimes.RUNTIMES[runtime]
+    host = backend.host_facts(settings)
     console.print(knob_table(config))
     console.print("bold rows come from a profile, .env, the environment or the runtime", style="dim")
     for line in derived_lines(settings, runtime, host):
@@ -218,8 +175,7 @@ def run_check(config: Effective, runtime: str) -> int:
 
     console.print("\n[bold]Validators[/]")
     validations = [validate_nginx(config), validate_gunicorn(config), validate_compose(config)]
-    if runtime == "swarm":
-        validations.append(validate_swarm(config))
+    validations += backend.validations(config)
     for check in validations:
         colour = {"ok": "green", "failed": "red", "skipped": "yellow"}[check.status]
         console.print(f"[{colour}]{check.status:>7}[/] {check.command}: {check.detail}", highlight=False)
@@ -250,10 +206,10 @@ def run_check(config: Effective, runtime: str) -> int:
     return 0
 
 
-def refuse_unsafe(config: Effective, runtime: str, command: str, allowed: bool | None = None) -> None:
+def refuse_unsafe(config: Effective, runtime: Name, command: str, allowed: bool | None = None) -> None:
     """What `up` and `reload` run first: refuse a config that breaks a rule unless ALLOW_UNSAFE_CONFIG=1
     (`allowed`; default: read from this process's environment)."""
-    findings = rules.evaluate(config.settings, HostFacts.for_runtime(runtime, config.settings))
+    findings = rules.evaluate(config.settings, runtimes.RUNTIMES[runtime].host_facts(config.settings))
     broken = rules.errors(findings)
     console = make_console(stderr=True)
     print_findings(rules.problems(findings), console)

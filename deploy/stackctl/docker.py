@@ -30,6 +30,7 @@ from deploy.stackctl.components import APP, NGINX, SERVICES
 from deploy.stackctl.config import KNOBS, ROOT, Effective
 from deploy.stackctl.config import knob_environment as knob_environment
 from deploy.stackctl.errors import StackError
+from deploy.stackctl.facts import HostFacts
 from deploy.stackctl.ports import LOOPBACK, port_in_use
 from deploy.stackctl.runtime import Runtime
 from service.settings import Settings, load_settings, unix_socket_path
@@ -549,8 +550,45 @@ def logs(follow: bool, project: Project | None = None) -> None:
     os.execvpe(command[0], command, project.env)
 
 
+def locust_target(settings: Settings) -> str:
+    """Where the compose Locust containers send their load: nginx's plain port, or with NGINX_TLS=1 its
+    HTTPS port by the name the generated certificate gives the nginx container, verified against the local
+    CA (write_tls_overlay). Raises StackError for a certificate of your own (NGINX_TLS_CERT): the
+    containers could verify it under no name we know."""
+    if not settings.nginx_tls:
+        return LOCUST_PLAIN_HOST
+    served = tls.files(settings)
+    if not served.generated:
+        raise StackError(
+            f"NGINX_TLS_CERT={served.cert}: the compose Locust UI verifies nginx as {tls.CONTAINER_NAME} "
+            "against the generated local CA, and a certificate of your own names other hosts; run Locust on "
+            "this host instead: `make loadtest HOST=https://<a name it carries>:<HTTPS_PORT>`"
+        )
+    return LOCUST_TLS_HOST
+
+
+def locust_web_ui(config: Effective, environ: Mapping[str, str], workers: int, web_port: int) -> None:
+    """Locust's web UI as the compose profile `loadtest` (master + workers), in the foreground until
+    Ctrl-C, against the stack's own knobs and `locust_target`."""
+    target = locust_target(config.settings)
+    print(
+        f"Locust web UI: http://{LOOPBACK}:{web_port}  (target {target} on the compose network; "
+        "compose profile loadtest; Ctrl-C stops)",
+        flush=True,
+    )
+    base = {**environ, "LOCUST_WEB_PORT": str(web_port)}
+    project = Project({**knob_environment(config, base), "LOCUST_WEB_PORT": str(web_port)})
+    build(project, loadtest=True)
+    scale = f"locust-worker={max(workers, 1)}"
+    project.run("up", "--scale", scale, "locust-master", "locust-worker", profiles=ALL_PROFILES)
+
+
 class Docker(Runtime):
     """The stack as the compose project COMPOSE_PROJECT_NAME on the engine behind DOCKER_HOST."""
+
+    compose_project = True
+    serves_locust_ui = True
+    unavailable = "no Docker engine reachable (`docker info` failed); start one or set DOCKER_HOST"
 
     def up(self, run_dir: Path, config: Effective, environ: Mapping[str, str]) -> None:
         up(config, environ)
@@ -575,6 +613,12 @@ class Docker(Runtime):
 
     def available(self) -> bool:
         return engine_reachable()
+
+    def host_facts(self, settings: Settings) -> HostFacts:
+        return HostFacts.docker(settings)
+
+    def locust_ui(self, config: Effective, environ: Mapping[str, str], workers: int, web_port: int) -> None:
+        locust_web_ui(config, environ, workers, web_port)
 
     def containers(self, environ: Mapping[str, str], service: str | None = None) -> list[Container]:
         project = Project(environ)

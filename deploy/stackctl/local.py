@@ -312,6 +312,7 @@ class Local(Runtime):
     """The stack's components as processes of this host, by pid (state.json in the run dir)."""
 
     needs_record = True
+    processes_here = True
 
     def __init__(self, components: Sequence[Component] = COMPONENTS) -> None:
         self.components = tuple(components)
@@ -358,3 +359,7 @@ class Local(Runtime):
     def log_files(self, run_dir: Path) -> dict[str, Path]:
         run = RunDir(run_dir)
         return {name: run.log(name) for component in self.components for name in component.logs}
+
+    def log_pids(self, run_dir: Path) -> list[int]:
+        state = RunDir(run_dir).load_state()
+        return state.log_pids if state else []

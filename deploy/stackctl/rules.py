@@ -515,7 +515,7 @@ def swarm_hardening(settings: Settings, host: HostFacts) -> list[Finding]:
 
 def unix_socket_on_swarm(settings: Settings, host: HostFacts) -> list[Finding]:
     bind = settings.gunicorn_bind
-    if unix_socket_path(bind) is None or host.runtime != "swarm":
+    if unix_socket_path(bind) is None or host.swarm is None:
         return []
     return [
         Finding(
@@ -533,9 +533,9 @@ def unix_socket_findings(settings: Settings, host: HostFacts) -> list[Finding]:
     """GUNICORN_BIND=unix:path: nginx connects to the socket, so host:port upstream knobs do not apply, and
     uvicorn sees no peer address. In containers deploy/compose.unix.yml sets both ends; swarm cannot."""
     bind = settings.gunicorn_bind
-    if unix_socket_path(bind) is None or host.runtime == "swarm":
+    if unix_socket_path(bind) is None or host.swarm is not None:
         return []
-    if host.runtime == "docker":
+    if host.compose:
         return []  # the overlay fixes the socket's path, nginx's upstream and the trusted peers
     findings = []
     if settings.nginx_upstream and settings.nginx_upstream != bind:

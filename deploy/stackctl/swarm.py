@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -29,10 +30,13 @@ import yaml  # type: ignore[import-untyped]  # PyYAML comes with uvicorn[standar
 
 from deploy.stackctl import docker, local, tls
 from deploy.stackctl.components import APP, NGINX
-from deploy.stackctl.config import ROOT, Effective
+from deploy.stackctl.config import KNOBS, ROOT, Effective, dump
 from deploy.stackctl.errors import StackError
+from deploy.stackctl.facts import HostFacts
 from deploy.stackctl.ports import LOOPBACK, port_in_use
 from deploy.stackctl.runtime import Runtime
+from deploy.stackctl.validation import Validation, ValidationStatus
+from service.settings import Settings
 
 SWARM_FILE = ROOT / "deploy" / "swarm.yml"
 STACK_FILE = "stack.yml"
@@ -569,10 +573,43 @@ def logs(follow: bool, stack: Stack | None = None) -> None:
     sys.stdout.flush()
 
 
+def validate(config: Effective) -> Validation:
+    """The stack file `make up` would deploy (images left at their local tags), checked by `docker stack
+    config`; the detail names what the stack drops or converts from docker-compose.yml."""
+    name = "docker stack config"
+    env = {**os.environ, **{knob: dump(config.settings, knob) for knob in KNOBS}}
+    try:
+        data = rendered_config(config, env, locust_wanted(config))
+    except StackError as error:
+        status: ValidationStatus = "skipped" if "not installed" in str(error) else "failed"
+        return Validation("swarm", name, status, str(error))
+    stack, changed = stack_file(data, config)
+    with tempfile.TemporaryDirectory(prefix="stack-check-") as scratch:
+        path = Path(scratch) / STACK_FILE
+        path.write_text(json.dumps(stack))
+        try:
+            result = subprocess.run(
+                ["docker", "stack", "config", "-c", str(path)], capture_output=True, text=True, timeout=60
+            )
+        except OSError as error:
+            return Validation("swarm", name, "skipped", f"the docker CLI cannot run: {error}")
+    if result.returncode != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines() or [f"exit {result.returncode}"]
+        return Validation("swarm", name, "failed", lines[-1])
+    stand_ins = {**DROPPED, **CONVERTED}
+    notes = "; ".join(
+        f"{key} ({', '.join(services)}) -> {stand_ins[key]}" for key, services in changed.items()
+    )
+    return Validation(
+        "swarm", name, "ok", f"docker-compose.yml + deploy/swarm.yml; not as in compose: {notes}"
+    )
+
+
 class Swarm(Runtime):
     """The stack as a `docker stack` (docker-compose.yml + deploy/swarm.yml) on a swarm manager."""
 
     reload_anyway = "replacing the app tasks anyway (a rolling update)"
+    unavailable = docker.Docker.unavailable
 
     def up(self, run_dir: Path, config: Effective, environ: Mapping[str, str]) -> None:
         up(config, environ, run_dir)
@@ -598,3 +635,10 @@ class Swarm(Runtime):
 
     def available(self) -> bool:
         return docker.engine_reachable()
+
+    def host_facts(self, settings: Settings) -> HostFacts:
+        """Asks the engine behind DOCKER_HOST what it applies to services (docker version, docker info)."""
+        return HostFacts.probed_swarm(settings)
+
+    def validations(self, config: Effective) -> list[Validation]:
+        return [validate(config)]

@@ -22,7 +22,8 @@ from typing import Protocol
 import httpx2
 import psutil
 
-from deploy.stackctl import local, procs, stack, tools
+from deploy.stackctl import procs, stack, tools
+from deploy.stackctl.components import APP, NGINX
 from deploy.stackctl.config import ROOT, Effective, effective
 from deploy.stackctl.errors import StackError
 from deploy.stackctl.ports import LOOPBACK, free_port, free_port_knobs
@@ -165,14 +166,14 @@ class Stack:
         return self.handle.url if target == "nginx" else f"http://{self.handle.settings.gunicorn_bind}"
 
     def roles(self) -> dict[str, list[int]]:
-        state = local.RunDir(self.handle.run_dir).load_state()
-        if state is None:
+        pids = self.handle.pids()
+        if not pids:
             return {}
-        app, nginx = state.pids["gunicorn"], state.pids["nginx"]
+        app, nginx = pids[APP.name], pids[NGINX.name]
         return {
             "app": [app, *descendants(app)],
             "nginx": [nginx, *descendants(nginx)],
-            "log pipes": list(state.log_pids),
+            "log pipes": self.handle.log_pids(),
         }
 
     def worker_pids(self) -> list[int]:

@@ -55,9 +55,9 @@ def project_knobs(drill: str) -> dict[str, str]:
 
 
 def scale(handle: stack.Handle, replicas: int) -> None:
-    """`make scale APP=replicas` for this handle's project (what docker.scale does for `make up`'s)."""
+    """`make scale APP=replicas` for this handle's project (not the one this process's environment names)."""
     with quiet():
-        docker.scale(handle.config, replicas, handle.project())
+        handle.scale(replicas)
 
 
 def kill(handle: stack.Handle, container: docker.Container) -> None:

@@ -61,15 +61,36 @@ class Outcome:
 Action = Callable[[Context], Outcome]
 
 
+Needs = Callable[[stack.Backend], bool]
+
+
+def host_processes(runtime: stack.Backend) -> bool:
+    """The workers are processes of this host: their pids to signal and watch, their log files."""
+    return runtime.processes_here
+
+
+def compose_project(runtime: stack.Backend) -> bool:
+    """The app runs in containers of a compose project: to scale, recreate and kill."""
+    return runtime.compose_project
+
+
 @dataclass(frozen=True)
 class Drill:
     name: str
-    runtime: stack.Runtime
+    needs: Needs  # what the drill's event needs of the runtime its stack runs on
     what: str
     act: Action
     knobs: Callable[[LoadParams], dict[str, str]] = lambda params: {}
     prepare: Callable[[Context], None] | None = None  # before the load starts
-    needs: str = ""  # a route of the demo's the drill sends itself: skipped for another APP_MODULE
+    demo_route: str = ""  # a route of the demo's the drill sends itself: skipped for another APP_MODULE
+
+    @property
+    def runtime(self) -> stack.Runtime:
+        """Where the drill runs: the first runtime (in runtimes.RUNTIMES' order) that has what it needs."""
+        found = next((name for name in stack.RUNTIMES if self.needs(stack.backend(name))), None)
+        if found is None:
+            raise DrillError(f"drill {self.name}: no runtime has what it needs ({self.needs.__name__})")
+        return found
 
 
 def in_flight_bound(ctx: Context, held: int, whose: str) -> tuple[int, str]:
@@ -249,7 +270,7 @@ def recreate(ctx: Context) -> Outcome:
     changed = {"APP_MAX_TEXT_LENGTH": str(ctx.handle.settings.app_max_text_length + 1)}
     started = time.monotonic()
     with containers.quiet():
-        ctx.handle = stack.start("docker", {**ctx.knobs, **changed}, ctx.run_dir, base=ctx.base)
+        ctx.handle = stack.start(ctx.handle.runtime, {**ctx.knobs, **changed}, ctx.run_dir, base=ctx.base)
     after = {c.id for c in ctx.handle.containers("app")}
     notes = [f"app container(s) {sorted(before)} -> {sorted(after)}"]
     if before == after:
@@ -292,36 +313,38 @@ def app_killed(ctx: Context) -> Outcome:
 
 
 DRILLS: tuple[Drill, ...] = (
-    Drill("baseline", "local", "nothing happens: the load alone", baseline),
-    Drill("reload", "local", "handle.reload(): gunicorn HUP + nginx reload", reload),
+    Drill("baseline", host_processes, "nothing happens: the load alone", baseline),
+    Drill("reload", host_processes, "handle.reload(): gunicorn HUP + nginx reload", reload),
     Drill(
         "recycle",
-        "local",
+        host_processes,
         "small GUNICORN_MAX_REQUESTS: workers recycle during the load",
         recycle,
         recycle_knobs,
     ),
-    Drill("worker-term", "local", "SIGTERM to one worker", worker_term),
-    Drill("worker-kill", "local", "SIGKILL to one worker", worker_kill),
+    Drill("worker-term", host_processes, "SIGTERM to one worker", worker_term),
+    Drill("worker-kill", host_processes, "SIGKILL to one worker", worker_kill),
     Drill(
         "worker-timeout",
-        "local",
+        host_processes,
         "/api/blocking past GUNICORN_TIMEOUT: gunicorn kills the blocked worker",
         worker_timeout,
         timeout_knobs,
-        needs="/api/blocking",
+        demo_route="/api/blocking",
     ),
-    Drill("nginx-reload", "local", "HUP to the nginx master", nginx_reload),
+    Drill("nginx-reload", host_processes, "HUP to the nginx master", nginx_reload),
     Drill(
         "down-in-flight",
-        "local",
+        host_processes,
         "stop the stack with slow requests in flight",
         down_in_flight,
-        needs="/api/slow",
+        demo_route="/api/slow",
     ),
-    Drill("recreate", "docker", "compose recreates the app container for a changed knob", recreate),
-    Drill("scale-down", "docker", "compose scale app=3 -> 1 under load", scale_down, prepare=three_apps),
-    Drill("app-killed", "docker", "docker kill one of 2 app containers", app_killed, prepare=two_apps),
+    Drill("recreate", compose_project, "compose recreates the app container for a changed knob", recreate),
+    Drill(
+        "scale-down", compose_project, "compose scale app=3 -> 1 under load", scale_down, prepare=three_apps
+    ),
+    Drill("app-killed", compose_project, "docker kill one of 2 app containers", app_killed, prepare=two_apps),
 )
 NAMES = tuple(d.name for d in DRILLS)
 BY_NAME = {d.name: d for d in DRILLS}

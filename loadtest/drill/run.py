@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from deploy.stackctl import stack
-from deploy.stackctl.ports import free_port_knobs
 from loadtest.apps import needs_demo, served_app
 from loadtest.drill import containers
 from loadtest.drill.drills import BY_NAME, Context, Drill, Outcome
@@ -107,10 +106,11 @@ def run_drill(
     drill: Drill, params: LoadParams, report_dir: Path, base: Mapping[str, str] | None, wrk: str
 ) -> Row:
     row = Row(drill.name, drill.runtime, drill.what)
+    runtime = stack.backend(drill.runtime)
     environ = os.environ if base is None else base
     row.knobs = drill_knobs(drill, params, environ)
-    knobs = {**row.knobs, **free_port_knobs(drill.runtime)}
-    if drill.runtime == "docker":
+    knobs = {**row.knobs, **runtime.free_port_knobs()}
+    if runtime.compose_project:
         knobs |= containers.project_knobs(drill.name)
     run_dir = report_dir / drill.name
     run_dir.mkdir(parents=True)
@@ -121,7 +121,7 @@ def run_drill(
             ctx = Context(handle, load, params, run_dir, knobs, base)
             if drill.prepare:
                 drill.prepare(ctx)
-            if drill.runtime == "local":
+            if runtime.processes_here:
                 ctx.watch = WorkerWatch(handle)
                 ctx.watch.start()
             started = time.monotonic()
@@ -136,7 +136,7 @@ def run_drill(
                 tally = load.stop()
                 if ctx.watch:
                     ctx.watch.stop()
-                if drill.runtime == "docker":
+                if runtime.compose_project:
                     containers.save_logs(ctx.handle, run_dir)
             row.seconds = round(time.monotonic() - started, 1)
     except Exception as error:  # a drill that breaks is a row saying why, not the end of the run
@@ -163,7 +163,8 @@ def run_drills(
     drills = [BY_NAME[name] for name in names]
     wrk = find_wrk()
     app = served_app(base)
-    engine = any(d.runtime == "docker" for d in drills) and stack.docker_engine_reachable()
+    # Asked once per runtime the drills use (an engine: `docker info`); a drill on one that is not is skipped.
+    available = {name: stack.backend(name).available() for name in dict.fromkeys(d.runtime for d in drills)}
     report_dir = out_root / f"drill-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
     report_dir.mkdir(parents=True, exist_ok=False)
     meta: dict[str, Any] = {
@@ -176,10 +177,10 @@ def run_drills(
     rows: list[Row] = []
     try:
         for drill in drills:
-            if drill.runtime == "docker" and not engine:
+            if not available[drill.runtime]:
                 row = Row(drill.name, drill.runtime, drill.what, status=Status.SKIPPED)
-                row.reason = "no Docker engine reachable (`docker info` failed); start one or set DOCKER_HOST"
-            elif missing := needs_demo(drill.needs, app):
+                row.reason = stack.backend(drill.runtime).unavailable
+            elif missing := needs_demo(drill.demo_route, app):
                 row = Row(drill.name, drill.runtime, drill.what, Status.SKIPPED, missing)
             else:
                 row = run_drill(drill, params, report_dir, base, wrk)

@@ -1,5 +1,5 @@
 """The Locust web UI with a user-class and shape picker, until Ctrl-C: Locust processes here, or for a
-stack on the docker runtime the compose profile `loadtest`."""
+stack whose runtime runs Locust itself (Runtime.serves_locust_ui: docker's compose profile `loadtest`)."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ def run_ui(
         runtime = started.runtime if started else stack.configured_runtime(run_dir)
     except ConfigError as error:
         raise LoadtestError(str(error)) from None
-    if runtime == "docker":
-        return run_ui_compose(run_dir, workers, web_port)
+    if stack.backend(runtime).serves_locust_ui:
+        return run_ui_in_stack(run_dir, runtime, workers, web_port)
     env = {**locust_env(run_dir), **trust_env(ca)}
     reports = report_dir("ui", out_dir)
     files = [str(SCENARIO_DIR), str(SHAPE_DIR)]
@@ -54,16 +54,11 @@ def run_ui(
         processes.stop()
 
 
-def run_ui_compose(run_dir: Path, workers: int, web_port: int) -> int:
-    """Docker runtime: the compose profile `loadtest` (locust-master, N x locust-worker), foreground."""
+def run_ui_in_stack(run_dir: Path, runtime: stack.Runtime, workers: int, web_port: int) -> int:
+    """Locust's web UI as the stack's runtime runs it (docker: the compose profile `loadtest`, locust-master
+    and N x locust-worker), in the foreground."""
     try:
-        target = stack.locust_target(run_dir)
-        print(
-            f"Locust web UI: http://{LOOPBACK}:{web_port}  (target {target} on the compose network; "
-            "compose profile loadtest; Ctrl-C stops)",
-            flush=True,
-        )
-        stack.locust_web_ui(run_dir, workers, web_port)
+        stack.locust_web_ui(run_dir, runtime, workers, web_port)
     except KeyboardInterrupt:
         return 0
     except (ConfigError, stack.StackError) as error:
