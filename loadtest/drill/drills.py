@@ -6,12 +6,15 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from deploy.stackctl import procs, stack
 from loadtest.drill import containers
@@ -234,9 +237,15 @@ def down_in_flight(ctx: Context) -> Outcome:
     delay = 2 if ctx.params.short else 3
     url = f"{ctx.handle.url}/api/slow?delay={delay}"
     grace = ctx.handle.settings.gunicorn_graceful_timeout + 5  # what local.down gives each process
+    sent = threading.Semaphore(0)
     with ThreadPoolExecutor(SLOW_IN_FLIGHT + 1) as pool:
-        futures = [pool.submit(status_of, url, delay + 60) for _ in range(SLOW_IN_FLIGHT)]
-        time.sleep(0.5)
+        futures = [pool.submit(status_once_sent, url, delay + 60, sent) for _ in range(SLOW_IN_FLIGHT)]
+        # The stop must find every slow request written to nginx: under load a fixed pause was sometimes
+        # shorter than the probes' connects, and nginx (stopping) then refused them, a loss of the drill's.
+        for _ in range(SLOW_IN_FLIGHT):
+            if not sent.acquire(timeout=15):
+                raise DrillError("down-in-flight: the slow requests were not all sent within 15 s")
+        time.sleep(0.5)  # nginx reads them and passes them on to the app
         ctx.load.sockets.hold()
         exited = pool.submit(exits, ctx.handle.pids(), 3 * grace)
         started = time.monotonic()
@@ -260,6 +269,29 @@ def down_in_flight(ctx: Context) -> Outcome:
         notes=notes,
         load_until=started,
     )
+
+
+def status_once_sent(url: str, timeout: float, sent: threading.Semaphore) -> str:
+    """GET `url` on a connection of its own, releasing `sent` once the request is written; the status, or
+    the error's name. Plain HTTP only (drill stacks run without TLS); other URLs go through httpx."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or parts.hostname is None or parts.port is None:
+        sent.release()
+        return status_of(url, timeout)
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as conn:
+            target = f"{parts.path}?{parts.query}" if parts.query else parts.path
+            request = f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: close\r\n\r\n"
+            conn.sendall(request.encode())
+            sent.release()
+            answer = b""
+            while chunk := conn.recv(65536):
+                answer += chunk
+    except OSError as error:
+        sent.release()
+        return type(error).__name__
+    status_line = answer.split(b"\r\n", 1)[0].split()
+    return status_line[1].decode() if len(status_line) >= 2 else "no status line"
 
 
 # --- docker drills ----------------------------------------------------------------------------------
