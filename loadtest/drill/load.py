@@ -170,6 +170,7 @@ class TickerClients:
         self.connects = 0
         self.pushes = 0
         self.closes: Counter[str] = Counter()
+        self.closed_at: list[tuple[float, str]] = []  # (unix time, close code): the drill's timeline
         self.failed: Counter[str] = Counter()
         self.longest_gap = 0.0
         self.connect_times: list[float] = []
@@ -226,6 +227,7 @@ class TickerClients:
             closed_at = time.monotonic()
             with self.lock:
                 self.closes[str(code)] += 1
+                self.closed_at.append((time.time(), str(code)))
             if not self.reconnecting.is_set():
                 return
 

@@ -41,7 +41,7 @@ WORKER_SCHEMA: dict[str, str] = {
     "rps": "HTTP requests it answered per second",
     "lag_max_ms": "largest event-loop lag of its last second, or how long it has been stalled if longer",
     "lag_p99_ms": "99th percentile of its event-loop lag over 10 s",
-    "stalled": "true when its loop has not written its gauges for over a second: it is blocked now",
+    "stalled": "true when its probe has not run for APP_LOOP_LAG_INTERVAL + 0.1 s: its loop is blocked now",
     "websockets": "WebSockets it holds open",
     "rss_mb": "resident memory (MiB)",
     "cpu_percent": "CPU since the last sample (% of one CPU)",
@@ -70,6 +70,9 @@ NGINX_ERROR = re.compile(r',"status":([45]\d\d),[^\n]*"upstream_header_time":"([
 UPSTREAM_TIME = re.compile(r'"upstream_response_time":"([^"]*)"')
 TIMED = 1000  # lines per sample whose upstream time is read, evenly spread over them
 ERROR_STATUS = 400
+# A worker's probe writes its heartbeat every APP_LOOP_LAG_INTERVAL: an older one, by more than this (a
+# late timer, the scrape's own time), is a loop stalled now.
+STALL_SLACK_S = 0.1
 
 
 def stub_status(text: str | None) -> dict[str, int] | None:
@@ -171,7 +174,7 @@ class Tracker:
     """What a sample needs of the previous one: counters, each worker's last values, who was seen."""
 
     started_at: float = 0.0
-    interval: float = 0.1  # APP_LOOP_LAG_INTERVAL: a stall shows once the heartbeat is this much past 1 s
+    interval: float = 0.1  # APP_LOOP_LAG_INTERVAL: how often each worker writes its heartbeat
     last_t: float | None = None
     workers: dict[str, WorkerState] = field(default_factory=dict)
     seen_exits: set[tuple[str, str, str]] = field(default_factory=set)
@@ -309,7 +312,7 @@ class Tracker:
             previous = self.workers.get(wid)
             span = t - previous.t if previous else 0.0
             heartbeat = gauges["event_loop_heartbeat_seconds"].get(pid, t)
-            stall = max(0.0, t - heartbeat - 1.0 - self.interval)
+            stall = max(0.0, t - heartbeat - self.interval - STALL_SLACK_S)
             lag = max(gauges["event_loop_lag_max_seconds"].get(pid, 0.0), stall)
             found.append(
                 {

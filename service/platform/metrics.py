@@ -2,8 +2,8 @@
 
 Requests are counted through REQUEST_METRICS (see RequestMetrics for why). The `app_worker_*` and
 `app_event_loop_*` gauges are per worker (multiprocess_mode="liveall": a `pid` label, gone with the
-worker): loopwatch.py writes them once a second. Worker exits come from the gunicorn master's record
-(exits.py), through ExitsCollector.
+worker): loopwatch.py writes them once a second, the heartbeat at every tick of its timer. Worker exits
+come from the gunicorn master's record (exits.py), through ExitsCollector.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ LOOP_LAG_P99 = Gauge(
 )
 LOOP_HEARTBEAT = Gauge(
     "app_event_loop_heartbeat_seconds",
-    "Unix time of the probe's last write: its age is how long the loop has been stalled",
+    "Unix time the probe last ran: its age less APP_LOOP_LAG_INTERVAL is how long the loop has been stalled",
     multiprocess_mode="liveall",
 )
 WORKER_STARTED = Gauge(
