@@ -33,6 +33,7 @@ class RowSpec:
     server: str  # a key of servers.SERVERS; consecutive rows on one server share one start
     target: Target
     about: str
+    sampled: bool = False  # the stack sampler (loadtest/sampler) runs beside the row, as in every load test
 
 
 ROWS: tuple[RowSpec, ...] = (
@@ -46,6 +47,14 @@ ROWS: tuple[RowSpec, ...] = (
     ),
     RowSpec("blueprint-direct", "throughput", "blueprint", "direct", "the blueprint, its gunicorn bind"),
     RowSpec("blueprint-nginx", "throughput", "blueprint", "nginx", "the blueprint through nginx"),
+    RowSpec(
+        "blueprint-nginx-sampled",
+        "throughput",
+        "blueprint",
+        "nginx",
+        "the blueprint through nginx with the stack sampler reading it once a second",
+        sampled=True,
+    ),
     RowSpec(
         "slow-held",
         "slow",

@@ -63,11 +63,12 @@ STUB = re.compile(
     r"Reading:\s*(\d+)\s+Writing:\s*(\d+)\s+Waiting:\s*(\d+)",
     re.S,
 )
-# Fields of nginx's blueprint_json access line, each found over all of a sample's lines at once: a loaded
-# stack writes thousands a second, and a per-line parse in Python would cost the sampler a tenth of a CPU.
-STATUS = re.compile(r',"status":(\d+)')
-NGINX_ERROR = re.compile(r',"status":([45]\d\d),[^\n]*"upstream_header_time":"([^"]*)"')
-UPSTREAM_TIME = re.compile(r'"upstream_response_time":"([^"]*)"')
+# Fields of nginx's blueprint_json access line, each found over all of a sample's bytes at once: a loaded
+# stack writes thousands of lines a second, and a parse per line in Python would cost the sampler a tenth of
+# a CPU. Other lines (nginx's error log shares the local runtime's file) do not match.
+STATUS = re.compile(rb',"status":(\d+)')
+NGINX_ERROR = re.compile(rb',"status":([45]\d\d),[^\n]*"upstream_header_time":"([^"]*)"')
+UPSTREAM_TIME = re.compile(rb'"upstream_response_time":"([^"]*)"')
 TIMED = 1000  # lines per sample whose upstream time is read, evenly spread over them
 ERROR_STATUS = 400
 # A worker's probe writes its heartbeat every APP_LOOP_LAG_INTERVAL: an older one, by more than this (a
@@ -109,35 +110,32 @@ class Access:
     upstream_ms: list[float] = field(default_factory=list)
 
 
-def access(lines: list[str]) -> Access:
+def access(log: bytes) -> Access:
     """nginx answered an error itself when its last upstream attempt sent no header (`-`) or there was
     none: its own limits and edge errors, 502/504 when the app failed, 499 when the client gave up."""
     found = Access()
-    lines = [line for line in lines if line.startswith("{")]  # nginx's error lines share the local file
-    if not lines:
-        return found
-    text = "\n".join(lines)
-    found.answers.update(STATUS.findall(text))
+    for status, count in Counter(STATUS.findall(log)).items():
+        found.answers[status.decode()] = count
     if not found.answers:
-        return access_by_json(text.splitlines())
-    for status, header in NGINX_ERROR.findall(text):
-        if last_attempt(header) in ("", "-"):
-            found.nginx_errors[status] += 1
-    timed = lines if len(lines) <= TIMED else lines[:: len(lines) // TIMED]
-    for value in UPSTREAM_TIME.findall("\n".join(timed)):
-        if value[:1].isdigit() and "," not in value and ":" not in value:
+        return access_by_json(log) if b"{" in log else found
+    for status, header in NGINX_ERROR.findall(log):
+        if last_attempt(header.decode()) in ("", "-"):
+            found.nginx_errors[status.decode()] += 1
+    times = UPSTREAM_TIME.findall(log)
+    for value in times[:: max(1, len(times) // TIMED)]:
+        if value[:1].isdigit() and b"," not in value and b":" not in value:
             found.upstream_ms.append(float(value) * 1000)
         else:  # "-" (nginx did not ask the app), or several attempts
-            seconds = total_seconds(value)
+            seconds = total_seconds(value.decode())
             if seconds is not None:
                 found.upstream_ms.append(seconds * 1000)
     return found
 
 
-def access_by_json(lines: list[str]) -> Access:
+def access_by_json(log: bytes) -> Access:
     """The slow way, for an access log format without the template's field order."""
     found = Access()
-    for line in lines:
+    for line in log.decode("utf-8", "replace").splitlines():
         try:
             data = json.loads(line)
             status = int(data["status"])
@@ -264,7 +262,7 @@ class Tracker:
             nginx.update(stub)
             if before is not None and dt > 0:
                 nginx["rps"] = rounded(max(0, requests - before - raw.own_nginx_requests) / dt)
-        lines = access(raw.lines)
+        lines = access(raw.log)
         by_layer["nginx"] = lines.nginx_errors
         nginx["lines"] = sum(lines.answers.values())
         if lines.upstream_ms:

@@ -92,12 +92,14 @@ def test_stub_status_and_access_lines_are_read() -> None:
         line(429, header="", response="", upstream=""),  # nginx's own limit: no upstream at all
         "2026/01/01 00:00:00 [error] 12#12: *1 upstream prematurely closed connection",
     ]
-    found = access(lines)
+    found = access("\n".join(lines).encode() + b"\n")
     assert found.answers == {"200": 2, "502": 1, "503": 1, "504": 1, "429": 1}
     assert found.nginx_errors == {"502": 1, "504": 1, "429": 1}
     assert sorted(found.upstream_ms) == [0.0, 2.0, 2.0, 10.0, 3000.0], "every attempt counts; none: no time"
     # Another field order: read line by line with json.
-    reordered = [json.dumps({"upstream_response_time": "0.5", "status": 500, "upstream_header_time": "-"})]
+    reordered = json.dumps(
+        {"upstream_response_time": "0.5", "status": 500, "upstream_header_time": "-"}
+    ).encode()
     assert access(reordered).nginx_errors == {"500": 1} and access(reordered).upstream_ms == [500.0]
 
 
@@ -105,23 +107,24 @@ def test_the_log_tail_reads_new_complete_lines_and_follows_a_rotation(tmp_path: 
     log = tmp_path / "nginx.log"
     log.write_text("old\n")
     tail = LogTail(log)
-    assert tail.lines() == []
+    assert tail.read() == b""
     with log.open("a") as out:
         out.write("one\ntwo\nhal")
-    assert tail.lines() == ["one", "two"]
+    assert tail.read() == b"one\ntwo\n"
     with log.open("a") as out:
         out.write("f\n")
-    assert tail.lines() == ["half"]
+    assert tail.read() == b"half\n"
     log.rename(tmp_path / "nginx.log.1")
     log.write_text("new\n")
-    assert tail.lines() == ["new"]
+    assert tail.read() == b"new\n"
 
 
 def raw(
     t: float, text: str | None, instance: str = "", stub: str | None = None, lines: list[str] = ()
 ) -> Raw:
     scrape = AppScrape(instance, text, "" if text else "ReadTimeout")
-    return Raw(t, apps=[scrape], stub=stub, lines=list(lines), own_nginx_requests=1 if stub else 0)
+    log = "".join(f"{line}\n" for line in lines).encode()
+    return Raw(t, apps=[scrape], stub=stub, log=log, own_nginx_requests=1 if stub else 0)
 
 
 def test_samples_follow_workers_from_start_to_end_with_rates_and_reasons() -> None:
