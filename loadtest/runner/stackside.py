@@ -52,6 +52,14 @@ def knobs(report_dir: Path) -> dict[str, Any]:
     return dict(settings) if isinstance(settings, dict) else {}
 
 
+def write_stack_page(html: Path, report_dir: Path, host: str, run_dir: Path) -> None:
+    """The stack's charts on a page of their own, where Locust wrote no report here (its compose UI)."""
+    html.write_text(
+        '<!doctype html><html><head><meta charset="utf-8"><title>stack</title></head><body></body></html>'
+    )
+    add_stack_charts(html, report_dir, host, run_dir)
+
+
 def add_stack_charts(html: Path, report_dir: Path, host: str, run_dir: Path) -> None:
     """The stack's charts (or why there are none) and its knobs at the end of Locust's report.html."""
     if not html.is_file():

@@ -12,7 +12,7 @@ from loadtest.errors import LoadtestError
 from loadtest.runner.plan import SCENARIO_DIR, SHAPE_DIR, report_dir
 from loadtest.runner.processes import Processes, interrupt, locust_env, start_locust
 from loadtest.runner.report import write_stack_settings
-from loadtest.runner.stackside import add_stack_charts, sampling
+from loadtest.runner.stackside import add_stack_charts, sampling, write_stack_page
 from loadtest.runner.trust import our_stack, tls_target, trust_env, trusting
 from loadtest.sampler.sampler import SERIES_FILE
 from loadtest.stack import DEFAULT_RUN_DIR, check_host, stack_info
@@ -31,11 +31,14 @@ def run_ui(
         runtime = started.runtime if started else stack.configured_runtime(run_dir)
     except ConfigError as error:
         raise LoadtestError(str(error)) from None
-    if runtime == "docker":
-        return run_ui_compose(run_dir, workers, web_port)
-    env = {**locust_env(run_dir), **trust_env(ca)}
     reports = report_dir("ui", out_dir)
     write_stack_settings(reports, host, info, run_dir)
+    if runtime == "docker":
+        with sampling(host, run_dir, reports):
+            code = run_ui_compose(run_dir, workers, web_port)
+        write_stack_page(reports / "stack.html", reports, host, run_dir)
+        return code
+    env = {**locust_env(run_dir), **trust_env(ca)}
     files = [str(SCENARIO_DIR), str(SHAPE_DIR)]
     options = [
         "-f", ",".join(files), "--class-picker", "-H", host,
@@ -64,7 +67,8 @@ def run_ui(
 
 
 def run_ui_compose(run_dir: Path, workers: int, web_port: int) -> int:
-    """Docker runtime: the compose profile `loadtest` (locust-master, N x locust-worker), foreground."""
+    """Docker runtime: the compose profile `loadtest` (locust-master, N x locust-worker), foreground. Its
+    containers cannot read the sampler's file: the stack's charts are in the report dir's stack.html."""
     try:
         target = stack.locust_target(run_dir)
         print(

@@ -52,6 +52,11 @@
                              "stroke-dasharray": m.kind === "event" ? "6 3" : "2 3", "stroke-width": 1.5,
                              "class": "stack-marker stack-marker-" + m.kind}, svg);
       el("title", {}, line).textContent = clock(m.t) + " " + m.label;
+      var tag = m.kind === "end" ? m.label.split(": ").pop() : m.kind === "event" ? "event" : "";
+      if (tag) {
+        el("text", {x: x(m.t) + 3, y: T + 9, "font-size": 10, fill: MARK[m.kind] || "#111",
+                    "class": "stack-marker-label"}, svg).textContent = tag;
+      }
     });
     var legend = document.createElement("div");
     legend.className = "stack-legend";

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
 
 Labels = dict[str, str]
 
@@ -70,11 +69,3 @@ class Exposition:
         for labels, value in self.get(name):
             found[labels.get(label, "")] += value
         return dict(found)
-
-
-def merge(parts: Iterable[Exposition]) -> Exposition:
-    merged = Exposition("")
-    for part in parts:
-        for name, samples in part.samples.items():
-            merged.samples[name].extend(samples)
-    return merged

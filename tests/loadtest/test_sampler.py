@@ -5,12 +5,18 @@ Against real stacks: test_locust_runs.py (the blocking scenario, the web UI's St
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from loadtest.sampler import charts
 from loadtest.sampler.exposition import Exposition
 from loadtest.sampler.series import NGINX_SCHEMA, SCHEMA, WORKER_SCHEMA, Tracker, access, stub_status
-from loadtest.sampler.sources import AppScrape, LogTail, Raw
+from loadtest.sampler.sources import AGENT, AppScrape, LogTail, Raw
+from tests.support.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 STUB = (
@@ -212,3 +218,26 @@ def test_charts_are_made_of_the_samples_with_worker_ends_and_events_marked() -> 
     page = charts.embed("<html><body><p>Locust</p></body></html>", charts.section(drawn, "Stack"))
     assert page.index("<p>Locust</p>") < page.index('class="stack-section"') < page.index("</body>")
     assert "<\\/" in charts.as_script_json({"label": "</script>"})
+
+
+@pytest.mark.loadtest
+def test_the_container_agent_answers_each_question_with_the_metrics_and_nginx(loadtest_stack: Stack) -> None:
+    """The agent the docker and swarm runtimes run in each app container (`docker exec -i`), run here
+    against a local stack: the bind comes from its environment, as it would from the container's."""
+    assert loadtest_stack.handle is not None
+    settings = loadtest_stack.handle.settings
+    command = [sys.executable, "-u", "-c", AGENT, settings.app_metrics_path]
+    environment = {"GUNICORN_BIND": settings.gunicorn_bind, "PATH": os.environ["PATH"]}
+    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environment) as agent:
+        assert agent.stdin is not None and agent.stdout is not None
+        agent.stdin.write(f"127.0.0.1:{settings.nginx_status_port}\n".encode())
+        agent.stdin.flush()
+        first = json.loads(agent.stdout.readline())
+        agent.stdin.write(b"\n")
+        agent.stdin.flush()
+        second = json.loads(agent.stdout.readline())
+        agent.stdin.close()
+        assert agent.wait(timeout=10) == 0, "it ends when its stdin closes"
+    assert first["error"] == "" and "app_worker_start_time_seconds{pid=" in first["metrics"]
+    assert stub_status(first["stub"]) is not None and first["stub_error"] == ""
+    assert "stub" not in second and "app_event_loop_heartbeat_seconds" in second["metrics"]
