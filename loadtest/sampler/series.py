@@ -222,7 +222,7 @@ class Tracker:
         carried = {
             wid: state
             for wid, state in self.workers.items()
-            if state.instance in silent and wid not in recorded
+            if (state.instance in silent or not raw.apps) and wid not in recorded  # nothing read: all carried
         }
         gone = [
             wid for wid in self.workers if wid not in alive and wid not in recorded and wid not in carried

@@ -182,6 +182,8 @@ def test_an_instance_that_does_not_answer_keeps_its_workers_and_counters_restart
     back = tracker.sample(raw(3.0, more, instance="app-1"))
     assert back["by_layer"] == {"app": {"504": 3}, "uvicorn": {"503": 1}}, "1 < 2: a restarted master, from 0"
     assert back["workers"][0]["id"] == "app-1:1"
+    unread = tracker.sample(Raw(3.5, errors=["docker: FileNotFoundError"]))
+    assert unread["workers_alive"] == 1 and unread["ended"] == [], "nothing read: nothing ended"
     gone = tracker.sample(Raw(4.0, apps=[AppScrape("app-2", worker_metrics({}))]))
     assert [(e["id"], e["reason"]) for e in gone["ended"]] == [("app-1:1", "gone")], "its container went"
 
