@@ -183,6 +183,17 @@ class Settings(BaseSettings):
         ge=1,
     )
 
+    app_loop_lag_interval: float = knob(
+        0.1,
+        "s",
+        "app",
+        "How often each worker's event-loop probe fires; how late it fires is the loop's lag, exported per "
+        "worker in the metrics (`app_event_loop_lag_*`) with the worker's in-flight requests, WebSockets, "
+        "memory and CPU, written once a second. 0 = off (those gauges are then absent).",
+        ge=0,
+        le=10,
+    )
+
     # --- app ---------------------------------------------------------------------------------------
     app_request_timeout: float = knob(
         15.0,

@@ -620,6 +620,12 @@ class Docker(Runtime):
     def locust_ui(self, config: Effective, environ: Mapping[str, str], workers: int, web_port: int) -> None:
         locust_web_ui(config, environ, workers, web_port)
 
+    def container_filters(self, project: str, service: str) -> list[str]:
+        return [
+            *("--filter", f"label=com.docker.compose.project={project}"),
+            *("--filter", f"label=com.docker.compose.service={service}"),
+        ]
+
     def containers(self, environ: Mapping[str, str], service: str | None = None) -> list[Container]:
         project = Project(environ)
         return project.running(service) if service else project.containers()

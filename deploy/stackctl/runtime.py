@@ -127,6 +127,10 @@ class Runtime(ABC):
         """The stack's compose containers (of `service`: only the running ones)."""
         return []
 
+    def container_filters(self, project: str, service: str) -> list[str]:
+        """`docker ps` arguments that list the running containers of `service` of this engine's stack."""
+        raise StackError("this runtime runs no containers")
+
     def locust_ui(self, config: Effective, environ: Mapping[str, str], workers: int, web_port: int) -> None:
         """Locust's web UI as part of the stack, in the foreground until Ctrl-C (serves_locust_ui only)."""
         raise StackError("this runtime runs no Locust web UI of its own; run Locust on this host")

@@ -611,6 +611,9 @@ class Swarm(Runtime):
     reload_anyway = "replacing the app tasks anyway (a rolling update)"
     unavailable = docker.Docker.unavailable
 
+    def container_filters(self, project: str, service: str) -> list[str]:
+        return ["--filter", f"label=com.docker.swarm.service.name={project}_{service}"]
+
     def up(self, run_dir: Path, config: Effective, environ: Mapping[str, str]) -> None:
         up(config, environ, run_dir)
 

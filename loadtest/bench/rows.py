@@ -34,6 +34,7 @@ class RowSpec:
     target: Target
     about: str
     needs: str = ""  # a route of the demo's the row measures: skipped for another APP_MODULE
+    sampled: bool = False  # the stack sampler (loadtest/sampler) runs beside the row, as in every load test
 
 
 ROWS: tuple[RowSpec, ...] = (
@@ -47,6 +48,14 @@ ROWS: tuple[RowSpec, ...] = (
     ),
     RowSpec("blueprint-direct", "throughput", "blueprint", "direct", "the blueprint, its gunicorn bind"),
     RowSpec("blueprint-nginx", "throughput", "blueprint", "nginx", "the blueprint through nginx"),
+    RowSpec(
+        "blueprint-nginx-sampled",
+        "throughput",
+        "blueprint",
+        "nginx",
+        "the blueprint through nginx with the stack sampler reading it once a second",
+        sampled=True,
+    ),
     RowSpec(
         "slow-held",
         "slow",

@@ -25,6 +25,7 @@ from loadtest.bench.report import write_report
 from loadtest.bench.rows import HELLO_PATH, BenchError, Params, Row, RowSpec, Unavailable
 from loadtest.bench.wrk import run_wrk
 from loadtest.host import find_wrk, load_average, machine
+from loadtest.sampler.sampler import SERIES_FILE, Sampler, beside
 from loadtest.status import Status
 
 REQUEST_TIMEOUT_S = 10.0
@@ -43,17 +44,55 @@ def measure(row: Row, server: servers.Server, params: Params, wrk: str, row_dir:
         row.values = capacity.websockets_held(ws_url, params.ws_n, params.hold_seconds(), server.worker_pids)
     else:
         target = f"{url}{HELLO_PATH if spec.server == 'bare' else params.path}"
-        run_wrk(
-            wrk, target, WARM_UP_S, params.connections, REQUEST_TIMEOUT_S, row_dir / "warm-up", server.roles
-        )
-        before = set(server.worker_pids())
-        run = run_wrk(
-            wrk, target, params.seconds, params.connections, REQUEST_TIMEOUT_S, row_dir, server.roles
-        )
-        row.values = {**run.fields(), "workers_replaced": len(before - set(server.worker_pids()))}
+        handle = server.handle if spec.sampled and isinstance(server, servers.Stack) else None
+        if spec.sampled and handle is None:
+            raise BenchError(f"{spec.name}: the sampler needs the blueprint stack")
+        with beside(handle, row_dir / SERIES_FILE) as sampler:
+            run_wrk(
+                wrk,
+                target,
+                WARM_UP_S,
+                params.connections,
+                REQUEST_TIMEOUT_S,
+                row_dir / "warm-up",
+                server.roles,
+            )
+            before = set(server.worker_pids())
+            cpu_before = sampler.cpu_seconds if sampler else 0.0
+            run = run_wrk(
+                wrk, target, params.seconds, params.connections, REQUEST_TIMEOUT_S, row_dir, server.roles
+            )
+            row.values = {**run.fields(), "workers_replaced": len(before - set(server.worker_pids()))}
+            if sampler is not None:
+                row.values["sampler_cpu_percent"] = sampler_cpu(sampler, cpu_before, params.seconds)
         if row.values["workers_replaced"]:
             row.note = f"{row.values['workers_replaced']} worker(s) replaced during the row (max_requests)"
     row.status = Status.OK
+
+
+def sampler_cpu(sampler: Sampler, before: float, seconds: float) -> float:
+    """The sampler thread's CPU during the measured part, in % of one CPU (its samples so far counted)."""
+    return round((sampler.cpu_seconds - before) / seconds * 100, 2)
+
+
+def sampler_cost(rows: list[Row]) -> dict[str, float | None]:
+    """The sampled row beside the same stack unsampled: requests/s and server CPU per request (goal: both
+    within 2 %), and the sampler's own CPU."""
+    ok = {r.spec.name: r.values for r in rows if r.status == Status.OK and r.spec.kind == "throughput"}
+    plain, sampled = ok.get("blueprint-nginx"), ok.get("blueprint-nginx-sampled")
+    if plain is None or sampled is None:
+        return {}
+
+    def over(top: float | None, bottom: float | None) -> float | None:
+        return round(top / bottom, 3) if top is not None and bottom else None
+
+    return {
+        "rps_sampled_over_unsampled": over(sampled["rps"], plain["rps"]),
+        "server_cpu_unsampled_over_sampled": over(
+            plain["server_cpu_us_per_request"], sampled["server_cpu_us_per_request"]
+        ),
+        "sampler_cpu_percent": sampled.get("sampler_cpu_percent"),
+    }
 
 
 def ratios(rows: list[Row]) -> dict[str, float | None]:
@@ -186,6 +225,7 @@ def run_bench(
         progress.update(task, description=f"bench done: {len(rows)} rows")
     meta["goals"] = ratios(rows)
     meta["unix_vs_tcp"] = unix_vs_tcp(rows)
+    meta["sampler"] = sampler_cost(rows)
     meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     meta["load_average_after"] = load_average()
     write_report(report_dir, rows, meta)

@@ -182,6 +182,7 @@ class EchoClients:
         self.wrong = 0  # answers that were not the message sent
         self.first_wrong = ""
         self.closes: Counter[str] = Counter()
+        self.closed_at: list[tuple[float, str]] = []  # (unix time, close code): the drill's timeline
         self.failed: Counter[str] = Counter()
         self.longest_gap = 0.0
         self.connect_times: list[float] = []
@@ -250,6 +251,7 @@ class EchoClients:
             closed_at = time.monotonic()
             with self.lock:
                 self.closes[str(code)] += 1
+                self.closed_at.append((time.time(), str(code)))
             if not self.reconnecting.is_set():
                 return
 

@@ -1,7 +1,8 @@
 """How a drill runs: a fresh stack on free ports (deploy/stackctl/stack.py) with its run dir under the
-report dir; the load started; the event after 40 % of DRILL_SECONDS; the load kept up until DRILL_SECONDS
-have passed (at least 20 % of them after the event); then the row: what was sent, what failed by kind,
-WebSocket closes and failed reconnects, recovery, and the verdict against the drill's allowance."""
+report dir, sampled beside the load (loadtest/sampler: the drill's timeline); the load started; the event
+after 40 % of DRILL_SECONDS; the load kept up until DRILL_SECONDS have passed (at least 20 % of them after
+the event); then the row: what was sent, what failed by kind, WebSocket closes and failed reconnects,
+recovery, and the verdict against the drill's allowance."""
 
 from __future__ import annotations
 
@@ -25,9 +26,11 @@ from loadtest.drill.observe import WorkerWatch
 from loadtest.drill.plan import LoadParams, Row
 from loadtest.drill.report import machine, write_report
 from loadtest.host import find_wrk, load_average
+from loadtest.sampler.sampler import SERIES_FILE, beside
 from loadtest.status import Status
 
 LEAD = 0.4  # of DRILL_SECONDS under load before the event
+TIMELINE = "timeline.json"  # beside SERIES_FILE: when the event happened, when each WebSocket closed
 TAIL = 0.2  # of DRILL_SECONDS under load at least after it
 # Applied unless the environment sets them: a worker to spare for the one a drill takes down.
 DEFAULTS = {"WEB_CONCURRENCY": "2"}
@@ -115,8 +118,12 @@ def run_drill(
     run_dir = report_dir / drill.name
     run_dir.mkdir(parents=True)
     row.load_average_before = load_average()
+    timeline: dict[str, list[tuple[float, str]]] = {"events": [], "closes": []}
     try:
-        with stack.running(drill.runtime, knobs, run_dir, base=base) as handle:
+        with (
+            stack.running(drill.runtime, knobs, run_dir, base=base) as handle,
+            beside(handle, run_dir / SERIES_FILE),
+        ):
             load = Load(handle.url, handle.ws_url, params, run_dir, wrk)
             ctx = Context(handle, load, params, run_dir, knobs, base)
             if drill.prepare:
@@ -128,12 +135,14 @@ def run_drill(
             try:
                 load.start()
                 time.sleep(params.seconds * LEAD)
+                timeline["events"].append((time.time(), drill.what))
                 outcome = drill.act(ctx)
                 if outcome.load_until is None:
                     left = params.seconds - (time.monotonic() - started)
                     time.sleep(max(left, params.seconds * TAIL))
             finally:
                 tally = load.stop()
+                timeline["closes"] = list(load.sockets.closed_at)
                 if ctx.watch:
                     ctx.watch.stop()
                 if runtime.compose_project:
@@ -146,6 +155,7 @@ def run_drill(
         row.load_average_after = load_average()
         retries = nginx_retries(run_dir)
         compress_logs(run_dir)
+        (run_dir / TIMELINE).write_text(json.dumps(timeline))
     fill(row, tally, outcome, params, load.started_at, ctx.watch.started() if ctx.watch else None)
     if retries is not None:
         row.notes.append(f"nginx retried {retries} request(s) on a second try (upstream_status)")

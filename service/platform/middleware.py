@@ -186,14 +186,14 @@ class RequestContextMiddleware:
             nonlocal accepted
             if message["type"] == "websocket.accept" and not accepted:
                 accepted = True
-                metrics.WEBSOCKETS.inc()
+                metrics.REQUEST_METRICS.websocket_opened()
             await send(message)
 
         try:
             await self.app(scope, receive, send_counting)
         finally:
             if accepted:
-                metrics.WEBSOCKETS.dec()
+                metrics.REQUEST_METRICS.websocket_closed()
 
 
 def header(scope: Scope, name: bytes) -> str | None:

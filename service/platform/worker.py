@@ -42,7 +42,7 @@ from uvicorn.config import Config
 from uvicorn.server import Server
 from uvicorn.server import logger as uvicorn_logger
 
-from service.platform import lifecycle, loader
+from service.platform import exits, lifecycle, loader, metrics
 from service.platform.asgi import Platform
 from service.platform.errors import CONNECTION_CLOSE
 from service.platform.types import ASGIApp, Message, Receive, Scope, Send
@@ -149,6 +149,7 @@ class DrainingServer(Server):
         if self.turns is not None:
             self.turns.stopped()
         self.signalled = True
+        exits.leave_note(os.getpid(), "signal")
         lifecycle.closing.set()
         lifecycle.draining.set()
         super().handle_exit(sig, frame)
@@ -160,6 +161,7 @@ class DrainingServer(Server):
         grace = self.config.timeout_graceful_shutdown
         if not self.should_exit:
             # max_requests, not a signal: gunicorn starts no replacement before this process is gone
+            exits.leave_note(os.getpid(), "recycle")
             await self.wait_for_recycle_turn()
             lifecycle.closing.set()
             await self.serve_until_nginx_lets_go(loop, grace)
@@ -351,6 +353,7 @@ class UvicornWorker(uvicorn_worker.UvicornWorker):  # type: ignore[misc]
 
 
 async def json_service_unavailable(scope: Scope, receive: Receive, send: Send) -> None:
+    metrics.UVICORN_REJECTED.inc()
     body = json.dumps(
         {
             "status": 503,

@@ -105,12 +105,21 @@ def test_a_short_run_measures_every_row_and_writes_every_file(
     }
     assert all(isinstance(ratio, float) for ratio in data["unix_vs_tcp"].values())
     assert rows["blueprint-nginx-unix"]["server_cpu_us_by_role"]["nginx"] > 0, "nginx was in the path"
+    assert set(data["sampler"]) == {
+        "rps_sampled_over_unsampled",
+        "server_cpu_unsampled_over_sampled",
+        "sampler_cpu_percent",
+    }
+    assert all(isinstance(value, float) for value in data["sampler"].values()), data["sampler"]
+    series = report_dir / "rows" / "blueprint-nginx-sampled" / "stack-series.jsonl"
+    assert len(series.read_text().splitlines()) >= bench.SHORT.seconds, "sampled once a second"
     assert not list(report_dir.glob("servers/*/state.json")), "a stack was left up"
 
     page = (report_dir / "bench.md").read_text()
     assert all(f"| {name} |" in page for name in bench.NAMES)
     assert "load average" in page.lower() and data["machine"]["cpu"] in page and "Goals (issue 12)" in page
     assert "Unix socket vs TCP between nginx and gunicorn" in page
+    assert "The stack sampler beside the load" in page
     assert (report_dir / "bench.png").read_bytes().startswith(b"\x89PNG")
     assert "| blueprint-direct |" in out and str(report_dir / "bench.md") in out
 

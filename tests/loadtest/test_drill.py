@@ -1,10 +1,12 @@
 """`make drill`: bad input is refused in one line before anything starts; a short real run of `reload` and
 `worker-kill` on the local runtime writes rows whose counts agree with each other; a lossy drill held to
-zero (DRILL_STRICT=1) makes the exit code non-zero."""
+zero (DRILL_STRICT=1) makes the exit code non-zero; the worker-timeout drill's timeline shows the killed
+worker and its replacement."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,8 @@ from deploy.stackctl import stack
 from deploy.stackctl.config import ROOT
 from loadtest import drill
 from loadtest.limits import THRESHOLD_EXIT_CODE
+from loadtest.sampler.sampler import SERIES_FILE, read_series
+from tests.support.browser import open_page
 
 SOCKET_KINDS = {"connect", "read", "write", "timeout"}
 
@@ -178,3 +182,30 @@ def test_a_websocket_that_does_not_echo_is_refused_by_name(tmp_path: Path) -> No
     assert row["status"] == "error" and code == 1
     assert "DRILL_WS=/ws/ticker: 6 of 6 clients had no echo of their first message" in row["reason"]
     assert 'it answered \'{"tick":0' in row["reason"], row["reason"]
+
+
+@pytest.mark.loadtest
+def test_the_worker_timeout_drills_timeline_shows_the_killed_worker_and_its_replacement(
+    tmp_path: Path,
+) -> None:
+    drill.main(["--drill", "worker-timeout", "--short", "--out-root", str(tmp_path)], base=base_env())
+    report_dir, data = report(tmp_path)
+    (row,) = data["rows"]
+    assert row["status"] in ("passed", "failed"), row["reason"]
+
+    samples = read_series(report_dir / "worker-timeout" / SERIES_FILE)
+    ended = [(s["t"], e) for s in samples for e in s["ended"]]
+    started = [(s["t"], w) for s in samples for w in s["started"]]
+    timed_out = [(t, e) for t, e in ended if e["reason"] == "timeout"]
+    assert timed_out, f"no worker ended with `timeout`: {ended}"
+    killed_at, killed = timed_out[0]
+    assert any(t >= killed_at for t, _ in started), f"no worker started after {killed['id']}: {started}"
+    before = [w for s in samples if s["t"] < killed_at for w in s["workers"] if w["id"] == killed["id"]]
+    assert any(w["stalled"] for w in before), "the blocked worker shows its stall before it is killed"
+
+    dom, console = open_page((report_dir / "index.html").as_uri())
+    assert console == [], console
+    drawn = re.search(r'id="charts-worker-timeout" data-drawn="(\d+)"', dom)
+    assert drawn is not None and int(drawn.group(1)) >= 3, dom[-3000:]
+    assert "stack-marker-end" in dom and "stack-marker-start" in dom and "stack-marker-event" in dom
+    assert f"worker {killed['id']} ended: timeout" in dom

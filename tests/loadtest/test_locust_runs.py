@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,8 @@ from deploy.stackctl.config import ROOT
 from deploy.stackctl.ports import free_port
 from loadtest.limits import THRESHOLD_EXIT_CODE
 from loadtest.runner import Summary, run_headless
+from loadtest.sampler.sampler import SERIES_FILE, read_series
+from tests.support.browser import open_page
 from tests.support.stack import Stack, make_stack, running
 
 pytestmark = pytest.mark.loadtest
@@ -35,6 +38,7 @@ REPORT_FILES = (
     "summary.json",
     "stack-settings.json",
     "stack.env",
+    "stack-series.jsonl",
     "locust.log",
 )
 ECHO_ROWS = [("WS", "/ws/echo connect"), ("WS", "/ws/echo round-trip")]
@@ -117,6 +121,27 @@ def test_scenario_runs_without_failures_and_writes_its_report(
         # should finish meanwhile wait for it to end.
         slow = summary.row("GET", "/api/slow?delay=[s]")
         assert slow is not None and slow["max_ms"] > 1400, slow
+        assert_the_stall_is_in_the_series_and_the_report(summary.report_dir, blocking_s=0.8)
+    assert len(read_series(summary.report_dir / SERIES_FILE)) >= (5 if mixed else 3), "a sample a second"
+
+
+def assert_the_stall_is_in_the_series_and_the_report(report_dir: Path, blocking_s: float) -> None:
+    """The worker that served /api/blocking (the only one) shows an event-loop lag of the blocking delay
+    (less the probe's interval, APP_LOOP_LAG_INTERVAL=0.1: the timer was due up to that much after the
+    block began); report.html names it and draws the charts in a real browser, without a console error."""
+    samples = read_series(report_dir / SERIES_FILE)
+    assert {len(sample["workers"]) for sample in samples} == {1}, "WEB_CONCURRENCY=1"
+    lags = {(w["id"], w["lag_max_ms"]) for sample in samples for w in sample["workers"]}
+    worker, worst = max(lags, key=lambda pair: pair[1])
+    assert worst >= (blocking_s - 0.1) * 1000, sorted(lags)
+    assert any(w["in_flight"] >= 1 for sample in samples for w in sample["workers"]), "slow requests held"
+
+    dom, console = open_page((report_dir / "report.html").as_uri())
+    assert console == [], console
+    drawn = re.search(r'class="stack-charts" data-drawn="(\d+)"', dom)
+    assert drawn is not None and int(drawn.group(1)) >= 8, dom[-3000:]
+    assert dom.count('class="stack-series"') >= 8, "a line in every chart"
+    assert f"worker {worker}: event loop" in dom, "the findings name the stalled worker"
 
 
 def test_a_violated_threshold_makes_the_exit_code_non_zero(
@@ -236,14 +261,44 @@ def test_web_ui_serves_the_scenario_picker_and_drives_a_run(loadtest_stack: Stac
             time.sleep(0.5)
         else:
             raise AssertionError(f"the UI's run recorded no requests: {stats}")
+        assert_the_stack_tab_serves_the_stacks_side(ui)
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
 
     assert process.returncode == 0, output
     assert (tmp_path / "ui" / "report.html").is_file(), output
+    assert 'class="stack-section"' in (tmp_path / "ui" / "report.html").read_text(), "the charts, at exit too"
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{ui}/", timeout=2)
+
+
+def assert_the_stack_tab_serves_the_stacks_side(ui: str) -> None:
+    """The Stack tab: in the page's tabs, its table's rows (one per app worker) in the stats the UI polls,
+    its charts' data with Locust's own requests/s beside the stack's, and a view a browser draws."""
+    page = get_when_up(f"{ui}/", within=5)
+    assert "extended_tabs" in page and '"Stack"' in page and "./stack/tab.js" in page
+
+    def worker_rows() -> list[dict[str, object]]:
+        extended = json.loads(get_when_up(f"{ui}/stats/requests", within=5)).get("extended_stats") or []
+        return [row for tab in extended if tab["key"] == "stack" for row in tab["data"]]
+
+    wait_until(lambda: any(row.get("rps") for row in worker_rows()), 20)
+    assert {"in_flight", "lag_max_ms", "websockets", "rss_mb", "cpu_percent"} <= set(worker_rows()[0])
+
+    def series(name: str) -> list[list[float]]:
+        specs = json.loads(get_when_up(f"{ui}/stack/charts", within=5))
+        charts = {chart["title"]: chart for chart in specs["charts"]}
+        found = charts["Requests/s"]["series"]
+        return next((s["points"] for s in found if s["name"] == name), [])
+
+    wait_until(lambda: any(v for _, v in series("nginx")) and bool(series("Locust (client)")), 20)
+    dom, console = open_page(f"{ui}/stack/view", budget_ms=4000)
+    assert console == [], console
+    drawn = re.search(r'id="stack-live" data-drawn="(\d+)"', dom)
+    assert drawn is not None and int(drawn.group(1)) >= 5, dom[-2000:]
+    dom, _ = open_page(f"{ui}/?tab=stack", budget_ms=6000)
+    assert 'id="stack-view"' in dom, "the view sits in the Stack tab"
 
 
 def wait_until(condition: Callable[[], bool], within: float) -> None:
