@@ -35,6 +35,11 @@ WEBSOCKET_CLOSES = Counter(
     "disconnect it received (1006: the peer dropped the connection without a close frame), else none",
     ["code"],
 )
+CONNECTIONS_OPENED = Counter(
+    "app_connections_opened",
+    "TCP connections the app accepted (a WebSocket upgrade is not another one): per request served, how "
+    "often nginx opens a new upstream connection instead of reusing a pooled one",
+)
 # Codes a peer may send are 1000-4999; past the registered ones they share a label, so a client cannot
 # make series without bound.
 WEBSOCKET_CODES = frozenset(range(1000, 1016))
