@@ -260,10 +260,13 @@ def profiles(settings: Settings) -> tuple[str, ...]:
     return MONITORING_PROFILE if monitoring_on(settings) else ()
 
 
-def build(project: Project, loadtest: bool = False) -> None:
+def build(project: Project, loadtest: bool = False, every: bool = False) -> None:
+    """The images of the stack's services (MONITORING=1: Prometheus's and the exporter's too), Locust's
+    with `loadtest`, all of them with `every` (`make images`)."""
     if project.env.get("OFFLINE") == "1":
         build_wheelhouse(project.env)
-    project.run("build", profiles=(*LOADTEST_PROFILE * loadtest, *profiles(project.settings())))
+    wanted = ALL_PROFILES if every else (*LOADTEST_PROFILE * loadtest, *profiles(project.settings()))
+    project.run("build", profiles=wanted)
 
 
 def wait_healthy(project: Project, within: float = HEALTHY_WITHIN) -> None:
