@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from deploy.stackctl import docker, monitoring, swarm
+from deploy.stackctl import check, docker, monitoring, swarm
 from deploy.stackctl.config import KNOBS, ROOT, Effective, dump, effective
 from deploy.stackctl.tools import find_promtool
 from service.settings import load_settings
@@ -175,3 +175,8 @@ def test_swarm_adds_the_two_services_with_monitoring_and_publishes_no_prometheus
     env = {**os.environ, **{name: dump(off.settings, name) for name in KNOBS}}
     stack, _ = swarm.stack_file(swarm.rendered_config(off, env, locust=False), off)
     assert not set(docker.MONITORING_SERVICES) & set(stack["services"])
+
+
+def test_make_check_runs_promtool_with_monitoring_only() -> None:
+    verdict = check.validate_prometheus(config_of(MONITORING="1"))
+    assert (verdict.status, verdict.command) == ("ok", "promtool check config"), verdict.detail
