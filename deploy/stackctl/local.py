@@ -407,8 +407,11 @@ class Local(Runtime):
         return state.pids if state else {}
 
     def log_files(self, run_dir: Path) -> dict[str, Path]:
+        """Of the components the stack in run_dir started (without a record: of every component)."""
         run = RunDir(run_dir)
-        return {name: run.log(name) for component in self.components for name in component.logs}
+        state = run.load_state()
+        started = [c for c in self.components if state is None or c.name in state.started]
+        return {name: run.log(name) for component in started for name in component.logs}
 
     def log_pids(self, run_dir: Path) -> list[int]:
         state = RunDir(run_dir).load_state()
