@@ -26,7 +26,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-Layer = Literal["stack", "app", "gunicorn", "uvicorn", "nginx", "compose", "swarm", "locust"]
+Layer = Literal["stack", "app", "gunicorn", "uvicorn", "nginx", "compose", "swarm", "prometheus", "locust"]
 Tool = Literal["loadtest", "drill", "bench", "sweep", "timeout-lab"]
 OUR_WORKER_CLASS = "service.platform.worker.UvicornWorker"
 DEMO_APP = "service.app:app"
@@ -116,6 +116,16 @@ class Settings(BaseSettings):
         "stack",
         "Files per log, the live one included (gunicorn.log, gunicorn.log.1, ...; Docker's max-file).",
         ge=2,
+    )
+    monitoring: int = knob(
+        0,
+        "0/1",
+        "stack",
+        "1 = `make up` also starts Prometheus (rules: deploy/prometheus/rules.yml) scraping the app and "
+        "nginx (through prometheus-nginx-exporter), and prints its URL: processes of this host (local), "
+        "the compose profile `monitoring` (docker), or two more stack services (swarm).",
+        ge=0,
+        le=1,
     )
 
     # --- app: which app, and the platform around it (service/platform/) ------------------------------
@@ -776,6 +786,43 @@ class Settings(BaseSettings):
         "locust-worker tasks spread over the nodes. 0 = no Locust services in the stack.",
         ge=0,
         le=64,
+    )
+
+    # --- prometheus (MONITORING=1; deploy/prometheus/) -----------------------------------------------
+    prometheus_port: int = knob(
+        9090,
+        "port",
+        "prometheus",
+        "Port of Prometheus's web UI and API on 127.0.0.1 (local: it listens there; docker: published there; "
+        "swarm: not published).",
+        ge=1,
+        le=65535,
+    )
+    prometheus_nginx_exporter_port: int = knob(
+        9113,
+        "port",
+        "prometheus",
+        "Port prometheus-nginx-exporter listens on, on 127.0.0.1 (local runtime; in a container it is 9113, "
+        "never published).",
+        ge=1,
+        le=65535,
+    )
+    prometheus_scrape_interval: int = knob(
+        5,
+        "s",
+        "prometheus",
+        "How often Prometheus scrapes the app and the exporter and evaluates its rules (Prometheus's own "
+        "default is 60 s). The per-worker gauges change once a second; the rules' windows assume <= 15 s.",
+        ge=1,
+        le=15,
+    )
+    prometheus_retention: str = knob(
+        "1d",
+        "duration",
+        "prometheus",
+        "How long Prometheus keeps samples (--storage.tsdb.retention.time): in the run dir (local) or on "
+        "the container's tmpfs (docker, swarm: gone with the container).",
+        pattern=r"^[0-9]+(h|d|w)$",
     )
 
     # --- locust ------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "scale":
             backend.scale(args.run_dir, config, os.environ, args.replicas)
         elif args.command == "images":
-            docker.build(docker.Project(knob_environment(config)), loadtest=True)
+            docker.build(docker.Project(knob_environment(config)), every=True)
         elif args.command == "wheelhouse":
             print(f"wheels in {docker.build_wheelhouse(knob_environment(config))}")
         else:

@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from deploy.stackctl import docker, local, rules, runtimes, tls, tools
+from deploy.stackctl import docker, local, monitoring, rules, runtimes, tls, tools
 from deploy.stackctl.config import KNOBS, ROOT, Effective, dump
 from deploy.stackctl.errors import StackError
 from deploy.stackctl.facts import HostFacts
@@ -119,6 +119,23 @@ def validate_gunicorn(config: Effective) -> Validation:
     return Validation("gunicorn", command, "ok", "deploy/gunicorn.conf.py with the rendered env")
 
 
+def validate_prometheus(config: Effective) -> Validation:
+    """MONITORING=1: the config the local runtime would run, and the rules it names, by promtool."""
+    command = "promtool check config"
+    try:
+        promtool = tools.find_promtool()
+    except StackError as error:
+        return Validation("prometheus", command, "skipped", str(error))
+    with tempfile.TemporaryDirectory(prefix="stack-check-") as scratch:
+        path = Path(scratch) / "prometheus.yml"
+        path.write_text(monitoring.render(config.settings, monitoring.local_scrape(config.settings)))
+        try:
+            monitoring.check_config(promtool, path)
+        except StackError as error:
+            return Validation("prometheus", command, "failed", str(error))
+    return Validation("prometheus", command, "ok", "rendered prometheus.yml.template and rules.yml")
+
+
 def validate_compose(config: Effective) -> Validation:
     if not docker.COMPOSE_FILE.is_file():
         return Validation("compose", "compose config", "skipped", f"no {docker.COMPOSE_FILE.name} in {ROOT}")
@@ -175,6 +192,8 @@ def run_check(config: Effective, runtime: Name) -> int:
 
     console.print("\n[bold]Validators[/]")
     validations = [validate_nginx(config), validate_gunicorn(config), validate_compose(config)]
+    if settings.monitoring:
+        validations.append(validate_prometheus(config))
     validations += backend.validations(config)
     for check in validations:
         colour = {"ok": "green", "failed": "red", "skipped": "yellow"}[check.status]

@@ -4,7 +4,9 @@ docker-compose.yml. The local runtime starts COMPONENTS in order, lists them, sh
 them in reverse order; docker.py and swarm.py name the same services.
 
 Adding a part to the stack (a cache, a metrics server) is one entry in COMPONENTS plus its service in
-docker-compose.yml: `make up` then starts it, `make ps`/`make logs` show it, `make down` stops it.
+docker-compose.yml: `make up` then starts it, `make ps`/`make logs` show it, `make down` stops it. A part
+the stack runs only when a knob says so (`wanted`: Prometheus and nginx's exporter with MONITORING=1) is
+there in compose behind a profile of that name.
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ from pathlib import Path
 
 import httpx2
 
-from deploy.stackctl import tls
+from deploy.stackctl import monitoring, tls
 from deploy.stackctl.config import ROOT, Effective, nginx_temp_dirs, render_nginx
 from deploy.stackctl.errors import StackError
 from deploy.stackctl.ports import LOOPBACK, bind_in_use, split_bind
 from deploy.stackctl.rundir import Address, RunDir, State
-from deploy.stackctl.tools import find_nginx
+from deploy.stackctl.tools import find_nginx, find_nginx_exporter, find_prometheus, find_promtool
 from service.settings import Settings, unix_socket_path
 
 GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
@@ -83,6 +85,10 @@ def no_ports(_: Settings) -> list[Address]:
     return []
 
 
+def always(_: Settings) -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class Component:
     name: str  # its processes' role in `make ps`, its key in Handle.pids(), its log `<run dir>/<name>.log`
@@ -104,6 +110,13 @@ class Component:
     title: str = ""  # its main process in `make ps` (default: name); children show as `<name> worker`
     # Its stderr in a log of its own, `<run dir>/<name>-error.log`, beside stdout's `<name>.log`.
     error_log: bool = False
+    wanted: Callable[[Settings], bool] = always  # whether the stack runs it with these knobs
+    # Started only once every component before it is ready (it exits when what it reads does not answer).
+    after_ready: bool = False
+    # What `make reload` sends it once its files are rendered again (gunicorn's and nginx's reloads are
+    # the local runtime's own); None: nothing.
+    reload_signal: signal.Signals | None = None
+    announce: Callable[[Settings], str] | None = None  # a line `make up` prints once the stack is up
 
     @property
     def logs(self) -> tuple[str, ...]:
@@ -259,5 +272,64 @@ NGINX = Component(
     grace=lambda settings: settings.gunicorn_graceful_timeout + 5,
 )
 
-COMPONENTS: tuple[Component, ...] = (APP, NGINX)  # in start order; `down` stops them in reverse
+# --- Prometheus and nginx's exporter (MONITORING=1; deploy/prometheus/, stackctl/monitoring.py) ---------
+
+
+def monitoring_on(settings: Settings) -> bool:
+    return bool(settings.monitoring)
+
+
+def prometheus_conf(run: RunDir) -> Path:
+    return run.prometheus_dir / "prometheus.yml"
+
+
+def prepare_prometheus(run: RunDir, config: Effective) -> None:
+    (run.prometheus_dir / "data").mkdir(parents=True, exist_ok=True)
+    settings = config.settings
+    prometheus_conf(run).write_text(monitoring.render(settings, monitoring.local_scrape(settings)))
+
+
+PROMETHEUS = Component(
+    name="prometheus",
+    service="prometheus",
+    command=lambda launch: [
+        find_prometheus(),
+        f"--config.file={prometheus_conf(launch.run)}",
+        f"--storage.tsdb.path={launch.run.prometheus_dir / 'data'}",
+        f"--storage.tsdb.retention.time={launch.settings.prometheus_retention}",
+        f"--web.listen-address={LOOPBACK}:{launch.settings.prometheus_port}",
+    ],
+    cwd=lambda launch: launch.run.prometheus_dir,
+    wanted=monitoring_on,
+    prepare=prepare_prometheus,
+    check=lambda run: monitoring.check_config(find_promtool(), prometheus_conf(run)),
+    listens=lambda settings: [("PROMETHEUS_PORT", LOOPBACK, settings.prometheus_port)],
+    port_knobs=("PROMETHEUS_PORT",),
+    ready=answers_200(lambda launch: f"{monitoring.url(launch.settings)}/-/ready"),
+    reload_signal=signal.SIGHUP,  # re-reads its config and the rules
+    announce=lambda settings: monitoring.announce(monitoring.url(settings)),
+)
+
+NGINX_EXPORTER = Component(
+    name="nginx-exporter",
+    service="nginx-exporter",
+    # Flags with two dashes: Debian's 0.11 (Go's flag package) and upstream's 1.x (kingpin) both take them.
+    command=lambda launch: [
+        find_nginx_exporter(),
+        f"--nginx.scrape-uri=http://{LOOPBACK}:{launch.settings.nginx_status_port}/stub_status",
+        f"--web.listen-address={LOOPBACK}:{launch.settings.prometheus_nginx_exporter_port}",
+    ],
+    wanted=monitoring_on,
+    after_ready=True,  # the 0.x exporter exits at start when stub_status does not answer
+    listens=lambda settings: [
+        ("PROMETHEUS_NGINX_EXPORTER_PORT", LOOPBACK, settings.prometheus_nginx_exporter_port)
+    ],
+    port_knobs=("PROMETHEUS_NGINX_EXPORTER_PORT",),
+    ready=answers_200(
+        lambda launch: f"http://{LOOPBACK}:{launch.settings.prometheus_nginx_exporter_port}/metrics"
+    ),
+)
+
+# In start order; `down` stops them in reverse.
+COMPONENTS: tuple[Component, ...] = (APP, NGINX, PROMETHEUS, NGINX_EXPORTER)
 SERVICES = tuple(component.service for component in COMPONENTS)

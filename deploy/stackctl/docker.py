@@ -25,8 +25,8 @@ from typing import Any
 import httpx2
 
 from deploy.pins import pinned_requirements
-from deploy.stackctl import local, tls
-from deploy.stackctl.components import APP, NGINX, SERVICES
+from deploy.stackctl import local, monitoring, tls
+from deploy.stackctl.components import APP, NGINX, PROMETHEUS, SERVICES, monitoring_on
 from deploy.stackctl.config import KNOBS, ROOT, Effective
 from deploy.stackctl.config import knob_environment as knob_environment
 from deploy.stackctl.errors import StackError
@@ -38,7 +38,10 @@ from service.settings import Settings, load_settings, unix_socket_path
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 WHEELHOUSE = ROOT / "wheelhouse"
 DEFAULT_PROJECT = "blueprint"
-ALL_PROFILES = ("--profile", "loadtest")
+LOADTEST_PROFILE = ("--profile", "loadtest")  # Locust's web UI (`make loadtest-ui`)
+MONITORING_PROFILE = ("--profile", "monitoring")  # Prometheus and nginx's exporter, with MONITORING=1
+ALL_PROFILES = (*LOADTEST_PROFILE, *MONITORING_PROFILE)  # what down, ps and logs must see
+MONITORING_SERVICES = ("prometheus", "nginx-exporter")
 HEALTHY_WITHIN = 180.0
 ROUTED_WITHIN = 30.0
 # nginx's fail_timeout (the template keeps the default): a new app container is in Docker's DNS, and so in
@@ -63,9 +66,16 @@ TLS_OVERLAY = "compose.tls.yml"
 UNIX_OVERLAY = ROOT / "deploy" / "compose.unix.yml"
 
 
+BASE_IMAGE_DOCKERFILES = {
+    "NGINX_IMAGE": "Dockerfile.nginx",
+    "PROMETHEUS_IMAGE": "Dockerfile.prometheus",
+    "NGINX_EXPORTER_IMAGE": "Dockerfile.nginx-exporter",
+}
+
+
 def default_build_arg(name: str) -> str:
     """A base image's default, from the Dockerfile that declares it (compose repeats it; a test checks)."""
-    dockerfile = "Dockerfile.nginx" if name == "NGINX_IMAGE" else "Dockerfile.app"
+    dockerfile = BASE_IMAGE_DOCKERFILES.get(name, "Dockerfile.app")
     text = (ROOT / "deploy" / dockerfile).read_text()
     found = re.search(rf"^ARG {name}=(\S+)$", text, re.MULTILINE)
     if not found:
@@ -245,10 +255,18 @@ def build_wheelhouse(env: dict[str, str]) -> Path:
     return WHEELHOUSE
 
 
-def build(project: Project, loadtest: bool = False) -> None:
+def profiles(settings: Settings) -> tuple[str, ...]:
+    """The compose profiles a stack with these knobs runs besides its default services."""
+    return MONITORING_PROFILE if monitoring_on(settings) else ()
+
+
+def build(project: Project, loadtest: bool = False, every: bool = False) -> None:
+    """The images of the stack's services (MONITORING=1: Prometheus's and the exporter's too), Locust's
+    with `loadtest`, all of them with `every` (`make images`)."""
     if project.env.get("OFFLINE") == "1":
         build_wheelhouse(project.env)
-    project.run("build", profiles=ALL_PROFILES if loadtest else ())
+    wanted = ALL_PROFILES if every else (*LOADTEST_PROFILE * loadtest, *profiles(project.settings()))
+    project.run("build", profiles=wanted)
 
 
 def wait_healthy(project: Project, within: float = HEALTHY_WITHIN) -> None:
@@ -290,7 +308,11 @@ def up(config: Effective, environ: Mapping[str, str] | None = None) -> Project:
         write_tls_overlay(settings, served)
     project = Project(knob_environment(config, environ))
     published = [("HTTP_PORT", settings.http_port), *[("HTTPS_PORT", settings.https_port)] * bool(served)]
-    for knob, port in published if not project.running(NGINX.service) else []:
+    monitored = [("PROMETHEUS_PORT", settings.prometheus_port)] * settings.monitoring
+    for knob, port in [
+        *(published if not project.running(NGINX.service) else []),
+        *(monitored if not project.running(PROMETHEUS.service) else []),
+    ]:
         if port_in_use(LOOPBACK, port):
             raise StackError(f"{knob}: port {port} is already in use by another process; choose a free one")
     build(project)
@@ -300,11 +322,25 @@ def up(config: Effective, environ: Mapping[str, str] | None = None) -> Project:
         raise StackError(one_socket_one_app(replicas))
     if apps and project.running(NGINX.service) and out_of_date(project, apps) and not project.unix_bind():
         replace_start_first(project, apps)  # with a unix bind compose recreates it stop-first
-    start(project, "up", "-d", "--remove-orphans", "--scale", f"{APP.service}={replicas}")
+    if not settings.monitoring and any(project.containers(name) for name in MONITORING_SERVICES):
+        project.run(
+            "rm", "--stop", "--force", *MONITORING_SERVICES, profiles=MONITORING_PROFILE, capture=True
+        )
+    start(
+        project,
+        "up",
+        "-d",
+        "--remove-orphans",
+        "--scale",
+        f"{APP.service}={replicas}",
+        profiles=profiles(settings),
+    )
     wait_healthy(project)
     print(f"stack is up (docker runtime, project {project.name}, app x{replicas}): {project.url()}")
     for line in tls.trust_hint(served, project.url(), project.plain_url()) if served else []:
         print(line)
+    if settings.monitoring:
+        print(monitoring.announce(monitoring.url(settings)))
     return project
 
 
@@ -363,10 +399,10 @@ def container_readable(served: tls.Files) -> None:
             print(f"made {path} readable to all: the nginx container (uid {NGINX_UID}) must read it")
 
 
-def start(project: Project, *args: str) -> None:
+def start(project: Project, *args: str, profiles: tuple[str, ...] = ()) -> None:
     """`compose up`, with the one start failure that needs explaining translated into a knob."""
     try:
-        result = project.run(*args, capture=True)
+        result = project.run(*args, profiles=profiles, capture=True)
     except ComposeFailed as error:
         if "rlimit type 7" in error.output:  # RLIMIT_NOFILE
             nofile = project.env.get("COMPOSE_NOFILE", "16384")
@@ -609,7 +645,7 @@ class Docker(Runtime):
         logs(follow, Project(environ))
 
     def port_knobs(self) -> tuple[str, ...]:
-        return ("HTTP_PORT", "HTTPS_PORT", "LOCUST_WEB_PORT")
+        return ("HTTP_PORT", "HTTPS_PORT", "LOCUST_WEB_PORT", "PROMETHEUS_PORT")
 
     def available(self) -> bool:
         return engine_reachable()

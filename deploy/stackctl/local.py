@@ -65,10 +65,25 @@ def verification(served: tls.Files | None) -> ssl.SSLContext | bool:
     return tls.client_context(served) if served else True
 
 
+def wanted(components: Sequence[Component], settings: Settings) -> list[Component]:
+    """The components a stack with these knobs runs (MONITORING=1 adds Prometheus and the exporter)."""
+    return [component for component in components if component.wanted(settings)]
+
+
 def prepare(run: RunDir, config: Effective, components: Sequence[Component] = COMPONENTS) -> None:
     run.path.mkdir(parents=True, exist_ok=True)
-    for component in components:
+    for component in wanted(components, config.settings):
         component.prepare(run, config)
+
+
+def batches(components: Sequence[Component]) -> list[list[Component]]:
+    """Start order in steps: a component `after_ready` begins a new one (after the earlier are ready)."""
+    steps: list[list[Component]] = []
+    for component in components:
+        if component.after_ready or not steps:
+            steps.append([])
+        steps[-1].append(component)
+    return steps
 
 
 def rotating_log(path: Path, config: Effective) -> subprocess.Popen[bytes]:
@@ -122,6 +137,7 @@ def up(
     if state and any(alive(pid) for pid in state.pids.values()):
         raise AlreadyRunning(state.url, run.path)
 
+    components = wanted(components, settings)
     ports = [address for component in components for address in component.listens(settings)]
     for knob, host, port in ports:
         if port_in_use(host, port):
@@ -146,6 +162,28 @@ def up(
         settings.app_metrics_path,
     )
     launch = Launch(run, config, environ, state.url, verification(served))
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for step in batches(components):
+            processes.update(start_processes(launch, step, state))
+            wait_ready(launch, processes, [c for c in components if c.name in processes])
+    except StackError:
+        down(run, quiet=True, components=components)
+        raise
+    print(f"stack is up (local runtime, {settings.workers} workers): {state.url}")
+    for line in tls.trust_hint(served, state.url, state.plain_url) if served else []:
+        print(line)
+    for component in components:
+        if component.announce:
+            print(component.announce(settings))
+    return state
+
+
+def start_processes(
+    launch: Launch, components: Sequence[Component], state: State
+) -> dict[str, subprocess.Popen[bytes]]:
+    """Start these components, each with its log pipes, and record them in the state (saved)."""
+    run, config, settings = launch.run, launch.config, launch.settings
     commands = {component.name: component.command(launch) for component in components}
     pipes = {name: rotating_log(run.log(name), config) for component in components for name in component.logs}
     processes = {
@@ -172,15 +210,7 @@ def up(
             pipes[component.logs[-1]].pid if component.error_log else 0,
         )
     run.save_state(state)
-    try:
-        wait_ready(launch, processes, components)
-    except StackError:
-        down(run, quiet=True, components=components)
-        raise
-    print(f"stack is up (local runtime, {settings.workers} workers): {state.url}")
-    for line in tls.trust_hint(served, state.url, state.plain_url) if served else []:
-        print(line)
-    return state
+    return processes
 
 
 def down(run: RunDir, quiet: bool = False, components: Sequence[Component] = COMPONENTS) -> None:
@@ -246,6 +276,22 @@ def reload(run: RunDir, config: Effective, components: Sequence[Component] = COM
             raise StackError(
                 f"{knob} changed from {old} to {new}: a reload cannot move ports; run `make down && make up`"
             )
+    components = wanted(components, settings)
+    running = [name for name in state.started if name not in (APP.name, NGINX.name)]
+    wanted_now = [c.name for c in components if c.name not in (APP.name, NGINX.name)]
+    if running != wanted_now:
+        raise StackError(
+            f"MONITORING={settings.monitoring}: the stack runs {', '.join(running) or 'no'} extra components "
+            f"and would run {', '.join(wanted_now) or 'none'}; a reload starts and stops none: run "
+            "`make down && make up`"
+        )
+    before = {knob: port for knob, _, port in state.ports}
+    for knob, _, port in (address for c in components for address in c.listens(settings)):
+        if before.get(knob, port) != port:
+            raise StackError(
+                f"{knob} changed from {before[knob]} to {port}: a reload cannot move ports; run "
+                "`make down && make up`"
+            )
     nginx_before = nginx_inputs(run, settings)
     served = ensure_tls(settings)
     old_workers = set(descendants(app))
@@ -254,6 +300,10 @@ def reload(run: RunDir, config: Effective, components: Sequence[Component] = COM
         component.check(run)
     nginx_changed = nginx_inputs(run, settings) != nginx_before
     os.kill(app, signal.SIGHUP)
+    for component in components:
+        pid = state.pids.get(component.name, 0)
+        if component.reload_signal is not None and pid:
+            signal_if_alive(pid, component.reload_signal)
     if nginx_changed:
         # Only then: a reloading nginx closes idle client keep-alive connections, and a client that sent a
         # request on one at that moment gets no answer (nginx cannot avoid it; clients that retry hide it).
@@ -357,8 +407,11 @@ class Local(Runtime):
         return state.pids if state else {}
 
     def log_files(self, run_dir: Path) -> dict[str, Path]:
+        """Of the components the stack in run_dir started (without a record: of every component)."""
         run = RunDir(run_dir)
-        return {name: run.log(name) for component in self.components for name in component.logs}
+        state = run.load_state()
+        started = [c for c in self.components if state is None or c.name in state.started]
+        return {name: run.log(name) for component in started for name in component.logs}
 
     def log_pids(self, run_dir: Path) -> list[int]:
         state = RunDir(run_dir).load_state()

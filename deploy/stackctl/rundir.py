@@ -82,6 +82,7 @@ class RunDir:
             "nginx_conf": "nginx.conf",
             "nginx_dir": "nginx",
             "metrics_dir": "metrics",
+            "prometheus_dir": "prometheus",  # its rendered config, and its storage in data/
         }
         if name not in files:
             raise AttributeError(name)

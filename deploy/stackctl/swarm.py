@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]  # PyYAML comes with uvicorn[standard]
 
-from deploy.stackctl import docker, local, tls
+from deploy.stackctl import docker, local, monitoring, tls
 from deploy.stackctl.components import APP, NGINX
 from deploy.stackctl.config import KNOBS, ROOT, Effective, dump
 from deploy.stackctl.errors import StackError
@@ -41,9 +41,9 @@ from service.settings import Settings
 SWARM_FILE = ROOT / "deploy" / "swarm.yml"
 STACK_FILE = "stack.yml"
 LOCUST_SERVICES = ("locust-master", "locust-worker")
-# Services whose compose ports a stack does not publish: the Locust web UI has no login, and swarm binds a
-# published port on every address of a node, never on loopback alone.
-UNPUBLISHED = ("locust-master",)
+# Services whose compose ports a stack does not publish: the Locust web UI and Prometheus have no login, and
+# swarm binds a published port on every address of a node, never on loopback alone.
+UNPUBLISHED = ("locust-master", "prometheus")
 ADVERTISE_ADDRESS = "127.0.0.1"
 CONVERGE_WITHIN = 240.0
 FAILED_TASKS = 3  # new failed tasks of one service before a wait gives up
@@ -54,7 +54,8 @@ NGINX_RUN_DIR = "/tmp/nginx"  # docker-compose.yml's, inside the nginx container
 DROPPED = {
     "build": "stackctl builds and tags the images (and pushes them to SWARM_REGISTRY)",
     "depends_on": "no start order in swarm: nginx waits until tasks.app resolves (a healthy app task)",
-    "profiles": "the Locust services are in the stack when SWARM_LOCUST_WORKERS > 0",
+    "profiles": "the Locust services are in the stack when SWARM_LOCUST_WORKERS > 0, Prometheus and the "
+    "exporter when MONITORING=1",
     "restart": "deploy.restart_policy of deploy/swarm.yml",
     "security_opt": "nothing: no-new-privileges is not applied (the `swarm hardening` warning)",
     "expose": "nothing needed: tasks on the overlay network reach each other on any port",
@@ -194,7 +195,7 @@ def locust_wanted(config: Effective) -> bool:
 def rendered_config(config: Effective, env: Mapping[str, str], locust: bool) -> dict[str, Any]:
     """docker-compose.yml + deploy/swarm.yml, merged and interpolated by compose itself."""
     compose = docker.compose_command()
-    profiles = docker.ALL_PROFILES if locust else ()
+    profiles = (*docker.LOADTEST_PROFILE * locust, *docker.profiles(config.settings))
     command = [*compose, "-f", str(docker.COMPOSE_FILE), "-f", str(SWARM_FILE), *profiles, "config"]
     result = subprocess.run(command, cwd=ROOT, env=dict(env), capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
@@ -241,8 +242,12 @@ def stack_file(data: dict[str, Any], config: Effective) -> tuple[dict[str, Any],
     settings = config.settings
     changed: dict[str, list[str]] = {}
     services: dict[str, Any] = data.get("services", {})
+    # deploy/swarm.yml names them without their profile, and compose then keeps them whatever the profiles.
     if settings.swarm_locust_workers == 0:
         for name in LOCUST_SERVICES:
+            services.pop(name, None)
+    if not settings.monitoring:
+        for name in docker.MONITORING_SERVICES:
             services.pop(name, None)
     for name, service in services.items():
         for key in (*DROPPED, *CONVERTED):
@@ -379,6 +384,12 @@ def up(config: Effective, environ: Mapping[str, str] | None, run_dir: Path) -> S
     wait_converged(stack, config, before)
     apps = stack.services()[APP.service].replicas
     print(f"stack is up (swarm runtime, stack {stack.name}, app x{apps}): {stack.url()}")
+    if config.settings.monitoring:
+        print(
+            monitoring.announce(
+                f"not published (docs/SWARM.md): http://prometheus:9090 on {stack.name}_default"
+            )
+        )
     return stack
 
 

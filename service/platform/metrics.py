@@ -36,6 +36,26 @@ LATENCY = Histogram(
 IN_FLIGHT = Gauge("app_requests_in_flight", "HTTP requests being served", multiprocess_mode="livesum")
 WEBSOCKETS = Gauge("app_websockets_open", "WebSocket connections open", multiprocess_mode="livesum")
 WORKERS = Gauge("app_worker_up", "One per live worker process", multiprocess_mode="livesum")
+WEBSOCKET_CLOSES = Counter(
+    "app_websocket_closes",
+    "WebSockets the app accepted and that ended, by close code: the app's own close, else the code of the "
+    "disconnect it received (1006: the peer dropped the connection without a close frame), else none",
+    ["code"],
+)
+CONNECTIONS_OPENED = Counter(
+    "app_connections_opened",
+    "TCP connections the app accepted (a WebSocket upgrade is not another one): per request served, how "
+    "often nginx opens a new upstream connection instead of reusing a pooled one",
+)
+# Codes a peer may send are 1000-4999; past the registered ones they share a label, so a client cannot
+# make series without bound.
+WEBSOCKET_CODES = frozenset(range(1000, 1016))
+
+
+def websocket_close_label(code: int | None) -> str:
+    if code is None:
+        return "none"
+    return str(code) if code in WEBSOCKET_CODES else "other"
 
 # Per worker, written once a second by loopwatch.LoopWatch.
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, float("inf"))

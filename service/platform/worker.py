@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -124,9 +125,25 @@ def alive(pid: int) -> bool:
     return True
 
 
+class CountedConnections(set[Any]):
+    """uvicorn's set of open connections (ServerState.connections), counting each HTTP connection added
+    (every protocol adds itself when the connection is made; a WebSocket's protocol replaces the HTTP one
+    it was upgraded from and is not counted again)."""
+
+    def __init__(self, is_websocket: Callable[[Any], bool]) -> None:
+        super().__init__()
+        self.is_websocket = is_websocket
+
+    def add(self, connection: Any) -> None:
+        if not self.is_websocket(connection):
+            metrics.CONNECTIONS_OPENED.inc()
+        super().add(connection)
+
+
 class DrainingServer(Server):
     def __init__(self, config: Config, ws_close_spread: float, turns: RecycleTurns | None = None) -> None:
         super().__init__(config)
+        self.server_state.connections = CountedConnections(self.is_websocket)
         self.ws_close_spread = ws_close_spread
         self.turns = turns
         self.ws_closing: set[Any] = set()
