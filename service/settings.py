@@ -18,13 +18,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from service import websocket_paths
 
 Layer = Literal["stack", "app", "gunicorn", "uvicorn", "nginx", "compose", "swarm", "prometheus", "locust"]
 Tool = Literal["loadtest", "drill", "bench", "sweep", "timeout-lab"]
@@ -578,6 +580,15 @@ class Settings(BaseSettings):
         "UVICORN_WS_PING_TIMEOUT.",
         ge=1,
     )
+    nginx_websocket_paths: str = knob(
+        "/ws/",
+        "paths",
+        "nginx",
+        "Where the app serves WebSockets (space-separated): nginx proxies these with NGINX_WS_READ_TIMEOUT, "
+        "every other path with the HTTP timeouts (a WebSocket there is cut after NGINX_PROXY_READ_TIMEOUT "
+        "of silence). `/chat/` = every path under it and /chat itself; `/chat/socket` = that path only. Not "
+        "`/`, nor a platform path (APP_*_PATH). Empty = none.",
+    )
     nginx_client_max_body_size: str = knob(
         "1m",
         "size",
@@ -919,6 +930,16 @@ class Settings(BaseSettings):
         if value != value.strip() or any(char in value for char in "\n\r\0"):
             raise ValueError(f"expected one path without surrounding blanks or line breaks, got {value!r}")
         return value
+
+    @field_validator("nginx_websocket_paths")
+    @classmethod
+    def _websocket_paths(cls, value: str, info: ValidationInfo) -> str:
+        names = ("app_liveness_path", "app_readiness_path", "app_metrics_path")  # validated before this one
+        platform = {env_name(name): info.data[name] for name in names if name in info.data}
+        said = websocket_paths.problem(value, platform)
+        if said:
+            raise ValueError(said)
+        return " ".join(websocket_paths.entries(value))
 
     @field_validator("gunicorn_bind", "nginx_upstream")
     @classmethod

@@ -9,8 +9,9 @@
 #   blueprint-nginx health   the HEALTHCHECK: nginx answers on its loopback status port.
 #
 # Rendering substitutes only the ${NGINX_*} names the template uses (nginx's own $variables stay), and
-# fails with one line when one of them is not set: docker-compose.yml passes every NGINX_* knob. Then it
-# keeps the template's `#[name] ` lines whose condition holds, as stackctl does for the local runtime:
+# fails with one line when one of them is not set: docker-compose.yml passes every NGINX_* knob. It renders
+# the one repeated block once per WebSocket location of NGINX_WEBSOCKET_PATHS, and keeps the template's
+# `#[name] ` lines whose condition holds, as stackctl does for the local runtime:
 # tls (NGINX_TLS=1; with tls_http2_on or tls_http2_listen by this nginx's version), ocsp (NGINX_TLS=1 and
 # NGINX_OCSP_STAPLING=1), demo_routes_off (APP_DEMO_ROUTES=0), resolve (below). With TLS, compose mounts the certificate and key read-only at
 # NGINX_TLS_CERT/KEY.
@@ -143,6 +144,46 @@ apply_conditions() {
         { print }'
 }
 
+# NGINX_WEBSOCKET_PATHS as nginx location arguments, each followed by `;` (as service/websocket_paths.py
+# derives them): an entry ending in / is a prefix, `/chat/` -> `/chat/;= /chat;`; any other one exact path,
+# `/chat/socket` -> `= /chat/socket;`. stackctl checks the value first (`make check`); this refuses only what
+# would break the config's syntax, for a compose file run without it.
+websocket_locations() {
+    set -f # an entry is a word, never a glob
+    for entry in $NGINX_WEBSOCKET_PATHS; do
+        case "$entry" in
+            / | [!/]* | *[!A-Za-z0-9._~/-]*)
+                log "NGINX_WEBSOCKET_PATHS='$NGINX_WEBSOCKET_PATHS': '$entry' must be a path other than /," \
+                    "of letters, digits, . _ ~ - and / only"
+                set +f
+                return 1
+                ;;
+            */) printf '%s;= %s;' "$entry" "${entry%/}" ;;
+            *) printf '= %s;' "$entry" ;;
+        esac
+    done
+    set +f
+}
+
+# The template's `#[each websocket_location]` ... `#[end each]` block once per location of $1 (`;`-ended),
+# `{{websocket_location}}` replaced by it.
+expand_websocket_locations() {
+    awk -v locations="$1" '
+        /^[[:blank:]]*#\[each websocket_location\][[:blank:]]*$/ { inside = 1; block = ""; next }
+        inside && /^[[:blank:]]*#\[end each\][[:blank:]]*$/ {
+            inside = 0
+            count = split(locations, each, ";")
+            for (i = 1; i < count; i++) {
+                text = block
+                gsub(/\{\{websocket_location\}\}/, each[i], text)
+                printf "%s", text
+            }
+            next
+        }
+        inside { block = block $0 "\n"; next }
+        { print }'
+}
+
 # Render the template into $CONF and check it with `nginx -t`: with `resolve` for the host name, else with
 # one server line for each address in $1.
 render() {
@@ -163,7 +204,9 @@ render() {
     else
         upstream=$(server_lines "$1")
     fi
-    NGINX_UPSTREAM=$upstream envsubst "$names" <"$TEMPLATE" | apply_conditions "$(conditions)" >"$CONF.new"
+    locations=$(websocket_locations) || return 1
+    expand_websocket_locations "$locations" <"$TEMPLATE" | NGINX_UPSTREAM=$upstream envsubst "$names" |
+        apply_conditions "$(conditions)" >"$CONF.new"
     # The template's *_temp_path lines name the writable directories nginx needs; create exactly those.
     sed -n 's/^[[:space:]]*[a-z_]*_temp_path[[:space:]]\{1,\}\([^;[:space:]]*\).*/\1/p' "$CONF.new" |
         while read -r directory; do mkdir -p "$directory"; done
