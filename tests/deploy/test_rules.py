@@ -121,6 +121,20 @@ def test_a_broken_rule_is_an_error_naming_both_knobs_and_values(
     assert "Fix:" in message and broken[0].fix and broken[0].why
 
 
+def test_rule_2_names_every_websocket_path_it_holds_for() -> None:
+    [held] = rules.websocket_ping_order(load_settings(nginx_websocket_paths="/ws/ /chat/socket"), HOST)
+    assert held.severity == "ok"
+    said = "< NGINX_WS_READ_TIMEOUT=75 on every path of NGINX_WEBSOCKET_PATHS=/ws/ /chat/socket"
+    assert held.claim.endswith(said)
+    assert held.values["NGINX_WEBSOCKET_PATHS"] == "/ws/ /chat/socket"
+    [broken] = rules.websocket_ping_order(
+        load_settings(nginx_websocket_paths="/chat/", nginx_ws_read_timeout=40), HOST
+    )
+    assert broken.severity == "error" and "NGINX_WEBSOCKET_PATHS=/chat/" in broken.claim
+    [none] = rules.websocket_ping_order(load_settings(nginx_websocket_paths=""), HOST)
+    assert none.claim.endswith("(NGINX_WEBSOCKET_PATHS is empty)")
+
+
 def test_every_rule_has_a_breaking_case() -> None:
     assert {case[0] for case in BROKEN} == set(rules.RULES)
 
