@@ -168,14 +168,18 @@ websocket_locations() {
 # The template's `#[each websocket_location]` ... `#[end each]` block once per location of $1 (`;`-ended),
 # `{{websocket_location}}` replaced by it.
 expand_websocket_locations() {
-    awk -v locations="$1" '
+    # index(), not gsub(): no regex or `&` handling to differ between gawk, mawk and busybox awk.
+    awk -v locations="$1" -v placeholder="{{websocket_location}}" '
         /^[[:blank:]]*#\[each websocket_location\][[:blank:]]*$/ { inside = 1; block = ""; next }
         inside && /^[[:blank:]]*#\[end each\][[:blank:]]*$/ {
             inside = 0
             count = split(locations, each, ";")
             for (i = 1; i < count; i++) {
                 text = block
-                gsub(/\{\{websocket_location\}\}/, each[i], text)
+                while ((at = index(text, placeholder)) > 0) {
+                    printf "%s%s", substr(text, 1, at - 1), each[i]
+                    text = substr(text, at + length(placeholder))
+                }
                 printf "%s", text
             }
             next
