@@ -70,7 +70,7 @@ class Venv:
         scratch = VENVS / f".building-{self.path.name}-{os.getpid()}"
         shutil.rmtree(scratch, ignore_errors=True)
         where = self.path.relative_to(ROOT) if self.path.is_relative_to(ROOT) else self.path
-        print(f"{self.knob}: building {where} (pip; once per change of the pins) ...", file=sys.stderr)
+        print(f"{self.knob}: building {where} (pip; once per change of the pins) ...", flush=True)
         try:
             self.build(scratch, offline)
             with contextlib.suppress(OSError):  # another process finished the same virtualenv first

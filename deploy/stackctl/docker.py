@@ -9,7 +9,6 @@ effective value of every knob (profile, `.env`, environment), validated before a
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import os
 import re
@@ -408,9 +407,8 @@ def built_app_where(run_dir: Path, config: Effective, environ: Mapping[str, str]
     if not engine_reachable():
         raise Unavailable("no Docker engine reachable to build the app image in (start one, or DOCKER_HOST)")
     project = Project(knob_environment(config, environ))
-    print("building the app image for the pre-flight ...", file=sys.stderr, flush=True)
-    with contextlib.redirect_stdout(sys.stderr):
-        build(project, services=(APP.service,))
+    print("building the app image for the pre-flight ...", flush=True)
+    build(project, services=(APP.service,))
     return image_where(project, config)
 
 
