@@ -116,6 +116,7 @@ class Container:
     config_hash: str = ""  # what compose compares to decide a container is out of date
     image: str = ""  # the image id it runs
     addresses: tuple[str, ...] = ()
+    restarts: int = 0  # by its restart policy
 
     @classmethod
     def from_inspect(cls, data: dict[str, Any]) -> Container:
@@ -132,6 +133,7 @@ class Container:
             config_hash=labels.get(CONFIG_HASH_LABEL, ""),
             image=data.get("Image", ""),
             addresses=tuple(n["IPAddress"] for n in networks.values() if n.get("IPAddress")),
+            restarts=int(data.get("RestartCount") or 0),
         )
 
 
@@ -340,6 +342,9 @@ def wait_healthy(project: Project, within: float = HEALTHY_WITHIN) -> None:
     while time.monotonic() < deadline:
         containers = project.containers()
         broken = [c for c in containers if c.status in ("exited", "dead") and c.service in SERVICES]
+        halted = app_halted(project) if broken or any(c.restarts for c in containers) else None
+        if halted:
+            raise StackError(halted)
         if broken:
             first = broken[0]
             raise StackError(f"{first.name} exited with {first.exit_code}: {last_log(project, first)}")
@@ -479,8 +484,30 @@ def start(project: Project, *args: str) -> None:
                 "(its own hard limit is lower and it lacks CAP_SYS_RESOURCE); set COMPOSE_NOFILE to at most "
                 "the engine's `ulimit -Hn`"
             ) from None
+        halted = app_halted(project)
+        if halted:
+            raise StackError(halted) from None
         raise
     sys.stderr.write(result.stderr)
+
+
+def app_halted(project: Project) -> str | None:
+    """When an app container's gunicorn halted on a worker that could not load or start the app (exit 3 or
+    4, after the pre-flight passed: a failure under gunicorn only), the worker's own `APP_MODULE=...` line;
+    the container is stopped rather than restarted again and again (its log stays for `make logs`)."""
+    for container in project.containers(APP.service):
+        if container.status == "running" and not container.restarts:
+            continue
+        logs = subprocess.run(
+            ["docker", "logs", container.id], env=project.env, capture_output=True, text=True
+        )
+        said = preflight.halted_line(logs.stdout + logs.stderr)
+        if said is None:
+            continue
+        for step in (["update", "--restart", "no"], ["stop", "--time", "5"]):
+            subprocess.run(["docker", *step, container.id], env=project.env, capture_output=True)
+        return f"{said} (gunicorn halted in {container.name}; see `make logs`)"
+    return None
 
 
 def down(project: Project | None = None) -> None:
@@ -610,11 +637,13 @@ def wait_answering(
     passed since they were created: a container nginx skips after its boot-time refusal would leave nginx
     with no live server once the old ones go."""
     waiting = {c.id for c in apps}  # a container's hostname is its short id
+    # The platform's readiness names the host that answered, whatever the app (the probes answer first).
+    readiness = f"{project.url()}{project.settings().app_readiness_path}"
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         try:
-            info = httpx2.get(f"{project.url()}/api/info", timeout=2, verify=project.verification())
-            waiting.discard(info.json().get("hostname", "") if info.status_code == 200 else "")
+            info = httpx2.get(readiness, timeout=2, verify=project.verification())
+            waiting.discard(info.json().get("host", "") if info.status_code == 200 else "")
         except (httpx2.HTTPError, ValueError):
             pass
         if not waiting and time.monotonic() - since >= NGINX_FAIL_TIMEOUT_S:

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx2
 import psutil
 import pytest
+import websocket
 
 from deploy.pins import pinned_requirements
 from deploy.stackctl import appenv
@@ -37,6 +38,13 @@ app = FastAPI()
 @app.get("/items/{item_id}")
 async def item(item_id: int) -> dict:
     return {"item": item_id, "fastapi": fastapi.__version__}
+
+
+@app.websocket("/ws")
+async def echo(websocket: fastapi.WebSocket) -> None:
+    await websocket.accept()
+    await websocket.send_text(await websocket.receive_text())
+    await websocket.close()
 """
 
 
@@ -71,6 +79,10 @@ def test_an_app_on_its_own_fastapi_runs_in_its_own_virtualenv_behind_nginx(tmp_p
         answer = httpx2.get(f"{stack.url}/items/7", timeout=10)
         assert answer.json() == {"item": 7, "fastapi": "0.115.6"}
         assert httpx2.get(f"{stack.url}/readyz").json()["status"] == "ready"
+        ws = websocket.create_connection(f"{stack.ws_url}/ws", timeout=10)  # /ws itself, not only /ws/...
+        ws.send("hello")
+        assert ws.recv() == "hello"
+        ws.close()
         text = httpx2.get(f"{stack.status_url}/metrics").text
         assert 'app_requests_total{method="GET",route="/items/{item_id}",status="200"} 1.0' in text
 
