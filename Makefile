@@ -49,7 +49,7 @@ images: venv ## Build the app, nginx and Locust images (OFFLINE=1: from ./wheelh
 	@$(STACKCTL) images
 
 .PHONY: wheelhouse
-wheelhouse: venv ## Download wheels for PYTHON_IMAGE's Python version into ./wheelhouse (for OFFLINE=1)
+wheelhouse: venv ## Download wheels (with APP_REQUIREMENTS: the app's too) for PYTHON_IMAGE's Python, or this host's with RUNTIME=local, into ./wheelhouse (for OFFLINE=1)
 	@$(STACKCTL) wheelhouse
 
 ##@ Load testing

@@ -21,6 +21,7 @@ from websocket import create_connection
 from deploy.stackctl import stack as stackctl
 from deploy.stackctl.config import ROOT
 from deploy.stackctl.ports import free_port_knobs
+from deploy.stackctl.requirements import platform_pins
 from tests.support.docker import BUILD_TIMEOUT, DockerStack, docker, require_engine, stack_environment
 
 # The first test builds the image (and, offline, downloads the example's wheels).
@@ -135,3 +136,30 @@ def test_a_bad_app_module_is_refused_by_check_and_up_in_the_image(chat: DockerSt
         assert docker("ps", "-aq", "--filter", label, env=env).stdout.split() == []
     assert "in image blueprint-app:chat-" in (tmp_path / "preflight.log").read_text()
     assert app_container(chat)["State"]["Health"]["Status"] == "healthy"
+
+
+def test_check_loads_the_example_and_checks_gunicorns_config_in_its_image(
+    chat: DockerStack, tmp_path: Path
+) -> None:
+    result = chat.stackctl("--run-dir", str(tmp_path), "check", timeout=BUILD_TIMEOUT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    loaded = "ok python -m service.platform.loader --lifespan: APP_MODULE=main:app: an ASGI app (FastAPI)"
+    assert loaded in result.stdout
+    assert "with the rendered env in image blueprint-app:chat-" in result.stdout
+
+
+def test_a_requirement_against_the_platform_pins_is_refused_in_one_line(
+    chat: DockerStack, tmp_path: Path
+) -> None:
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text(f"fastapi=={pinned('fastapi')}\nprometheus-client==0.19.0\n")
+    env = {**chat.env, "APP_REQUIREMENTS": str(requirements), **free_port_knobs("docker")}
+    env["COMPOSE_PROJECT_NAME"] = f"{chat.project}-conflict"
+    line = refused(DockerStack(env), tmp_path / "run", "up")
+    platform = next(pin for pin in platform_pins() if pin.startswith("prometheus-client=="))
+    assert line == (
+        f"stackctl up: APP_REQUIREMENTS={requirements}: prometheus-client==0.19.0 conflicts with the "
+        f"platform's {platform} (pyproject.toml `dependencies`)"
+    )
+    label = f"label=com.docker.compose.project={env['COMPOSE_PROJECT_NAME']}"
+    assert docker("ps", "-aq", "--filter", label, env=env).stdout.split() == []
