@@ -15,7 +15,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from deploy.stackctl.appenv import WHEELHOUSE
@@ -77,7 +77,10 @@ def overlay_path(env: Mapping[str, str], settings: Settings) -> Path | None:
     return path if path.is_file() else None
 
 
-def ignore(skip: Path) -> object:
+def ignore(skip: Path) -> Callable[[str, list[str]], set[str]]:
+    """What copytree leaves out: caches, virtualenvs, version control, and `skip` (the run dir, when APP_SRC
+    holds it)."""
+
     def ignored(directory: str, names: list[str]) -> set[str]:
         return {
             name
@@ -99,8 +102,8 @@ def stage(run_dir: Path, settings: Settings, offline: bool) -> Path:
     for name in PLATFORM_FILES:
         (context / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, context / name)
-    skip = ignore(context)
-    shutil.copytree(ROOT / "service", context / "service", ignore=skip)  # type: ignore[arg-type]
+    skip = ignore(run_dir.resolve())
+    shutil.copytree(ROOT / "service", context / "service", ignore=skip)
     app = context / "app"
     app.mkdir()
     if settings.app_requirements:
@@ -116,7 +119,7 @@ def stage(run_dir: Path, settings: Settings, offline: bool) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
     if settings.app_src:
-        shutil.copytree(Path(settings.app_src).resolve(), app / "src", ignore=skip)  # type: ignore[arg-type]
+        shutil.copytree(Path(settings.app_src).resolve(), app / "src", ignore=skip)
     if offline and WHEELHOUSE.is_dir():
         link_tree(WHEELHOUSE, context / "wheelhouse")
     (context / ".dockerignore").write_text("**/__pycache__\n**/*.pyc\n")

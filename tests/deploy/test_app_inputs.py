@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from deploy.stackctl import appimage
+from deploy.stackctl.docker import app_pip_failure
 from deploy.stackctl.preflight import halted_line
 from deploy.stackctl.requirements import Source, digest, failure_line, platform_pins
 from service.settings import load_settings
@@ -180,3 +181,23 @@ def test_the_staged_context_holds_the_platform_the_app_and_its_requirements(tmp_
     assert not (context / "app" / "src" / ".venv").exists()
     service = json.loads(overlay.read_text().split("\n", 1)[1])["services"]["app"]
     assert service == {"build": {"context": str(context.resolve())}, "image": appimage.image(settings)}
+
+
+def test_a_conflict_in_the_image_build_names_the_apps_line_and_the_platforms_pin(tmp_path: Path) -> None:
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("fastapi==0.128.8\nprometheus-client==0.19.0\n")
+    build_output = "\n".join(
+        [
+            "Step 9/22 : RUN python3 -m venv /opt/venv  && if [ -f /build/app/requirements/... ] ...",
+            " ---> Running in 0123456789ab",
+            f"ERROR: Cannot install -r {appimage.IMAGE_REQUIREMENTS} (line 2) and prometheus-client==0.26.0 "
+            "because these package versions have conflicting dependencies.",
+            "ERROR: ResolutionImpossible: for help visit https://pip.pypa.io/en/latest/topics/...",
+            "The command '/bin/sh -c python3 -m venv /opt/venv ...' returned a non-zero code: 1",
+        ]
+    )
+    line = app_pip_failure(build_output, appimage.IMAGE_PINS, appimage.IMAGE_REQUIREMENTS, requirements, PINS)
+    assert line == (
+        f"APP_REQUIREMENTS={requirements}: prometheus-client==0.19.0 conflicts with the platform's "
+        "prometheus-client==0.26.0 (pyproject.toml `dependencies`)"
+    )
