@@ -102,9 +102,10 @@ class Venv:
                 lines = self.requirements.read_text(errors="replace").splitlines()
                 sources.append(Source(str(self.requirements), lines, platform=False))
             output = installed.stdout + installed.stderr
+            line = failure_line(output, self.knob, {s.path: s for s in sources}, self.pins)
             if offline:
-                output += f"\n(OFFLINE=1: only {WHEELHOUSE} was searched)"
-            raise StackError(failure_line(output, self.knob, {s.path: s for s in sources}, self.pins))
+                line += f" (OFFLINE=1: only {WHEELHOUSE} was searched; `make wheelhouse RUNTIME=local`)"
+            raise StackError(line)
 
 
 def cached_venv(name: str, requirements: Path | None, pins: Sequence[str], knob: str) -> Venv:
