@@ -4,12 +4,14 @@ context staged under the run dir with its requirements beside the platform's pin
 demo's; in CI offline, from the wheelhouse), loaded and started in that image before anything runs, and
 served through nginx: GET /, POST /message, the WebSocket.
 
-One build of the example, reused: the stack's, then the pre-flight refusals at the end (cached layers).
+One build of the example, reused: the stack's, then the refusals at the end (cached layers; the last app
+differs from the example in its code only).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,16 @@ from websocket import create_connection
 
 from deploy.stackctl import stack as stackctl
 from deploy.stackctl.config import ROOT
-from deploy.stackctl.ports import free_port_knobs
+from deploy.stackctl.ports import free_port_knobs, port_in_use
 from deploy.stackctl.requirements import platform_pins
-from tests.support.docker import BUILD_TIMEOUT, DockerStack, docker, require_engine, stack_environment
+from tests.support.docker import (
+    BUILD_TIMEOUT,
+    DockerStack,
+    docker,
+    free_subnet,
+    require_engine,
+    stack_environment,
+)
 
 # The first test builds the image (and, offline, downloads the example's wheels).
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(BUILD_TIMEOUT)]
@@ -163,3 +172,45 @@ def test_a_requirement_against_the_platform_pins_is_refused_in_one_line(
     )
     label = f"label=com.docker.compose.project={env['COMPOSE_PROJECT_NAME']}"
     assert docker("ps", "-aq", "--filter", label, env=env).stdout.split() == []
+
+
+GUNICORN_ONLY = """
+import sys
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+
+
+@asynccontextmanager
+async def lifespan(app):
+    if "gunicorn" in sys.modules:  # passes the pre-flight in the image, fails in every worker
+        raise RuntimeError("no database under gunicorn")
+    yield
+
+
+app = Starlette(lifespan=lifespan)
+"""
+
+
+def test_a_startup_failing_only_under_gunicorn_stops_up_without_a_restart_loop(
+    chat: DockerStack, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "gonly.py").write_text(GUNICORN_ONLY)
+    # The example's requirements: the image reuses the example's installed layer, only the code differs.
+    env = {**chat.env, "APP_MODULE": "gonly:app", "APP_SRC": str(src), **free_port_knobs("docker")}
+    env["COMPOSE_PROJECT_NAME"] = f"{chat.project}-gonly"
+    env["COMPOSE_SUBNET"] = free_subnet()
+    bad = DockerStack(env)
+    try:
+        line = refused(bad, tmp_path / "run", "up")
+        expected = "APP_MODULE=gonly:app: lifespan startup raised RuntimeError: no database under gunicorn"
+        assert line.startswith(f"stackctl up: {expected} (gunicorn halted in "), line
+        # Stopped, not restarting: kept (exited) for `make logs`, nothing of it runs or listens.
+        time.sleep(3)
+        label = f"label=com.docker.compose.project={bad.project}"
+        assert docker("ps", "-q", "--filter", label, env=env).stdout.split() == []
+        assert not port_in_use("127.0.0.1", int(env["HTTP_PORT"]))
+    finally:
+        bad.compose("down", "--remove-orphans", "--timeout", "5")
