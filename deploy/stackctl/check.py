@@ -109,6 +109,8 @@ def validate_gunicorn(config: Effective, where: preflight.Where | None) -> Valid
     """gunicorn --check-config where the app runs (this host's app environment or the app image); without
     one (no engine to build the image), with the tooling virtualenv on this host."""
     command = "gunicorn --check-config"
+    if where is None and config.settings.app_requirements:
+        return Validation("gunicorn", command, "skipped", "it loads the app: only in the app image")
     with tempfile.TemporaryDirectory(prefix="stack-check-") as scratch:
         run = local.RunDir(Path(scratch))
         local.prepare(run, config)
