@@ -51,7 +51,7 @@ images: venv ## Build the app, nginx, Locust, Prometheus and exporter images (OF
 	@$(STACKCTL) images
 
 .PHONY: wheelhouse
-wheelhouse: venv ## Download wheels for PYTHON_IMAGE's Python version into ./wheelhouse (for OFFLINE=1)
+wheelhouse: venv ## Download wheels (with APP_REQUIREMENTS: the app's too) for PYTHON_IMAGE's Python, or this host's with RUNTIME=local, into ./wheelhouse (for OFFLINE=1)
 	@$(STACKCTL) wheelhouse
 
 ##@ Load testing

@@ -144,14 +144,17 @@ class Settings(BaseSettings):
         "path",
         "app",
         "The directory holding the app's code, put first on the import path (relative paths are taken from "
-        "the directory gunicorn starts in). Empty = the repository root, where the demo lives.",
+        "the directory gunicorn starts in). Empty = the repository root, where the demo lives. Docker and "
+        "swarm copy it into the app image (/app/src).",
     )
     app_requirements: str = knob(
         "",
         "path",
         "app",
-        "A requirements file with the app's own dependencies (its framework included), installed beside the "
-        "platform's pins. Empty = the demo's (the `demo` extra of pyproject.toml).",
+        "A requirements file with the app's own dependencies (its framework included), installed with the "
+        "platform's pins into a virtualenv of the app's own (local: .run/venvs/app-<hash>) or the app image "
+        "(docker, swarm); a conflict with a pin stops `make up` naming both. Empty = the demo's (the `demo` "
+        "extra of pyproject.toml; local: the tooling virtualenv).",
     )
     app_startup_timeout: float = knob(
         20.0,

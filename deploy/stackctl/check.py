@@ -8,12 +8,13 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from deploy.stackctl import docker, local, monitoring, rules, runtimes, tls, tools
+from deploy.stackctl import docker, local, monitoring, preflight, rules, runtimes, tls, tools
 from deploy.stackctl.config import KNOBS, ROOT, Effective, dump
 from deploy.stackctl.errors import StackError
 from deploy.stackctl.facts import HostFacts
@@ -92,19 +93,21 @@ def tls_findings(settings: Settings) -> list[rules.Finding]:
     return tls.findings(settings, binary)
 
 
-def validate_gunicorn(config: Effective) -> Validation:
+def validate_gunicorn(config: Effective, where: preflight.Where | None) -> Validation:
+    """gunicorn --check-config where the app runs (this host's app environment or the app image); without
+    one (no engine to build the image), with the tooling virtualenv on this host."""
     command = "gunicorn --check-config"
+    if where is None and config.settings.app_requirements:
+        return Validation("gunicorn", command, "skipped", "it loads the app: only in the app image")
     with tempfile.TemporaryDirectory(prefix="stack-check-") as scratch:
         run = local.RunDir(Path(scratch))
         local.prepare(run, config)
-        result = subprocess.run(
-            [sys.executable, "-m", "gunicorn", "-c", str(local.GUNICORN_CONF), "--check-config"],
-            cwd=ROOT,
-            env=local.process_env(run),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        args = ["-m", "gunicorn", "-c", where.gunicorn_conf if where else str(local.GUNICORN_CONF)]
+        if where is None or not where.in_image:
+            # This host's python: the rendered stack.env, as the local runtime's gunicorn reads it.
+            python, said = (where.prefix, where.description) if where else ([sys.executable], "this host")
+            where = preflight.Where(said, python, local.process_env(run), str(local.GUNICORN_CONF))
+        result = where.run([*args, "--check-config"], timeout=120)
     if result.returncode != 0:
         lines = (result.stderr or result.stdout).strip().splitlines() or [f"exit {result.returncode}"]
         return Validation("gunicorn", command, "failed", lines[-1])
@@ -116,7 +119,8 @@ def validate_gunicorn(config: Effective) -> Validation:
         reason = str(error).splitlines()[0].rstrip(": ")
         detail = f"GUNICORN_WORKER_CLASS={config.settings.gunicorn_worker_class}: {reason}"
         return Validation("gunicorn", command, "failed", detail)
-    return Validation("gunicorn", command, "ok", "deploy/gunicorn.conf.py with the rendered env")
+    detail = f"deploy/gunicorn.conf.py with the rendered env in {where.description}"
+    return Validation("gunicorn", command, "ok", detail)
 
 
 def validate_prometheus(config: Effective) -> Validation:
@@ -180,18 +184,36 @@ def make_console(stderr: bool = False) -> Console:
     return Console(file=stream, width=None if stream.isatty() else 130, soft_wrap=True)
 
 
-def run_check(config: Effective, runtime: Name) -> int:
+def check_app(
+    config: Effective, runtime: str, run_dir: Path, environ: Mapping[str, str]
+) -> tuple[Validation, preflight.Where | None]:
+    """The pre-flight where `runtime` runs the app (preflight.py); StackError in one line when the app would
+    not run. Skipped, with the reason, when there is no engine to build the app image in."""
+    backend = runtimes.RUNTIMES[runtimes.resolve(runtime)]
+    command = "python -m service.platform.loader --lifespan"
+    try:
+        where = backend.app_where(run_dir, config, environ)
+    except docker.Unavailable as error:
+        return Validation("app", command, "skipped", str(error)), None
+    said = preflight.check_app(where, config, run_dir / preflight.LOG)
+    return Validation("app", command, "ok", f"{said} (in {where.description})"), where
+
+
+def run_check(
+    config: Effective, runtime: str, run_dir: Path, environ: Mapping[str, str] | None = None
+) -> int:
     console = make_console()
     settings = config.settings
-    backend = runtimes.RUNTIMES[runtime]
+    backend = runtimes.RUNTIMES[runtimes.resolve(runtime)]
     host = backend.host_facts(settings)
+    app, where = check_app(config, runtime, run_dir, os.environ if environ is None else environ)
     console.print(knob_table(config))
     console.print("bold rows come from a profile, .env, the environment or the runtime", style="dim")
     for line in derived_lines(settings, runtime, host):
         console.print(line, highlight=False)
 
     console.print("\n[bold]Validators[/]")
-    validations = [validate_nginx(config), validate_gunicorn(config), validate_compose(config)]
+    validations = [app, validate_nginx(config), validate_gunicorn(config, where), validate_compose(config)]
     if settings.monitoring:
         validations.append(validate_prometheus(config))
     validations += backend.validations(config)

@@ -16,14 +16,13 @@ import signal
 import ssl
 import stat
 import subprocess
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
 
-from deploy.stackctl import monitoring, tls
+from deploy.stackctl import appenv, monitoring, preflight, tls
 from deploy.stackctl.config import ROOT, Effective, nginx_temp_dirs, render_nginx
 from deploy.stackctl.errors import StackError
 from deploy.stackctl.ports import LOOPBACK, bind_in_use, split_bind
@@ -89,6 +88,10 @@ def always(_: Settings) -> bool:
     return True
 
 
+def nothing_to_say(*_: object) -> str:
+    return ""
+
+
 @dataclass(frozen=True)
 class Component:
     name: str  # its processes' role in `make ps`, its key in Handle.pids(), its log `<run dir>/<name>.log`
@@ -98,6 +101,9 @@ class Component:
     env: Callable[[Launch], Mapping[str, str] | None] = this_process_env
     prepare: Callable[[RunDir, Effective], None] = nothing  # render what it reads, before any start
     check: Callable[[RunDir], None] = nothing  # refuse a rendered config (StackError) before any start
+    # Before anything starts (at `up`, `reload` and `make check`): refuse what it would fail to run, in one
+    # line (StackError); what it says when it would run fine.
+    preflight: Callable[[RunDir, Effective, Mapping[str, str] | None], str] = nothing_to_say
     listens: Callable[[Settings], list[Address]] = no_ports  # refused at `up` when taken
     claims: Callable[[Settings], None] = nothing  # refuse at `up` (StackError) what else it would take
     port_knobs: tuple[str, ...] = ()  # what a stack beside others sets to free ports (free_port_knobs)
@@ -128,12 +134,25 @@ class Component:
 
 
 def process_env(run: RunDir, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The app's processes' environment: the rendered knobs, the metrics directory, and the repository
+    root on PYTHONPATH (the platform is not installed in the app's own virtualenv)."""
     return {
         **(os.environ if environ is None else environ),
         "STACK_ENV_FILE": str(run.env_file),
         "PROMETHEUS_MULTIPROC_DIR": str(run.metrics_dir),
         "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": appenv.pythonpath(environ),
     }
+
+
+def app_where(config: Effective, environ: Mapping[str, str] | None) -> preflight.Where:
+    """The app's python on this host (its virtualenv built first when APP_REQUIREMENTS asks for one)."""
+    python = appenv.ensure_app_python(config.settings, environ)
+    return preflight.on_host(python, preflight.loader_env(config, environ, appenv.pythonpath(environ)))
+
+
+def preflight_app(run: RunDir, config: Effective, environ: Mapping[str, str] | None) -> str:
+    return preflight.check_app(app_where(config, environ), config, run.path / preflight.LOG)
 
 
 def prepare_app(run: RunDir, config: Effective) -> None:
@@ -199,11 +218,12 @@ APP = Component(
     service="app",
     title="gunicorn master",
     command=lambda launch: [
-        *(sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF)),
+        *(str(appenv.app_python(launch.settings)), "-m", "gunicorn", "-c", str(GUNICORN_CONF)),
         *("--pid", str(launch.run.pid_file("gunicorn"))),
     ],
     env=lambda launch: process_env(launch.run, launch.environ),
     prepare=prepare_app,
+    preflight=preflight_app,
     listens=app_listens,
     claims=claim_unix_bind,
     port_knobs=("GUNICORN_BIND",),

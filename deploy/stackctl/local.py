@@ -21,8 +21,8 @@ from pathlib import Path
 
 import psutil
 
-from deploy.stackctl import tls
-from deploy.stackctl.components import APP, COMPONENTS, NGINX, Component, Launch
+from deploy.stackctl import appenv, preflight, tls
+from deploy.stackctl.components import APP, COMPONENTS, NGINX, Component, Launch, app_where
 from deploy.stackctl.components import GUNICORN_CONF as GUNICORN_CONF
 from deploy.stackctl.components import check_nginx as check_nginx
 from deploy.stackctl.components import check_unix_bind as check_unix_bind
@@ -112,17 +112,32 @@ def wait_ready(
     while time.monotonic() < deadline:
         for name, process in processes.items():
             if process.poll() is not None:
-                said = launch.run.log(f"{name}-error")
-                said = said if said.exists() else launch.run.log(name)
-                tail = said.read_text(errors="replace").strip().splitlines()[-5:]
-                raise StackError(
-                    f"{name} exited with {process.returncode} while starting: {' | '.join(tail)}"
-                )
+                raise StackError(exited_while_starting(launch.run, name, process.returncode))
         waiting = [probe for probe in probes if not probe.ready(launch)]
         if not waiting:
             return
         time.sleep(0.2)
     raise StackError(f"{waiting[0].waiting(launch)} within {READY_WITHIN:.0f} s; see `make logs`")
+
+
+def exited_while_starting(run: RunDir, name: str, code: int | None) -> str:
+    """Why a component exited while starting: the app's own `APP_MODULE=...` line when a worker said one
+    (gunicorn halts on a worker's exit 3 or 4 instead of booting it again), else its log's last lines."""
+    text = run.log(name).read_text(errors="replace") if run.log(name).exists() else ""
+    said = preflight.halted_line(text)
+    if said is not None:
+        return f"{said} ({name} stopped, exit {code}; see {run.log(name)})"
+    errors = run.log(f"{name}-error")  # nginx writes its own to a file of its own
+    tail = (errors.read_text(errors="replace") if errors.exists() else text).strip().splitlines()[-5:]
+    return f"{name} exited with {code} while starting: {' | '.join(tail)}"
+
+
+def run_preflight(
+    run: RunDir, config: Effective, environ: Mapping[str, str] | None, components: Sequence[Component]
+) -> str:
+    """Every component's pre-flight, before anything starts: what they said, one line each."""
+    said = [component.preflight(run, config, environ) for component in components]
+    return "\n".join(line for line in said if line)
 
 
 def up(
@@ -144,6 +159,9 @@ def up(
             raise StackError(f"{knob}: port {port} is already in use by another process; choose a free one")
     for component in components:
         component.claims(settings)
+    said = run_preflight(run, config, environ, components)
+    if said:
+        print(said)
 
     served = ensure_tls(settings)
     prepare(run, config, components)
@@ -160,6 +178,7 @@ def up(
         settings.nginx_listen_address,
         settings.app_liveness_path,
         settings.app_metrics_path,
+        str(appenv.app_python(settings)),
     )
     launch = Launch(run, config, environ, state.url, verification(served))
     processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -292,6 +311,13 @@ def reload(run: RunDir, config: Effective, components: Sequence[Component] = COM
                 f"{knob} changed from {before[knob]} to {port}: a reload cannot move ports; run "
                 "`make down && make up`"
             )
+    python = str(appenv.app_python(settings))
+    if state.app_python and python != state.app_python:
+        raise StackError(
+            f"APP_REQUIREMENTS={settings.app_requirements or '(empty)'}: the app's environment would change "
+            f"from {state.app_python} to {python}, and a reload keeps gunicorn's; run `make down && make up`"
+        )
+    run_preflight(run, config, None, components)  # a broken app refused while the old workers serve
     nginx_before = nginx_inputs(run, settings)
     served = ensure_tls(settings)
     old_workers = set(descendants(app))
@@ -390,6 +416,12 @@ class Local(Runtime):
 
     def port_knobs(self) -> tuple[str, ...]:
         return tuple(knob for component in self.components for knob in component.port_knobs)
+
+    def app_where(self, run_dir: Path, config: Effective, environ: Mapping[str, str]) -> preflight.Where:
+        return app_where(config, environ)
+
+    def preflight(self, run_dir: Path, config: Effective, environ: Mapping[str, str]) -> str:
+        return run_preflight(RunDir(run_dir), config, environ, self.components)
 
     def render(self, run_dir: Path, config: Effective) -> None:
         run = RunDir(run_dir)

@@ -39,6 +39,7 @@ class State:
     listen_address: str = LOOPBACK
     liveness_path: str = "/healthz"  # APP_LIVENESS_PATH
     metrics_path: str = "/metrics"  # APP_METRICS_PATH
+    app_python: str = ""  # the python gunicorn runs with (appenv.py); a reload cannot change it
 
     @property
     def pids(self) -> dict[str, int]:

@@ -24,6 +24,7 @@ from service.settings import Settings
 
 if TYPE_CHECKING:
     from deploy.stackctl.docker import Container
+    from deploy.stackctl.preflight import Where
 
 Name = Literal["local", "docker", "swarm"]
 
@@ -72,6 +73,16 @@ class Runtime(ABC):
     @abstractmethod
     def port_knobs(self) -> tuple[str, ...]:
         """The knobs that bind ports of this host: set to free ports, a stack runs beside others."""
+
+    @abstractmethod
+    def app_where(self, run_dir: Path, config: Effective, environ: Mapping[str, str]) -> Where:
+        """Where this runtime runs the app's python (the local app virtualenv, the built image), ready:
+        what the pre-flight and `make check`'s validators run in."""
+
+    @abstractmethod
+    def preflight(self, run_dir: Path, config: Effective, environ: Mapping[str, str]) -> str:
+        """Load APP_MODULE where this runtime will run it, and start nothing (preflight.py): what the
+        loader says when the app would run; StackError in one line when it would not."""
 
     def render(self, run_dir: Path, config: Effective) -> None:
         """Write the effective configs into the run dir and start nothing."""

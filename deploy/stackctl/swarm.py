@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]  # PyYAML comes with uvicorn[standard]
 
-from deploy.stackctl import docker, local, monitoring, tls
+from deploy.stackctl import docker, local, monitoring, preflight, tls
 from deploy.stackctl.components import APP, NGINX
 from deploy.stackctl.config import KNOBS, ROOT, Effective, dump
 from deploy.stackctl.errors import StackError
@@ -196,7 +196,9 @@ def rendered_config(config: Effective, env: Mapping[str, str], locust: bool) -> 
     """docker-compose.yml + deploy/swarm.yml, merged and interpolated by compose itself."""
     compose = docker.compose_command()
     profiles = (*docker.LOADTEST_PROFILE * locust, *docker.profiles(config.settings))
-    command = [*compose, "-f", str(docker.COMPOSE_FILE), "-f", str(SWARM_FILE), *profiles, "config"]
+    app = docker.Project(env).app_overlay()  # another app's image (APP_SRC, APP_REQUIREMENTS)
+    files = [docker.COMPOSE_FILE, SWARM_FILE, *([app] if app else [])]
+    command = [*compose, *(arg for path in files for arg in ("-f", str(path))), *profiles, "config"]
     result = subprocess.run(command, cwd=ROOT, env=dict(env), capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
@@ -356,7 +358,9 @@ def deploy(
     env = deploy_environment(config, environ, stack)
     keep = None
     if build:
-        docker.build(docker.Project(env), loadtest=locust_wanted(config))
+        project = docker.Project(env)
+        docker.build(project, loadtest=locust_wanted(config))
+        print(docker.check_image(project, config, run_dir), flush=True)
     else:
         keep = {name: service.image for name, service in stack.services().items()}
     path = render(config, env, run_dir, keep)
@@ -656,3 +660,10 @@ class Swarm(Runtime):
 
     def validations(self, config: Effective) -> list[Validation]:
         return [validate(config)]
+
+    def app_where(self, run_dir: Path, config: Effective, environ: Mapping[str, str]) -> preflight.Where:
+        return docker.built_app_where(run_dir, config, environ)
+
+    def preflight(self, run_dir: Path, config: Effective, environ: Mapping[str, str]) -> str:
+        where = self.app_where(run_dir, config, environ)
+        return preflight.check_app(where, config, run_dir / preflight.LOG)
