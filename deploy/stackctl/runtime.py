@@ -80,11 +80,12 @@ class Runtime(ABC):
 
     # --- a running stack ------------------------------------------------------------------------------
 
-    def url(self, settings: Settings) -> str:
-        """Where clients reach the stack: its HTTPS URL when NGINX_TLS=1 (the plain port only redirects)."""
-        return tls.https_url(settings) if settings.nginx_tls else self.plain_url(settings)
+    def url(self, settings: Settings, environ: Mapping[str, str] | None = None) -> str:
+        """Where clients reach the stack: its HTTPS URL when NGINX_TLS=1 (the plain port only redirects).
+        `environ`: the stack's environment, for a runtime whose address is not this host's (swarm)."""
+        return tls.https_url(settings) if settings.nginx_tls else self.plain_url(settings, environ)
 
-    def plain_url(self, settings: Settings) -> str:
+    def plain_url(self, settings: Settings, environ: Mapping[str, str] | None = None) -> str:
         return f"http://{LOOPBACK}:{settings.http_port}"
 
     def status_url(self, settings: Settings) -> str:
