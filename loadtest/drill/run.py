@@ -17,10 +17,11 @@ from typing import Any
 from deploy.stackctl import stack
 from deploy.stackctl.ports import free_port_knobs
 from loadtest.drill import containers
+from loadtest.drill.capabilities import Site
 from loadtest.drill.drills import BY_NAME, Context, Drill, Outcome
 from loadtest.drill.load import Load, Tally
 from loadtest.drill.observe import WorkerWatch
-from loadtest.drill.plan import LoadParams, Row
+from loadtest.drill.plan import LoadParams, NodeCommands, Row
 from loadtest.drill.report import machine, write_report
 from loadtest.host import find_wrk, load_average
 from loadtest.status import Status
@@ -66,6 +67,7 @@ def fill(
     row.ws_slowest_connects_s = ws.slowest_connects_s
     row.recovery_s = None if outcome.recovery_s is None else round(outcome.recovery_s, 3)
     row.recovery, row.probes, row.probe_failures = outcome.recovery, outcome.probes, outcome.probe_failures
+    row.timeline = outcome.timeline
     row.not_counted = [kind for kind in outcome.not_counted if kind in row.failures]
     row.allowed, row.allowance = outcome.allowed, outcome.allowance
     if params.strict and row.allowed:
@@ -87,13 +89,19 @@ def compress_logs(run_dir: Path) -> None:
 
 
 def run_drill(
-    drill: Drill, params: LoadParams, report_dir: Path, base: Mapping[str, str] | None, wrk: str
+    drill: Drill,
+    params: LoadParams,
+    report_dir: Path,
+    base: Mapping[str, str] | None,
+    wrk: str,
+    site: Site | None = None,
 ) -> Row:
     row = Row(drill.name, drill.runtime, drill.what)
     environ = os.environ if base is None else base
+    site = site or Site(environ)
     row.knobs = drill_knobs(drill, params, environ)
     knobs = {**row.knobs, **free_port_knobs(drill.runtime)}
-    if drill.runtime == "docker":
+    if drill.runtime != "local":  # an engine's stack: its own project name and subnet
         knobs |= containers.project_knobs(drill.name)
     run_dir = report_dir / drill.name
     run_dir.mkdir(parents=True)
@@ -101,7 +109,7 @@ def run_drill(
     try:
         with stack.running(drill.runtime, knobs, run_dir, base=base) as handle:
             load = Load(handle.url, handle.ws_url, params, run_dir, wrk)
-            ctx = Context(handle, load, params, run_dir, knobs, base)
+            ctx = Context(handle, load, params, run_dir, knobs, base, site=site)
             if drill.prepare:
                 drill.prepare(ctx)
             if drill.runtime == "local":
@@ -119,7 +127,9 @@ def run_drill(
                 tally = load.stop()
                 if ctx.watch:
                     ctx.watch.stop()
-                if drill.runtime == "docker":
+                for cleanup in ctx.cleanups:
+                    cleanup()
+                if drill.runtime != "local":
                     containers.save_logs(ctx.handle, run_dir)
             row.seconds = round(time.monotonic() - started, 1)
     except Exception as error:  # a drill that breaks is a row saying why, not the end of the run
@@ -138,11 +148,14 @@ def run_drills(
     out_root: Path,
     base: Mapping[str, str] | None = None,
     progress: Callable[[Row], None] = lambda row: None,
+    nodes: NodeCommands | None = None,
 ) -> tuple[Path, list[Row]]:
-    """Every named drill on its own stack; writes drill.json and index.html into reports/drill-<time>/."""
+    """Every named drill on its own stack; writes drill.json and index.html into reports/drill-<time>/.
+    A drill whose needs this site lacks (an engine, a swarm of several nodes, ...) is a skipped row."""
     drills = [BY_NAME[name] for name in names]
     wrk = find_wrk()
-    engine = any(d.runtime == "docker" for d in drills) and stack.docker_engine_reachable()
+    nodes = nodes or NodeCommands()
+    site = Site(os.environ if base is None else base, nodes.down, nodes.up)
     report_dir = out_root / f"drill-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
     report_dir.mkdir(parents=True, exist_ok=False)
     meta: dict[str, Any] = {
@@ -154,11 +167,11 @@ def run_drills(
     rows: list[Row] = []
     try:
         for drill in drills:
-            if drill.runtime == "docker" and not engine:
-                row = Row(drill.name, drill.runtime, drill.what, status=Status.SKIPPED)
-                row.reason = "no Docker engine reachable (`docker info` failed); start one or set DOCKER_HOST"
+            missing = next(filter(None, (need(site) for need in drill.needs)), None)
+            if missing:
+                row = Row(drill.name, drill.runtime, drill.what, status=Status.SKIPPED, reason=missing)
             else:
-                row = run_drill(drill, params, report_dir, base, wrk)
+                row = run_drill(drill, params, report_dir, base, wrk, site)
             rows.append(row)
             progress(row)
     except KeyboardInterrupt:

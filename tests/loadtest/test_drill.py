@@ -12,6 +12,7 @@ import pytest
 
 from deploy.stackctl import stack
 from loadtest import drill
+from loadtest.drill import capabilities
 from loadtest.limits import THRESHOLD_EXIT_CODE
 
 SOCKET_KINDS = {"connect", "read", "write", "timeout"}
@@ -121,3 +122,24 @@ def test_a_lossy_drill_held_to_zero_exits_non_zero(tmp_path: Path) -> None:
     assert row["lost"] > 0, "SIGKILL under load takes the killed worker's in-flight requests with it"
     assert row["status"] == "failed" and data["passed"] is False
     assert code == THRESHOLD_EXIT_CODE
+
+
+def test_a_drill_whose_needs_are_missing_is_a_skipped_row_saying_which(tmp_path: Path) -> None:
+    """node-loss needs a swarm of three nodes and commands that take one down: without them it is skipped
+    with the reason (exit 0), whatever RUNTIME says; nothing starts."""
+    nowhere = {**base_env(), "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
+    code = drill.main(["--drill", "node-loss", "--out-root", str(tmp_path)], base=nowhere)
+    _, data = report(tmp_path)
+    (row,) = data["rows"]
+    assert code == 0 and row["status"] == "skipped" and row["runtime"] == "swarm"
+    assert row["reason"].startswith("no Docker engine reachable")
+    site = capabilities.Site(nowhere)
+    assert capabilities.swarm_of(3)(site) == (
+        f"needs a swarm of 3 ready nodes at DOCKER_HOST (unix://{tmp_path}/no-engine.sock has 0); "
+        "deploy/multinode/nodes.sh makes one on this host (docs/SWARM.md)"
+    )
+    assert "DRILL_NODE_DOWN" in (capabilities.node_control(site) or "")
+    down = capabilities.Site(nowhere, "ssh {node} systemctl stop docker", "ssh {node} systemctl start docker")
+    assert capabilities.node_control(down) is None
+    needs = drill.BY_NAME["node-loss"].needs
+    assert capabilities.node_control in needs and capabilities.engine in needs
