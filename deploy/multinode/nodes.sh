@@ -32,9 +32,10 @@
 # (MULTINODE_IPTABLES=1, as on a real node): a host-mode port is then DNAT'ed in the kernel and nginx sees the
 # client's address; 0 = --iptables=false, CI's single engine's flags, where docker-proxy stands in between.
 #
-# Knobs (environment): MULTINODE_DIR (state, sockets, data; /tmp/blueprint-multinode), MULTINODE_NET (first
-# three octets of the /24), MULTINODE_HEARTBEAT (`docker swarm update --dispatcher-heartbeat`, 5s = Docker's
-# default: a lost node is marked down after about 3 of them), MULTINODE_IPTABLES (1).
+# Knobs (environment): MULTINODE_DIR (state, sockets, data; /tmp/blueprint-multinode), MULTINODE_PREFIX (of
+# the namespaces, links and hostnames; bpmn), MULTINODE_NET (first three octets of the /24; 10.250.0),
+# MULTINODE_HEARTBEAT (`docker swarm update --dispatcher-heartbeat`; 5s, Docker's default: a lost node is
+# marked down after about 3 of them), MULTINODE_IPTABLES (1). Give the same ones to every command.
 set -euo pipefail
 
 SELF=$(readlink -f "$0")
@@ -43,7 +44,9 @@ NET=${MULTINODE_NET:-10.250.0}
 HEARTBEAT=${MULTINODE_HEARTBEAT:-5s}
 IPTABLES=${MULTINODE_IPTABLES:-1}
 NODES=(1 2 3)
-PREFIX=bpmn
+PREFIX=${MULTINODE_PREFIX:-bpmn}
+[[ "$PREFIX" =~ ^[a-z][a-z0-9]{0,7}$ ]] || { echo "multinode: MULTINODE_PREFIX=$PREFIX: 1-8 lower-case letters or digits (interface names are short)" >&2; exit 2; }
+[[ "$NET" =~ ^[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}$ ]] || { echo "multinode: MULTINODE_NET=$NET: the first three octets of a /24, e.g. 10.250.0" >&2; exit 2; }
 HUB=$PREFIX-hub
 BRIDGE=$PREFIX-br
 CLIENT=$PREFIX-client
@@ -230,6 +233,11 @@ up() {
 
 # --- using it ----------------------------------------------------------------------------------------
 
+# This run's knobs, for a command line that must find the same nodes.
+knobs() {
+    echo "MULTINODE_DIR=$DIR MULTINODE_PREFIX=$PREFIX MULTINODE_NET=$NET MULTINODE_IPTABLES=$IPTABLES"
+}
+
 env_lines() {
     [ -S "$(node_dir 1)/docker.sock" ] || die "the nodes are not up: \`$0 up\`"
     cat <<EOF
@@ -238,8 +246,8 @@ export RUNTIME=swarm
 export SWARM_REGISTRY=$REGISTRY/blueprint
 export SWARM_NGINX_CONSTRAINT='node.labels.blueprint.edge == true'
 export COMPOSE_PUBLISH_ADDRESS=0.0.0.0
-export DRILL_NODE_DOWN='$SELF stop {node}'
-export DRILL_NODE_UP='$SELF start {node}'
+export DRILL_NODE_DOWN='$(knobs) $SELF stop {node}'
+export DRILL_NODE_UP='$(knobs) $SELF start {node}'
 EOF
 }
 
@@ -302,9 +310,11 @@ cgroups_down() {
 
 down() {
     local n name
+    # In parallel: an engine gives each container it still runs 10 s to stop.
     for n in "${NODES[@]}"; do
-        if [ -d "$(node_dir "$n")" ]; then stop_node "$n"; fi
+        if [ -d "$(node_dir "$n")" ]; then stop_node "$n" & fi
     done
+    wait
     local registry; registry=$(pid_of "$DIR/registry/pid")
     if alive "$registry"; then kill "$registry"; reap "$registry" 50; fi
     # Anything else still in one of the namespaces (a container's shim after a killed dockerd, ...).

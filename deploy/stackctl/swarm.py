@@ -627,7 +627,13 @@ def down(stack: Stack | None = None, within: float = 120.0) -> None:
     while time.monotonic() < deadline:
         left = leftovers(stack)
         if not left:
-            print(f"removed swarm stack {stack.name}: services, containers and network (the swarm stays)")
+            if stack.node_count() > 1:
+                print(
+                    f"removed swarm stack {stack.name}: services, network and this node's containers (the "
+                    "swarm stays); the other nodes stop theirs within COMPOSE_STOP_GRACE_PERIOD"
+                )
+            else:
+                print(f"removed swarm stack {stack.name}: services, containers and network (the swarm stays)")
             return
         if left == ["network"]:  # the manager retries; remove it ourselves once nothing uses it
             for network in stack.docker("network", "ls", "-q", "--filter", stack.label()).split():
