@@ -113,31 +113,33 @@ class Nodes:
 
 
 def host_snapshot(nodes: Nodes) -> dict[str, list[str]]:
-    """What the nodes could leave on this host: namespaces, links and routes of this namespace, mounts,
-    processes started from the state dir or in the namespaces' cgroups, the cgroup directories, whether
-    /run/netns is there and mounted, the state dir."""
+    """What the nodes could leave on this host: their namespaces, links and routes of this namespace,
+    mounts of /run/netns or under the state dir, processes started from the state dir, the nodes' cgroup
+    directories, whether /run/netns is there and mounted, the state dir. Other engines on this host come
+    and go with their own namespaces, links and mounts: only ours are compared."""
 
     def lines(*command: str) -> list[str]:
         done = subprocess.run(command, capture_output=True, text=True, timeout=30)
         return sorted(done.stdout.splitlines())
 
-    mounts = Path("/proc/self/mounts").read_text().splitlines()
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
     cgroups = sorted(str(p) for p in Path("/sys/fs/cgroup").glob(f"*/{nodes.prefix}*"))
     processes = [
         line
         for line in lines("ps", "-eo", "pid=,args=")
         if str(nodes.directory) in line and "pytest" not in line
     ]
-    # Other engines on this host come and go with their own links and routes: only ours are compared.
     return {
-        "namespaces": lines("ip", "netns", "list"),
+        "namespaces": [name for name in lines("ip", "netns", "list") if name.startswith(nodes.prefix)],
         "links": [
             name
             for line in lines("ip", "-o", "-br", "link")
             if (name := line.split()[0].split("@")[0]).startswith(nodes.prefix)
         ],
         "routes": [route for route in lines("ip", "route") if nodes.net in route],
-        "mounts": sorted(m for m in mounts if "netns" in m or str(nodes.directory) in m),
+        "mounts": sorted(
+            m for m in mounts if m.startswith("/run/netns") or m.startswith(str(nodes.directory))
+        ),
         "processes": processes,
         "cgroups": cgroups,
         "run netns": [str(Path("/run/netns").exists()), str(os.path.ismount("/run/netns"))],
