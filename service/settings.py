@@ -1126,6 +1126,21 @@ class ToolInputs(BaseModel):
         ge=0,
         le=1,
     )
+    drill_node_down: str = tool_input(
+        "",
+        "command",
+        "drill",
+        "node-loss: a shell command that takes swarm node {node} (its hostname) down, e.g. `ssh {node} sudo "
+        "systemctl stop docker`; `deploy/multinode/nodes.sh env` prints its own. Empty = node-loss is "
+        "skipped.",
+    )
+    drill_node_up: str = tool_input(
+        "",
+        "command",
+        "drill",
+        "node-loss: the command that brings node {node} back after the load (its tasks do not come back: "
+        "swarm never rebalances).",
+    )
 
     # --- make bench --------------------------------------------------------------------------------
     bench: str = tool_input(

@@ -43,6 +43,8 @@ class Runtime(ABC):
     compose_project: ClassVar[bool] = False
     # It runs Locust's web UI itself (locust_ui), rather than Locust processes of this host.
     serves_locust_ui: ClassVar[bool] = False
+    # Its app runs as tasks of a swarm service, which the manager reschedules when a node is lost.
+    swarm_services: ClassVar[bool] = False
     # Why available() says no, in one line.
     unavailable: ClassVar[str] = ""
 
@@ -111,11 +113,12 @@ class Runtime(ABC):
 
     # --- a running stack ------------------------------------------------------------------------------
 
-    def url(self, settings: Settings) -> str:
-        """Where clients reach the stack: its HTTPS URL when NGINX_TLS=1 (the plain port only redirects)."""
-        return tls.https_url(settings) if settings.nginx_tls else self.plain_url(settings)
+    def url(self, settings: Settings, environ: Mapping[str, str] | None = None) -> str:
+        """Where clients reach the stack: its HTTPS URL when NGINX_TLS=1 (the plain port only redirects).
+        `environ`: the stack's environment, for a runtime whose address is not this host's (swarm)."""
+        return tls.https_url(settings) if settings.nginx_tls else self.plain_url(settings, environ)
 
-    def plain_url(self, settings: Settings) -> str:
+    def plain_url(self, settings: Settings, environ: Mapping[str, str] | None = None) -> str:
         return f"http://{LOOPBACK}:{settings.http_port}"
 
     def status_url(self, settings: Settings) -> str:

@@ -17,6 +17,7 @@ stack runs with instead of guessing from its own defaults.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -148,14 +149,15 @@ class Handle:
     def settings(self) -> Settings:
         return self.config.settings
 
-    @property
+    @functools.cached_property
     def url(self) -> str:
-        """Where clients reach the stack: its HTTPS URL when NGINX_TLS=1 (the plain port only redirects)."""
-        return self.backend.url(self.settings)
+        """Where clients reach the stack: its HTTPS URL when NGINX_TLS=1 (the plain port only redirects);
+        on a swarm, the address of nginx's edge node (asked once)."""
+        return self.backend.url(self.settings, self.knob_environment())
 
-    @property
+    @functools.cached_property
     def plain_url(self) -> str:
-        return self.backend.plain_url(self.settings)
+        return self.backend.plain_url(self.settings, self.knob_environment())
 
     @property
     def ws_url(self) -> str:

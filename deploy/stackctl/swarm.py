@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import yaml  # type: ignore[import-untyped]  # PyYAML comes with uvicorn[standard]
 
 from deploy.stackctl import docker, local, monitoring, preflight, tls
@@ -79,10 +81,13 @@ def run(*args: str, env: Mapping[str, str] | None = None, timeout: float = 120) 
 @dataclass(frozen=True)
 class Task:
     id: str
+    name: str  # app.1, nginx.<node id>: the service's short name and the slot (or node)
     service: str  # short name: app, nginx, ...
     state: str  # running, starting, failed, ... (the first word of CurrentState, lower case)
     desired: str
     error: str
+    node: str  # the hostname of the node it was placed on ("" while pending)
+    ports: str = ""  # as `docker stack ps` shows them: one entry per address the port is bound on
 
 
 @dataclass(frozen=True)
@@ -150,10 +155,13 @@ class Stack:
             tasks.append(
                 Task(
                     id=data["ID"],
+                    name=self.short_name(data["Name"]),
                     service=self.short_name(data["Name"].split(".")[0]),
                     state=(data["CurrentState"].split() or ["?"])[0].lower(),
                     desired=data["DesiredState"].lower(),
-                    error=data.get("Error", ""),
+                    error=data.get("Error", "").strip('"'),
+                    node=data.get("Node", ""),
+                    ports=data.get("Ports", ""),
                 )
             )
         return tasks
@@ -165,10 +173,37 @@ class Stack:
         label = f"label=com.docker.swarm.service.name={self.full_name(service)}"
         return self.docker("ps", "-q", "--filter", label).split()
 
-    def url(self) -> str:
+    def node_address(self, node: str) -> str:
+        """A node's address as the swarm knows it (its advertise address); a manager may report 0.0.0.0
+        there (moby #35437), its manager address is then the one."""
+        found = self.docker(
+            "node", "inspect", "--format", "{{.Status.Addr}} {{with .ManagerStatus}}{{.Addr}}{{end}}", node
+        ).split()
+        status = found[0] if found else ""
+        if status in ("", "0.0.0.0") and len(found) > 1:
+            return found[1].rsplit(":", 1)[0]
+        return status or LOOPBACK
+
+    def edge_host(self, tasks: list[Task] | None = None) -> str:
+        """Where clients reach nginx. A single node is this host: 127.0.0.1 (whatever address it
+        advertises, so a generated certificate for 127.0.0.1 still verifies). On several nodes nginx runs
+        on edge nodes (SWARM_NGINX_CONSTRAINT), each publishing HTTP_PORT on its own address: the address of
+        the first of them by name, or 127.0.0.1 while none runs nginx."""
+        if self.node_count() <= 1:
+            return LOOPBACK
+        tasks = self.tasks() if tasks is None else tasks
+        running = [t for t in tasks if t.service == NGINX.service and t.desired == t.state == "running"]
+        nodes = sorted(t.node for t in running if t.node)
+        return self.node_address(nodes[0]) if nodes else LOOPBACK
+
+    def url(self, host: str | None = None) -> str:
+        host = self.edge_host() if host is None else host
         if self.env.get("NGINX_TLS") == "1":
-            return f"https://{LOOPBACK}:{self.env.get('HTTPS_PORT', '8443')}"
-        return f"http://{LOOPBACK}:{self.env.get('HTTP_PORT', '8080')}"
+            return f"https://{host}:{self.env.get('HTTPS_PORT', '8443')}"
+        return f"http://{host}:{self.env.get('HTTP_PORT', '8080')}"
+
+    def node_count(self) -> int:
+        return len(self.docker("node", "ls", "-q").split())
 
 
 def ensure_swarm(env: Mapping[str, str]) -> None:
@@ -299,9 +334,22 @@ def tag_images(
             run("tag", local, ref, env=env)
             if registry:
                 print(f"pushing {ref} ...", flush=True)
-                run("push", ref, env=env, timeout=1800)
+                push(ref, registry, env)
             done[local] = ref
         service["image"] = done[local]
+
+
+def push(ref: str, registry: str, env: Mapping[str, str]) -> None:
+    """`docker push` by the manager's engine; a registry it cannot reach is said in one line naming
+    SWARM_REGISTRY and the node."""
+    try:
+        run("push", ref, env=env, timeout=1800)
+    except StackError as error:
+        node = run("info", "--format", "{{.Name}}", env=env).strip() or "the manager"
+        detail = str(error).split(" failed: ", 1)[-1]
+        raise StackError(
+            f"SWARM_REGISTRY={registry}: node {node} (the manager, DOCKER_HOST) cannot push {ref}: {detail}"
+        ) from None
 
 
 def with_tls(stack: dict[str, Any], served: tls.Files, https_port: int, name: str) -> None:
@@ -381,8 +429,10 @@ def up(config: Effective, environ: Mapping[str, str] | None, run_dir: Path) -> S
     ports = {"HTTP_PORT": config.settings.http_port}
     if config.settings.nginx_tls:
         ports["HTTPS_PORT"] = config.settings.https_port
+    # On one node nginx publishes on this host; on several it runs on edge nodes, whose ports we cannot see.
+    here = Stack(env).node_count() == 1
     for knob, port in ports.items():
-        if NGINX.service not in Stack(env).services() and port_in_use(LOOPBACK, port):
+        if here and NGINX.service not in Stack(env).services() and port_in_use(LOOPBACK, port):
             raise StackError(f"{knob}: port {port} is already in use by another process; choose a free one")
     stack, before = deploy(config, environ, run_dir)
     wait_converged(stack, config, before)
@@ -450,32 +500,100 @@ def wait_converged(
     stack: Stack, config: Effective, before: Iterable[str], within: float = CONVERGE_WITHIN
 ) -> None:
     """Until every service runs its desired tasks, all healthy (a task with a HEALTHCHECK is `running`
-    only once healthy), no update is in progress, nginx here balances over every app task, and /healthz
-    answers through nginx."""
+    only once healthy), no update is in progress, nginx balances over every app task and no other, and
+    /healthz answers through nginx on its edge node's address."""
     known = set(before)
     updates_before = {name: s.update_started for name, s in stack.services().items()}
     deadline = time.monotonic() + within
     verify = local.verification(tls.files(config.settings) if config.settings.nginx_tls else None)
+    if config.settings.nginx_tls and stack.node_count() > 1:
+        # The edge is known here by its address, which a certificate for the edge's names does not carry:
+        # readiness is checked without the name; clients verify the names the certificate has.
+        verify = False
     pending_since: dict[str, float] = {}
     waiting = "nginx's public port"
     while time.monotonic() < deadline:
         services = stack.services()
         tasks = stack.tasks()
+        check_pulls(config, tasks, known)
         for service in services.values():
             check_update(service, updates_before.get(service.name))
             check_failures(stack, config, service, [t for t in tasks if t.service == service.name], known)
             check_pending(config, service, tasks, pending_since)
         lagging = [name for name, service in services.items() if not converged(service, tasks)]
+        url = stack.url(stack.edge_host(tasks))
         if not lagging and APP.service in services:
-            apps = len([t for t in tasks if t.service == APP.service and t.desired == t.state == "running"])
-            if any(count != apps for count in nginx_upstreams(stack)):
-                lagging = [f"nginx to balance over {apps} app task(s)"]
-        waiting = ", ".join(lagging) or waiting
-        liveness = f"{stack.url()}{config.settings.app_liveness_path}"
-        if services and not lagging and docker.answers(liveness, verify):
+            lagging = nginx_lagging(stack, tasks, url, verify)
+        waiting = ", ".join(lagging) or f"nginx's public port ({url})"
+        if services and not lagging and docker.answers(f"{url}{config.settings.app_liveness_path}", verify):
             return
         time.sleep(1)
     raise StackError(f"not converged within {within:.0f} s: {waiting}; see `make ps` and `make logs`")
+
+
+def nginx_lagging(stack: Stack, tasks: list[Task], url: str, verify: ssl.SSLContext | bool) -> list[str]:
+    """What nginx still lacks: an nginx on this node is asked which app addresses it balances over; one
+    on another node (whose containers this engine cannot enter) is asked through its port which tasks
+    answer /api/info, until every running app task has and no other."""
+    apps = [t for t in tasks if t.service == APP.service and t.desired == t.state == "running"]
+    counts = nginx_upstreams(stack)
+    if counts:
+        behind = any(count != len(apps) for count in counts)
+        return [f"nginx to balance over {len(apps)} app task(s)"] if behind else []
+    expected = task_hostnames(stack, apps)
+    seen = served_by(url, verify, 4 * len(apps))
+    if seen is None or seen == expected:
+        return []
+    if seen - expected:
+        return [f"nginx to stop sending to {len(seen - expected)} app task(s) that no longer run"]
+    return [f"nginx to send to all {len(expected)} app task(s) (answers from {len(seen)})"]
+
+
+def task_hostnames(stack: Stack, tasks: list[Task]) -> set[str]:
+    """The hostname each task's container has (its container id's first 12 digits, Docker's default)."""
+    if not tasks:
+        return set()
+    found = stack.docker(
+        "inspect", "--format", "{{.Status.ContainerStatus.ContainerID}}", *[t.id for t in tasks]
+    )
+    return {container[:12] for container in found.split()}
+
+
+def served_by(url: str, verify: ssl.SSLContext | bool, requests: int) -> set[str] | None:
+    """The app hostnames that answered `requests` GET /api/info through nginx; None when nginx does not
+    answer yet (the /healthz check says so)."""
+    seen = set()
+    try:
+        with httpx2.Client(verify=verify, timeout=2) as client:
+            for _ in range(requests):
+                response = client.get(f"{url}/api/info")
+                if response.status_code != 200:
+                    return None
+                seen.add(str(response.json().get("hostname", "")))
+    except (httpx2.HTTPError, ValueError):
+        return None
+    return seen
+
+
+def check_pulls(config: Effective, tasks: list[Task], known: set[str]) -> None:
+    """A task rejected for want of its image: the node could not pull it. Said at once, in one line naming
+    the node and SWARM_REGISTRY: swarm would go on placing tasks elsewhere, or retrying for ever."""
+    registry = config.settings.swarm_registry
+    for task in tasks:
+        if task.id in known or task.state not in ("rejected", "failed") or "No such image" not in task.error:
+            continue
+        image = task.error.split("No such image: ", 1)[-1].split("@")[0]
+        if registry:
+            why = (
+                f"it has not got {image} and could not pull it from SWARM_REGISTRY={registry}: every node "
+                "must reach that address (a plain-HTTP registry also in each engine's insecure-registries)"
+            )
+        else:
+            why = (
+                f"it has not got {image}, and SWARM_REGISTRY is empty: the images exist only on the node "
+                "that built them; set SWARM_REGISTRY to a registry every node can pull from (docs/SWARM.md)"
+            )
+        raise StackError(f"{task.service}: node {task.node or '?'} cannot run its task: {why}")
 
 
 def converged(service: Service, tasks: list[Task]) -> bool:
@@ -539,7 +657,13 @@ def down(stack: Stack | None = None, within: float = 120.0) -> None:
     while time.monotonic() < deadline:
         left = leftovers(stack)
         if not left:
-            print(f"removed swarm stack {stack.name}: services, containers and network (the swarm stays)")
+            if stack.node_count() > 1:
+                print(
+                    f"removed swarm stack {stack.name}: services, network and this node's containers (the "
+                    "swarm stays); the other nodes stop theirs within COMPOSE_STOP_GRACE_PERIOD"
+                )
+            else:
+                print(f"removed swarm stack {stack.name}: services, containers and network (the swarm stays)")
             return
         if left == ["network"]:  # the manager retries; remove it ourselves once nothing uses it
             for network in stack.docker("network", "ls", "-q", "--filter", stack.label()).split():
@@ -563,12 +687,24 @@ def leftovers(stack: Stack) -> list[str]:
 
 
 def ps(stack: Stack | None = None) -> None:
+    """The services, then each running task with its node and ports. Docker binds a host-mode port on
+    IPv4 and IPv6 (a docker-proxy each) and `docker stack ps` lists it once per binding; listed once here."""
     stack = stack or Stack()
     if not stack.exists():
         print(f"no swarm stack {stack.name}")
         return
     print(stack.docker("stack", "services", stack.name), end="")
-    print(stack.docker("stack", "ps", stack.name, "--filter", "desired-state=running"), end="")
+    tasks = [t for t in stack.tasks() if t.desired == "running"]
+    rows = [("TASK", "ID", "NODE", "STATE", "PORTS", "ERROR")]
+    rows += [(t.name[:24], t.id[:12], t.node, t.state, unique_ports(t.ports), t.error) for t in tasks]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print(f"nginx: {stack.url(stack.edge_host(tasks))}")
+
+
+def unique_ports(ports: str) -> str:
+    return ",".join(dict.fromkeys(p.strip() for p in ports.split(",") if p.strip()))
 
 
 def logs(follow: bool, stack: Stack | None = None) -> None:
@@ -624,6 +760,7 @@ class Swarm(Runtime):
     """The stack as a `docker stack` (docker-compose.yml + deploy/swarm.yml) on a swarm manager."""
 
     reload_anyway = "replacing the app tasks anyway (a rolling update)"
+    swarm_services = True
     unavailable = docker.Docker.unavailable
 
     def container_filters(self, project: str, service: str) -> list[str]:
@@ -646,6 +783,19 @@ class Swarm(Runtime):
 
     def logs(self, run_dir: Path, environ: Mapping[str, str], follow: bool) -> None:
         logs(follow, Stack(environ))
+
+    def url(self, settings: Settings, environ: Mapping[str, str] | None = None) -> str:
+        port = settings.https_port if settings.nginx_tls else settings.http_port
+        return f"{'https' if settings.nginx_tls else 'http'}://{self.edge_host(environ)}:{port}"
+
+    def plain_url(self, settings: Settings, environ: Mapping[str, str] | None = None) -> str:
+        return f"http://{self.edge_host(environ)}:{settings.http_port}"
+
+    def edge_host(self, environ: Mapping[str, str] | None) -> str:
+        try:
+            return Stack(environ).edge_host()
+        except (StackError, subprocess.TimeoutExpired):
+            return LOOPBACK  # no engine or no stack: where a single-node stack would answer
 
     def port_knobs(self) -> tuple[str, ...]:
         # As before the interface: the local runtime's set, though swarm publishes only HTTP(S)_PORT here.

@@ -16,7 +16,7 @@ from rich.console import Console
 from deploy.stackctl.config import ROOT
 from deploy.stackctl.envargs import EnvParser
 from loadtest.drill.drills import NAMES
-from loadtest.drill.plan import DrillError, LoadParams, Row, parse_drills, parse_load
+from loadtest.drill.plan import DrillError, LoadParams, NodeCommands, Row, parse_drills, parse_load
 from loadtest.drill.report import HEAD, cells, table
 from loadtest.drill.run import run_drills
 from loadtest.errors import LoadtestError
@@ -48,6 +48,8 @@ def parser(environ: Mapping[str, str] | None = None) -> EnvParser:
         p.add_argument(f"--{option}", env=env, default=None)  # None: the default of the mode (--short)
     for option, env in TARGETS.items():
         p.add_argument(f"--{option.replace('_', '-')}", env=env, empty_is_value=env in MAY_BE_EMPTY)
+    p.add_argument("--node-down", env="DRILL_NODE_DOWN")
+    p.add_argument("--node-up", env="DRILL_NODE_UP")
     p.add_argument("--short", action="store_true", env="DRILL_SHORT")
     p.add_argument("--strict", action="store_true", env="DRILL_STRICT")
     p.add_argument("--out-root", type=Path, default=ROOT / "reports")
@@ -82,7 +84,8 @@ def main(argv: list[str] | None = None, base: Mapping[str, str] | None = None) -
             err.print(done)
 
         err.print(f"make drill: {', '.join(names)}; {params.describe()}")
-        report_dir, rows = run_drills(names, params, args.out_root, base, progress)
+        commands = NodeCommands(args.node_down, args.node_up)
+        report_dir, rows = run_drills(names, params, args.out_root, base, progress, commands)
     except LoadtestError as error:
         print(f"make drill: {error}", file=sys.stderr)
         return BAD_INPUT

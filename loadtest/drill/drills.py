@@ -13,11 +13,13 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from deploy.stackctl import procs, stack
-from loadtest.drill import containers
+from loadtest.drill import containers, nodes
+from loadtest.drill.capabilities import Capability, Site, engine, node_control, swarm_of
 from loadtest.drill.load import Load
 from loadtest.drill.observe import (
     RESPAWN_WITHIN_S,
@@ -46,6 +48,8 @@ class Context:
     knobs: dict[str, str]  # what the stack was started with, ports included
     base: Mapping[str, str] | None
     watch: WorkerWatch | None = None
+    site: Site = field(default_factory=Site)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)  # after the load, before the stack goes
 
 
 @dataclass
@@ -59,6 +63,7 @@ class Outcome:
     not_counted: tuple[str, ...] = ()  # failure kinds the event causes by design (listed, not counted)
     notes: list[str] = field(default_factory=list)
     load_until: float | None = None  # monotonic time the stack stopped serving: no tail, rate until then
+    timeline: dict[str, float] = field(default_factory=dict)  # seconds after the event, by what happened
 
 
 Action = Callable[[Context], Outcome]
@@ -77,6 +82,11 @@ def compose_project(runtime: stack.Backend) -> bool:
     return runtime.compose_project
 
 
+def swarm_services(runtime: stack.Backend) -> bool:
+    """The app runs as swarm tasks, rescheduled by the manager when their node is lost."""
+    return runtime.swarm_services
+
+
 @dataclass(frozen=True)
 class Drill:
     name: str
@@ -86,6 +96,7 @@ class Drill:
     knobs: Callable[[LoadParams], dict[str, str]] = lambda params: {}
     prepare: Callable[[Context], None] | None = None  # before the load starts
     demo_route: str = ""  # a route of the demo's the drill sends itself: skipped for another APP_MODULE
+    site_needs: tuple[Capability, ...] = ()  # what it must find where it runs (a swarm of N nodes, ...)
 
     @property
     def runtime(self) -> stack.Runtime:
@@ -344,6 +355,67 @@ def app_killed(ctx: Context) -> Outcome:
     )
 
 
+# --- swarm drills -----------------------------------------------------------------------------------
+
+NODE_LOSS_NODES = 3  # an edge node, the manager, and a node to lose: each may carry app tasks
+NODE_LOSS_WITHIN_S = 120.0  # for the swarm to mark the node down and reschedule its tasks
+
+
+def node_loss_knobs(params: LoadParams) -> dict[str, str]:
+    """An app task per node. nginx gives up connecting to a lost task after 1 s (a LAN answers in a
+    millisecond; 5 s by default) and retries another, which a WebSocket handshake also survives; and the
+    requests the lost node swallowed come back as nginx's 504 within the load (10 s < wrk's timeout) so they
+    are counted. The app must answer before nginx gives up (rule 3)."""
+    return {
+        "SWARM_APP_REPLICAS": str(NODE_LOSS_NODES),
+        "NGINX_PROXY_CONNECT_TIMEOUT": "1",
+        "NGINX_PROXY_READ_TIMEOUT": "10",
+        "APP_REQUEST_TIMEOUT": "5",
+        "COMPOSE_PUBLISH_ADDRESS": "0.0.0.0",
+    }
+
+
+def node_loss(ctx: Context) -> Outcome:
+    """Take down a node that runs an app task (DRILL_NODE_DOWN), keep the load on while the swarm notices
+    and reschedules, until the requests the node swallowed have come back as nginx's 504."""
+    victim = nodes.choose_victim(ctx.handle)
+    lost_at = datetime.now(UTC)
+    started = time.monotonic()
+    nodes.node_command(ctx.site.node_down, victim.node, "DRILL_NODE_DOWN")
+    ctx.cleanups.append(lambda: nodes.node_command(ctx.site.node_up, victim.node, "DRILL_NODE_UP"))
+    recovery = nodes.watch_recovery(ctx.handle, victim, started, within=NODE_LOSS_WITHIN_S)
+    # A request written to a lost task before nginx noticed ends as a 504 after NGINX_PROXY_READ_TIMEOUT.
+    settle = ctx.handle.settings.nginx_proxy_read_timeout + 3
+    time.sleep(max(0.0, started + settle - time.monotonic()))
+    last = nodes.last_sent(ctx.handle, victim.addresses, lost_at)
+    connections = ctx.params.connections
+    outcome = Outcome(
+        recovery.rescheduled_s,
+        f"{victim.node} lost until the app ran its {NODE_LOSS_NODES} tasks on the other nodes",
+        allowed=connections,
+        allowance=f"<= {connections}: requests in flight on {victim.node}'s app task(s) when it went "
+        "(one per wrk connection: each waits for its answer)",
+    )
+    outcome.timeline = {
+        name: round(value, 1)
+        for name, value in (
+            ("node marked down", recovery.down_s),
+            ("app tasks rescheduled", recovery.rescheduled_s),
+            ("nginx's last request to a lost task", last),
+        )
+        if value is not None
+    }
+    outcome.notes.append(
+        f"{victim.node} ({len(victim.tasks)} app task(s), {', '.join(sorted(victim.addresses))}) taken down "
+        f"with DRILL_NODE_DOWN; dispatcher heartbeat {nodes.heartbeat(ctx.handle)}; replacements on "
+        f"{recovery.where or '?'}"
+    )
+    if recovery.rescheduled_s is None:
+        outcome.notes.append(f"the app's tasks were not rescheduled within {NODE_LOSS_WITHIN_S:g} s")
+        outcome.probe_failures += 1
+    return outcome
+
+
 DRILLS: tuple[Drill, ...] = (
     Drill("baseline", host_processes, "nothing happens: the load alone", baseline),
     Drill("reload", host_processes, "handle.reload(): gunicorn HUP + nginx reload", reload),
@@ -377,6 +449,14 @@ DRILLS: tuple[Drill, ...] = (
         "scale-down", compose_project, "compose scale app=3 -> 1 under load", scale_down, prepare=three_apps
     ),
     Drill("app-killed", compose_project, "docker kill one of 2 app containers", app_killed, prepare=two_apps),
+    Drill(
+        "node-loss",
+        swarm_services,
+        "a swarm node with an app task goes down (DRILL_NODE_DOWN): rescheduled, nginx stops sending to it",
+        node_loss,
+        node_loss_knobs,
+        site_needs=(engine, swarm_of(NODE_LOSS_NODES), node_control),  # engine: of DOCKER_HOST as given
+    ),
 )
 NAMES = tuple(d.name for d in DRILLS)
 BY_NAME = {d.name: d for d in DRILLS}

@@ -62,6 +62,15 @@ class LoadParams:
 SHORT = LoadParams(seconds=4.0, websockets=6, short=True)
 
 
+@dataclass(frozen=True)
+class NodeCommands:
+    """How node-loss takes a swarm node down and back (DRILL_NODE_DOWN, DRILL_NODE_UP; `{node}`: its
+    hostname). Empty: node-loss is skipped."""
+
+    down: str = DEFAULTS.drill_node_down
+    up: str = DEFAULTS.drill_node_up
+
+
 def parse_load(given: Mapping[str, Any], short: bool = False, strict: bool = False) -> LoadParams:
     """The load from the values given (None: the default, which short mode lowers), each already checked
     against its ToolInputs row; then what rows cannot check alone."""
@@ -140,6 +149,7 @@ class Row:
     ws_wrong_echoes: int = 0  # answers that were not the message sent: must be 0
     recovery_s: float | None = None
     recovery: str = ""  # what recovery_s measures
+    timeline: dict[str, float] = field(default_factory=dict)  # seconds after the event, by what happened
     load_average_before: str = ""
     load_average_after: str = ""
     notes: list[str] = field(default_factory=list)

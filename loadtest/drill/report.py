@@ -53,8 +53,12 @@ LEGEND = {
     "failed reconnects": "WebSocket connects that failed (handshake status or socket error); must be 0",
     "wrong WS echoes": "answers on a WebSocket that were not the message its client sent (each client sends "
     "one every 0.5 s and expects it back, in order); must be 0",
-    "allowed": "what the event may lose: nothing, or for a killed worker or container the requests in flight "
-    "on it, bounded by the connections it held (each carries at most one request) and by wrk's connections",
+    "allowed": "what the event may lose: nothing, or for a killed worker or container or a lost swarm node "
+    "the requests in flight on it, bounded by the connections it held (each carries at most one request) "
+    "and by wrk's connections",
+    "recovery (timeline)": "node-loss: seconds after the node went until the manager marked it down, until "
+    "the app ran its tasks elsewhere, and when nginx last sent a request to a lost task (its access log, "
+    "± 1 s)",
 }
 
 
@@ -94,6 +98,8 @@ def cells(row: Row) -> list[str]:
     if row.probes:
         failures += "; drill's own: " + counts(row.probes)
     recovery = "-" if row.recovery_s is None else f"{row.recovery_s:.2f} s"
+    if row.timeline:
+        recovery += " (" + ", ".join(f"{what} {s:g} s" for what, s in row.timeline.items()) + ")"
     failed = counts(row.ws_failed_by_reason) if row.ws_failed_reconnects else "0"
     return [
         row.drill,

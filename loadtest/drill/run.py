@@ -20,10 +20,11 @@ from typing import Any
 from deploy.stackctl import stack
 from loadtest.apps import needs_demo, served_app
 from loadtest.drill import containers
+from loadtest.drill.capabilities import Site
 from loadtest.drill.drills import BY_NAME, Context, Drill, Outcome
 from loadtest.drill.load import Load, Tally
 from loadtest.drill.observe import WorkerWatch
-from loadtest.drill.plan import LoadParams, Row
+from loadtest.drill.plan import LoadParams, NodeCommands, Row
 from loadtest.drill.report import machine, write_report
 from loadtest.host import find_wrk, load_average
 from loadtest.sampler.sampler import SERIES_FILE, beside
@@ -71,6 +72,7 @@ def fill(
     row.ws_slowest_connects_s = ws.slowest_connects_s
     row.recovery_s = None if outcome.recovery_s is None else round(outcome.recovery_s, 3)
     row.recovery, row.probes, row.probe_failures = outcome.recovery, outcome.probes, outcome.probe_failures
+    row.timeline = outcome.timeline
     row.not_counted = [kind for kind in outcome.not_counted if kind in row.failures]
     row.allowed, row.allowance = outcome.allowed, outcome.allowance
     if params.strict and row.allowed:
@@ -106,14 +108,20 @@ def compress_logs(run_dir: Path) -> None:
 
 
 def run_drill(
-    drill: Drill, params: LoadParams, report_dir: Path, base: Mapping[str, str] | None, wrk: str
+    drill: Drill,
+    params: LoadParams,
+    report_dir: Path,
+    base: Mapping[str, str] | None,
+    wrk: str,
+    site: Site | None = None,
 ) -> Row:
     row = Row(drill.name, drill.runtime, drill.what)
     runtime = stack.backend(drill.runtime)
     environ = os.environ if base is None else base
+    site = site or Site(environ)
     row.knobs = drill_knobs(drill, params, environ)
     knobs = {**row.knobs, **runtime.free_port_knobs()}
-    if runtime.compose_project:
+    if not runtime.processes_here:  # an engine's stack: its own project name and subnet
         knobs |= containers.project_knobs(drill.name)
     run_dir = report_dir / drill.name
     run_dir.mkdir(parents=True)
@@ -125,7 +133,7 @@ def run_drill(
             beside(handle, run_dir / SERIES_FILE),
         ):
             load = Load(handle.url, handle.ws_url, params, run_dir, wrk)
-            ctx = Context(handle, load, params, run_dir, knobs, base)
+            ctx = Context(handle, load, params, run_dir, knobs, base, site=site)
             if drill.prepare:
                 drill.prepare(ctx)
             if runtime.processes_here:
@@ -145,7 +153,9 @@ def run_drill(
                 timeline["closes"] = list(load.sockets.closed_at)
                 if ctx.watch:
                     ctx.watch.stop()
-                if runtime.compose_project:
+                for cleanup in ctx.cleanups:
+                    cleanup()
+                if not runtime.processes_here:
                     containers.save_logs(ctx.handle, run_dir)
             row.seconds = round(time.monotonic() - started, 1)
     except Exception as error:  # a drill that breaks is a row saying why, not the end of the run
@@ -168,13 +178,17 @@ def run_drills(
     out_root: Path,
     base: Mapping[str, str] | None = None,
     progress: Callable[[Row], None] = lambda row: None,
+    nodes: NodeCommands | None = None,
 ) -> tuple[Path, list[Row]]:
-    """Every named drill on its own stack; writes drill.json and index.html into reports/drill-<time>/."""
+    """Every named drill on its own stack; writes drill.json and index.html into reports/drill-<time>/.
+    A drill whose needs this site lacks (an engine, a swarm of several nodes, ...) is a skipped row."""
     drills = [BY_NAME[name] for name in names]
     wrk = find_wrk()
     app = served_app(base)
     # Asked once per runtime the drills use (an engine: `docker info`); a drill on one that is not is skipped.
     available = {name: stack.backend(name).available() for name in dict.fromkeys(d.runtime for d in drills)}
+    nodes = nodes or NodeCommands()
+    site = Site(os.environ if base is None else base, nodes.down, nodes.up)
     report_dir = out_root / f"drill-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
     report_dir.mkdir(parents=True, exist_ok=False)
     meta: dict[str, Any] = {
@@ -190,10 +204,12 @@ def run_drills(
             if not available[drill.runtime]:
                 row = Row(drill.name, drill.runtime, drill.what, status=Status.SKIPPED)
                 row.reason = stack.backend(drill.runtime).unavailable
+            elif missing := next(filter(None, (need(site) for need in drill.site_needs)), None):
+                row = Row(drill.name, drill.runtime, drill.what, status=Status.SKIPPED, reason=missing)
             elif missing := needs_demo(drill.demo_route, app):
                 row = Row(drill.name, drill.runtime, drill.what, Status.SKIPPED, missing)
             else:
-                row = run_drill(drill, params, report_dir, base, wrk)
+                row = run_drill(drill, params, report_dir, base, wrk, site)
             rows.append(row)
             progress(row)
     except KeyboardInterrupt:

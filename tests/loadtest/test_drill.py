@@ -15,6 +15,7 @@ import pytest
 from deploy.stackctl import stack
 from deploy.stackctl.config import ROOT
 from loadtest import drill
+from loadtest.drill import capabilities
 from loadtest.limits import THRESHOLD_EXIT_CODE
 from loadtest.sampler.sampler import SERIES_FILE, read_series
 from tests.support.browser import open_page
@@ -209,3 +210,24 @@ def test_the_worker_timeout_drills_timeline_shows_the_killed_worker_and_its_repl
     assert drawn is not None and int(drawn.group(1)) >= 3, dom[-3000:]
     assert "stack-marker-end" in dom and "stack-marker-start" in dom and "stack-marker-event" in dom
     assert f"worker {killed['id']} ended: timeout" in dom
+
+
+def test_a_drill_whose_needs_are_missing_is_a_skipped_row_saying_which(tmp_path: Path) -> None:
+    """node-loss needs a swarm of three nodes and commands that take one down: without them it is skipped
+    with the reason (exit 0), whatever RUNTIME says; nothing starts."""
+    nowhere = {**base_env(), "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
+    code = drill.main(["--drill", "node-loss", "--out-root", str(tmp_path)], base=nowhere)
+    _, data = report(tmp_path)
+    (row,) = data["rows"]
+    assert code == 0 and row["status"] == "skipped" and row["runtime"] == drill.BY_NAME["node-loss"].runtime
+    assert row["reason"].startswith("no Docker engine reachable")
+    site = capabilities.Site(nowhere)
+    assert capabilities.swarm_of(3)(site) == (
+        f"needs a swarm of 3 ready nodes at DOCKER_HOST (unix://{tmp_path}/no-engine.sock has 0); "
+        "deploy/multinode/nodes.sh makes one on this host (docs/SWARM.md)"
+    )
+    assert "DRILL_NODE_DOWN" in (capabilities.node_control(site) or "")
+    down = capabilities.Site(nowhere, "ssh {node} systemctl stop docker", "ssh {node} systemctl start docker")
+    assert capabilities.node_control(down) is None
+    needs = drill.BY_NAME["node-loss"].site_needs
+    assert capabilities.node_control in needs and capabilities.engine in needs

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -79,12 +80,53 @@ class Wrk:
     def result(self) -> dict[str, Any]:
         out, _ = self.process.communicate(timeout=SECONDS + 60)
         # wrk's own summary lines say the same as the JSON; both are kept in the failure message.
-        found = re.search(r"^WRK_JSON (.*)$", out, re.MULTILINE)
-        assert found, out
-        result: dict[str, Any] = json.loads(found.group(1))
-        result["output"] = out
+        result = parsed(out)
         result["expected"] = self.app.created
         return result
+
+
+class OpenLoad:
+    """The same POST load for an operation of unknown length: until stop() (wrk summarises on SIGINT)."""
+
+    def __init__(
+        self, url: str, script_dir: Path, connections: int = 32, threads: int = 2, app: App = DEMO
+    ) -> None:
+        script = script_dir / "post.lua"
+        script.write_text(POST_LUA.replace("CONNECTION_HEADER", "").replace("BODY", app.body))
+        command = [find_wrk(), f"-t{threads}", f"-c{connections}", "-d3600s", "--timeout", "10s"]
+        self.command = [*command, "-s", str(script), f"{url}{app.post}"]
+        self.process: subprocess.Popen[str] | None = None
+        self.started = 0.0
+
+    def __enter__(self) -> OpenLoad:
+        self.process = subprocess.Popen(
+            self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.started = time.monotonic()
+        return self
+
+    def at(self, seconds: float) -> None:
+        """Sleep until `seconds` into the run."""
+        time.sleep(max(0.0, self.started + seconds - time.monotonic()))
+
+    def stop(self) -> dict[str, Any]:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGINT)
+        out, _ = self.process.communicate(timeout=60)
+        return parsed(out)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def parsed(out: str) -> dict[str, Any]:
+    found = re.search(r"^WRK_JSON (.*)$", out, re.MULTILINE)
+    assert found, out
+    result: dict[str, Any] = json.loads(found.group(1))
+    result["output"] = out
+    return result
 
 
 def assert_nothing_lost(result: dict[str, Any]) -> None:
