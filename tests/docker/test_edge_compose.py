@@ -87,9 +87,9 @@ def test_compose_serves_https_with_http2_and_the_generated_ca(tls_project: TlsPr
 
 
 def test_the_published_plain_port_redirects_to_the_published_https_port(tls_project: TlsProject) -> None:
-    redirect = httpx2.get(f"{tls_project.stack.url}/api/info?x=1")
+    redirect = httpx2.get(f"{tls_project.stack.url}/api/ping?x=1")
     assert redirect.status_code == 308
-    assert redirect.headers["location"] == f"{tls_project.https}/api/info?x=1"
+    assert redirect.headers["location"] == f"{tls_project.https}/api/ping?x=1"
     assert "strict-transport-security" not in redirect.headers
     followed = httpx2.get(redirect.headers["location"], verify=tls_project.trusted())
     assert followed.status_code == 200

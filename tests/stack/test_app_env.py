@@ -73,6 +73,7 @@ def test_an_app_on_its_own_fastapi_runs_in_its_own_virtualenv_behind_nginx(tmp_p
         APP_SRC=str(src),
         APP_REQUIREMENTS=str(src / "requirements.txt"),
         WEB_CONCURRENCY="1",
+        OFFLINE="0",  # from PyPI: CI's engine environment sets OFFLINE=1 for its image builds
     )
     with running(stack):
         assert stack.handle is not None
@@ -128,7 +129,9 @@ def test_a_requirement_against_the_platform_pins_is_refused_in_one_line(
 ) -> None:
     requirements = tmp_path / "requirements.txt"
     requirements.write_text(f"# the app's own\n{requirement}\n")
-    stack = make_stack(tmp_path / "run", APP_MODULE="shop:app", APP_REQUIREMENTS=str(requirements))
+    stack = make_stack(
+        tmp_path / "run", APP_MODULE="shop:app", APP_REQUIREMENTS=str(requirements), OFFLINE="0"
+    )
     # pip backtracks for a while over the second case: `check` and `up` share the code, `up` is enough.
     for command in ("check", "up") if platform_side == "prometheus-client" else ("up",):
         result = stack.stackctl(command)
