@@ -27,7 +27,7 @@ import pytest
 from deploy.stackctl import stack as stackctl
 from deploy.stackctl import swarm
 from deploy.stackctl.config import ROOT
-from loadtest.drill.load import TickerClients
+from loadtest.drill.load import EchoClients
 from service.settings import Settings
 from tests.support.docker import BUILD_TIMEOUT
 from tests.support.multinode import Nodes, host_snapshot
@@ -205,11 +205,11 @@ def test_make_ps_lists_nginx_and_its_port_once(cluster: Cluster) -> None:
 
 
 class Held:
-    """WebSockets on /ws/ticker held through an operation; each reconnects when closed."""
+    """WebSockets on /ws/echo held through an operation, each echoing; each reconnects when closed."""
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
-        self.sockets = TickerClients(cluster.url.replace("http://", "ws://"), WEBSOCKETS)
+        self.sockets = EchoClients(cluster.url.replace("http://", "ws://"), WEBSOCKETS)
 
     def __enter__(self) -> Held:
         self.sockets.start()
