@@ -130,4 +130,4 @@ def test_info_reports_the_app_process_layers_alone() -> None:
         info = client.get("/api/info").json()
     assert list(info["settings"]) == list(fields_of(*APP_PROCESS_LAYERS))
     assert info["settings"]["gunicorn_keepalive"] == 21
-    assert info["settings_layers"] == ["app", "gunicorn", "uvicorn"]
+    assert info["settings_layers"] == ["app", "rooms", "gunicorn", "uvicorn"]
