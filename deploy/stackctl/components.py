@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import ssl
 import stat
 import subprocess
@@ -26,7 +27,7 @@ from deploy.stackctl.config import ROOT, Effective, nginx_temp_dirs, render_ngin
 from deploy.stackctl.errors import StackError
 from deploy.stackctl.ports import LOOPBACK, bind_in_use, split_bind
 from deploy.stackctl.rundir import Address, RunDir, State
-from deploy.stackctl.tools import find_nginx
+from deploy.stackctl.tools import find_nginx, find_redis_server
 from service.settings import Settings, unix_socket_path
 
 GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
@@ -83,6 +84,10 @@ def no_ports(_: Settings) -> list[Address]:
     return []
 
 
+def always(_: Settings) -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class Component:
     name: str  # its processes' role in `make ps`, its key in Handle.pids(), its log `<run dir>/<name>.log`
@@ -95,6 +100,7 @@ class Component:
     listens: Callable[[Settings], list[Address]] = no_ports  # refused at `up` when taken
     claims: Callable[[Settings], None] = nothing  # refuse at `up` (StackError) what else it would take
     port_knobs: tuple[str, ...] = ()  # what a stack beside others sets to free ports (free_port_knobs)
+    wanted: Callable[[Settings], bool] = always  # whether `up` starts it with these settings
     ready: Probe | None = None
     stop_signal: signal.Signals = signal.SIGTERM
     grace: Callable[[Settings], float] = lambda _: 10.0  # then SIGKILL
@@ -174,6 +180,46 @@ def check_unix_bind(path: Path) -> None:
                 )
 
 
+# --- redis: the rooms' backplane (service/rooms/), unless REDIS_URL names another -------------------
+
+
+def redis_command(launch: Launch) -> list[str]:
+    """No persistence (the rooms keep a bounded history, not data): a restart loses what it held."""
+    settings = launch.settings
+    return [
+        find_redis_server(),
+        *("--port", str(settings.redis_port), "--bind", LOOPBACK, "--protected-mode", "yes"),
+        *("--save", "", "--appendonly", "no", "--dir", str(launch.run.path)),
+        *("--daemonize", "no", "--logfile", "", "--loglevel", "notice"),
+    ]
+
+
+def redis_answers(launch: Launch) -> bool:
+    try:
+        with socket.create_connection((LOOPBACK, launch.settings.redis_port), timeout=2) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+REDIS = Component(
+    name="redis",
+    service="redis",
+    title="redis-server",
+    command=redis_command,
+    listens=lambda settings: [("REDIS_PORT", LOOPBACK, settings.redis_port)],
+    port_knobs=("REDIS_PORT",),
+    wanted=lambda settings: not settings.redis_url,
+    ready=Probe(
+        redis_answers,
+        lambda launch: f"redis-server on {LOOPBACK}:{launch.settings.redis_port} did not answer PING",
+    ),
+    stop_signal=signal.SIGTERM,
+    grace=lambda _: 10.0,
+)
+
+
 APP = Component(
     name="gunicorn",
     service="app",
@@ -248,5 +294,6 @@ NGINX = Component(
     grace=lambda settings: settings.gunicorn_graceful_timeout + 5,
 )
 
-COMPONENTS: tuple[Component, ...] = (APP, NGINX)  # in start order; `down` stops them in reverse
+# In start order; `down` stops them in reverse: the app's drain closes its rooms' members before Redis goes.
+COMPONENTS: tuple[Component, ...] = (REDIS, APP, NGINX)
 SERVICES = tuple(component.service for component in COMPONENTS)

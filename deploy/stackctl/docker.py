@@ -573,6 +573,16 @@ class Docker(Runtime):
     def port_knobs(self) -> tuple[str, ...]:
         return ("HTTP_PORT", "HTTPS_PORT", "LOCUST_WEB_PORT")
 
+    def stop_service(self, run_dir: Path, environ: Mapping[str, str], service: str) -> None:
+        Project(environ).run("stop", service, capture=True)
+
+    def start_service(
+        self, run_dir: Path, config: Effective, environ: Mapping[str, str], service: str
+    ) -> None:
+        project = Project(environ)
+        project.run("start", service, capture=True)
+        wait_healthy(project)
+
     def available(self) -> bool:
         return engine_reachable()
 

@@ -1,5 +1,5 @@
-"""The local runtime: the stack's components (components.py: gunicorn and nginx) as background processes
-of this host, managed by pid.
+"""The local runtime: the stack's components (components.py: redis-server, gunicorn and nginx) as background
+processes of this host, managed by pid.
 
 Everything a stack writes lives in one run directory (default `.run/local`): rendered configs, pid files,
 logs, the Prometheus multiprocess directory and `state.json`, which records what `up` started so that
@@ -114,8 +114,10 @@ def up(
     environ: Mapping[str, str] | None = None,
     components: Sequence[Component] = COMPONENTS,
 ) -> State:
-    """Start the components in order; `environ` is the processes' environment (default: this one's)."""
+    """Start the components in order (those these settings want); `environ` is the processes' environment
+    (default: this one's)."""
     settings = config.settings
+    components = [component for component in components if component.wanted(settings)]
     state = run.load_state()
     if state and any(alive(pid) for pid in state.pids.values()):
         raise AlreadyRunning(state.url, run.path)
@@ -145,28 +147,10 @@ def up(
     )
     launch = Launch(run, config, environ, state.url, verification(served))
     commands = {component.name: component.command(launch) for component in components}
-    pipes = {component.name: rotating_log(run.log(component.name), config) for component in components}
-    processes = {
-        component.name: subprocess.Popen(
-            commands[component.name],
-            cwd=component.cwd(launch),
-            env=component.env(launch),
-            stdout=pipes[component.name].stdin,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        for component in components
-    }
-    for pipe in pipes.values():
-        if pipe.stdin:
-            pipe.stdin.close()  # the servers hold the write ends now; EOF when they exit
+    processes = {}
     for component in components:
-        state.started[component.name] = Started(
-            processes[component.name].pid,
-            pipes[component.name].pid,
-            component.stop_signal.name,
-            component.grace(settings),
+        processes[component.name], state.started[component.name] = spawn(
+            component, launch, commands[component.name]
         )
     run.save_state(state)
     try:
@@ -178,6 +162,54 @@ def up(
     for line in tls.trust_hint(served, state.url, state.plain_url) if served else []:
         print(line)
     return state
+
+
+def spawn(
+    component: Component, launch: Launch, command: list[str]
+) -> tuple[subprocess.Popen[bytes], Started]:
+    """One component's process, its output through a rotating log pipe."""
+    pipe = rotating_log(launch.run.log(component.name), launch.config)
+    process = subprocess.Popen(
+        command,
+        cwd=component.cwd(launch),
+        env=component.env(launch),
+        stdout=pipe.stdin,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    if pipe.stdin:
+        pipe.stdin.close()  # the server holds the write end now; EOF when it exits
+    started = Started(process.pid, pipe.pid, component.stop_signal.name, component.grace(launch.settings))
+    return process, started
+
+
+def stop_component(run: RunDir, name: str) -> None:
+    """Stop one running component as `down` would (its stop signal, then SIGKILL after its grace); the
+    rest of the stack runs on. `start_component` starts it again."""
+    state = run.load_state()
+    if state is None or name not in state.started:
+        raise StackError(f"no {name} in the stack of {run.path}")
+    each = state.started[name]
+    stop(each.pid, signal.Signals[each.stop_signal], each.grace)
+    stop(each.log_pid, signal.SIGTERM, 5, wait_first=5)
+
+
+def start_component(
+    run: RunDir, config: Effective, name: str, components: Sequence[Component] = COMPONENTS
+) -> None:
+    """Start a component `stop_component` stopped, with the stack's config, and wait until it is ready."""
+    state = run.load_state()
+    known = {component.name: component for component in components}
+    if state is None or name not in state.started or name not in known:
+        raise StackError(f"no {name} in the stack of {run.path}")
+    if alive(state.started[name].pid):
+        raise StackError(f"{name} ({state.started[name].pid}) is running; stop it first")
+    component = known[name]
+    launch = Launch(run, config, None, state.url, verification(ensure_tls(config.settings)))
+    process, state.started[name] = spawn(component, launch, component.command(launch))
+    run.save_state(state)
+    wait_ready(launch, {name: process}, [component])
 
 
 def down(run: RunDir, quiet: bool = False, components: Sequence[Component] = COMPONENTS) -> None:
@@ -243,6 +275,22 @@ def reload(run: RunDir, config: Effective, components: Sequence[Component] = COM
             raise StackError(
                 f"{knob} changed from {old} to {new}: a reload cannot move ports; run `make down && make up`"
             )
+    for component in components:
+        if component.wanted(settings) != (component.name in state.started):
+            change = "stop" if component.name in state.started else "start"
+            raise StackError(
+                f"these settings {change} {component.name} (REDIS_URL?): a reload cannot; run "
+                "`make down && make up`"
+            )
+    recorded = {knob: port for knob, _, port in state.ports}
+    for component in components:
+        for knob, _, port in component.listens(settings) if component.wanted(settings) else []:
+            if knob in recorded and recorded[knob] != port:
+                raise StackError(
+                    f"{knob} changed from {recorded[knob]} to {port}: a reload cannot move ports; run "
+                    "`make down && make up`"
+                )
+    components = [component for component in components if component.wanted(settings)]
     nginx_before = nginx_inputs(run, settings)
     served = ensure_tls(settings)
     old_workers = set(descendants(app))
@@ -335,6 +383,20 @@ class Local(Runtime):
 
     def port_knobs(self) -> tuple[str, ...]:
         return tuple(knob for component in self.components for knob in component.port_knobs)
+
+    def component(self, service: str) -> Component:
+        for component in self.components:
+            if component.service == service:
+                return component
+        raise StackError(f"no service {service!r} (known: {', '.join(c.service for c in self.components)})")
+
+    def stop_service(self, run_dir: Path, environ: Mapping[str, str], service: str) -> None:
+        stop_component(RunDir(run_dir), self.component(service).name)
+
+    def start_service(
+        self, run_dir: Path, config: Effective, environ: Mapping[str, str], service: str
+    ) -> None:
+        start_component(RunDir(run_dir), config, self.component(service).name, self.components)
 
     def render(self, run_dir: Path, config: Effective) -> None:
         run = RunDir(run_dir)

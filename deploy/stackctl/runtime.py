@@ -61,6 +61,16 @@ class Runtime(ABC):
     def port_knobs(self) -> tuple[str, ...]:
         """The knobs that bind ports of this host: set to free ports, a stack runs beside others."""
 
+    def stop_service(self, run_dir: Path, environ: Mapping[str, str], service: str) -> None:
+        """Stop one service of the running stack (its process, or its containers); the rest runs on."""
+        raise StackError(f"stopping one service is not done for this runtime ({service})")
+
+    def start_service(
+        self, run_dir: Path, config: Effective, environ: Mapping[str, str], service: str
+    ) -> None:
+        """Start again what `stop_service` stopped, and wait until it is ready."""
+        raise StackError(f"starting one service is not done for this runtime ({service})")
+
     def render(self, run_dir: Path, config: Effective) -> None:
         """Write the effective configs into the run dir and start nothing."""
         raise StackError("`render` is for the local runtime only (RUNTIME=local)")

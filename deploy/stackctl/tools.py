@@ -16,6 +16,7 @@ from deploy.stackctl.errors import StackError
 NGINX_PACKAGE = "nginx-light"
 OPENSSL_PACKAGE = "openssl"
 WRK_PACKAGE = "wrk"
+REDIS_PACKAGE = "redis-server"
 NGINX_PATHS = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/opt/homebrew/bin/nginx")
 
 
@@ -42,6 +43,11 @@ def find_openssl() -> str:
 def find_wrk() -> str:
     """The HTTP load generator of the drills, the bench and the loss tests, from the OS like nginx."""
     return find_tool("wrk", WRK_PACKAGE, shutil.which("wrk"))
+
+
+def find_redis_server() -> str:
+    """The rooms' backplane of the local runtime (Debian's redis-server; Valkey's is a drop-in)."""
+    return find_tool("redis-server", REDIS_PACKAGE, shutil.which("redis-server"))
 
 
 def find_tool(name: str, package: str, found: str | None) -> str:

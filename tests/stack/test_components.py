@@ -53,7 +53,7 @@ def test_an_added_component_is_started_listed_logged_and_stopped(
         runtime.up(run_dir, stack.configure(run_dir, env, env_file=None), env)
     pids = runtime.pids(run_dir)
     try:
-        assert list(pids) == ["gunicorn", "nginx", "files"], "started in the order of the entries"
+        assert list(pids) == ["redis", "gunicorn", "nginx", "files"], "started in the order of the entries"
         assert httpx2.get(f"http://{LOOPBACK}:{port}/stack.env").status_code == 200
         capfd.readouterr()
 
