@@ -309,7 +309,7 @@ class Settings(BaseSettings):
         ge=1,
     )
     rooms_read_block: float = knob(
-        2.0,
+        1.0,
         "s",
         "rooms",
         "How long each worker's reader waits in one XREAD BLOCK for news of its rooms (a room joined "
@@ -370,7 +370,7 @@ class Settings(BaseSettings):
         le=65535,
     )
     redis_timeout: float = knob(
-        2.0,
+        1.0,
         "s",
         "redis",
         "How long the app waits for Redis to connect or answer one command: past it a publish answers 503 "

@@ -26,7 +26,7 @@ import httpx2
 
 from deploy.pins import pinned_requirements
 from deploy.stackctl import local, tls
-from deploy.stackctl.components import APP, NGINX, SERVICES
+from deploy.stackctl.components import APP, NGINX, REDIS, SERVICES
 from deploy.stackctl.config import KNOBS, ROOT, Effective
 from deploy.stackctl.config import knob_environment as knob_environment
 from deploy.stackctl.errors import StackError
@@ -64,7 +64,8 @@ UNIX_OVERLAY = ROOT / "deploy" / "compose.unix.yml"
 
 def default_build_arg(name: str) -> str:
     """A base image's default, from the Dockerfile that declares it (compose repeats it; a test checks)."""
-    dockerfile = "Dockerfile.nginx" if name == "NGINX_IMAGE" else "Dockerfile.app"
+    declared_in = {"NGINX_IMAGE": "Dockerfile.nginx", "REDIS_IMAGE": "Dockerfile.redis"}
+    dockerfile = declared_in.get(name, "Dockerfile.app")
     text = (ROOT / "deploy" / dockerfile).read_text()
     found = re.search(rf"^ARG {name}=(\S+)$", text, re.MULTILINE)
     if not found:
@@ -244,6 +245,11 @@ def build_wheelhouse(env: dict[str, str]) -> Path:
     return WHEELHOUSE
 
 
+def own_services(settings: Settings) -> list[str]:
+    """`--scale redis=0` when REDIS_URL names another Redis: the stack starts none of its own."""
+    return ["--scale", f"{REDIS.service}=0"] if settings.redis_url else []
+
+
 def build(project: Project, loadtest: bool = False) -> None:
     if project.env.get("OFFLINE") == "1":
         build_wheelhouse(project.env)
@@ -299,7 +305,8 @@ def up(config: Effective, environ: Mapping[str, str] | None = None) -> Project:
         raise StackError(one_socket_one_app(replicas))
     if apps and project.running(NGINX.service) and out_of_date(project, apps) and not project.unix_bind():
         replace_start_first(project, apps)  # with a unix bind compose recreates it stop-first
-    start(project, "up", "-d", "--remove-orphans", "--scale", f"{APP.service}={replicas}")
+    scaled = ("--scale", f"{APP.service}={replicas}", *own_services(settings))
+    start(project, "up", "-d", "--remove-orphans", *scaled)
     wait_healthy(project)
     print(f"stack is up (docker runtime, project {project.name}, app x{replicas}): {project.url()}")
     for line in tls.trust_hint(served, project.url(), project.plain_url()) if served else []:
@@ -421,7 +428,11 @@ def scale(config: Effective, replicas: int, project: Project | None = None) -> N
         raise StackError(one_socket_one_app(replicas))
     before = {c.id for c in require_running(project)}
     started = time.monotonic()
-    start(project, "up", "-d", "--no-recreate", "--no-build", "--scale", f"{APP.service}={replicas}")
+    start(
+        project,
+        *("up", "-d", "--no-recreate", "--no-build", "--scale", f"{APP.service}={replicas}"),
+        *own_services(config.settings),
+    )
     wait_healthy(project)
     apps = project.running(APP.service)
     wait_routed(project, apps)

@@ -28,7 +28,7 @@ from typing import Any
 import yaml  # type: ignore[import-untyped]  # PyYAML comes with uvicorn[standard]
 
 from deploy.stackctl import docker, local, tls
-from deploy.stackctl.components import APP, NGINX
+from deploy.stackctl.components import APP, NGINX, REDIS
 from deploy.stackctl.config import ROOT, Effective
 from deploy.stackctl.errors import StackError
 from deploy.stackctl.ports import LOOPBACK, port_in_use
@@ -237,6 +237,8 @@ def stack_file(data: dict[str, Any], config: Effective) -> tuple[dict[str, Any],
     if settings.swarm_locust_workers == 0:
         for name in LOCUST_SERVICES:
             services.pop(name, None)
+    if settings.redis_url:
+        services.pop(REDIS.service, None)  # the app's REDIS_URL names another Redis
     for name, service in services.items():
         for key in (*DROPPED, *CONVERTED):
             if key in service:

@@ -55,6 +55,18 @@ BROKEN: list[tuple[rules.Rule, dict[str, Any], tuple[str, str], tuple[str, str]]
         ("=25", "=10"),
     ),
     (
+        rules.backplane_timeouts,
+        {"redis_timeout": 15, "uvicorn_timeout_graceful_shutdown": 20, "rooms_read_block": 1},
+        ("REDIS_TIMEOUT", "APP_REQUEST_TIMEOUT"),
+        ("=15", "=15"),
+    ),
+    (
+        rules.backplane_timeouts,
+        {"rooms_read_block": 10, "redis_timeout": 10},
+        ("ROOMS_READ_BLOCK=10 + REDIS_TIMEOUT=10", "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN"),
+        ("= 20", "=20"),
+    ),
+    (
         rules.blocking_vs_heartbeat,
         {"app_expected_blocking": 45, "gunicorn_timeout": 30},
         ("APP_EXPECTED_BLOCKING", "GUNICORN_TIMEOUT"),
