@@ -57,6 +57,7 @@ class Member(threading.Thread):
 
     def __init__(self, ws_url: str, room: str, stopping: threading.Event, name: str = "") -> None:
         super().__init__(daemon=True, name=name or f"member-{room}")
+        self.room = room
         self.url = f"{ws_url}/ws/rooms/{room}"
         self.stopping = stopping
         self.present = threading.Event()
@@ -270,6 +271,7 @@ class Ledger:
         refused: Counter[str] = Counter()
         connects = 0
         fatal = []
+        missed: dict[str, int] = {}
         for room, members in self.members.items():
             publisher = self.publishers[room]
             accepted = set(publisher.accepted)
@@ -280,6 +282,8 @@ class Ledger:
                 distinct = set(got)
                 delivered += len(got)
                 missing += len(accepted - distinct)
+                if accepted - distinct:
+                    missed[member.name] = len(accepted - distinct)
                 duplicates += len(got) - len(distinct)
                 unacknowledged += len(distinct - accepted)
                 keys = [message_key(i) for i in got]
@@ -297,6 +301,7 @@ class Ledger:
             "refused": dict(sorted(refused.items())),
             "delivered": delivered,
             "missing": missing,
+            "missing_by_member": missed,
             "duplicates": duplicates,
             "out_of_order": out_of_order,
             "unacknowledged": unacknowledged,

@@ -1064,6 +1064,18 @@ class ToolInputs(BaseModel):
         "the default.",
         ge=0,
     )
+    drill_room_members: int = tool_input(
+        12,
+        "members",
+        "drill",
+        "Members of 2 rooms during each drill (service/rooms/), resuming with `after` when closed, with a "
+        "publisher per room; a member that misses a message fails the drill. 0 = none; DRILL_SHORT=1 "
+        "lowers the default.",
+        ge=0,
+    )
+    drill_room_rate: float = tool_input(
+        20.0, "messages/s", "drill", "Messages each drill room's publisher POSTs per second.", gt=0
+    )
     drill_rate: float = tool_input(
         0.0,
         "requests/s",

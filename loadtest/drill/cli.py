@@ -29,6 +29,7 @@ COULD_NOT_RUN = 1
 
 LOAD = {"seconds": "DRILL_SECONDS", "threads": "WRK_THREADS", "connections": "WRK_CONNECTIONS"}
 LOAD |= {"websockets": "DRILL_WEBSOCKETS", "rate": "DRILL_RATE"}
+LOAD |= {"room_members": "DRILL_ROOM_MEMBERS", "room_rate": "DRILL_ROOM_RATE"}
 
 
 def parser(environ: Mapping[str, str] | None = None) -> EnvParser:
@@ -42,7 +43,7 @@ def parser(environ: Mapping[str, str] | None = None) -> EnvParser:
     )
     p.add_argument("--drill", env="DRILL", help=f"Drills: {', '.join(NAMES)}.")
     for option, env in LOAD.items():
-        p.add_argument(f"--{option}", env=env, default=None)  # None: the default of the mode (--short)
+        p.add_argument(f"--{option.replace('_', '-')}", env=env, default=None)  # None: the mode's default
     p.add_argument("--short", action="store_true", env="DRILL_SHORT")
     p.add_argument("--strict", action="store_true", env="DRILL_STRICT")
     p.add_argument("--out-root", type=Path, default=ROOT / "reports")

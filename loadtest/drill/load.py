@@ -1,6 +1,7 @@
 """The load every drill runs under: wrk sending POST /api/echo and GET /api/ping through nginx (mixed.lua
-counts the answers per method and status), and WebSocket clients on /ws/ticker, one thread each, that
-reconnect whenever the server closes them and record every close code and failed reconnect."""
+counts the answers per method and status), WebSocket clients on /ws/ticker, one thread each, that
+reconnect whenever the server closes them and record every close code and failed reconnect, and room
+members with their publishers (loadtest/rooms.py), which count every message a member missed."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from typing import Any, Protocol, cast
 
 import websocket
 
-from loadtest.drill.plan import DrillError, LoadParams
+from loadtest.drill.plan import ROOMS, DrillError, LoadParams
 from loadtest.host import find_wrk
+from loadtest.rooms import Ledger
 
 LUA = Path(__file__).with_name("mixed.lua")
 WRK_TIMEOUT_S = 30  # an answer slower than this is wrk's `timeout` error
@@ -255,24 +257,38 @@ class TickerClients:
 class Tally:
     http: HttpTally
     ws: WsTally
+    rooms: dict[str, Any] = field(default_factory=dict)  # Ledger.check(); {} without room members
 
 
 class Load:
-    """wrk and the WebSocket clients against one stack: started together, stopped together."""
+    """wrk, the WebSocket clients and the room members against one stack: started together, stopped
+    together (the room members may stop first: `stop_rooms`)."""
 
     def __init__(self, url: str, ws_url: str, params: LoadParams, out_dir: Path, wrk: str) -> None:
         self.wrk = Wrk(url, params, out_dir, wrk)
         self.sockets = TickerClients(ws_url, params.websockets)
+        per_room = -(-params.room_members // ROOMS)
+        self.rooms = Ledger(ws_url, url, ROOMS, per_room, params.room_rate) if per_room else None
+        self.rooms_result: dict[str, Any] = {}
         self.tally: Tally | None = None
         self.started_at = 0.0
 
     def start(self) -> None:
         self.sockets.start()
+        if self.rooms is not None:
+            self.rooms.start()
         self.wrk.start()
         self.started_at = time.monotonic()
+
+    def stop_rooms(self) -> None:
+        """Publishers, then members (once they got the last message); their count is kept."""
+        if self.rooms is not None and not self.rooms_result:
+            self.rooms.stop()
+            self.rooms_result = self.rooms.check()
 
     def stop(self) -> Tally:
         if self.tally is None:
             http = self.wrk.stop()
-            self.tally = Tally(http, self.sockets.stop())
+            self.stop_rooms()
+            self.tally = Tally(http, self.sockets.stop(), self.rooms_result)
         return self.tally

@@ -30,6 +30,8 @@ class LoadParams:
     threads: int = DEFAULTS.wrk_threads
     connections: int = DEFAULTS.wrk_connections  # each holds one request in flight at a time
     websockets: int = DEFAULTS.drill_websockets  # held /ws/ticker clients
+    room_members: int = DEFAULTS.drill_room_members  # over ROOMS rooms (loadtest/rooms.py)
+    room_rate: float = DEFAULTS.drill_room_rate  # messages/s per room
     rate: float = DEFAULTS.drill_rate  # a cap in requests/s over all connections; 0 = as fast as wrk goes
     short: bool = False  # seconds-long drills and short graceful timeouts, for tests
     strict: bool = False  # every drill is allowed to lose nothing, the lossy ones too
@@ -41,13 +43,19 @@ class LoadParams:
     def describe(self) -> str:
         rate = f"capped at {self.rate:g} req/s" if self.rate else "as fast as wrk goes"
         mode = ", short mode" if self.short else ""
+        rooms = (
+            f"{self.room_members} room members over {ROOMS} rooms at {self.room_rate:g} msg/s each"
+            if self.room_members
+            else "no room members"
+        )
         return (
             f"wrk -t{self.threads} -c{self.connections} ({rate}) POST /api/echo + GET /api/ping, "
-            f"{self.websockets} WebSockets on /ws/ticker, >= {self.seconds:g} s per drill{mode}"
+            f"{self.websockets} WebSockets on /ws/ticker, {rooms}, >= {self.seconds:g} s per drill{mode}"
         )
 
 
-SHORT = LoadParams(seconds=4.0, websockets=6, short=True)
+ROOMS = 2  # the drill's rooms; DRILL_ROOM_MEMBERS spread over them
+SHORT = LoadParams(seconds=4.0, websockets=6, room_members=4, short=True)
 
 
 def parse_load(given: Mapping[str, Any], short: bool = False, strict: bool = False) -> LoadParams:
@@ -108,6 +116,10 @@ class Row:
     ws_longest_gap_s: float = 0.0  # longest time a client was without a connection
     ws_slowest_connects_s: list[float] = field(default_factory=list)  # the slowest handshakes (s)
     ws_pushes: int = 0
+    # The rooms (loadtest/rooms.py Ledger.check): published, delivered, missing, duplicates, latency, closes
+    rooms: dict[str, Any] = field(default_factory=dict)
+    rooms_allowed: int = 0  # messages room members may miss (a Redis that restarts empty)
+    rooms_allowance: str = "nothing"
     recovery_s: float | None = None
     recovery: str = ""  # what recovery_s measures
     load_average_before: str = ""
@@ -115,8 +127,17 @@ class Row:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def rooms_lost(self) -> int:
+        """Messages room members missed, and members that gave up (closed for good)."""
+        return int(self.rooms.get("missing", 0)) + len(self.rooms.get("fatal", []))
+
+    @property
     def passed(self) -> bool:
-        return self.lost <= self.allowed and self.ws_failed_reconnects == 0
+        return (
+            self.lost <= self.allowed
+            and self.ws_failed_reconnects == 0
+            and self.rooms_lost <= self.rooms_allowed
+        )
 
     @property
     def weak(self) -> bool:

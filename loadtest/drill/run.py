@@ -63,6 +63,8 @@ def fill(
         sum(ws.failed_reconnects.values()),
     )
     row.ws_longest_gap_s, row.ws_pushes = ws.longest_gap_s, ws.pushes
+    row.rooms, row.rooms_allowed = tally.rooms, outcome.rooms_allowed
+    row.rooms_allowance = outcome.rooms_allowance
     row.ws_slowest_connects_s = ws.slowest_connects_s
     row.recovery_s = None if outcome.recovery_s is None else round(outcome.recovery_s, 3)
     row.recovery, row.probes, row.probe_failures = outcome.recovery, outcome.probes, outcome.probe_failures
@@ -71,6 +73,9 @@ def fill(
     if params.strict and row.allowed:
         row.allowance = f"nothing (DRILL_STRICT=1; else {row.allowance})"
         row.allowed = 0
+    if params.strict and row.rooms_allowed:
+        row.rooms_allowance = f"nothing (DRILL_STRICT=1; else {row.rooms_allowance})"
+        row.rooms_allowed = 0
     row.notes.extend(outcome.notes)
     if workers_started is not None:
         row.notes.append(f"{workers_started} gunicorn worker(s) started during the drill")

@@ -171,7 +171,7 @@ class Hub:
         members = [member for room in self.rooms.values() for member in room.members]
         log.error("rooms: backplane unavailable (%s); closing %d member(s) with 1011", reason, len(members))
         for member in members:
-            member.close(Close.BACKPLANE_DOWN, f"backplane unavailable: {reason}")
+            member.close(Close.BACKPLANE_DOWN, f"backplane unavailable: {reason}", flush=True)
         self.rooms.clear()
         self.failed_reads = 0
 

@@ -69,11 +69,14 @@ class Member:
             if not self.offer(frame):
                 return
 
-    def close(self, code: int, reason: str) -> None:
-        """Ask the sender to close the socket with `code`, after the frame it is sending (if any)."""
+    def close(self, code: int, reason: str, flush: bool = False) -> None:
+        """Ask the sender to close the socket with `code`: after the frame it is sending, or with `flush`
+        after every frame queued (a backplane going down may come back empty: what is queued is then
+        nowhere else)."""
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason[:123]  # a close frame's reason: 123 bytes
-            self.queue.clear()
+            if not flush:
+                self.queue.clear()
             self.pending = None
             self.wake.set()
 
