@@ -1126,6 +1126,22 @@ class ToolInputs(BaseModel):
     bench_ws_hold: float = tool_input(
         0.0, "s", "bench", "How long the ws-held row holds them; 0 = BENCH_SECONDS.", ge=0
     )
+    bench_rooms_n: int = tool_input(
+        2000,
+        "members",
+        "bench",
+        "Members of one room the rooms-fanout row holds through nginx (the kernel spreads them over the "
+        "workers); every message reaches each of them.",
+        ge=1,
+    )
+    bench_rooms_rate: float = tool_input(
+        5.0,
+        "messages/s",
+        "bench",
+        "The rooms-fanout row's first rate of POSTs to that room, doubled each step while the p99 "
+        "publish-to-receive stays within 250 ms.",
+        gt=0,
+    )
     bench_short: int = tool_input(
         0, "0/1", "bench", "1 = short rows and small counts (what the tests run).", ge=0, le=1
     )
