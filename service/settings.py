@@ -309,7 +309,7 @@ class Settings(BaseSettings):
         ge=1,
     )
     rooms_read_block: float = knob(
-        1.0,
+        0.5,
         "s",
         "rooms",
         "How long each worker's reader waits in one XREAD BLOCK for news of its rooms (a room joined "
@@ -370,12 +370,13 @@ class Settings(BaseSettings):
         le=65535,
     )
     redis_timeout: float = knob(
-        1.0,
+        2.0,
         "s",
         "redis",
         "How long the app waits for Redis to connect or answer one command: past it a publish answers 503 "
-        "`backplane_unavailable` and a member is closed with 1011. Below APP_REQUEST_TIMEOUT and "
-        "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN (`make check`).",
+        "`backplane_unavailable` and a member is closed with 1011. + ROOMS_READ_BLOCK below "
+        "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN, and best below APP_REQUEST_TIMEOUT (`make check`). A worker "
+        "starved of CPU answers late too: measured, 1 s turned publishes into 503s on an overloaded host.",
         gt=0,
     )
 

@@ -1,5 +1,6 @@
 """The rooms-fanout row of `make bench`: N members of one room (service/rooms/) held through nginx, spread by
-the kernel over the workers, and a publisher POSTing M messages/s, then 2M, 4M, ... for BENCH_SECONDS each:
+the kernel over the workers, and a publisher POSTing M messages/s, then 2M, 4M, ... (or M/2, M/4, ... when M
+does not hold) for BENCH_SECONDS each:
 deliveries/s, publish-to-receive p50/p99, server CPU (app, nginx, Redis) per delivery, messages missed,
 and the largest fan-out (deliveries/s) whose p99 stays within P99_BOUND_MS.
 
@@ -28,7 +29,7 @@ from loadtest.bench.wrk import cpu_seconds
 from loadtest.limits import CPU_LIMIT
 
 P99_BOUND_MS = 250.0
-MAX_STEPS = 6  # M, 2M, ... 32M
+MAX_STEPS = 6  # M, 2M, ... 32M, or M, M/2, ... M/32
 SETTLE_S = 2.0  # after a step, for the last messages to arrive
 
 
@@ -124,9 +125,9 @@ async def measure(
     listeners = [asyncio.create_task(listen(s, members)) for s in members.sockets]
     me = psutil.Process()
     results: list[dict[str, Any]] = []
+    step_rate = rate
     for step in range(steps):
         members.step = step
-        step_rate = rate * 2**step
         pids = roles()
         server_before = {role: cpu_seconds(p) for role, p in pids.items()}
         client_before, wall_before = sum(me.cpu_times()[:2]), time.monotonic()
@@ -156,8 +157,14 @@ async def measure(
             }
         )
         held = p99 is not None and p99 <= P99_BOUND_MS and results[-1]["missing"] == 0 and not refused
-        if not held or client_cpu > CPU_LIMIT:
+        if client_cpu > CPU_LIMIT:
             break
+        if held and all(r["rate"] <= step_rate for r in results):
+            step_rate *= 2  # still holding: twice the rate
+        elif not held and all(r["rate"] >= step_rate for r in results):
+            step_rate /= 2  # the first rate did not hold: half of it, until one does
+        else:
+            break  # held after a miss, or missed after a hold: the edge is between the two
     await asyncio.gather(*(s.close() for s in members.sockets), return_exceptions=True)
     await asyncio.gather(*listeners, return_exceptions=True)
     first = results[0]
