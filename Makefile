@@ -14,6 +14,8 @@ STACKCTL := $(PY) -m deploy.stackctl --run-dir $(RUN_DIR)
 # RUNTIME=local | docker | swarm (default auto: docker when an engine answers, else local; never swarm).
 # RUNTIME=swarm deploys docker-compose.yml + deploy/swarm.yml as a `docker stack`; reload is a rolling update
 # (docs/SWARM.md: nodes, labels, SWARM_REGISTRY).
+# MONITORING=1: also Prometheus (rules: deploy/prometheus/) scraping the app and nginx; `up` prints its URL
+# (local: Debian's prometheus + prometheus-nginx-exporter; docker: the compose profile `monitoring`).
 
 .PHONY: up
 up: venv ## Start the stack (Docker when an engine is reachable, else local processes; or RUNTIME=swarm) and print its URL
@@ -36,20 +38,20 @@ logs: venv ## Follow the stack's logs
 	@$(STACKCTL) logs -f
 
 ##@ Containers
-# Build inputs (environment or make variables): PYTHON_IMAGE, NGINX_IMAGE (base images), OFFLINE=1 (install
-# only from ./wheelhouse, built on the host for PYTHON_IMAGE's Python). COMPOSE_PROJECT_NAME picks the project
-# (and names the swarm stack).
+# Build inputs (environment or make variables): PYTHON_IMAGE, NGINX_IMAGE, PROMETHEUS_IMAGE,
+# NGINX_EXPORTER_IMAGE (base images), OFFLINE=1 (install only from ./wheelhouse, built on the host for
+# PYTHON_IMAGE's Python). COMPOSE_PROJECT_NAME picks the project (and names the swarm stack).
 
 .PHONY: scale
 scale: venv ## Docker/swarm runtime: run APP=N app containers behind nginx (kept by the next `make up`)
 	@$(STACKCTL) scale $(or $(APP),$(error usage: make scale APP=N))
 
 .PHONY: images
-images: venv ## Build the app, nginx and Locust images (OFFLINE=1: from ./wheelhouse, no index access)
+images: venv ## Build the app, nginx, Locust, Prometheus and exporter images (OFFLINE=1: from ./wheelhouse, no index access)
 	@$(STACKCTL) images
 
 .PHONY: wheelhouse
-wheelhouse: venv ## Download wheels for PYTHON_IMAGE's Python version into ./wheelhouse (for OFFLINE=1)
+wheelhouse: venv ## Download wheels (with APP_REQUIREMENTS: the app's too) for PYTHON_IMAGE's Python, or this host's with RUNTIME=local, into ./wheelhouse (for OFFLINE=1)
 	@$(STACKCTL) wheelhouse
 
 ##@ Load testing

@@ -135,16 +135,41 @@ proc_name = "blueprint-app"
 control_socket_disable = True
 
 
+# --- Hooks: the metrics of every worker, and why each one ended ----------------------------------------
+# The master records each worker's end and its reason (timeout, recycle, reload, stop, terminated, exit,
+# crash: service/platform/exits.py says how each is told apart), which /metrics shows as
+# app_worker_exits_total{reason}, and removes the ended worker's per-worker gauges, so that /metrics lists
+# the live workers only.
+
+
 def on_starting(server):  # type: ignore[no-untyped-def]
     metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     for name in os.listdir(metrics_dir):
         if name.endswith(".db"):
             os.unlink(os.path.join(metrics_dir, name))
+    from service.platform import exits
+
+    exits.clear(metrics_dir)
+
+
+def on_reload(server):  # type: ignore[no-untyped-def]
+    from service.platform import exits
+
+    exits.reload_began(server)
+
+
+def worker_exit(server, worker):  # type: ignore[no-untyped-def]
+    from service.platform import exits
+
+    exits.leave_note(worker.pid, "exit")  # unless the worker noted a reason of its own
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
     from prometheus_client import multiprocess
 
+    from service.platform import exits
+
+    exits.worker_ended(server, worker)
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 

@@ -13,7 +13,7 @@ from fastapi.routing import APIRoute, APIWebSocketRoute
 from fastapi.telemetry import TelemetryConfig
 from starlette.routing import WebSocketRoute
 
-from service import routes, schema
+from service import docs, routes, schema
 from service.errors import install_error_handlers
 from service.rooms import routes as rooms
 from service.settings import Settings, load_settings
@@ -74,16 +74,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="FastAPI deployment blueprint",
         description=schema.DESCRIPTION,
-        docs_url="/docs",
+        docs_url=None,  # service/docs.py serves it, with Swagger UI's files from the image
         openapi_url="/openapi.json",
         telemetry=None if settings.app_opentelemetry else NO_TELEMETRY,
         lifespan=rooms.lifespan,
     )
     app.state.settings = settings  # what the routes' `app_settings` dependency reads
     install_error_handlers(app)
+    if settings.app_demo_routes:
+        docs.install(app, openapi_url="/openapi.json")
     for router in ROUTERS:
         # The error bodies are the handlers' above (and nginx's, uvicorn's), not FastAPI's.
         add_flat(app, router, responses=schema.ERRORS)
+    if not settings.app_demo_routes:
+        # nginx answers its 404 for these before the app; the app does not serve them either.
+        kept = [route for route in app.router.routes if getattr(route, "path", "") not in routes.DEMO_ONLY]
+        app.router.routes[:] = kept
 
     def openapi() -> dict[str, Any]:
         # FastAPI caches the schema; both steps are no-ops the second time (the limits' markers are gone).

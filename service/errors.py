@@ -11,11 +11,12 @@ import logging
 from enum import StrEnum
 from typing import Any, Literal
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.exceptions import RequestValidationError, WebSocketRequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("service.error")
 
@@ -87,11 +88,7 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    problems = [
-        Problem(location=".".join(str(part) for part in e["loc"]), message=e["msg"], type=e["type"])
-        for e in exc.errors()
-    ]
-    return error_response(request, 422, "invalid_request", problems)
+    return error_response(request, 422, "invalid_request", problems_of(exc.errors()))
 
 
 async def unhandled_error(request: Request, exc: Exception) -> JSONResponse:
@@ -103,7 +100,45 @@ async def unhandled_error(request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
+def problems_of(errors: Any) -> list[Problem]:
+    return [
+        Problem(location=".".join(str(part) for part in e["loc"]), message=e["msg"], type=e["type"])
+        for e in errors
+    ]
+
+
+async def deny_websocket(websocket: WebSocket, status: int, error: str, detail: Any) -> None:
+    """Refuses a WebSocket handshake with a JSON error response (the ASGI WebSocket Denial Response, which
+    uvicorn supports); a server without it gets a close before accept, which it answers with a bare 403."""
+    if "websocket.http.response" not in websocket.scope.get("extensions", {}):
+        await websocket.close(code=1008)
+        return
+    body = error_body(status, error, detail, websocket.headers.get("x-request-id"))
+    await websocket.send_denial_response(JSONResponse(body, status_code=status))
+
+
+async def websocket_validation_error(websocket: WebSocket, exc: Exception) -> None:
+    assert isinstance(exc, WebSocketRequestValidationError)
+    await deny_websocket(websocket, 422, "invalid_request", problems_of(exc.errors()))
+
+
+def deny_websockets_without_route(not_found: ASGIApp) -> ASGIApp:
+    """The router's default for a path no route matches: for a WebSocket handshake a JSON 404 instead of
+    Starlette's close before accept (a bare 403 from uvicorn); HTTP requests as before."""
+
+    async def default(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await not_found(scope, receive, send)
+            return
+        websocket = WebSocket(scope, receive, send)
+        await deny_websocket(websocket, 404, "not_found", f"no WebSocket route at {scope['path']}")
+
+    return default
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(WebSocketRequestValidationError, websocket_validation_error)
     app.add_exception_handler(Exception, unhandled_error)
+    app.router.default = deny_websockets_without_route(app.router.default)

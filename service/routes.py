@@ -29,6 +29,9 @@ demo = APIRouter()
 introspection = APIRouter()
 websockets = APIRouter()
 ROUTERS = (demo, introspection, websockets)
+# Not served with APP_DEMO_ROUTES=0 (nor /docs, service/docs.py): they stall or burn a worker on request,
+# or tell a stranger the app's pid, hostname, bind, trusted proxies and timeouts.
+DEMO_ONLY = frozenset({"/api/blocking", "/api/cpu", "/api/slow", "/api/sync", "/api/info"})
 
 
 async def app_settings(connection: HTTPConnection) -> Settings:
@@ -129,11 +132,18 @@ async def stream_params(
     chunks: Annotated[int, Query(ge=1, json_schema_extra=limited_by("app_max_stream_chunks"))] = 5,
     interval: Seconds = 0.5,
 ) -> tuple[int, float]:
-    refuse(
-        connection,
-        above(connection, "chunks", chunks, settings.app_max_stream_chunks)
-        + above(connection, "interval", interval, settings.app_max_delay),
+    errors = above(connection, "chunks", chunks, settings.app_max_stream_chunks) + above(
+        connection, "interval", interval, settings.app_max_delay
     )
+    most = settings.app_max_stream_seconds
+    if not errors and (chunks - 1) * interval > most:
+        # The stream's length: the first chunk at once, then one every `interval`.
+        total = (chunks - 1) * interval
+        fitting = round(most / (chunks - 1), 3)
+        error = pydantic_error(("query", "interval"), interval, "less_than_equal", le=fitting)
+        error["msg"] = f"(chunks - 1) x interval = {total:g} s is above APP_MAX_STREAM_SECONDS={most:g}"
+        errors.append(error)
+    refuse(connection, errors)
     return chunks, interval
 
 
@@ -260,6 +270,14 @@ async def info(request: Request, settings: AppSettings) -> Info:
 # --- WebSockets ------------------------------------------------------------------------------------
 
 
+def message_size(data: str | bytes, limit: int) -> int:
+    """A message's size in bytes as sent (UTF-8 for text), counted exactly only near `limit`: uvicorn lets
+    a message a little above UVICORN_WS_MAX_SIZE through (service/worker.py, ws_frame_limit)."""
+    if isinstance(data, bytes) or len(data) * 4 <= limit:
+        return len(data)
+    return len(data.encode())
+
+
 async def ws_echo(websocket: WebSocket) -> None:
     settings: Settings = websocket.app.state.settings
     await websocket.accept()
@@ -271,7 +289,7 @@ async def ws_echo(websocket: WebSocket) -> None:
             data = message.get("text") if message.get("text") is not None else message.get("bytes")
             if data is None:
                 continue
-            if len(data) > settings.uvicorn_ws_max_size:
+            if message_size(data, limit := settings.uvicorn_ws_max_size) > limit:
                 await websocket.close(code=1009, reason="message too big")
                 return
             if isinstance(data, str):

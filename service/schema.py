@@ -29,8 +29,10 @@ With NGINX_TLS=1 the plain-HTTP port answers every request with a 308 to the sam
 whose body is nginx's own short HTML page.
 
 The WebSocket routes are not part of OpenAPI and so not described here: `/ws/echo` echoes text and binary
-messages and closes with 1009 above UVICORN_WS_MAX_SIZE; `/ws/ticker?interval=S` pushes
-`{"tick", "pid", "t"}` every S seconds (1008 when S is refused).
+messages and closes with 1009 above UVICORN_WS_MAX_SIZE (a message's size, compressed or not);
+`/ws/ticker?interval=S` pushes `{"tick", "pid", "t"}` every S seconds. A handshake the app refuses gets an
+`ErrorBody` response instead of the 101: 404 `not_found` on a path with no WebSocket route, 422
+`invalid_request` when S is refused.
 
 `/ws/rooms/{room}?after=<id>` joins a room, whichever worker or replica each member is on. Each message of
 the room reaches the member as one text frame `{"id": "<id>", "room": "<room>", "data": <any JSON>,
@@ -140,6 +142,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     414: error(
         "nginx `uri_too_long`: a request line longer than one of nginx's large_client_header_buffers (8k)."
     ),
+    421: error(
+        "nginx `misdirected_request`: a Host (or TLS server name) that is not one of NGINX_SERVER_NAMES; the "
+        "app never sees it."
+    ),
     429: error(
         "nginx `rate_limited`: on `/api/` routes when NGINX_LIMIT_REQ_ENABLED=1, above NGINX_LIMIT_REQ_RATE "
         "per client IP plus NGINX_LIMIT_REQ_BURST."
@@ -167,7 +173,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     ),
     505: error(
         "nginx `http_version_not_supported`: a request line naming HTTP/2.0 or above (HTTP/2 is chosen by "
-        "ALPN over TLS, never named in a request line)."
+        "ALPN over TLS, never named in a request line). An HTTP/0.9 request (no version) gets this body "
+        "alone: HTTP/0.9 has no status line or headers."
     ),
 }
 

@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -26,8 +26,20 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from service import websocket_paths
+
 Layer = Literal[
-    "stack", "app", "rooms", "redis", "gunicorn", "uvicorn", "nginx", "compose", "swarm", "locust"
+    "stack",
+    "app",
+    "rooms",
+    "redis",
+    "gunicorn",
+    "uvicorn",
+    "nginx",
+    "compose",
+    "swarm",
+    "prometheus",
+    "locust",
 ]
 Tool = Literal["loadtest", "drill", "bench", "sweep", "timeout-lab"]
 OUR_WORKER_CLASS = "service.platform.worker.UvicornWorker"
@@ -107,9 +119,9 @@ class Settings(BaseSettings):
         20,
         "MiB",
         "stack",
-        "Size at which a log file rotates: the local runtime's gunicorn.log and nginx.log, and each "
-        "container's json-file log. At most LOG_FILES x this stays on disk per log, however long a soak "
-        "runs.",
+        "Size at which a log file rotates: the local runtime's gunicorn.log, nginx.log and nginx-error.log, "
+        "and each container's json-file log. At most LOG_FILES x this stays on disk per log, however long a "
+        "soak runs.",
         ge=1,
     )
     log_files: int = knob(
@@ -118,6 +130,16 @@ class Settings(BaseSettings):
         "stack",
         "Files per log, the live one included (gunicorn.log, gunicorn.log.1, ...; Docker's max-file).",
         ge=2,
+    )
+    monitoring: int = knob(
+        0,
+        "0/1",
+        "stack",
+        "1 = `make up` also starts Prometheus (rules: deploy/prometheus/rules.yml) scraping the app and "
+        "nginx (through prometheus-nginx-exporter), and prints its URL: processes of this host (local), "
+        "the compose profile `monitoring` (docker), or two more stack services (swarm).",
+        ge=0,
+        le=1,
     )
 
     # --- app: which app, and the platform around it (service/platform/) ------------------------------
@@ -134,14 +156,17 @@ class Settings(BaseSettings):
         "path",
         "app",
         "The directory holding the app's code, put first on the import path (relative paths are taken from "
-        "the directory gunicorn starts in). Empty = the repository root, where the demo lives.",
+        "the directory gunicorn starts in). Empty = the repository root, where the demo lives. Docker and "
+        "swarm copy it into the app image (/app/src).",
     )
     app_requirements: str = knob(
         "",
         "path",
         "app",
-        "A requirements file with the app's own dependencies (its framework included), installed beside the "
-        "platform's pins. Empty = the demo's (the `demo` extra of pyproject.toml).",
+        "A requirements file with the app's own dependencies (its framework included), installed with the "
+        "platform's pins into a virtualenv of the app's own (local: .run/venvs/app-<hash>) or the app image "
+        "(docker, swarm); a conflict with a pin stops `make up` naming both. Empty = the demo's (the `demo` "
+        "extra of pyproject.toml; local: the tooling virtualenv).",
     )
     app_startup_timeout: float = knob(
         20.0,
@@ -185,6 +210,17 @@ class Settings(BaseSettings):
         ge=1,
     )
 
+    app_loop_lag_interval: float = knob(
+        0.1,
+        "s",
+        "app",
+        "How often each worker's event-loop probe fires; how late it fires is the loop's lag, exported per "
+        "worker in the metrics (`app_event_loop_lag_*`) with the worker's in-flight requests, WebSockets, "
+        "memory and CPU, written once a second. 0 = off (those gauges are then absent).",
+        ge=0,
+        le=10,
+    )
+
     # --- app ---------------------------------------------------------------------------------------
     app_request_timeout: float = knob(
         15.0,
@@ -219,6 +255,15 @@ class Settings(BaseSettings):
     )
     app_max_stream_chunks: int = knob(
         1_000, "chunks", "app", "Largest `chunks` GET /api/stream accepts (422 above).", ge=1
+    )
+    app_max_stream_seconds: float = knob(
+        60.0,
+        "s",
+        "app",
+        "Longest GET /api/stream may last: `chunks` x `interval` above it is refused with a 422 naming both "
+        "(each alone may reach APP_MAX_STREAM_CHUNKS and APP_MAX_DELAY). One client otherwise holds a "
+        "connection for hours.",
+        gt=0,
     )
     app_log_level: Literal["debug", "info", "warning", "error"] = knob(
         "info", "-", "app", "Level of the app's JSON access and error log lines."
@@ -259,9 +304,10 @@ class Settings(BaseSettings):
         1,
         "0/1",
         "app",
-        "The routes that stall or burn a worker on request (/api/blocking, /api/cpu, /api/slow, /api/sync). "
-        "1 = served; 0 = nginx answers its JSON 404 for them without asking the app: for a stack that others "
-        "can reach.",
+        "The routes that stall or burn a worker on request (/api/blocking, /api/cpu, /api/slow, /api/sync), "
+        "/api/info (pid, hostname, bind, trusted proxies, every timeout) and the Swagger UI (/docs). 1 = "
+        "served; 0 = nginx answers its JSON 404 for them without asking the app, and the app does not "
+        "serve them either: for a stack that others can reach. /openapi.json stays.",
         ge=0,
         le=1,
     )
@@ -646,6 +692,15 @@ class Settings(BaseSettings):
         "UVICORN_WS_PING_TIMEOUT.",
         ge=1,
     )
+    nginx_websocket_paths: str = knob(
+        "/ws/",
+        "paths",
+        "nginx",
+        "Where the app serves WebSockets (space-separated): nginx proxies these with NGINX_WS_READ_TIMEOUT, "
+        "every other path with the HTTP timeouts (a WebSocket there is cut after NGINX_PROXY_READ_TIMEOUT "
+        "of silence). `/chat/` = every path under it and /chat itself; `/chat/socket` = that path only. Not "
+        "`/`, nor a platform path (APP_*_PATH). Empty = none.",
+    )
     nginx_client_max_body_size: str = knob(
         "1m",
         "size",
@@ -718,6 +773,34 @@ class Settings(BaseSettings):
         "plain HTTP to that host name on every port for this long: keep 0 for localhost; a year (31536000) "
         "once HTTPS works for a real name.",
         ge=0,
+    )
+    nginx_server_names: str = knob(
+        "localhost 127.0.0.1 [::1]",
+        "names",
+        "nginx",
+        "Host names nginx serves (its `server_name`, space-separated; `*.example.com` and IPs allowed). A "
+        "request for any other Host gets a JSON 421 from nginx and never reaches the app, which builds "
+        "absolute URLs (redirects) from Host. Compose adds nginx and nginx.localhost, the names its "
+        "containers use.",
+        pattern=r"^[A-Za-z0-9.*_:\[\]-]+( [A-Za-z0-9.*_:\[\]-]+)*$",
+    )
+    nginx_ocsp_stapling: int = knob(
+        0,
+        "0/1",
+        "nginx",
+        "With NGINX_TLS=1: nginx fetches the OCSP answer for NGINX_TLS_CERT from its CA and staples it to "
+        "the handshake. Needs a given certificate with its full chain and an OCSP responder URL (`make "
+        "check` refuses it with the local CA) and NGINX_OCSP_RESOLVER.",
+        ge=0,
+        le=1,
+    )
+    nginx_ocsp_resolver: str = knob(
+        "127.0.0.11",
+        "IP",
+        "nginx",
+        "DNS server nginx asks for the OCSP responder's address with NGINX_OCSP_STAPLING=1. The default is "
+        "Docker's (compose, swarm); on the local runtime your resolver, e.g. 127.0.0.53.",
+        pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){3}(:[0-9]{1,5})?$",
     )
     nginx_run_dir: str = knob(
         "/tmp/nginx", "path", "nginx", "Writable directory for nginx's pid and temp files."
@@ -822,10 +905,47 @@ class Settings(BaseSettings):
         0,
         "tasks",
         "swarm",
-        "Locust as stack services: a locust-master (web UI on LOCUST_WEB_PORT of its node) and this many "
+        "Locust as stack services: a locust-master (its web UI not published: docs/SWARM.md) and this many "
         "locust-worker tasks spread over the nodes. 0 = no Locust services in the stack.",
         ge=0,
         le=64,
+    )
+
+    # --- prometheus (MONITORING=1; deploy/prometheus/) -----------------------------------------------
+    prometheus_port: int = knob(
+        9090,
+        "port",
+        "prometheus",
+        "Port of Prometheus's web UI and API on 127.0.0.1 (local: it listens there; docker: published there; "
+        "swarm: not published).",
+        ge=1,
+        le=65535,
+    )
+    prometheus_nginx_exporter_port: int = knob(
+        9113,
+        "port",
+        "prometheus",
+        "Port prometheus-nginx-exporter listens on, on 127.0.0.1 (local runtime; in a container it is 9113, "
+        "never published).",
+        ge=1,
+        le=65535,
+    )
+    prometheus_scrape_interval: int = knob(
+        5,
+        "s",
+        "prometheus",
+        "How often Prometheus scrapes the app and the exporter and evaluates its rules (Prometheus's own "
+        "default is 60 s). The per-worker gauges change once a second; the rules' windows assume <= 15 s.",
+        ge=1,
+        le=15,
+    )
+    prometheus_retention: str = knob(
+        "1d",
+        "duration",
+        "prometheus",
+        "How long Prometheus keeps samples (--storage.tsdb.retention.time): in the run dir (local) or on "
+        "the container's tmpfs (docker, swarm: gone with the container).",
+        pattern=r"^[0-9]+(h|d|w)$",
     )
 
     # --- locust ------------------------------------------------------------------------------------
@@ -922,6 +1042,16 @@ class Settings(BaseSettings):
         if value != value.strip() or any(char in value for char in "\n\r\0"):
             raise ValueError(f"expected one path without surrounding blanks or line breaks, got {value!r}")
         return value
+
+    @field_validator("nginx_websocket_paths")
+    @classmethod
+    def _websocket_paths(cls, value: str, info: ValidationInfo) -> str:
+        names = ("app_liveness_path", "app_readiness_path", "app_metrics_path")  # validated before this one
+        platform = {env_name(name): info.data[name] for name in names if name in info.data}
+        said = websocket_paths.problem(value, platform)
+        if said:
+            raise ValueError(said)
+        return " ".join(websocket_paths.entries(value))
 
     @field_validator("gunicorn_bind", "nginx_upstream")
     @classmethod
@@ -1053,7 +1183,7 @@ class ToolInputs(BaseModel):
         32,
         "connections",
         "drill",
-        "wrk connections of a drill's load (POST /api/echo + GET /api/ping through nginx), each with one "
+        "wrk connections of a drill's load (POST DRILL_POST + GET DRILL_GET through nginx), each with one "
         "request in flight at a time; at least WRK_THREADS.",
         ge=1,
     )
@@ -1061,7 +1191,7 @@ class ToolInputs(BaseModel):
         20,
         "connections",
         "drill",
-        "WebSocket clients on /ws/ticker during each drill, reconnecting when closed; DRILL_SHORT=1 lowers "
+        "WebSocket clients on DRILL_WS during each drill, reconnecting when closed; DRILL_SHORT=1 lowers "
         "the default.",
         ge=0,
     )
@@ -1076,6 +1206,29 @@ class ToolInputs(BaseModel):
     )
     drill_room_rate: float = tool_input(
         20.0, "messages/s", "drill", "Messages each drill room's publisher POSTs per second.", gt=0
+    )
+    drill_post: str = tool_input(
+        "/api/echo",
+        "path",
+        "drill",
+        "What wrk POSTs DRILL_BODY to (Content-Type: application/json); an answer outside 2xx is a loss. "
+        "Your app's (APP_MODULE): e.g. /message.",
+    )
+    drill_body: str = tool_input(
+        '{"text":"drill"}', "JSON", "drill", "The JSON body of every POST to DRILL_POST."
+    )
+    drill_get: str = tool_input(
+        "/api/ping",
+        "path",
+        "drill",
+        "What wrk GETs, in turn with the POSTs on every connection; empty = POSTs only.",
+    )
+    drill_ws: str = tool_input(
+        "/ws/echo",
+        "path",
+        "drill",
+        "The WebSocket the drill's DRILL_WEBSOCKETS clients hold; it must echo text: each client sends a "
+        "message every 0.5 s and expects it back. Empty = no WebSockets.",
     )
     drill_rate: float = tool_input(
         0.0,
@@ -1100,6 +1253,21 @@ class ToolInputs(BaseModel):
         ge=0,
         le=1,
     )
+    drill_node_down: str = tool_input(
+        "",
+        "command",
+        "drill",
+        "node-loss: a shell command that takes swarm node {node} (its hostname) down, e.g. `ssh {node} sudo "
+        "systemctl stop docker`; `deploy/multinode/nodes.sh env` prints its own. Empty = node-loss is "
+        "skipped.",
+    )
+    drill_node_up: str = tool_input(
+        "",
+        "command",
+        "drill",
+        "node-loss: the command that brings node {node} back after the load (its tasks do not come back: "
+        "swarm never rebalances).",
+    )
 
     # --- make bench --------------------------------------------------------------------------------
     bench: str = tool_input(
@@ -1115,14 +1283,31 @@ class ToolInputs(BaseModel):
     bench_connections: int = tool_input(
         64, "connections", "bench", "wrk connections of the throughput rows (one wrk thread).", ge=1
     )
+    bench_path: str = tool_input(
+        "/api/ping",
+        "path",
+        "bench",
+        "What the throughput rows GET from the app (the bare row always GETs hello.py's /api/ping). Your "
+        "app's (APP_MODULE): a cheap GET route, e.g. /.",
+    )
     bench_slow_n: int = tool_input(
-        1000, "requests", "bench", "/api/slow requests the slow-held row holds at once through nginx.", ge=1
+        1000,
+        "requests",
+        "bench",
+        "/api/slow requests the slow-held row holds at once through nginx (a demo route: the row is skipped "
+        "when APP_MODULE is another app).",
+        ge=1,
     )
     bench_slow_delay: float = tool_input(
         5.0, "s", "bench", "The `delay` of those requests; at most APP_MAX_DELAY.", ge=0
     )
     bench_ws_n: int = tool_input(
-        1000, "connections", "bench", "WebSockets the ws-held row holds on /ws/echo through nginx.", ge=1
+        1000,
+        "connections",
+        "bench",
+        "WebSockets the ws-held row holds on /ws/echo through nginx (a demo route: the row is skipped when "
+        "APP_MODULE is another app).",
+        ge=1,
     )
     bench_ws_hold: float = tool_input(
         0.0, "s", "bench", "How long the ws-held row holds them; 0 = BENCH_SECONDS.", ge=0

@@ -9,10 +9,11 @@
 #   blueprint-nginx health   the HEALTHCHECK: nginx answers on its loopback status port.
 #
 # Rendering substitutes only the ${NGINX_*} names the template uses (nginx's own $variables stay), and
-# fails with one line when one of them is not set: docker-compose.yml passes every NGINX_* knob. Then it
-# keeps the template's `#[name] ` lines whose condition holds, as stackctl does for the local runtime:
-# tls (NGINX_TLS=1; with tls_http2_on or tls_http2_listen by this nginx's version), demo_routes_off
-# (APP_DEMO_ROUTES=0), resolve (below). With TLS, compose mounts the certificate and key read-only at
+# fails with one line when one of them is not set: docker-compose.yml passes every NGINX_* knob. It renders
+# the one repeated block once per WebSocket location of NGINX_WEBSOCKET_PATHS, and keeps the template's
+# `#[name] ` lines whose condition holds, as stackctl does for the local runtime:
+# tls (NGINX_TLS=1; with tls_http2_on or tls_http2_listen by this nginx's version), ocsp (NGINX_TLS=1 and
+# NGINX_OCSP_STAPLING=1), demo_routes_off (APP_DEMO_ROUTES=0), resolve (below). With TLS, compose mounts the certificate and key read-only at
 # NGINX_TLS_CERT/KEY.
 #
 # Following the app's replicas. nginx resolves `server app:8000;` once, at start: when compose recreates or
@@ -124,6 +125,7 @@ conditions() {
         else
             printf 'tls tls_http2_listen '
         fi
+        [ "${NGINX_OCSP_STAPLING:-0}" != 1 ] || printf 'ocsp '
     fi
     [ "$RESOLVE" = 0 ] || printf 'resolve '
     [ "${APP_DEMO_ROUTES:-1}" = 1 ] || printf 'demo_routes_off '
@@ -139,6 +141,50 @@ apply_conditions() {
             if (index(on, " " name " ")) print indent substr($0, RLENGTH + 1)
             next
         }
+        { print }'
+}
+
+# NGINX_WEBSOCKET_PATHS as nginx location arguments, each followed by `;` (as service/websocket_paths.py
+# derives them): an entry ending in / is a prefix, `/chat/` -> `/chat/;= /chat;`; any other one exact path,
+# `/chat/socket` -> `= /chat/socket;`. stackctl checks the value first (`make check`); this refuses only what
+# would break the config's syntax, for a compose file run without it.
+websocket_locations() {
+    set -f # an entry is a word, never a glob
+    for entry in $NGINX_WEBSOCKET_PATHS; do
+        case "$entry" in
+            / | [!/]* | *[!A-Za-z0-9._~/-]*)
+                log "NGINX_WEBSOCKET_PATHS='$NGINX_WEBSOCKET_PATHS': '$entry' must be a path other than /," \
+                    "of letters, digits, . _ ~ - and / only"
+                set +f
+                return 1
+                ;;
+            */) printf '%s;= %s;' "$entry" "${entry%/}" ;;
+            *) printf '= %s;' "$entry" ;;
+        esac
+    done
+    set +f
+}
+
+# The template's `#[each websocket_location]` ... `#[end each]` block once per location of $1 (`;`-ended),
+# `{{websocket_location}}` replaced by it.
+expand_websocket_locations() {
+    # index(), not gsub(): no regex or `&` handling to differ between gawk, mawk and busybox awk.
+    awk -v locations="$1" -v placeholder="{{websocket_location}}" '
+        /^[[:blank:]]*#\[each websocket_location\][[:blank:]]*$/ { inside = 1; block = ""; next }
+        inside && /^[[:blank:]]*#\[end each\][[:blank:]]*$/ {
+            inside = 0
+            count = split(locations, each, ";")
+            for (i = 1; i < count; i++) {
+                text = block
+                while ((at = index(text, placeholder)) > 0) {
+                    printf "%s%s", substr(text, 1, at - 1), each[i]
+                    text = substr(text, at + length(placeholder))
+                }
+                printf "%s", text
+            }
+            next
+        }
+        inside { block = block $0 "\n"; next }
         { print }'
 }
 
@@ -162,7 +208,9 @@ render() {
     else
         upstream=$(server_lines "$1")
     fi
-    NGINX_UPSTREAM=$upstream envsubst "$names" <"$TEMPLATE" | apply_conditions "$(conditions)" >"$CONF.new"
+    locations=$(websocket_locations) || return 1
+    expand_websocket_locations "$locations" <"$TEMPLATE" | NGINX_UPSTREAM=$upstream envsubst "$names" |
+        apply_conditions "$(conditions)" >"$CONF.new"
     # The template's *_temp_path lines name the writable directories nginx needs; create exactly those.
     sed -n 's/^[[:space:]]*[a-z_]*_temp_path[[:space:]]\{1,\}\([^;[:space:]]*\).*/\1/p' "$CONF.new" |
         while read -r directory; do mkdir -p "$directory"; done

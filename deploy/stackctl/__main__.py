@@ -57,13 +57,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "runtime":
             print(name)
         elif args.command == "check":
-            return check.run_check(config, name)
+            return check.run_check(config, name, args.run_dir)
         elif args.command == "scale":
             backend.scale(args.run_dir, config, os.environ, args.replicas)
         elif args.command == "images":
-            docker.build(docker.Project(knob_environment(config)), loadtest=True)
+            docker.build(docker.Project(knob_environment(config)), every=True)
         elif args.command == "wheelhouse":
-            print(f"wheels in {docker.build_wheelhouse(knob_environment(config))}")
+            if backend.processes_here:  # wheels for this host's Python, else for the image's
+                print(f"wheels in {docker.host_wheelhouse(config.settings)}")
+            else:
+                print(f"wheels in {docker.build_wheelhouse(knob_environment(config))}")
         else:
             backend.render(args.run_dir, config)
         return 0

@@ -4,36 +4,25 @@ validator, and the ordering rules of deploy/stackctl/rules.py. `up` and `reload`
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
 
 from rich.console import Console
 from rich.table import Table
 
-from deploy.stackctl import docker, local, rules, swarm, tls, tools
+from deploy.stackctl import docker, local, monitoring, preflight, rules, runtimes, tls, tools
 from deploy.stackctl.config import KNOBS, ROOT, Effective, dump
 from deploy.stackctl.errors import StackError
 from deploy.stackctl.facts import HostFacts
+from deploy.stackctl.runtime import Name
+from deploy.stackctl.validation import Validation
 from service.settings import ConfigError, Settings
 
 OVERRIDE = f"{rules.UNSAFE_OVERRIDE}=1"
-
-
-ValidationStatus = Literal["ok", "failed", "skipped"]
-
-
-@dataclass(frozen=True)
-class Validation:
-    layer: str
-    command: str
-    status: ValidationStatus
-    detail: str = ""
 
 
 def layer_of(settings: Settings, name: str) -> str:
@@ -104,19 +93,21 @@ def tls_findings(settings: Settings) -> list[rules.Finding]:
     return tls.findings(settings, binary)
 
 
-def validate_gunicorn(config: Effective) -> Validation:
+def validate_gunicorn(config: Effective, where: preflight.Where | None) -> Validation:
+    """gunicorn --check-config where the app runs (this host's app environment or the app image); without
+    one (no engine to build the image), with the tooling virtualenv on this host."""
     command = "gunicorn --check-config"
+    if where is None and config.settings.app_requirements:
+        return Validation("gunicorn", command, "skipped", "it loads the app: only in the app image")
     with tempfile.TemporaryDirectory(prefix="stack-check-") as scratch:
         run = local.RunDir(Path(scratch))
         local.prepare(run, config)
-        result = subprocess.run(
-            [sys.executable, "-m", "gunicorn", "-c", str(local.GUNICORN_CONF), "--check-config"],
-            cwd=ROOT,
-            env=local.process_env(run),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        args = ["-m", "gunicorn", "-c", where.gunicorn_conf if where else str(local.GUNICORN_CONF)]
+        if where is None or not where.in_image:
+            # This host's python: the rendered stack.env, as the local runtime's gunicorn reads it.
+            python, said = (where.prefix, where.description) if where else ([sys.executable], "this host")
+            where = preflight.Where(said, python, local.process_env(run), str(local.GUNICORN_CONF))
+        result = where.run([*args, "--check-config"], timeout=120)
     if result.returncode != 0:
         lines = (result.stderr or result.stdout).strip().splitlines() or [f"exit {result.returncode}"]
         return Validation("gunicorn", command, "failed", lines[-1])
@@ -128,7 +119,25 @@ def validate_gunicorn(config: Effective) -> Validation:
         reason = str(error).splitlines()[0].rstrip(": ")
         detail = f"GUNICORN_WORKER_CLASS={config.settings.gunicorn_worker_class}: {reason}"
         return Validation("gunicorn", command, "failed", detail)
-    return Validation("gunicorn", command, "ok", "deploy/gunicorn.conf.py with the rendered env")
+    detail = f"deploy/gunicorn.conf.py with the rendered env in {where.description}"
+    return Validation("gunicorn", command, "ok", detail)
+
+
+def validate_prometheus(config: Effective) -> Validation:
+    """MONITORING=1: the config the local runtime would run, and the rules it names, by promtool."""
+    command = "promtool check config"
+    try:
+        promtool = tools.find_promtool()
+    except StackError as error:
+        return Validation("prometheus", command, "skipped", str(error))
+    with tempfile.TemporaryDirectory(prefix="stack-check-") as scratch:
+        path = Path(scratch) / "prometheus.yml"
+        path.write_text(monitoring.render(config.settings, monitoring.local_scrape(config.settings)))
+        try:
+            monitoring.check_config(promtool, path)
+        except StackError as error:
+            return Validation("prometheus", command, "failed", str(error))
+    return Validation("prometheus", command, "ok", "rendered prometheus.yml.template and rules.yml")
 
 
 def validate_compose(config: Effective) -> Validation:
@@ -154,38 +163,6 @@ def validate_compose(config: Effective) -> Validation:
     return Validation("compose", name, "ok", docker.COMPOSE_FILE.name)
 
 
-def validate_swarm(config: Effective) -> Validation:
-    """The stack file `make up` would deploy (images left at their local tags), checked by `docker stack
-    config`; the detail names what the stack drops or converts from docker-compose.yml."""
-    name = "docker stack config"
-    env = {**os.environ, **{knob: dump(config.settings, knob) for knob in KNOBS}}
-    try:
-        data = swarm.rendered_config(config, env, swarm.locust_wanted(config))
-    except StackError as error:
-        status: ValidationStatus = "skipped" if "not installed" in str(error) else "failed"
-        return Validation("swarm", name, status, str(error))
-    stack, changed = swarm.stack_file(data, config)
-    with tempfile.TemporaryDirectory(prefix="stack-check-") as scratch:
-        path = Path(scratch) / swarm.STACK_FILE
-        path.write_text(json.dumps(stack))
-        try:
-            result = subprocess.run(
-                ["docker", "stack", "config", "-c", str(path)], capture_output=True, text=True, timeout=60
-            )
-        except OSError as error:
-            return Validation("swarm", name, "skipped", f"the docker CLI cannot run: {error}")
-    if result.returncode != 0:
-        lines = (result.stderr or result.stdout).strip().splitlines() or [f"exit {result.returncode}"]
-        return Validation("swarm", name, "failed", lines[-1])
-    stand_ins = {**swarm.DROPPED, **swarm.CONVERTED}
-    notes = "; ".join(
-        f"{key} ({', '.join(services)}) -> {stand_ins[key]}" for key, services in changed.items()
-    )
-    return Validation(
-        "swarm", name, "ok", f"docker-compose.yml + deploy/swarm.yml; not as in compose: {notes}"
-    )
-
-
 MARKS: dict[rules.Severity, str] = {
     "ok": "[green]✓ ok[/]",
     "error": "[red]✗ error[/]",
@@ -207,19 +184,39 @@ def make_console(stderr: bool = False) -> Console:
     return Console(file=stream, width=None if stream.isatty() else 130, soft_wrap=True)
 
 
-def run_check(config: Effective, runtime: str) -> int:
+def check_app(
+    config: Effective, runtime: str, run_dir: Path, environ: Mapping[str, str]
+) -> tuple[Validation, preflight.Where | None]:
+    """The pre-flight where `runtime` runs the app (preflight.py); StackError in one line when the app would
+    not run. Skipped, with the reason, when there is no engine to build the app image in."""
+    backend = runtimes.RUNTIMES[runtimes.resolve(runtime)]
+    command = "python -m service.platform.loader --lifespan"
+    try:
+        where = backend.app_where(run_dir, config, environ)
+    except docker.Unavailable as error:
+        return Validation("app", command, "skipped", str(error)), None
+    said = preflight.check_app(where, config, run_dir / preflight.LOG)
+    return Validation("app", command, "ok", f"{said} (in {where.description})"), where
+
+
+def run_check(
+    config: Effective, runtime: str, run_dir: Path, environ: Mapping[str, str] | None = None
+) -> int:
     console = make_console()
     settings = config.settings
-    host = HostFacts.for_runtime(runtime, settings)
+    backend = runtimes.RUNTIMES[runtimes.resolve(runtime)]
+    host = backend.host_facts(settings)
+    app, where = check_app(config, runtime, run_dir, os.environ if environ is None else environ)
     console.print(knob_table(config))
     console.print("bold rows come from a profile, .env, the environment or the runtime", style="dim")
     for line in derived_lines(settings, runtime, host):
         console.print(line, highlight=False)
 
     console.print("\n[bold]Validators[/]")
-    validations = [validate_nginx(config), validate_gunicorn(config), validate_compose(config)]
-    if runtime == "swarm":
-        validations.append(validate_swarm(config))
+    validations = [app, validate_nginx(config), validate_gunicorn(config, where), validate_compose(config)]
+    if settings.monitoring:
+        validations.append(validate_prometheus(config))
+    validations += backend.validations(config)
     for check in validations:
         colour = {"ok": "green", "failed": "red", "skipped": "yellow"}[check.status]
         console.print(f"[{colour}]{check.status:>7}[/] {check.command}: {check.detail}", highlight=False)
@@ -250,10 +247,10 @@ def run_check(config: Effective, runtime: str) -> int:
     return 0
 
 
-def refuse_unsafe(config: Effective, runtime: str, command: str, allowed: bool | None = None) -> None:
+def refuse_unsafe(config: Effective, runtime: Name, command: str, allowed: bool | None = None) -> None:
     """What `up` and `reload` run first: refuse a config that breaks a rule unless ALLOW_UNSAFE_CONFIG=1
     (`allowed`; default: read from this process's environment)."""
-    findings = rules.evaluate(config.settings, HostFacts.for_runtime(runtime, config.settings))
+    findings = rules.evaluate(config.settings, runtimes.RUNTIMES[runtime].host_facts(config.settings))
     broken = rules.errors(findings)
     console = make_console(stderr=True)
     print_findings(rules.problems(findings), console)

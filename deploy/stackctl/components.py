@@ -4,7 +4,10 @@ docker-compose.yml. The local runtime starts COMPONENTS in order, lists them, sh
 them in reverse order; docker.py and swarm.py name the same services.
 
 Adding a part to the stack (a cache, a metrics server) is one entry in COMPONENTS plus its service in
-docker-compose.yml: `make up` then starts it, `make ps`/`make logs` show it, `make down` stops it.
+docker-compose.yml: `make up` then starts it, `make ps`/`make logs` show it, `make down` stops it. A part
+the stack runs only when a knob says so (`wanted`: Prometheus and nginx's exporter with MONITORING=1) is
+there in compose behind a profile of that name (Redis, wanted by the demo app without REDIS_URL, is scaled
+to none instead).
 """
 
 from __future__ import annotations
@@ -15,20 +18,25 @@ import socket
 import ssl
 import stat
 import subprocess
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
 
-from deploy.stackctl import tls
+from deploy.stackctl import appenv, monitoring, preflight, tls
 from deploy.stackctl.config import ROOT, Effective, nginx_temp_dirs, render_nginx
 from deploy.stackctl.errors import StackError
 from deploy.stackctl.ports import LOOPBACK, bind_in_use, split_bind
 from deploy.stackctl.rundir import Address, RunDir, State
-from deploy.stackctl.tools import find_nginx, find_redis_server
-from service.settings import Settings, unix_socket_path
+from deploy.stackctl.tools import (
+    find_nginx,
+    find_nginx_exporter,
+    find_prometheus,
+    find_promtool,
+    find_redis_server,
+)
+from service.settings import DEMO_APP, Settings, unix_socket_path
 
 GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
 
@@ -88,6 +96,10 @@ def always(_: Settings) -> bool:
     return True
 
 
+def nothing_to_say(*_: object) -> str:
+    return ""
+
+
 @dataclass(frozen=True)
 class Component:
     name: str  # its processes' role in `make ps`, its key in Handle.pids(), its log `<run dir>/<name>.log`
@@ -97,10 +109,12 @@ class Component:
     env: Callable[[Launch], Mapping[str, str] | None] = this_process_env
     prepare: Callable[[RunDir, Effective], None] = nothing  # render what it reads, before any start
     check: Callable[[RunDir], None] = nothing  # refuse a rendered config (StackError) before any start
+    # Before anything starts (at `up`, `reload` and `make check`): refuse what it would fail to run, in one
+    # line (StackError); what it says when it would run fine.
+    preflight: Callable[[RunDir, Effective, Mapping[str, str] | None], str] = nothing_to_say
     listens: Callable[[Settings], list[Address]] = no_ports  # refused at `up` when taken
     claims: Callable[[Settings], None] = nothing  # refuse at `up` (StackError) what else it would take
     port_knobs: tuple[str, ...] = ()  # what a stack beside others sets to free ports (free_port_knobs)
-    wanted: Callable[[Settings], bool] = always  # whether `up` starts it with these settings
     ready: Probe | None = None
     stop_signal: signal.Signals = signal.SIGTERM
     grace: Callable[[Settings], float] = lambda _: 10.0  # then SIGKILL
@@ -108,18 +122,45 @@ class Component:
     # sooner once this says it has nothing left in flight (given what `up` recorded of the stack).
     drained: Callable[[State], bool] | None = None
     title: str = ""  # its main process in `make ps` (default: name); children show as `<name> worker`
+    # Its stderr in a log of its own, `<run dir>/<name>-error.log`, beside stdout's `<name>.log`.
+    error_log: bool = False
+    wanted: Callable[[Settings], bool] = always  # whether the stack runs it with these knobs
+    # Started only once every component before it is ready (it exits when what it reads does not answer).
+    after_ready: bool = False
+    # What `make reload` sends it once its files are rendered again (gunicorn's and nginx's reloads are
+    # the local runtime's own); None: nothing.
+    reload_signal: signal.Signals | None = None
+    announce: Callable[[Settings], str] | None = None  # a line `make up` prints once the stack is up
+
+    @property
+    def logs(self) -> tuple[str, ...]:
+        """Its log names (`<run dir>/<log>.log`): stdout (and stderr, unless it has an error log), stderr."""
+        return (self.name, f"{self.name}-error") if self.error_log else (self.name,)
 
 
 # --- the app: gunicorn with our uvicorn workers ------------------------------------------------------
 
 
 def process_env(run: RunDir, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The app's processes' environment: the rendered knobs, the metrics directory, and the repository
+    root on PYTHONPATH (the platform is not installed in the app's own virtualenv)."""
     return {
         **(os.environ if environ is None else environ),
         "STACK_ENV_FILE": str(run.env_file),
         "PROMETHEUS_MULTIPROC_DIR": str(run.metrics_dir),
         "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": appenv.pythonpath(environ),
     }
+
+
+def app_where(config: Effective, environ: Mapping[str, str] | None) -> preflight.Where:
+    """The app's python on this host (its virtualenv built first when APP_REQUIREMENTS asks for one)."""
+    python = appenv.ensure_app_python(config.settings, environ)
+    return preflight.on_host(python, preflight.loader_env(config, environ, appenv.pythonpath(environ)))
+
+
+def preflight_app(run: RunDir, config: Effective, environ: Mapping[str, str] | None) -> str:
+    return preflight.check_app(app_where(config, environ), config, run.path / preflight.LOG)
 
 
 def prepare_app(run: RunDir, config: Effective) -> None:
@@ -203,6 +244,12 @@ def redis_answers(launch: Launch) -> bool:
         return False
 
 
+def redis_wanted(settings: Settings) -> bool:
+    """The stack's own Redis: for the demo app (its rooms) when REDIS_URL names none; another APP_MODULE
+    gets none (an app of its own that wants Redis sets REDIS_URL)."""
+    return not settings.redis_url and settings.app_module == DEMO_APP
+
+
 REDIS = Component(
     name="redis",
     service="redis",
@@ -210,7 +257,7 @@ REDIS = Component(
     command=redis_command,
     listens=lambda settings: [("REDIS_PORT", LOOPBACK, settings.redis_port)],
     port_knobs=("REDIS_PORT",),
-    wanted=lambda settings: not settings.redis_url,
+    wanted=redis_wanted,
     ready=Probe(
         redis_answers,
         lambda launch: f"redis-server on {LOOPBACK}:{launch.settings.redis_port} did not answer PING",
@@ -225,11 +272,12 @@ APP = Component(
     service="app",
     title="gunicorn master",
     command=lambda launch: [
-        *(sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF)),
+        *(str(appenv.app_python(launch.settings)), "-m", "gunicorn", "-c", str(GUNICORN_CONF)),
         *("--pid", str(launch.run.pid_file("gunicorn"))),
     ],
     env=lambda launch: process_env(launch.run, launch.environ),
     prepare=prepare_app,
+    preflight=preflight_app,
     listens=app_listens,
     claims=claim_unix_bind,
     port_knobs=("GUNICORN_BIND",),
@@ -280,10 +328,14 @@ NGINX = Component(
     name="nginx",
     service="nginx",
     title="nginx master",
+    # stdout: the JSON access log (NGINX_ACCESS_LOG=/dev/stdout), every line one JSON object; stderr: the
+    # error log (NGINX_ERROR_LOG=/dev/stderr, and -e for what nginx says before it has read its config),
+    # in nginx-error.log.
     command=lambda launch: [
         *(find_nginx(), "-c", str(launch.run.nginx_conf)),
         *("-e", "stderr", "-g", "daemon off;"),
     ],
+    error_log=True,
     cwd=lambda launch: launch.run.path,
     prepare=prepare_nginx,
     check=lambda run: check_nginx(find_nginx(), run),
@@ -294,6 +346,65 @@ NGINX = Component(
     grace=lambda settings: settings.gunicorn_graceful_timeout + 5,
 )
 
-# In start order; `down` stops them in reverse: the app's drain closes its rooms' members before Redis goes.
-COMPONENTS: tuple[Component, ...] = (REDIS, APP, NGINX)
+# --- Prometheus and nginx's exporter (MONITORING=1; deploy/prometheus/, stackctl/monitoring.py) ---------
+
+
+def monitoring_on(settings: Settings) -> bool:
+    return bool(settings.monitoring)
+
+
+def prometheus_conf(run: RunDir) -> Path:
+    return run.prometheus_dir / "prometheus.yml"
+
+
+def prepare_prometheus(run: RunDir, config: Effective) -> None:
+    (run.prometheus_dir / "data").mkdir(parents=True, exist_ok=True)
+    settings = config.settings
+    prometheus_conf(run).write_text(monitoring.render(settings, monitoring.local_scrape(settings)))
+
+
+PROMETHEUS = Component(
+    name="prometheus",
+    service="prometheus",
+    command=lambda launch: [
+        find_prometheus(),
+        f"--config.file={prometheus_conf(launch.run)}",
+        f"--storage.tsdb.path={launch.run.prometheus_dir / 'data'}",
+        f"--storage.tsdb.retention.time={launch.settings.prometheus_retention}",
+        f"--web.listen-address={LOOPBACK}:{launch.settings.prometheus_port}",
+    ],
+    cwd=lambda launch: launch.run.prometheus_dir,
+    wanted=monitoring_on,
+    prepare=prepare_prometheus,
+    check=lambda run: monitoring.check_config(find_promtool(), prometheus_conf(run)),
+    listens=lambda settings: [("PROMETHEUS_PORT", LOOPBACK, settings.prometheus_port)],
+    port_knobs=("PROMETHEUS_PORT",),
+    ready=answers_200(lambda launch: f"{monitoring.url(launch.settings)}/-/ready"),
+    reload_signal=signal.SIGHUP,  # re-reads its config and the rules
+    announce=lambda settings: monitoring.announce(monitoring.url(settings)),
+)
+
+NGINX_EXPORTER = Component(
+    name="nginx-exporter",
+    service="nginx-exporter",
+    # Flags with two dashes: Debian's 0.11 (Go's flag package) and upstream's 1.x (kingpin) both take them.
+    command=lambda launch: [
+        find_nginx_exporter(),
+        f"--nginx.scrape-uri=http://{LOOPBACK}:{launch.settings.nginx_status_port}/stub_status",
+        f"--web.listen-address={LOOPBACK}:{launch.settings.prometheus_nginx_exporter_port}",
+    ],
+    wanted=monitoring_on,
+    after_ready=True,  # the 0.x exporter exits at start when stub_status does not answer
+    listens=lambda settings: [
+        ("PROMETHEUS_NGINX_EXPORTER_PORT", LOOPBACK, settings.prometheus_nginx_exporter_port)
+    ],
+    port_knobs=("PROMETHEUS_NGINX_EXPORTER_PORT",),
+    ready=answers_200(
+        lambda launch: f"http://{LOOPBACK}:{launch.settings.prometheus_nginx_exporter_port}/metrics"
+    ),
+)
+
+# In start order; `down` stops them in reverse: the app's drain closes its rooms' members before Redis goes,
+# and Prometheus sees the app and nginx to their end.
+COMPONENTS: tuple[Component, ...] = (REDIS, APP, NGINX, PROMETHEUS, NGINX_EXPORTER)
 SERVICES = tuple(component.service for component in COMPONENTS)

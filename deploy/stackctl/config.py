@@ -16,6 +16,7 @@ from pydantic_settings.sources import DotEnvSettingsSource
 
 from deploy.stackctl import tls
 from deploy.stackctl.tools import installed_nginx, nginx_version
+from service import websocket_paths
 from service.settings import ConfigError, Settings, env_name, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,7 +105,7 @@ NGINX_TEMP_PATH = re.compile(r"^\s*[a-z_]+_temp_path\s+([^;\s]+)", re.MULTILINE)
 # A template line `#[name] directive` is rendered as `directive` when the condition holds, else dropped
 # (deploy/nginx/entrypoint.sh does the same in containers, where it may also turn `resolve` on).
 CONDITIONAL_LINE = re.compile(r"^([ \t]*)#\[([a-z0-9_]+)\] ")
-CONDITIONS = ("tls", "tls_http2_listen", "tls_http2_on", "demo_routes_off", "resolve")
+CONDITIONS = ("tls", "tls_http2_listen", "tls_http2_on", "demo_routes_off", "resolve", "ocsp")
 HTTP2_DIRECTIVE_SINCE = (1, 25, 1)  # `http2 on;`; older nginx has only `listen ... http2`, deprecated since
 
 
@@ -118,6 +119,8 @@ def nginx_conditions(settings: Settings) -> set[str]:
     on = set()
     if settings.nginx_tls:
         on |= {"tls", "tls_http2_on" if http2_directive() else "tls_http2_listen"}
+        if settings.nginx_ocsp_stapling:
+            on.add("ocsp")
     if not settings.app_demo_routes:
         on.add("demo_routes_off")
     return on
@@ -135,9 +138,27 @@ def nginx_variables(settings: Settings) -> dict[str, str]:
     return variables
 
 
+# The template's one repeated block: rendered once per WebSocket location (service/websocket_paths.py),
+# PLACEHOLDER its argument (deploy/nginx/entrypoint.sh does the same in containers).
+EACH_WEBSOCKET_LOCATION = re.compile(
+    r"^[ \t]*#\[each websocket_location\][ \t]*\n(.*?)^[ \t]*#\[end each\][ \t]*\n", re.MULTILINE | re.DOTALL
+)
+PLACEHOLDER = "{{websocket_location}}"
+
+
+def expand_websocket_locations(text: str, paths: str) -> str:
+    each = websocket_paths.locations(paths)
+    expanded, blocks = EACH_WEBSOCKET_LOCATION.subn(
+        lambda found: "".join(found.group(1).replace(PLACEHOLDER, location) for location in each), text
+    )
+    if blocks != 1 or PLACEHOLDER in expanded:
+        raise ConfigError(f"nginx template: expected one #[each websocket_location] block, found {blocks}")
+    return expanded
+
+
 def render_nginx(settings: Settings, template: Path = NGINX_TEMPLATE) -> str:
     variables = nginx_variables(settings)
-    text = template.read_text()
+    text = expand_websocket_locations(template.read_text(), settings.nginx_websocket_paths)
     unknown = sorted(set(NGINX_VARIABLE.findall(text)) - variables.keys())
     if unknown:
         raise ConfigError(f"{template.name} uses {', '.join(unknown)}, which no knob defines")

@@ -8,7 +8,7 @@ effective value of every knob (profile, `.env`, environment), validated before a
 
 from __future__ import annotations
 
-import hashlib
+import collections
 import json
 import os
 import re
@@ -25,19 +25,23 @@ from typing import Any
 import httpx2
 
 from deploy.pins import pinned_requirements
-from deploy.stackctl import local, tls
-from deploy.stackctl.components import APP, NGINX, REDIS, SERVICES
+from deploy.stackctl import appenv, appimage, local, monitoring, preflight, requirements, tls
+from deploy.stackctl.components import APP, NGINX, PROMETHEUS, REDIS, SERVICES, monitoring_on
 from deploy.stackctl.config import KNOBS, ROOT, Effective
 from deploy.stackctl.config import knob_environment as knob_environment
 from deploy.stackctl.errors import StackError
+from deploy.stackctl.facts import HostFacts
 from deploy.stackctl.ports import LOOPBACK, port_in_use
 from deploy.stackctl.runtime import Runtime
 from service.settings import Settings, load_settings, unix_socket_path
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-WHEELHOUSE = ROOT / "wheelhouse"
+WHEELHOUSE = appenv.WHEELHOUSE
 DEFAULT_PROJECT = "blueprint"
-ALL_PROFILES = ("--profile", "loadtest")
+LOADTEST_PROFILE = ("--profile", "loadtest")  # Locust's web UI (`make loadtest-ui`)
+MONITORING_PROFILE = ("--profile", "monitoring")  # Prometheus and nginx's exporter, with MONITORING=1
+ALL_PROFILES = (*LOADTEST_PROFILE, *MONITORING_PROFILE)  # what down, ps and logs must see
+MONITORING_SERVICES = ("prometheus", "nginx-exporter")
 HEALTHY_WITHIN = 180.0
 ROUTED_WITHIN = 30.0
 # nginx's fail_timeout (the template keeps the default): a new app container is in Docker's DNS, and so in
@@ -62,10 +66,17 @@ TLS_OVERLAY = "compose.tls.yml"
 UNIX_OVERLAY = ROOT / "deploy" / "compose.unix.yml"
 
 
+BASE_IMAGE_DOCKERFILES = {
+    "NGINX_IMAGE": "Dockerfile.nginx",
+    "PROMETHEUS_IMAGE": "Dockerfile.prometheus",
+    "NGINX_EXPORTER_IMAGE": "Dockerfile.nginx-exporter",
+    "REDIS_IMAGE": "Dockerfile.redis",
+}
+
+
 def default_build_arg(name: str) -> str:
     """A base image's default, from the Dockerfile that declares it (compose repeats it; a test checks)."""
-    declared_in = {"NGINX_IMAGE": "Dockerfile.nginx", "REDIS_IMAGE": "Dockerfile.redis"}
-    dockerfile = declared_in.get(name, "Dockerfile.app")
+    dockerfile = BASE_IMAGE_DOCKERFILES.get(name, "Dockerfile.app")
     text = (ROOT / "deploy" / dockerfile).read_text()
     found = re.search(rf"^ARG {name}=(\S+)$", text, re.MULTILINE)
     if not found:
@@ -96,6 +107,10 @@ def compose_command() -> list[str]:
     )
 
 
+class Unavailable(StackError):
+    """No Docker engine (or no compose) to run this here."""
+
+
 class ComposeFailed(StackError):
     def __init__(self, message: str, output: str) -> None:
         super().__init__(message)
@@ -113,6 +128,7 @@ class Container:
     config_hash: str = ""  # what compose compares to decide a container is out of date
     image: str = ""  # the image id it runs
     addresses: tuple[str, ...] = ()
+    restarts: int = 0  # by its restart policy
 
     @classmethod
     def from_inspect(cls, data: dict[str, Any]) -> Container:
@@ -129,6 +145,7 @@ class Container:
             config_hash=labels.get(CONFIG_HASH_LABEL, ""),
             image=data.get("Image", ""),
             addresses=tuple(n["IPAddress"] for n in networks.values() if n.get("IPAddress")),
+            restarts=int(data.get("RestartCount") or 0),
         )
 
 
@@ -143,14 +160,22 @@ class Project:
         return [*self.compose, "-p", self.name, *files, *profiles, *args]
 
     def overlays(self) -> list[Path]:
-        """With a unix bind, deploy/compose.unix.yml; with NGINX_TLS=1, the TLS overlay `up` wrote into the
-        stack's run dir."""
-        unix = [UNIX_OVERLAY] if self.unix_bind() else []
-        run_dir = self.env.get("NGINX_RUN_DIR")
-        if self.env.get("NGINX_TLS") != "1" or not run_dir:
-            return unix
-        overlay = Path(run_dir).parent / TLS_OVERLAY
-        return [*unix, overlay] if overlay.is_file() else unix
+        """Another app's image (APP_SRC, APP_REQUIREMENTS): the overlay `build` stages in the stack's run dir;
+        with a unix bind, deploy/compose.unix.yml; with NGINX_TLS=1, the TLS overlay `up` wrote there."""
+        app = self.app_overlay()
+        found = [app] if app else []
+        found += [UNIX_OVERLAY] if self.unix_bind() else []
+        run_dir = appimage.run_dir_of(self.env)
+        if self.env.get("NGINX_TLS") != "1" or run_dir is None:
+            return found
+        overlay = run_dir / TLS_OVERLAY
+        return [*found, overlay] if overlay.is_file() else found
+
+    def app_overlay(self) -> Path | None:
+        return appimage.overlay_path(self.env, self.settings()) if self.env.get("NGINX_RUN_DIR") else None
+
+    def app_image(self) -> str:
+        return appimage.image(self.settings())
 
     def unix_bind(self) -> bool:
         return unix_socket_path(self.env.get("GUNICORN_BIND", "")) is not None
@@ -204,7 +229,8 @@ class Project:
 
 
 def build_wheelhouse(env: dict[str, str]) -> Path:
-    """Wheels for the image's Python (asked from the image itself) in ./wheelhouse, for OFFLINE=1 builds."""
+    """Wheels for the image's Python (asked from the image itself) in ./wheelhouse, for OFFLINE=1 builds:
+    the demo's and Locust's pins, and with APP_REQUIREMENTS the platform's pins with the app's."""
     image = env.get("PYTHON_IMAGE") or default_build_arg("PYTHON_IMAGE")
     probe = subprocess.run(
         ["docker", "run", "--rm", "--network", "none", "--entrypoint", "python3", image, "-c",
@@ -222,38 +248,120 @@ def build_wheelhouse(env: dict[str, str]) -> Path:
         glibc_minor = int(libc.split(".")[1])
         platforms = [f"manylinux_2_{n}_{machine}" for n in range(glibc_minor, 16, -1)]
         platforms += [f"manylinux2014_{machine}", f"manylinux2010_{machine}", f"manylinux1_{machine}"]
-    requirements = "\n".join(pinned_requirements(["demo", "loadtest"])) + "\n"
-    digest = hashlib.sha256(f"{requirements}{platforms}".encode()).hexdigest()[:12]
-    stamp = WHEELHOUSE / f".complete-cp{major}{minor}-{machine}-{digest}"
-    if stamp.exists():
-        return WHEELHOUSE
-    WHEELHOUSE.mkdir(exist_ok=True)
-    (WHEELHOUSE / "requirements.txt").write_text(requirements)
-    print(f"wheelhouse: downloading wheels for Python {major}.{minor} ({machine}, {libc}) ...", flush=True)
-    download = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--only-binary=:all:",
-         "--python-version", f"{major}.{minor}", "--implementation", "cp",
-         "--abi", f"cp{major}{minor}", "--abi", "abi3", "--abi", "none",
-         *(arg for platform in platforms for arg in ("--platform", platform)),
-         "-d", str(WHEELHOUSE), "-r", str(WHEELHOUSE / "requirements.txt")],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    if download.returncode != 0:
-        errors = [line for line in download.stderr.splitlines() if line.startswith("ERROR")] or ["?"]
-        raise StackError(f"wheelhouse: pip download failed: {errors[-1]}")
-    stamp.touch()
+    target = [
+        *("--only-binary=:all:", "--python-version", f"{major}.{minor}", "--implementation", "cp"),
+        *("--abi", f"cp{major}{minor}", "--abi", "abi3", "--abi", "none"),
+        *(arg for platform in platforms for arg in ("--platform", platform)),
+    ]
+    said = f"Python {major}.{minor} ({machine}, {libc})"
+    download_wheels(pinned_requirements(["demo", "loadtest"]), None, target, said)
+    settings = load_settings(**{KNOBS[name]: value for name, value in env.items() if name in KNOBS})
+    if settings.app_requirements:
+        download_wheels(requirements.platform_pins(), Path(settings.app_requirements), target, said)
     return WHEELHOUSE
 
 
 def own_services(settings: Settings) -> list[str]:
-    """`--scale redis=0` when REDIS_URL names another Redis: the stack starts none of its own."""
-    return ["--scale", f"{REDIS.service}=0"] if settings.redis_url else []
+    """`--scale redis=0` when the stack runs no Redis of its own (REDIS_URL names one, or another
+    APP_MODULE than the demo: components.redis_wanted)."""
+    return [] if REDIS.wanted(settings) else ["--scale", f"{REDIS.service}=0"]
 
 
-def build(project: Project, loadtest: bool = False) -> None:
-    if project.env.get("OFFLINE") == "1":
+def profiles(settings: Settings) -> tuple[str, ...]:
+    """The compose profiles a stack with these knobs runs besides its default services."""
+    return MONITORING_PROFILE if monitoring_on(settings) else ()
+
+
+def host_wheelhouse(settings: Settings) -> Path:
+    """Wheels for this host's Python in ./wheelhouse (the local runtime's OFFLINE=1): the platform's pins
+    with the app's requirements, or with the demo's."""
+    said = f"this host's Python {sys.version_info[0]}.{sys.version_info[1]}"
+    if settings.app_requirements:
+        download_wheels(requirements.platform_pins(), Path(settings.app_requirements), [], said)
+    else:
+        download_wheels(pinned_requirements(["demo"]), None, [], said)
+    return WHEELHOUSE
+
+
+def download_wheels(pins: list[str], app_file: Path | None, target: list[str], said: str) -> None:
+    """`pip download` of `pins` and the requirements file `app_file` into ./wheelhouse for the Python that
+    `target` describes (nothing: this one), once per content (a stamp file); a conflict in one line."""
+    digest = requirements.digest(app_file, pins, *target)
+    stamp = WHEELHOUSE / f".complete-{digest}"
+    if stamp.exists():
+        return
+    WHEELHOUSE.mkdir(exist_ok=True)
+    pins_file = WHEELHOUSE / ("requirements.txt" if app_file is None else f"platform-{digest}.txt")
+    pins_file.write_text("\n".join(pins) + "\n")
+    what = f"the platform's pins and {app_file}" if app_file else "the pinned requirements"
+    print(f"wheelhouse: downloading {what} for {said} ...", flush=True)
+    download = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-input", *target,
+         "-d", str(WHEELHOUSE), "-r", str(pins_file), *(["-r", str(app_file)] if app_file else [])],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if download.returncode != 0:
+        output = download.stdout + download.stderr
+        if app_file is not None:
+            raise StackError(app_pip_failure(output, str(pins_file), str(app_file), app_file, pins))
+        errors = [line for line in download.stderr.splitlines() if line.startswith("ERROR")] or ["?"]
+        raise StackError(f"wheelhouse: pip download failed: {errors[-1]}")
+    stamp.touch()
+
+
+def app_pip_failure(output: str, pins_path: str, app_path: str, app_file: Path, pins: list[str]) -> str:
+    """pip's failure over the platform's pins (`pins_path` as pip was given it) and the app's requirements
+    (`app_path`; its lines read from `app_file`), in one line naming APP_REQUIREMENTS."""
+    sources = {
+        pins_path: requirements.Source(pins_path, pins, platform=True),
+        app_path: requirements.Source(app_path, app_file.read_text(errors="replace").splitlines(), False),
+    }
+    return requirements.failure_line(output, f"APP_REQUIREMENTS={app_file}", sources, pins)
+
+
+def build(
+    project: Project, loadtest: bool = False, services: tuple[str, ...] = (), every: bool = False
+) -> None:
+    """`compose build` (of `services`, default those the knobs run: MONITORING=1 adds Prometheus's and the
+    exporter's, `loadtest` Locust's, `every` all of them, for `make images`), its output shown as it comes.
+    Another app's image is built from a context staged first (appimage.py); pip's failure in it is said in
+    one line."""
+    offline = project.env.get("OFFLINE") == "1"
+    if offline:
         build_wheelhouse(project.env)
-    project.run("build", profiles=ALL_PROFILES if loadtest else ())
+    settings = project.settings()
+    if appimage.own_app(settings):
+        run_dir = appimage.run_dir_of(project.env)
+        if run_dir is None:
+            raise StackError("NGINX_RUN_DIR is not set: no run dir to stage the app's build context in")
+        appimage.stage(run_dir, settings, offline)
+    wanted = ALL_PROFILES if every else (*LOADTEST_PROFILE * loadtest, *profiles(settings))
+    command = project.command("build", *services, profiles=wanted)
+    code, output = streamed(command, project.env)
+    if code == 0:
+        return
+    pip_failed = "ResolutionImpossible" in output or "No matching distribution" in output
+    if settings.app_requirements and pip_failed:
+        app_file = Path(settings.app_requirements)
+        pins = requirements.platform_pins()
+        raise StackError(
+            app_pip_failure(output, appimage.IMAGE_PINS, appimage.IMAGE_REQUIREMENTS, app_file, pins)
+        )
+    last = [line for line in output.splitlines() if line.strip()][-1:] or [f"exit {code}"]
+    raise ComposeFailed(f"`{' '.join(command[len(project.compose) :])}` failed: {last[0]}", output)
+
+
+def streamed(command: list[str], env: Mapping[str, str], keep: int = 400) -> tuple[int, str]:
+    """Run `command` with its output copied to this process's stdout; its exit code and last `keep` lines."""
+    tail: collections.deque[str] = collections.deque(maxlen=keep)
+    with subprocess.Popen(
+        command, cwd=ROOT, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
+        for line in process.stdout or ():
+            sys.stdout.write(line)
+            tail.append(line)
+    sys.stdout.flush()
+    return process.returncode, "".join(tail)
 
 
 def wait_healthy(project: Project, within: float = HEALTHY_WITHIN) -> None:
@@ -262,6 +370,9 @@ def wait_healthy(project: Project, within: float = HEALTHY_WITHIN) -> None:
     while time.monotonic() < deadline:
         containers = project.containers()
         broken = [c for c in containers if c.status in ("exited", "dead") and c.service in SERVICES]
+        halted = app_halted(project) if broken or any(c.restarts for c in containers) else None
+        if halted:
+            raise StackError(halted)
         if broken:
             first = broken[0]
             raise StackError(f"{first.name} exited with {first.exit_code}: {last_log(project, first)}")
@@ -288,30 +399,69 @@ def last_log(project: Project, container: Container) -> str:
     return " | ".join((logs.stdout + logs.stderr).strip().splitlines()[-3:]) or "no log output"
 
 
-def up(config: Effective, environ: Mapping[str, str] | None = None) -> Project:
+def up(config: Effective, environ: Mapping[str, str] | None, run_dir: Path) -> Project:
     settings = config.settings
     served = local.ensure_tls(settings)
     if served:
         write_tls_overlay(settings, served)
     project = Project(knob_environment(config, environ))
     published = [("HTTP_PORT", settings.http_port), *[("HTTPS_PORT", settings.https_port)] * bool(served)]
-    for knob, port in published if not project.running(NGINX.service) else []:
+    monitored = [("PROMETHEUS_PORT", settings.prometheus_port)] * settings.monitoring
+    for knob, port in [
+        *(published if not project.running(NGINX.service) else []),
+        *(monitored if not project.running(PROMETHEUS.service) else []),
+    ]:
         if port_in_use(LOOPBACK, port):
             raise StackError(f"{knob}: port {port} is already in use by another process; choose a free one")
     build(project)
+    print(check_image(project, config, run_dir))
     apps = project.running(APP.service)
     replicas = max(1, len(apps))  # `make up` keeps a `make scale`
     if project.unix_bind() and replicas > 1:
         raise StackError(one_socket_one_app(replicas))
     if apps and project.running(NGINX.service) and out_of_date(project, apps) and not project.unix_bind():
         replace_start_first(project, apps)  # with a unix bind compose recreates it stop-first
-    scaled = ("--scale", f"{APP.service}={replicas}", *own_services(settings))
-    start(project, "up", "-d", "--remove-orphans", *scaled)
+    if not settings.monitoring and any(project.containers(name) for name in MONITORING_SERVICES):
+        project.run(
+            "rm", "--stop", "--force", *MONITORING_SERVICES, profiles=MONITORING_PROFILE, capture=True
+        )
+    start(
+        project,
+        "up",
+        "-d",
+        "--remove-orphans",
+        "--scale",
+        f"{APP.service}={replicas}",
+        *own_services(settings),
+        profiles=profiles(settings),
+    )
     wait_healthy(project)
     print(f"stack is up (docker runtime, project {project.name}, app x{replicas}): {project.url()}")
     for line in tls.trust_hint(served, project.url(), project.plain_url()) if served else []:
         print(line)
+    if settings.monitoring:
+        print(monitoring.announce(monitoring.url(settings)))
     return project
+
+
+def image_where(project: Project, config: Effective) -> preflight.Where:
+    """The built app image, as the pre-flight and the validators run it."""
+    return preflight.in_image(project.app_image(), config, project.env)
+
+
+def check_image(project: Project, config: Effective, run_dir: Path) -> str:
+    """The pre-flight in the built app image: APP_MODULE loaded and started there (preflight.py)."""
+    return preflight.check_app(image_where(project, config), config, run_dir / preflight.LOG)
+
+
+def built_app_where(run_dir: Path, config: Effective, environ: Mapping[str, str]) -> preflight.Where:
+    """The app image built (only it) for the pre-flight of `make check`."""
+    if not engine_reachable():
+        raise Unavailable("no Docker engine reachable to build the app image in (start one, or DOCKER_HOST)")
+    project = Project(knob_environment(config, environ))
+    print("building the app image for the pre-flight ...", flush=True)
+    build(project, services=(APP.service,))
+    return image_where(project, config)
 
 
 def write_tls_overlay(settings: Settings, served: tls.Files) -> Path:
@@ -369,10 +519,10 @@ def container_readable(served: tls.Files) -> None:
             print(f"made {path} readable to all: the nginx container (uid {NGINX_UID}) must read it")
 
 
-def start(project: Project, *args: str) -> None:
+def start(project: Project, *args: str, profiles: tuple[str, ...] = ()) -> None:
     """`compose up`, with the one start failure that needs explaining translated into a knob."""
     try:
-        result = project.run(*args, capture=True)
+        result = project.run(*args, profiles=profiles, capture=True)
     except ComposeFailed as error:
         if "rlimit type 7" in error.output:  # RLIMIT_NOFILE
             nofile = project.env.get("COMPOSE_NOFILE", "16384")
@@ -381,8 +531,30 @@ def start(project: Project, *args: str) -> None:
                 "(its own hard limit is lower and it lacks CAP_SYS_RESOURCE); set COMPOSE_NOFILE to at most "
                 "the engine's `ulimit -Hn`"
             ) from None
+        halted = app_halted(project)
+        if halted:
+            raise StackError(halted) from None
         raise
     sys.stderr.write(result.stderr)
+
+
+def app_halted(project: Project) -> str | None:
+    """When an app container's gunicorn halted on a worker that could not load or start the app (exit 3 or
+    4, after the pre-flight passed: a failure under gunicorn only), the worker's own `APP_MODULE=...` line;
+    the container is stopped rather than restarted again and again (its log stays for `make logs`)."""
+    for container in project.containers(APP.service):
+        if container.status == "running" and not container.restarts:
+            continue
+        logs = subprocess.run(
+            ["docker", "logs", container.id], env=project.env, capture_output=True, text=True
+        )
+        said = preflight.halted_line(logs.stdout + logs.stderr)
+        if said is None:
+            continue
+        for step in (["update", "--restart", "no"], ["stop", "--time", "5"]):
+            subprocess.run(["docker", *step, container.id], env=project.env, capture_output=True)
+        return f"{said} (gunicorn halted in {container.name}; see `make logs`)"
+    return None
 
 
 def down(project: Project | None = None) -> None:
@@ -455,7 +627,7 @@ def out_of_date(project: Project, apps: list[Container]) -> bool:
     hashed = project.run("config", "--hash", APP.service, capture=True).stdout.split()
     current = hashed[-1] if hashed else ""
     image = subprocess.run(
-        ["docker", "image", "inspect", "--format", "{{.Id}}", "blueprint-app:local"],
+        ["docker", "image", "inspect", "--format", "{{.Id}}", project.app_image()],
         env=project.env, capture_output=True, text=True,
     ).stdout.strip()  # fmt: skip
     return any(c.config_hash != current or (image and c.image != image) for c in apps)
@@ -516,11 +688,13 @@ def wait_answering(
     passed since they were created: a container nginx skips after its boot-time refusal would leave nginx
     with no live server once the old ones go."""
     waiting = {c.id for c in apps}  # a container's hostname is its short id
+    # The platform's readiness names the host that answered, whatever the app (the probes answer first).
+    readiness = f"{project.url()}{project.settings().app_readiness_path}"
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         try:
-            info = httpx2.get(f"{project.url()}/api/info", timeout=2, verify=project.verification())
-            waiting.discard(info.json().get("hostname", "") if info.status_code == 200 else "")
+            info = httpx2.get(readiness, timeout=2, verify=project.verification())
+            waiting.discard(info.json().get("host", "") if info.status_code == 200 else "")
         except (httpx2.HTTPError, ValueError):
             pass
         if not waiting and time.monotonic() - since >= NGINX_FAIL_TIMEOUT_S:
@@ -560,11 +734,48 @@ def logs(follow: bool, project: Project | None = None) -> None:
     os.execvpe(command[0], command, project.env)
 
 
+def locust_target(settings: Settings) -> str:
+    """Where the compose Locust containers send their load: nginx's plain port, or with NGINX_TLS=1 its
+    HTTPS port by the name the generated certificate gives the nginx container, verified against the local
+    CA (write_tls_overlay). Raises StackError for a certificate of your own (NGINX_TLS_CERT): the
+    containers could verify it under no name we know."""
+    if not settings.nginx_tls:
+        return LOCUST_PLAIN_HOST
+    served = tls.files(settings)
+    if not served.generated:
+        raise StackError(
+            f"NGINX_TLS_CERT={served.cert}: the compose Locust UI verifies nginx as {tls.CONTAINER_NAME} "
+            "against the generated local CA, and a certificate of your own names other hosts; run Locust on "
+            "this host instead: `make loadtest HOST=https://<a name it carries>:<HTTPS_PORT>`"
+        )
+    return LOCUST_TLS_HOST
+
+
+def locust_web_ui(config: Effective, environ: Mapping[str, str], workers: int, web_port: int) -> None:
+    """Locust's web UI as the compose profile `loadtest` (master + workers), in the foreground until
+    Ctrl-C, against the stack's own knobs and `locust_target`."""
+    target = locust_target(config.settings)
+    print(
+        f"Locust web UI: http://{LOOPBACK}:{web_port}  (target {target} on the compose network; "
+        "compose profile loadtest; Ctrl-C stops)",
+        flush=True,
+    )
+    base = {**environ, "LOCUST_WEB_PORT": str(web_port)}
+    project = Project({**knob_environment(config, base), "LOCUST_WEB_PORT": str(web_port)})
+    build(project, loadtest=True)
+    scale = f"locust-worker={max(workers, 1)}"
+    project.run("up", "--scale", scale, "locust-master", "locust-worker", profiles=ALL_PROFILES)
+
+
 class Docker(Runtime):
     """The stack as the compose project COMPOSE_PROJECT_NAME on the engine behind DOCKER_HOST."""
 
+    compose_project = True
+    serves_locust_ui = True
+    unavailable = "no Docker engine reachable (`docker info` failed); start one or set DOCKER_HOST"
+
     def up(self, run_dir: Path, config: Effective, environ: Mapping[str, str]) -> None:
-        up(config, environ)
+        up(config, environ, run_dir)
 
     def reload(self, run_dir: Path, config: Effective, environ: Mapping[str, str]) -> None:
         reload(config, environ)
@@ -582,7 +793,14 @@ class Docker(Runtime):
         logs(follow, Project(environ))
 
     def port_knobs(self) -> tuple[str, ...]:
-        return ("HTTP_PORT", "HTTPS_PORT", "LOCUST_WEB_PORT")
+        return ("HTTP_PORT", "HTTPS_PORT", "LOCUST_WEB_PORT", "PROMETHEUS_PORT")
+
+    def app_where(self, run_dir: Path, config: Effective, environ: Mapping[str, str]) -> preflight.Where:
+        return built_app_where(run_dir, config, environ)
+
+    def preflight(self, run_dir: Path, config: Effective, environ: Mapping[str, str]) -> str:
+        where = self.app_where(run_dir, config, environ)
+        return preflight.check_app(where, config, run_dir / preflight.LOG)
 
     def stop_service(self, run_dir: Path, environ: Mapping[str, str], service: str) -> None:
         Project(environ).run("stop", service, capture=True)
@@ -596,6 +814,18 @@ class Docker(Runtime):
 
     def available(self) -> bool:
         return engine_reachable()
+
+    def host_facts(self, settings: Settings) -> HostFacts:
+        return HostFacts.docker(settings)
+
+    def locust_ui(self, config: Effective, environ: Mapping[str, str], workers: int, web_port: int) -> None:
+        locust_web_ui(config, environ, workers, web_port)
+
+    def container_filters(self, project: str, service: str) -> list[str]:
+        return [
+            *("--filter", f"label=com.docker.compose.project={project}"),
+            *("--filter", f"label=com.docker.compose.service={service}"),
+        ]
 
     def containers(self, environ: Mapping[str, str], service: str | None = None) -> list[Container]:
         project = Project(environ)

@@ -115,12 +115,17 @@ class EnvParser(argparse.ArgumentParser):
         self.error_type = error
         self.environ = os.environ if environ is None else environ
 
-    def add_argument(self, *flags: Any, env: str | None = None, **kwargs: Any) -> argparse.Action:
+    def add_argument(
+        self, *flags: Any, env: str | None = None, empty_is_value: bool = False, **kwargs: Any
+    ) -> argparse.Action:
+        """`empty_is_value`: NAME= given empty is a value (DRILL_WS= : no WebSockets), not the default."""
         if env is None:
             return super().add_argument(*flags, **kwargs)
         info, model = registry_field(env)
         default = tool_default(env.lower(), self.tool) if model is ToolInputs else info.default
-        given = self.environ.get(env) or None  # make exports an empty variable as ""
+        given = self.environ.get(env)
+        if not empty_is_value:
+            given = given or None  # make exports an empty variable as ""
         text = " ".join(filter(None, [info.description, kwargs.pop("help", None)]))
         kwargs["help"] = f"{text} [env {env}{shown(default)}]".replace("%", "%%")
         flag = kwargs.get("action") == "store_true"

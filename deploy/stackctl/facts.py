@@ -8,7 +8,6 @@ from __future__ import annotations
 import resource
 import shutil
 import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,8 +62,9 @@ class HostFacts:
     somaxconn: Fact
     open_files: Fact
     cpus: int
-    swarm: SwarmFacts | None = None  # set for the swarm runtime only
-    runtime: str = "local"  # where the stack runs: the checks that differ between runtimes ask it
+    swarm: SwarmFacts | None = None  # set for a stack on a swarm only
+    # The stack runs as docker-compose.yml's containers (its overlays set both ends of a unix bind).
+    compose: bool = False
 
     @classmethod
     def local(cls) -> HostFacts:
@@ -86,7 +86,7 @@ class HostFacts:
             Fact("COMPOSE_SOMAXCONN", settings.compose_somaxconn),
             Fact("COMPOSE_NOFILE", settings.compose_nofile),
             usable_cpus(),
-            runtime="docker",
+            compose=True,
         )
 
     @classmethod
@@ -100,21 +100,9 @@ class HostFacts:
         open_files = Fact("COMPOSE_NOFILE", settings.compose_nofile)
         if not api_at_least(swarm.api_version, SWARM_ULIMITS_API):
             open_files = Fact(f"ulimit -n of a task (engine API {swarm.api_version}: no ulimits)", 1024)
-        return cls(somaxconn, open_files, usable_cpus(), swarm, runtime="swarm")
+        return cls(somaxconn, open_files, usable_cpus(), swarm, compose=True)
 
     @classmethod
     def probed_swarm(cls, settings: Settings) -> HostFacts:
         """Asks the engine behind DOCKER_HOST (docker version, docker info)."""
         return cls.on_swarm(settings, SwarmFacts.probe())
-
-    @classmethod
-    def for_runtime(cls, runtime: str, settings: Settings) -> HostFacts:
-        gather = GATHER.get(runtime)
-        return gather(settings) if gather else cls.local()
-
-
-# How each runtime's facts are gathered; any other runtime runs on this host.
-GATHER: dict[str, Callable[[Settings], HostFacts]] = {
-    "docker": HostFacts.docker,
-    "swarm": HostFacts.probed_swarm,
-}

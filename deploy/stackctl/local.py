@@ -1,4 +1,5 @@
-"""The local runtime: the stack's components (components.py: redis-server, gunicorn and nginx) as background
+"""The local runtime: the stack's components (components.py: redis-server, gunicorn, nginx, and Prometheus and
+its nginx exporter with MONITORING=1) as background
 processes of this host, managed by pid.
 
 Everything a stack writes lives in one run directory (default `.run/local`): rendered configs, pid files,
@@ -21,8 +22,8 @@ from pathlib import Path
 
 import psutil
 
-from deploy.stackctl import tls
-from deploy.stackctl.components import APP, COMPONENTS, NGINX, Component, Launch
+from deploy.stackctl import appenv, preflight, tls
+from deploy.stackctl.components import APP, COMPONENTS, NGINX, Component, Launch, app_where
 from deploy.stackctl.components import GUNICORN_CONF as GUNICORN_CONF
 from deploy.stackctl.components import check_nginx as check_nginx
 from deploy.stackctl.components import check_unix_bind as check_unix_bind
@@ -65,10 +66,25 @@ def verification(served: tls.Files | None) -> ssl.SSLContext | bool:
     return tls.client_context(served) if served else True
 
 
+def wanted(components: Sequence[Component], settings: Settings) -> list[Component]:
+    """The components a stack with these knobs runs (MONITORING=1 adds Prometheus and the exporter)."""
+    return [component for component in components if component.wanted(settings)]
+
+
 def prepare(run: RunDir, config: Effective, components: Sequence[Component] = COMPONENTS) -> None:
     run.path.mkdir(parents=True, exist_ok=True)
-    for component in components:
+    for component in wanted(components, config.settings):
         component.prepare(run, config)
+
+
+def batches(components: Sequence[Component]) -> list[list[Component]]:
+    """Start order in steps: a component `after_ready` begins a new one (after the earlier are ready)."""
+    steps: list[list[Component]] = []
+    for component in components:
+        if component.after_ready or not steps:
+            steps.append([])
+        steps[-1].append(component)
+    return steps
 
 
 def rotating_log(path: Path, config: Effective) -> subprocess.Popen[bytes]:
@@ -97,15 +113,32 @@ def wait_ready(
     while time.monotonic() < deadline:
         for name, process in processes.items():
             if process.poll() is not None:
-                tail = launch.run.log(name).read_text(errors="replace").strip().splitlines()[-5:]
-                raise StackError(
-                    f"{name} exited with {process.returncode} while starting: {' | '.join(tail)}"
-                )
+                raise StackError(exited_while_starting(launch.run, name, process.returncode))
         waiting = [probe for probe in probes if not probe.ready(launch)]
         if not waiting:
             return
         time.sleep(0.2)
     raise StackError(f"{waiting[0].waiting(launch)} within {READY_WITHIN:.0f} s; see `make logs`")
+
+
+def exited_while_starting(run: RunDir, name: str, code: int | None) -> str:
+    """Why a component exited while starting: the app's own `APP_MODULE=...` line when a worker said one
+    (gunicorn halts on a worker's exit 3 or 4 instead of booting it again), else its log's last lines."""
+    text = run.log(name).read_text(errors="replace") if run.log(name).exists() else ""
+    said = preflight.halted_line(text)
+    if said is not None:
+        return f"{said} ({name} stopped, exit {code}; see {run.log(name)})"
+    errors = run.log(f"{name}-error")  # nginx writes its own to a file of its own
+    tail = (errors.read_text(errors="replace") if errors.exists() else text).strip().splitlines()[-5:]
+    return f"{name} exited with {code} while starting: {' | '.join(tail)}"
+
+
+def run_preflight(
+    run: RunDir, config: Effective, environ: Mapping[str, str] | None, components: Sequence[Component]
+) -> str:
+    """Every component's pre-flight, before anything starts: what they said, one line each."""
+    said = [component.preflight(run, config, environ) for component in components]
+    return "\n".join(line for line in said if line)
 
 
 def up(
@@ -117,17 +150,20 @@ def up(
     """Start the components in order (those these settings want); `environ` is the processes' environment
     (default: this one's)."""
     settings = config.settings
-    components = [component for component in components if component.wanted(settings)]
     state = run.load_state()
     if state and any(alive(pid) for pid in state.pids.values()):
         raise AlreadyRunning(state.url, run.path)
 
+    components = wanted(components, settings)
     ports = [address for component in components for address in component.listens(settings)]
     for knob, host, port in ports:
         if port_in_use(host, port):
             raise StackError(f"{knob}: port {port} is already in use by another process; choose a free one")
     for component in components:
         component.claims(settings)
+    said = run_preflight(run, config, environ, components)
+    if said:
+        print(said)
 
     served = ensure_tls(settings)
     prepare(run, config, components)
@@ -144,43 +180,64 @@ def up(
         settings.nginx_listen_address,
         settings.app_liveness_path,
         settings.app_metrics_path,
+        str(appenv.app_python(settings)),
     )
     launch = Launch(run, config, environ, state.url, verification(served))
-    commands = {component.name: component.command(launch) for component in components}
-    processes = {}
-    for component in components:
-        processes[component.name], state.started[component.name] = spawn(
-            component, launch, commands[component.name]
-        )
-    run.save_state(state)
+    processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        wait_ready(launch, processes, components)
+        for step in batches(components):
+            processes.update(start_processes(launch, step, state))
+            wait_ready(launch, processes, [c for c in components if c.name in processes])
     except StackError:
         down(run, quiet=True, components=components)
         raise
     print(f"stack is up (local runtime, {settings.workers} workers): {state.url}")
     for line in tls.trust_hint(served, state.url, state.plain_url) if served else []:
         print(line)
+    for component in components:
+        if component.announce:
+            print(component.announce(settings))
     return state
+
+
+def start_processes(
+    launch: Launch, components: Sequence[Component], state: State
+) -> dict[str, subprocess.Popen[bytes]]:
+    """Start these components, each with its log pipes, and record them in the state (saved)."""
+    commands = {component.name: component.command(launch) for component in components}
+    processes = {}
+    for component in components:
+        processes[component.name], state.started[component.name] = spawn(
+            component, launch, commands[component.name]
+        )
+    launch.run.save_state(state)
+    return processes
 
 
 def spawn(
     component: Component, launch: Launch, command: list[str]
 ) -> tuple[subprocess.Popen[bytes], Started]:
-    """One component's process, its output through a rotating log pipe."""
-    pipe = rotating_log(launch.run.log(component.name), launch.config)
+    """One component's process, its output through rotating log pipes (stderr its own with error_log)."""
+    pipes = [rotating_log(launch.run.log(name), launch.config) for name in component.logs]
     process = subprocess.Popen(
         command,
         cwd=component.cwd(launch),
         env=component.env(launch),
-        stdout=pipe.stdin,
-        stderr=subprocess.STDOUT,
+        stdout=pipes[0].stdin,
+        stderr=pipes[-1].stdin if component.error_log else subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
-    if pipe.stdin:
-        pipe.stdin.close()  # the server holds the write end now; EOF when it exits
-    started = Started(process.pid, pipe.pid, component.stop_signal.name, component.grace(launch.settings))
+    for pipe in pipes:
+        if pipe.stdin:
+            pipe.stdin.close()  # the server holds the write ends now; EOF when it exits
+    started = Started(
+        process.pid,
+        pipes[0].pid,
+        component.stop_signal.name,
+        component.grace(launch.settings),
+        pipes[-1].pid if component.error_log else 0,
+    )
     return process, started
 
 
@@ -192,7 +249,9 @@ def stop_component(run: RunDir, name: str) -> None:
         raise StackError(f"no {name} in the stack of {run.path}")
     each = state.started[name]
     stop(each.pid, signal.Signals[each.stop_signal], each.grace)
-    stop(each.log_pid, signal.SIGTERM, 5, wait_first=5)
+    for log_pid in (each.log_pid, each.error_log_pid):
+        if log_pid:
+            stop(log_pid, signal.SIGTERM, 5, wait_first=5)
 
 
 def start_component(
@@ -275,22 +334,31 @@ def reload(run: RunDir, config: Effective, components: Sequence[Component] = COM
             raise StackError(
                 f"{knob} changed from {old} to {new}: a reload cannot move ports; run `make down && make up`"
             )
-    for component in components:
-        if component.wanted(settings) != (component.name in state.started):
-            change = "stop" if component.name in state.started else "start"
+    components = wanted(components, settings)
+    running = [name for name in state.started if name not in (APP.name, NGINX.name)]
+    wanted_now = [c.name for c in components if c.name not in (APP.name, NGINX.name)]
+    if running != wanted_now:
+        # MONITORING decides Prometheus's; REDIS_URL and APP_MODULE whether the stack runs its own Redis.
+        knobs = f"MONITORING={settings.monitoring}, REDIS_URL={settings.redis_url or '(empty)'}"
+        raise StackError(
+            f"{knobs}: the stack runs {', '.join(running) or 'no'} extra components "
+            f"and would run {', '.join(wanted_now) or 'none'}; a reload starts and stops none: run "
+            "`make down && make up`"
+        )
+    before = {knob: port for knob, _, port in state.ports}
+    for knob, _, port in (address for c in components for address in c.listens(settings)):
+        if before.get(knob, port) != port:
             raise StackError(
-                f"these settings {change} {component.name} (REDIS_URL?): a reload cannot; run "
+                f"{knob} changed from {before[knob]} to {port}: a reload cannot move ports; run "
                 "`make down && make up`"
             )
-    recorded = {knob: port for knob, _, port in state.ports}
-    for component in components:
-        for knob, _, port in component.listens(settings) if component.wanted(settings) else []:
-            if knob in recorded and recorded[knob] != port:
-                raise StackError(
-                    f"{knob} changed from {recorded[knob]} to {port}: a reload cannot move ports; run "
-                    "`make down && make up`"
-                )
-    components = [component for component in components if component.wanted(settings)]
+    python = str(appenv.app_python(settings))
+    if state.app_python and python != state.app_python:
+        raise StackError(
+            f"APP_REQUIREMENTS={settings.app_requirements or '(empty)'}: the app's environment would change "
+            f"from {state.app_python} to {python}, and a reload keeps gunicorn's; run `make down && make up`"
+        )
+    run_preflight(run, config, None, components)  # a broken app refused while the old workers serve
     nginx_before = nginx_inputs(run, settings)
     served = ensure_tls(settings)
     old_workers = set(descendants(app))
@@ -299,6 +367,10 @@ def reload(run: RunDir, config: Effective, components: Sequence[Component] = COM
         component.check(run)
     nginx_changed = nginx_inputs(run, settings) != nginx_before
     os.kill(app, signal.SIGHUP)
+    for component in components:
+        pid = state.pids.get(component.name, 0)
+        if component.reload_signal is not None and pid:
+            signal_if_alive(pid, component.reload_signal)
     if nginx_changed:
         # Only then: a reloading nginx closes idle client keep-alive connections, and a client that sent a
         # request on one at that moment gets no answer (nginx cannot avoid it; clients that retry hide it).
@@ -339,8 +411,9 @@ def ps(run: RunDir, components: Sequence[Component] = COMPONENTS) -> None:
 def log_names(run: RunDir, components: Sequence[Component]) -> list[str]:
     """Every component's, and those of a stack started with others (its state names them)."""
     state = run.load_state()
-    names = [component.name for component in components]
-    return names + [name for name in (state.started if state else {}) if name not in names]
+    names = [name for component in components for name in component.logs]
+    others = [name for name in (state.started if state else {}) if name not in names]
+    return names + others + [f"{name}-error" for name in others]
 
 
 def logs(run: RunDir, follow: bool, components: Sequence[Component] = COMPONENTS) -> None:
@@ -356,6 +429,7 @@ class Local(Runtime):
     """The stack's components as processes of this host, by pid (state.json in the run dir)."""
 
     needs_record = True
+    processes_here = True
 
     def __init__(self, components: Sequence[Component] = COMPONENTS) -> None:
         self.components = tuple(components)
@@ -383,6 +457,12 @@ class Local(Runtime):
 
     def port_knobs(self) -> tuple[str, ...]:
         return tuple(knob for component in self.components for knob in component.port_knobs)
+
+    def app_where(self, run_dir: Path, config: Effective, environ: Mapping[str, str]) -> preflight.Where:
+        return app_where(config, environ)
+
+    def preflight(self, run_dir: Path, config: Effective, environ: Mapping[str, str]) -> str:
+        return run_preflight(RunDir(run_dir), config, environ, self.components)
 
     def component(self, service: str) -> Component:
         for component in self.components:
@@ -414,5 +494,12 @@ class Local(Runtime):
         return state.pids if state else {}
 
     def log_files(self, run_dir: Path) -> dict[str, Path]:
+        """Of the components the stack in run_dir started (without a record: of every component)."""
         run = RunDir(run_dir)
-        return {component.name: run.log(component.name) for component in self.components}
+        state = run.load_state()
+        started = [c for c in self.components if state is None or c.name in state.started]
+        return {name: run.log(name) for component in started for name in component.logs}
+
+    def log_pids(self, run_dir: Path) -> list[int]:
+        state = RunDir(run_dir).load_state()
+        return state.log_pids if state else []

@@ -120,8 +120,11 @@ def keepalive_order(settings: Settings, host: HostFacts) -> list[Finding]:
 
 
 def websocket_ping_order(settings: Settings, host: HostFacts) -> list[Finding]:
+    """NGINX_WS_READ_TIMEOUT is that of every location of NGINX_WEBSOCKET_PATHS: the claim names them."""
     silence = settings.uvicorn_ws_ping_interval + settings.uvicorn_ws_ping_timeout
-    return below(
+    paths = settings.nginx_websocket_paths
+    where = f"on every path of NGINX_WEBSOCKET_PATHS={paths}" if paths else "(NGINX_WEBSOCKET_PATHS is empty)"
+    findings = below(
         (2, None),
         combined(
             f"UVICORN_WS_PING_INTERVAL={shown(settings.uvicorn_ws_ping_interval)} + "
@@ -131,10 +134,13 @@ def websocket_ping_order(settings: Settings, host: HostFacts) -> list[Finding]:
             knob(settings, "uvicorn_ws_ping_timeout"),
         ),
         knob(settings, "nginx_ws_read_timeout"),
-        "nginx closes a WebSocket tunnel that stays silent for NGINX_WS_READ_TIMEOUT; the client sees 1006",
+        "nginx closes a WebSocket tunnel on one of NGINX_WEBSOCKET_PATHS that stays silent for "
+        "NGINX_WS_READ_TIMEOUT; the client sees 1006",
         "lower UVICORN_WS_PING_INTERVAL/UVICORN_WS_PING_TIMEOUT or raise NGINX_WS_READ_TIMEOUT above "
         f"{shown(silence)}",
     )
+    values = {"NGINX_WEBSOCKET_PATHS": paths}
+    return [replace(f, claim=f"{f.claim} {where}", values={**f.values, **values}) for f in findings]
 
 
 def request_timeout_order(settings: Settings, host: HostFacts) -> list[Finding]:
@@ -551,7 +557,7 @@ def swarm_hardening(settings: Settings, host: HostFacts) -> list[Finding]:
 
 def unix_socket_on_swarm(settings: Settings, host: HostFacts) -> list[Finding]:
     bind = settings.gunicorn_bind
-    if unix_socket_path(bind) is None or host.runtime != "swarm":
+    if unix_socket_path(bind) is None or host.swarm is None:
         return []
     return [
         Finding(
@@ -569,9 +575,9 @@ def unix_socket_findings(settings: Settings, host: HostFacts) -> list[Finding]:
     """GUNICORN_BIND=unix:path: nginx connects to the socket, so host:port upstream knobs do not apply, and
     uvicorn sees no peer address. In containers deploy/compose.unix.yml sets both ends; swarm cannot."""
     bind = settings.gunicorn_bind
-    if unix_socket_path(bind) is None or host.runtime == "swarm":
+    if unix_socket_path(bind) is None or host.swarm is not None:
         return []
-    if host.runtime == "docker":
+    if host.compose:
         return []  # the overlay fixes the socket's path, nginx's upstream and the trusted peers
     findings = []
     if settings.nginx_upstream and settings.nginx_upstream != bind:

@@ -23,6 +23,7 @@ class Started:
     log_pid: int
     stop_signal: str  # a signal's name, e.g. SIGQUIT
     grace: float  # seconds it may take to exit before SIGKILL
+    error_log_pid: int = 0  # the log pipe of its stderr, when it has an error log of its own
 
 
 @dataclass
@@ -38,6 +39,7 @@ class State:
     listen_address: str = LOOPBACK
     liveness_path: str = "/healthz"  # APP_LIVENESS_PATH
     metrics_path: str = "/metrics"  # APP_METRICS_PATH
+    app_python: str = ""  # the python gunicorn runs with (appenv.py); a reload cannot change it
 
     @property
     def pids(self) -> dict[str, int]:
@@ -45,7 +47,7 @@ class State:
 
     @property
     def log_pids(self) -> list[int]:
-        return [each.log_pid for each in self.started.values()]
+        return [pid for each in self.started.values() for pid in (each.log_pid, each.error_log_pid) if pid]
 
     @property
     def host(self) -> str:
@@ -81,6 +83,7 @@ class RunDir:
             "nginx_conf": "nginx.conf",
             "nginx_dir": "nginx",
             "metrics_dir": "metrics",
+            "prometheus_dir": "prometheus",  # its rendered config, and its storage in data/
         }
         if name not in files:
             raise AttributeError(name)

@@ -17,6 +17,7 @@ stack runs with instead of guessing from its own defaults.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deploy.stackctl import check, docker, procs, rules, runtimes, swarm, tls
+from deploy.stackctl import check, docker, procs, rules, runtimes, swarm
 from deploy.stackctl.components import APP
 from deploy.stackctl.config import (
     KEPT,
@@ -39,13 +40,12 @@ from deploy.stackctl.config import (
     read_env_file,
 )
 from deploy.stackctl.errors import StackError
-from deploy.stackctl.facts import HostFacts
 from deploy.stackctl.rundir import RunDir, pinned_paths
 from deploy.stackctl.runtime import Name
 from deploy.stackctl.runtime import Runtime as Backend
 from service.settings import ConfigError, Settings, load_settings
 
-__all__ = ["ConfigError", "Handle", "StackError", "attach", "findings", "running", "start"]
+__all__ = ["Backend", "ConfigError", "Handle", "StackError", "attach", "findings", "running", "start"]
 
 Runtime = Name  # a runtime's name; its implementation (a runtime.Runtime) is runtimes.RUNTIMES[name]
 RUNTIMES: tuple[Runtime, ...] = tuple(runtimes.RUNTIMES)
@@ -55,11 +55,16 @@ RECORD = "stack.json"
 OWNED_BY_RUNTIME = (
     *("HTTP_PORT", "HTTPS_PORT", "NGINX_STATUS_PORT", "GUNICORN_BIND"),
     *("NGINX_LISTEN_PORT", "NGINX_HTTPS_LISTEN_PORT", "NGINX_RUN_DIR"),
+    *("PROMETHEUS_PORT", "PROMETHEUS_NGINX_EXPORTER_PORT"),
 )
 
 
-docker_engine_reachable = docker.engine_reachable
 resolve_runtime = runtimes.resolve
+
+
+def backend(runtime: Runtime) -> Backend:
+    """What a runtime can do (runtime.Runtime): callers ask its methods and capabilities, not its name."""
+    return runtimes.RUNTIMES[runtime]
 
 
 def configured_runtime(run_dir: Path = DEFAULT_RUN_DIR, base: Mapping[str, str] | None = None) -> Runtime:
@@ -80,7 +85,7 @@ def existing_runtime(run_dir: Path = DEFAULT_RUN_DIR) -> Runtime:
     if previous is not None:
         return previous.runtime
     for name in RUNTIMES:
-        if runtimes.RUNTIMES[name].left_state(run_dir):
+        if backend(name).left_state(run_dir):
             return name
     return resolve_runtime("auto")
 
@@ -138,20 +143,21 @@ class Handle:
 
     @property
     def backend(self) -> Backend:
-        return runtimes.RUNTIMES[self.runtime]
+        return backend(self.runtime)
 
     @property
     def settings(self) -> Settings:
         return self.config.settings
 
-    @property
+    @functools.cached_property
     def url(self) -> str:
-        """Where clients reach the stack: its HTTPS URL when NGINX_TLS=1 (the plain port only redirects)."""
-        return self.backend.url(self.settings)
+        """Where clients reach the stack: its HTTPS URL when NGINX_TLS=1 (the plain port only redirects);
+        on a swarm, the address of nginx's edge node (asked once)."""
+        return self.backend.url(self.settings, self.knob_environment())
 
-    @property
+    @functools.cached_property
     def plain_url(self) -> str:
-        return self.backend.plain_url(self.settings)
+        return self.backend.plain_url(self.settings, self.knob_environment())
 
     @property
     def ws_url(self) -> str:
@@ -181,6 +187,10 @@ class Handle:
         """Each component's log file by name; local stacks only."""
         return self.backend.log_files(self.run_dir)
 
+    def log_pids(self) -> list[int]:
+        """The processes writing the components' logs; local stacks only."""
+        return self.backend.log_pids(self.run_dir)
+
     def project(self) -> docker.Project:
         return docker.Project(self.knob_environment())
 
@@ -189,6 +199,10 @@ class Handle:
 
     def swarm_stack(self) -> swarm.Stack:
         return swarm.Stack(self.knob_environment())
+
+    def scale(self, replicas: int) -> None:
+        """Run `replicas` app instances behind nginx (`make scale`; not on the local runtime)."""
+        self.backend.scale(self.run_dir, self.config, self.environ, replicas)
 
     def stop_service(self, service: str) -> None:
         """Stop one service (`redis`, ...) while the rest of the stack runs on: local and docker runtimes."""
@@ -275,7 +289,7 @@ def start(
     if enforce_rules:
         check.refuse_unsafe(config, runtime, "up", unsafe_allowed(environ))
     with quietly(quiet):
-        runtimes.RUNTIMES[runtime].up(run_dir, config, environ)
+        backend(runtime).up(run_dir, config, environ)
     handle = Handle(runtime, run_dir.resolve(), config, environ)
     record(handle.run_dir, runtime, handle.url, config)
     return handle
@@ -298,7 +312,7 @@ def running(
             if handle is not None:
                 handle.stop()
             else:
-                runtimes.RUNTIMES[runtime].abandon(run_dir)
+                backend(runtime).abandon(run_dir)
 
 
 @contextlib.contextmanager
@@ -330,36 +344,19 @@ def findings(
 ) -> list[rules.Finding]:
     """Every verdict of the ordering rules (and advice) for these knobs over `base`; nothing starts."""
     config = effective(*environment(knobs, base))
-    return rules.evaluate(config.settings, HostFacts.for_runtime(runtime, config.settings))
+    return rules.evaluate(config.settings, backend(runtime).host_facts(config.settings))
 
 
-def locust_web_ui(run_dir: Path, workers: int, web_port: int) -> None:
-    """Docker runtime: Locust's web UI as the compose profile `loadtest` (master + workers), in the
-    foreground until Ctrl-C, against the stack's own knobs and `locust_target`."""
-    locust_target(run_dir)
+def locust_web_ui(run_dir: Path, runtime: Runtime, workers: int, web_port: int) -> None:
+    """Locust's web UI run by the stack itself (Runtime.serves_locust_ui), in the foreground until Ctrl-C,
+    against the knobs of the stack in run_dir (else the configured ones)."""
     handle = attach(run_dir)
     config = handle.config if handle else configure(run_dir)
-    base = {**(handle.environ if handle else os.environ), "LOCUST_WEB_PORT": str(web_port)}
-    project = docker.Project({**knob_environment(config, base), "LOCUST_WEB_PORT": str(web_port)})
-    docker.build(project, loadtest=True)
-    scale = f"locust-worker={max(workers, 1)}"
-    project.run("up", "--scale", scale, "locust-master", "locust-worker", profiles=docker.ALL_PROFILES)
+    backend(runtime).locust_ui(config, handle.environ if handle else os.environ, workers, web_port)
 
 
 def locust_target(run_dir: Path) -> str:
-    """Where the compose Locust containers send their load: nginx's plain port, or with NGINX_TLS=1 its
-    HTTPS port by the name the generated certificate gives the nginx container, verified against the local
-    CA (docker.write_tls_overlay). Raises StackError for a certificate of your own (NGINX_TLS_CERT): the
-    containers could verify it under no name we know."""
+    """Where the compose Locust containers send their load (docker.locust_target) for the stack in
+    run_dir (else the configured one)."""
     handle = attach(run_dir)
-    settings = (handle.config if handle else configure(run_dir)).settings
-    if not settings.nginx_tls:
-        return docker.LOCUST_PLAIN_HOST
-    served = tls.files(settings)
-    if not served.generated:
-        raise StackError(
-            f"NGINX_TLS_CERT={served.cert}: the compose Locust UI verifies nginx as {tls.CONTAINER_NAME} "
-            "against the generated local CA, and a certificate of your own names other hosts; run Locust on "
-            "this host instead: `make loadtest HOST=https://<a name it carries>:<HTTPS_PORT>`"
-        )
-    return docker.LOCUST_TLS_HOST
+    return docker.locust_target((handle.config if handle else configure(run_dir)).settings)

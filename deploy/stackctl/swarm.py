@@ -17,26 +17,35 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import yaml  # type: ignore[import-untyped]  # PyYAML comes with uvicorn[standard]
 
-from deploy.stackctl import docker, local, tls
+from deploy.stackctl import docker, local, monitoring, preflight, tls
 from deploy.stackctl.components import APP, NGINX, REDIS
-from deploy.stackctl.config import ROOT, Effective
+from deploy.stackctl.config import KNOBS, ROOT, Effective, dump
 from deploy.stackctl.errors import StackError
+from deploy.stackctl.facts import HostFacts
 from deploy.stackctl.ports import LOOPBACK, port_in_use
 from deploy.stackctl.runtime import Runtime
+from deploy.stackctl.validation import Validation, ValidationStatus
+from service.settings import Settings
 
 SWARM_FILE = ROOT / "deploy" / "swarm.yml"
 STACK_FILE = "stack.yml"
 LOCUST_SERVICES = ("locust-master", "locust-worker")
+# Services whose compose ports a stack does not publish: the Locust web UI and Prometheus have no login, and
+# swarm binds a published port on every address of a node, never on loopback alone.
+UNPUBLISHED = ("locust-master", "prometheus")
 ADVERTISE_ADDRESS = "127.0.0.1"
 CONVERGE_WITHIN = 240.0
 FAILED_TASKS = 3  # new failed tasks of one service before a wait gives up
@@ -47,7 +56,8 @@ NGINX_RUN_DIR = "/tmp/nginx"  # docker-compose.yml's, inside the nginx container
 DROPPED = {
     "build": "stackctl builds and tags the images (and pushes them to SWARM_REGISTRY)",
     "depends_on": "no start order in swarm: nginx waits until tasks.app resolves (a healthy app task)",
-    "profiles": "the Locust services are in the stack when SWARM_LOCUST_WORKERS > 0",
+    "profiles": "the Locust services are in the stack when SWARM_LOCUST_WORKERS > 0, Prometheus and the "
+    "exporter when MONITORING=1",
     "restart": "deploy.restart_policy of deploy/swarm.yml",
     "security_opt": "nothing: no-new-privileges is not applied (the `swarm hardening` warning)",
     "expose": "nothing needed: tasks on the overlay network reach each other on any port",
@@ -71,10 +81,13 @@ def run(*args: str, env: Mapping[str, str] | None = None, timeout: float = 120) 
 @dataclass(frozen=True)
 class Task:
     id: str
+    name: str  # app.1, nginx.<node id>: the service's short name and the slot (or node)
     service: str  # short name: app, nginx, ...
     state: str  # running, starting, failed, ... (the first word of CurrentState, lower case)
     desired: str
     error: str
+    node: str  # the hostname of the node it was placed on ("" while pending)
+    ports: str = ""  # as `docker stack ps` shows them: one entry per address the port is bound on
 
 
 @dataclass(frozen=True)
@@ -142,10 +155,13 @@ class Stack:
             tasks.append(
                 Task(
                     id=data["ID"],
+                    name=self.short_name(data["Name"]),
                     service=self.short_name(data["Name"].split(".")[0]),
                     state=(data["CurrentState"].split() or ["?"])[0].lower(),
                     desired=data["DesiredState"].lower(),
-                    error=data.get("Error", ""),
+                    error=data.get("Error", "").strip('"'),
+                    node=data.get("Node", ""),
+                    ports=data.get("Ports", ""),
                 )
             )
         return tasks
@@ -157,10 +173,37 @@ class Stack:
         label = f"label=com.docker.swarm.service.name={self.full_name(service)}"
         return self.docker("ps", "-q", "--filter", label).split()
 
-    def url(self) -> str:
+    def node_address(self, node: str) -> str:
+        """A node's address as the swarm knows it (its advertise address); a manager may report 0.0.0.0
+        there (moby #35437), its manager address is then the one."""
+        found = self.docker(
+            "node", "inspect", "--format", "{{.Status.Addr}} {{with .ManagerStatus}}{{.Addr}}{{end}}", node
+        ).split()
+        status = found[0] if found else ""
+        if status in ("", "0.0.0.0") and len(found) > 1:
+            return found[1].rsplit(":", 1)[0]
+        return status or LOOPBACK
+
+    def edge_host(self, tasks: list[Task] | None = None) -> str:
+        """Where clients reach nginx. A single node is this host: 127.0.0.1 (whatever address it
+        advertises, so a generated certificate for 127.0.0.1 still verifies). On several nodes nginx runs
+        on edge nodes (SWARM_NGINX_CONSTRAINT), each publishing HTTP_PORT on its own address: the address of
+        the first of them by name, or 127.0.0.1 while none runs nginx."""
+        if self.node_count() <= 1:
+            return LOOPBACK
+        tasks = self.tasks() if tasks is None else tasks
+        running = [t for t in tasks if t.service == NGINX.service and t.desired == t.state == "running"]
+        nodes = sorted(t.node for t in running if t.node)
+        return self.node_address(nodes[0]) if nodes else LOOPBACK
+
+    def url(self, host: str | None = None) -> str:
+        host = self.edge_host() if host is None else host
         if self.env.get("NGINX_TLS") == "1":
-            return f"https://{LOOPBACK}:{self.env.get('HTTPS_PORT', '8443')}"
-        return f"http://{LOOPBACK}:{self.env.get('HTTP_PORT', '8080')}"
+            return f"https://{host}:{self.env.get('HTTPS_PORT', '8443')}"
+        return f"http://{host}:{self.env.get('HTTP_PORT', '8080')}"
+
+    def node_count(self) -> int:
+        return len(self.docker("node", "ls", "-q").split())
 
 
 def ensure_swarm(env: Mapping[str, str]) -> None:
@@ -187,8 +230,10 @@ def locust_wanted(config: Effective) -> bool:
 def rendered_config(config: Effective, env: Mapping[str, str], locust: bool) -> dict[str, Any]:
     """docker-compose.yml + deploy/swarm.yml, merged and interpolated by compose itself."""
     compose = docker.compose_command()
-    profiles = docker.ALL_PROFILES if locust else ()
-    command = [*compose, "-f", str(docker.COMPOSE_FILE), "-f", str(SWARM_FILE), *profiles, "config"]
+    profiles = (*docker.LOADTEST_PROFILE * locust, *docker.profiles(config.settings))
+    app = docker.Project(env).app_overlay()  # another app's image (APP_SRC, APP_REQUIREMENTS)
+    files = [docker.COMPOSE_FILE, SWARM_FILE, *([app] if app else [])]
+    command = [*compose, *(arg for path in files for arg in ("-f", str(path))), *profiles, "config"]
     result = subprocess.run(command, cwd=ROOT, env=dict(env), capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
@@ -234,11 +279,15 @@ def stack_file(data: dict[str, Any], config: Effective) -> tuple[dict[str, Any],
     settings = config.settings
     changed: dict[str, list[str]] = {}
     services: dict[str, Any] = data.get("services", {})
+    # deploy/swarm.yml names them without their profile, and compose then keeps them whatever the profiles.
     if settings.swarm_locust_workers == 0:
         for name in LOCUST_SERVICES:
             services.pop(name, None)
-    if settings.redis_url:
-        services.pop(REDIS.service, None)  # the app's REDIS_URL names another Redis
+    if not settings.monitoring:
+        for name in docker.MONITORING_SERVICES:
+            services.pop(name, None)
+    if not REDIS.wanted(settings):
+        services.pop(REDIS.service, None)  # REDIS_URL names another Redis, or the app is not the demo
     for name, service in services.items():
         for key in (*DROPPED, *CONVERTED):
             if key in service:
@@ -248,6 +297,8 @@ def stack_file(data: dict[str, Any], config: Effective) -> tuple[dict[str, Any],
         mounts = [tmpfs_mount(entry) for entry in service.pop("tmpfs", None) or []]
         if mounts:
             service["volumes"] = [*service.get("volumes", []), *mounts]
+        if name in UNPUBLISHED:
+            service.pop("ports", None)
         if "ports" in service:
             service["ports"] = swarm_ports(service["ports"])
         for resources in (service.get("deploy", {}).get("resources") or {}).values():
@@ -285,9 +336,22 @@ def tag_images(
             run("tag", local, ref, env=env)
             if registry:
                 print(f"pushing {ref} ...", flush=True)
-                run("push", ref, env=env, timeout=1800)
+                push(ref, registry, env)
             done[local] = ref
         service["image"] = done[local]
+
+
+def push(ref: str, registry: str, env: Mapping[str, str]) -> None:
+    """`docker push` by the manager's engine; a registry it cannot reach is said in one line naming
+    SWARM_REGISTRY and the node."""
+    try:
+        run("push", ref, env=env, timeout=1800)
+    except StackError as error:
+        node = run("info", "--format", "{{.Name}}", env=env).strip() or "the manager"
+        detail = str(error).split(" failed: ", 1)[-1]
+        raise StackError(
+            f"SWARM_REGISTRY={registry}: node {node} (the manager, DOCKER_HOST) cannot push {ref}: {detail}"
+        ) from None
 
 
 def with_tls(stack: dict[str, Any], served: tls.Files, https_port: int, name: str) -> None:
@@ -344,7 +408,9 @@ def deploy(
     env = deploy_environment(config, environ, stack)
     keep = None
     if build:
-        docker.build(docker.Project(env), loadtest=locust_wanted(config))
+        project = docker.Project(env)
+        docker.build(project, loadtest=locust_wanted(config))
+        print(docker.check_image(project, config, run_dir), flush=True)
     else:
         keep = {name: service.image for name, service in stack.services().items()}
     path = render(config, env, run_dir, keep)
@@ -365,13 +431,21 @@ def up(config: Effective, environ: Mapping[str, str] | None, run_dir: Path) -> S
     ports = {"HTTP_PORT": config.settings.http_port}
     if config.settings.nginx_tls:
         ports["HTTPS_PORT"] = config.settings.https_port
+    # On one node nginx publishes on this host; on several it runs on edge nodes, whose ports we cannot see.
+    here = Stack(env).node_count() == 1
     for knob, port in ports.items():
-        if NGINX.service not in Stack(env).services() and port_in_use(LOOPBACK, port):
+        if here and NGINX.service not in Stack(env).services() and port_in_use(LOOPBACK, port):
             raise StackError(f"{knob}: port {port} is already in use by another process; choose a free one")
     stack, before = deploy(config, environ, run_dir)
     wait_converged(stack, config, before)
     apps = stack.services()[APP.service].replicas
     print(f"stack is up (swarm runtime, stack {stack.name}, app x{apps}): {stack.url()}")
+    if config.settings.monitoring:
+        print(
+            monitoring.announce(
+                f"not published (docs/SWARM.md): http://prometheus:9090 on {stack.name}_default"
+            )
+        )
     return stack
 
 
@@ -428,32 +502,100 @@ def wait_converged(
     stack: Stack, config: Effective, before: Iterable[str], within: float = CONVERGE_WITHIN
 ) -> None:
     """Until every service runs its desired tasks, all healthy (a task with a HEALTHCHECK is `running`
-    only once healthy), no update is in progress, nginx here balances over every app task, and /healthz
-    answers through nginx."""
+    only once healthy), no update is in progress, nginx balances over every app task and no other, and
+    /healthz answers through nginx on its edge node's address."""
     known = set(before)
     updates_before = {name: s.update_started for name, s in stack.services().items()}
     deadline = time.monotonic() + within
     verify = local.verification(tls.files(config.settings) if config.settings.nginx_tls else None)
+    if config.settings.nginx_tls and stack.node_count() > 1:
+        # The edge is known here by its address, which a certificate for the edge's names does not carry:
+        # readiness is checked without the name; clients verify the names the certificate has.
+        verify = False
     pending_since: dict[str, float] = {}
     waiting = "nginx's public port"
     while time.monotonic() < deadline:
         services = stack.services()
         tasks = stack.tasks()
+        check_pulls(config, tasks, known)
         for service in services.values():
             check_update(service, updates_before.get(service.name))
             check_failures(stack, config, service, [t for t in tasks if t.service == service.name], known)
             check_pending(config, service, tasks, pending_since)
         lagging = [name for name, service in services.items() if not converged(service, tasks)]
+        url = stack.url(stack.edge_host(tasks))
         if not lagging and APP.service in services:
-            apps = len([t for t in tasks if t.service == APP.service and t.desired == t.state == "running"])
-            if any(count != apps for count in nginx_upstreams(stack)):
-                lagging = [f"nginx to balance over {apps} app task(s)"]
-        waiting = ", ".join(lagging) or waiting
-        liveness = f"{stack.url()}{config.settings.app_liveness_path}"
-        if services and not lagging and docker.answers(liveness, verify):
+            lagging = nginx_lagging(stack, tasks, url, verify)
+        waiting = ", ".join(lagging) or f"nginx's public port ({url})"
+        if services and not lagging and docker.answers(f"{url}{config.settings.app_liveness_path}", verify):
             return
         time.sleep(1)
     raise StackError(f"not converged within {within:.0f} s: {waiting}; see `make ps` and `make logs`")
+
+
+def nginx_lagging(stack: Stack, tasks: list[Task], url: str, verify: ssl.SSLContext | bool) -> list[str]:
+    """What nginx still lacks: an nginx on this node is asked which app addresses it balances over; one
+    on another node (whose containers this engine cannot enter) is asked through its port which tasks
+    answer /api/info, until every running app task has and no other."""
+    apps = [t for t in tasks if t.service == APP.service and t.desired == t.state == "running"]
+    counts = nginx_upstreams(stack)
+    if counts:
+        behind = any(count != len(apps) for count in counts)
+        return [f"nginx to balance over {len(apps)} app task(s)"] if behind else []
+    expected = task_hostnames(stack, apps)
+    seen = served_by(url, verify, 4 * len(apps))
+    if seen is None or seen == expected:
+        return []
+    if seen - expected:
+        return [f"nginx to stop sending to {len(seen - expected)} app task(s) that no longer run"]
+    return [f"nginx to send to all {len(expected)} app task(s) (answers from {len(seen)})"]
+
+
+def task_hostnames(stack: Stack, tasks: list[Task]) -> set[str]:
+    """The hostname each task's container has (its container id's first 12 digits, Docker's default)."""
+    if not tasks:
+        return set()
+    found = stack.docker(
+        "inspect", "--format", "{{.Status.ContainerStatus.ContainerID}}", *[t.id for t in tasks]
+    )
+    return {container[:12] for container in found.split()}
+
+
+def served_by(url: str, verify: ssl.SSLContext | bool, requests: int) -> set[str] | None:
+    """The app hostnames that answered `requests` GET /api/info through nginx; None when nginx does not
+    answer yet (the /healthz check says so)."""
+    seen = set()
+    try:
+        with httpx2.Client(verify=verify, timeout=2) as client:
+            for _ in range(requests):
+                response = client.get(f"{url}/api/info")
+                if response.status_code != 200:
+                    return None
+                seen.add(str(response.json().get("hostname", "")))
+    except (httpx2.HTTPError, ValueError):
+        return None
+    return seen
+
+
+def check_pulls(config: Effective, tasks: list[Task], known: set[str]) -> None:
+    """A task rejected for want of its image: the node could not pull it. Said at once, in one line naming
+    the node and SWARM_REGISTRY: swarm would go on placing tasks elsewhere, or retrying for ever."""
+    registry = config.settings.swarm_registry
+    for task in tasks:
+        if task.id in known or task.state not in ("rejected", "failed") or "No such image" not in task.error:
+            continue
+        image = task.error.split("No such image: ", 1)[-1].split("@")[0]
+        if registry:
+            why = (
+                f"it has not got {image} and could not pull it from SWARM_REGISTRY={registry}: every node "
+                "must reach that address (a plain-HTTP registry also in each engine's insecure-registries)"
+            )
+        else:
+            why = (
+                f"it has not got {image}, and SWARM_REGISTRY is empty: the images exist only on the node "
+                "that built them; set SWARM_REGISTRY to a registry every node can pull from (docs/SWARM.md)"
+            )
+        raise StackError(f"{task.service}: node {task.node or '?'} cannot run its task: {why}")
 
 
 def converged(service: Service, tasks: list[Task]) -> bool:
@@ -517,7 +659,13 @@ def down(stack: Stack | None = None, within: float = 120.0) -> None:
     while time.monotonic() < deadline:
         left = leftovers(stack)
         if not left:
-            print(f"removed swarm stack {stack.name}: services, containers and network (the swarm stays)")
+            if stack.node_count() > 1:
+                print(
+                    f"removed swarm stack {stack.name}: services, network and this node's containers (the "
+                    "swarm stays); the other nodes stop theirs within COMPOSE_STOP_GRACE_PERIOD"
+                )
+            else:
+                print(f"removed swarm stack {stack.name}: services, containers and network (the swarm stays)")
             return
         if left == ["network"]:  # the manager retries; remove it ourselves once nothing uses it
             for network in stack.docker("network", "ls", "-q", "--filter", stack.label()).split():
@@ -541,12 +689,24 @@ def leftovers(stack: Stack) -> list[str]:
 
 
 def ps(stack: Stack | None = None) -> None:
+    """The services, then each running task with its node and ports. Docker binds a host-mode port on
+    IPv4 and IPv6 (a docker-proxy each) and `docker stack ps` lists it once per binding; listed once here."""
     stack = stack or Stack()
     if not stack.exists():
         print(f"no swarm stack {stack.name}")
         return
     print(stack.docker("stack", "services", stack.name), end="")
-    print(stack.docker("stack", "ps", stack.name, "--filter", "desired-state=running"), end="")
+    tasks = [t for t in stack.tasks() if t.desired == "running"]
+    rows = [("TASK", "ID", "NODE", "STATE", "PORTS", "ERROR")]
+    rows += [(t.name[:24], t.id[:12], t.node, t.state, unique_ports(t.ports), t.error) for t in tasks]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print(f"nginx: {stack.url(stack.edge_host(tasks))}")
+
+
+def unique_ports(ports: str) -> str:
+    return ",".join(dict.fromkeys(p.strip() for p in ports.split(",") if p.strip()))
 
 
 def logs(follow: bool, stack: Stack | None = None) -> None:
@@ -566,10 +726,47 @@ def logs(follow: bool, stack: Stack | None = None) -> None:
     sys.stdout.flush()
 
 
+def validate(config: Effective) -> Validation:
+    """The stack file `make up` would deploy (images left at their local tags), checked by `docker stack
+    config`; the detail names what the stack drops or converts from docker-compose.yml."""
+    name = "docker stack config"
+    env = {**os.environ, **{knob: dump(config.settings, knob) for knob in KNOBS}}
+    try:
+        data = rendered_config(config, env, locust_wanted(config))
+    except StackError as error:
+        status: ValidationStatus = "skipped" if "not installed" in str(error) else "failed"
+        return Validation("swarm", name, status, str(error))
+    stack, changed = stack_file(data, config)
+    with tempfile.TemporaryDirectory(prefix="stack-check-") as scratch:
+        path = Path(scratch) / STACK_FILE
+        path.write_text(json.dumps(stack))
+        try:
+            result = subprocess.run(
+                ["docker", "stack", "config", "-c", str(path)], capture_output=True, text=True, timeout=60
+            )
+        except OSError as error:
+            return Validation("swarm", name, "skipped", f"the docker CLI cannot run: {error}")
+    if result.returncode != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines() or [f"exit {result.returncode}"]
+        return Validation("swarm", name, "failed", lines[-1])
+    stand_ins = {**DROPPED, **CONVERTED}
+    notes = "; ".join(
+        f"{key} ({', '.join(services)}) -> {stand_ins[key]}" for key, services in changed.items()
+    )
+    return Validation(
+        "swarm", name, "ok", f"docker-compose.yml + deploy/swarm.yml; not as in compose: {notes}"
+    )
+
+
 class Swarm(Runtime):
     """The stack as a `docker stack` (docker-compose.yml + deploy/swarm.yml) on a swarm manager."""
 
     reload_anyway = "replacing the app tasks anyway (a rolling update)"
+    swarm_services = True
+    unavailable = docker.Docker.unavailable
+
+    def container_filters(self, project: str, service: str) -> list[str]:
+        return ["--filter", f"label=com.docker.swarm.service.name={project}_{service}"]
 
     def up(self, run_dir: Path, config: Effective, environ: Mapping[str, str]) -> None:
         up(config, environ, run_dir)
@@ -589,9 +786,36 @@ class Swarm(Runtime):
     def logs(self, run_dir: Path, environ: Mapping[str, str], follow: bool) -> None:
         logs(follow, Stack(environ))
 
+    def url(self, settings: Settings, environ: Mapping[str, str] | None = None) -> str:
+        port = settings.https_port if settings.nginx_tls else settings.http_port
+        return f"{'https' if settings.nginx_tls else 'http'}://{self.edge_host(environ)}:{port}"
+
+    def plain_url(self, settings: Settings, environ: Mapping[str, str] | None = None) -> str:
+        return f"http://{self.edge_host(environ)}:{settings.http_port}"
+
+    def edge_host(self, environ: Mapping[str, str] | None) -> str:
+        try:
+            return Stack(environ).edge_host()
+        except (StackError, subprocess.TimeoutExpired):
+            return LOOPBACK  # no engine or no stack: where a single-node stack would answer
+
     def port_knobs(self) -> tuple[str, ...]:
         # As before the interface: the local runtime's set, though swarm publishes only HTTP(S)_PORT here.
         return ("HTTP_PORT", "HTTPS_PORT", "NGINX_STATUS_PORT", "GUNICORN_BIND")
 
     def available(self) -> bool:
         return docker.engine_reachable()
+
+    def host_facts(self, settings: Settings) -> HostFacts:
+        """Asks the engine behind DOCKER_HOST what it applies to services (docker version, docker info)."""
+        return HostFacts.probed_swarm(settings)
+
+    def validations(self, config: Effective) -> list[Validation]:
+        return [validate(config)]
+
+    def app_where(self, run_dir: Path, config: Effective, environ: Mapping[str, str]) -> preflight.Where:
+        return docker.built_app_where(run_dir, config, environ)
+
+    def preflight(self, run_dir: Path, config: Effective, environ: Mapping[str, str]) -> str:
+        where = self.app_where(run_dir, config, environ)
+        return preflight.check_app(where, config, run_dir / preflight.LOG)

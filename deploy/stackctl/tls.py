@@ -9,6 +9,7 @@ trusting it cannot make a certificate for any other name valid. Its key never le
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import socket
 import ssl
@@ -202,7 +203,86 @@ def tls_finding(aspect: str, severity: Severity, claim: str, why: str, fix: str,
 
 def findings(settings: Settings, binary: str | None) -> list[Finding]:
     """`make check`'s verdicts on the TLS inputs, each naming its knob. `binary`: openssl, None if absent."""
-    return [verdict(settings, binary)] if settings.nginx_tls else without_tls(settings)
+    if not settings.nginx_tls:
+        return without_tls(settings)
+    first = verdict(settings, binary)
+    if first.severity == "error" or binary is None:
+        return [first]
+    return [first, *chain_findings(settings, files(settings), binary)]
+
+
+PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
+def subject_and_issuer(binary: str, pem: str) -> tuple[str, str]:
+    done = subprocess.run(
+        [binary, "x509", "-noout", "-subject", "-issuer", "-nameopt", "RFC2253"],
+        input=pem, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    lines = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    return lines.get("subject", "").strip(), lines.get("issuer", "").strip()
+
+
+def chain_findings(settings: Settings, served: Files, binary: str) -> list[Finding]:
+    """A given certificate file must hold the chain clients need: its leaf's issuer, unless the leaf is
+    self-signed. NGINX_OCSP_STAPLING needs that chain and a CA that answers OCSP: the local CA does not."""
+    stapling = {"NGINX_OCSP_STAPLING": str(settings.nginx_ocsp_stapling)}
+    if served.generated:
+        if not settings.nginx_ocsp_stapling:
+            return []
+        return [
+            tls_finding(
+                "ocsp",
+                "error",
+                "NGINX_OCSP_STAPLING=1 with NGINX_TLS_CERT empty (the generated local CA)",
+                "the local CA runs no OCSP responder: there is nothing to staple",
+                "set NGINX_OCSP_STAPLING=0, or give NGINX_TLS_CERT from a CA that answers OCSP",
+                **stapling,
+            )
+        ]
+    blocks = PEM_CERTIFICATE.findall(served.cert.read_text(errors="replace"))
+    named = [subject_and_issuer(binary, block) for block in blocks]
+    (subject, issuer), others = named[0], {name for name, _ in named[1:]}
+    cert_named, _ = served.named()
+    found: list[Finding] = []
+    if issuer != subject and issuer not in others:
+        found.append(
+            tls_finding(
+                "chain",
+                "error" if settings.nginx_ocsp_stapling else "warning",
+                f"{cert_named}: holds the certificate of {subject} but not its issuer {issuer}",
+                "nginx sends only what the file holds, and a client that lacks that intermediate "
+                "certificate refuses the connection (browsers may fetch it, curl and Python do not)",
+                "append the intermediate certificate(s) after the leaf (the CA's fullchain.pem)",
+                NGINX_TLS_CERT=str(served.cert),
+            )
+        )
+    elif settings.nginx_ocsp_stapling and issuer == subject:
+        found.append(
+            tls_finding(
+                "ocsp",
+                "error",
+                f"NGINX_OCSP_STAPLING=1 with a self-signed {cert_named}",
+                "no CA answers OCSP for a self-signed certificate",
+                "set NGINX_OCSP_STAPLING=0",
+                **stapling,
+            )
+        )
+    elif (
+        settings.nginx_ocsp_stapling
+        and not openssl(binary, "x509", "-in", str(served.cert), "-noout", "-ocsp_uri").strip()
+    ):
+        found.append(
+            tls_finding(
+                "ocsp",
+                "warning",
+                f"NGINX_OCSP_STAPLING=1 but {cert_named} names no OCSP responder",
+                "nginx staples nothing (some CAs, Let's Encrypt among them, no longer run OCSP)",
+                "set NGINX_OCSP_STAPLING=0",
+                **stapling,
+            )
+        )
+    return found
 
 
 def verdict(settings: Settings, binary: str | None) -> Finding:
@@ -329,6 +409,7 @@ def without_tls(settings: Settings) -> list[Finding]:
             ("NGINX_TLS_CERT", settings.nginx_tls_cert),
             ("NGINX_TLS_KEY", settings.nginx_tls_key),
             ("NGINX_HSTS_MAX_AGE", settings.nginx_hsts_max_age or ""),
+            ("NGINX_OCSP_STAPLING", settings.nginx_ocsp_stapling or ""),
         )
         if value
     ]

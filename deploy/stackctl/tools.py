@@ -17,6 +17,10 @@ NGINX_PACKAGE = "nginx-light"
 OPENSSL_PACKAGE = "openssl"
 WRK_PACKAGE = "wrk"
 REDIS_PACKAGE = "redis-server"
+PROMETHEUS_PACKAGE = "prometheus"  # prometheus and promtool
+EXPORTER_PACKAGE = "prometheus-nginx-exporter"
+# Debian's name for nginx's exporter, and upstream's (its release binaries, Homebrew's formula).
+EXPORTER_NAMES = ("prometheus-nginx-exporter", "nginx-prometheus-exporter")
 NGINX_PATHS = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/opt/homebrew/bin/nginx")
 
 
@@ -43,6 +47,22 @@ def find_openssl() -> str:
 def find_wrk() -> str:
     """The HTTP load generator of the drills, the bench and the loss tests, from the OS like nginx."""
     return find_tool("wrk", WRK_PACKAGE, shutil.which("wrk"))
+
+
+def find_prometheus() -> str:
+    """Prometheus for MONITORING=1 on the local runtime, from the OS like nginx."""
+    return find_tool("prometheus", PROMETHEUS_PACKAGE, shutil.which("prometheus"))
+
+
+def find_promtool() -> str:
+    """Prometheus's checker (configs, rules and their unit tests); Debian ships it with prometheus."""
+    return find_tool("promtool", PROMETHEUS_PACKAGE, shutil.which("promtool"))
+
+
+def find_nginx_exporter() -> str:
+    """nginx's Prometheus exporter (reads stub_status), from the OS like nginx."""
+    found = next(filter(None, map(shutil.which, EXPORTER_NAMES)), None)
+    return find_tool(EXPORTER_NAMES[0], EXPORTER_PACKAGE, found)
 
 
 def find_redis_server() -> str:

@@ -9,6 +9,9 @@ hello under gunicorn + uvicorn-worker (hello.py); the blueprint on its gunicorn 
 `uvicorn --workers N`, granian and gunicorn's own `-k asgi` worker; then capacity: BENCH_SLOW_N slow requests
 and BENCH_WS_N WebSockets held through nginx. It writes reports/bench-<time>/: bench.json, bench.md and
 bench.png, with the machine, its load average before and after, and rows whose generator was CPU-bound.
+The blueprint serves APP_MODULE like `make up` and the throughput rows GET BENCH_PATH (the demo's /api/ping
+by default; the bare row always GETs hello.py's); slow-held and ws-held hold demo routes (/api/slow,
+/ws/echo) and are skipped, saying so, for another app.
 
 rows.py: the rows and inputs; servers.py: each server, started and stopped; wrk.py: one wrk run and the CPU
 it and the server used; capacity.py: the held slow requests and WebSockets; run.py: the run; report.py:

@@ -28,6 +28,7 @@ COULD_NOT_RUN = 1
 INPUTS = {"seconds": "BENCH_SECONDS", "connections": "BENCH_CONNECTIONS", "slow_n": "BENCH_SLOW_N"}
 INPUTS |= {"slow_delay": "BENCH_SLOW_DELAY", "ws_n": "BENCH_WS_N", "ws_hold": "BENCH_WS_HOLD"}
 INPUTS |= {"rooms_n": "BENCH_ROOMS_N", "rooms_rate": "BENCH_ROOMS_RATE"}
+INPUTS |= {"path": "BENCH_PATH"}
 
 
 def parser(environ: Mapping[str, str] | None = None) -> EnvParser:

@@ -154,6 +154,16 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
                 "socket is cheaper).",
                 "",
             ]
+        sampler = meta.get("sampler") or {}
+        if sampler:
+            lines += [
+                f"The stack sampler beside the load (blueprint-nginx-sampled / blueprint-nginx): "
+                f"{num(sampler.get('rps_sampled_over_unsampled'), 3)} x the req/s, "
+                f"{num(sampler.get('server_cpu_unsampled_over_sampled'), 3)} x the server's CPU per request "
+                f"(goal: both >= 0.98); the sampler itself used "
+                f"{num(sampler.get('sampler_cpu_percent'), 2)} % of one CPU.",
+                "",
+            ]
     lines += rooms_table(rows)
     lines += capacity_tables(rows)
     return "\n".join(lines).rstrip() + "\n"

@@ -33,6 +33,8 @@ class RowSpec:
     server: str  # a key of servers.SERVERS; consecutive rows on one server share one start
     target: Target
     about: str
+    needs: str = ""  # a route of the demo's the row measures: skipped for another APP_MODULE
+    sampled: bool = False  # the stack sampler (loadtest/sampler) runs beside the row, as in every load test
 
 
 ROWS: tuple[RowSpec, ...] = (
@@ -47,11 +49,20 @@ ROWS: tuple[RowSpec, ...] = (
     RowSpec("blueprint-direct", "throughput", "blueprint", "direct", "the blueprint, its gunicorn bind"),
     RowSpec("blueprint-nginx", "throughput", "blueprint", "nginx", "the blueprint through nginx"),
     RowSpec(
+        "blueprint-nginx-sampled",
+        "throughput",
+        "blueprint",
+        "nginx",
+        "the blueprint through nginx with the stack sampler reading it once a second",
+        sampled=True,
+    ),
+    RowSpec(
         "slow-held",
         "slow",
         "blueprint",
         "nginx",
         "BENCH_SLOW_N requests of /api/slow?delay=BENCH_SLOW_DELAY held at once, through nginx",
+        needs="/api/slow",
     ),
     RowSpec(
         "ws-held",
@@ -59,6 +70,7 @@ ROWS: tuple[RowSpec, ...] = (
         "blueprint",
         "nginx",
         "BENCH_WS_N WebSockets on /ws/echo held through nginx",
+        needs="/ws/echo",
     ),
     RowSpec(
         "rooms-fanout",
@@ -66,6 +78,7 @@ ROWS: tuple[RowSpec, ...] = (
         "blueprint-rooms",
         "nginx",
         "BENCH_ROOMS_N members of one room through nginx, BENCH_ROOMS_RATE messages/s doubled per step",
+        needs="/ws/rooms/{room}",
     ),
     RowSpec(
         "blueprint-nginx-unix",
@@ -83,7 +96,7 @@ ROWS: tuple[RowSpec, ...] = (
     ),
 )
 NAMES = tuple(row.name for row in ROWS)
-PATH = "/api/ping"
+HELLO_PATH = "/api/ping"  # what the bare row GETs: hello.py's one route
 
 
 @dataclass(frozen=True)
@@ -102,6 +115,7 @@ class Params:
     rooms_rate: float = DEFAULTS.bench_rooms_rate
     profile: str = ""  # "": the blueprint's PROFILE
     short: bool = False
+    path: str = DEFAULTS.bench_path  # what the throughput rows GET from the app
 
     def hold_seconds(self) -> float:
         return self.ws_hold or self.seconds
@@ -109,7 +123,8 @@ class Params:
     def describe(self) -> str:
         profile = self.profile or "default"
         return (
-            f"{self.seconds:g} s per row, wrk -t1 -c{self.connections}, {self.workers} workers per server, "
+            f"{self.seconds:g} s per row, wrk -t1 -c{self.connections} GET {self.path}, "
+            f"{self.workers} workers per server, "
             f"slow {self.slow_n} x {self.slow_delay:g} s, {self.ws_n} WebSockets held "
             f"{self.hold_seconds():g} s, {self.rooms_n} room members at {self.rooms_rate:g} msg/s and up, "
             f"PROFILE={profile}"
@@ -156,4 +171,7 @@ def parse_params(given: Mapping[str, Any], short: bool) -> Params:
     """The inputs from the values given (None: the default, which short mode lowers), each already checked
     against its ToolInputs row."""
     chosen = {key: value for key, value in given.items() if value is not None and value != ""}
-    return replace(SHORT if short else Params(), short=short, **chosen)
+    params = replace(SHORT if short else Params(), short=short, **chosen)
+    if not params.path.startswith("/"):
+        raise BenchError(f"BENCH_PATH={params.path!r}: a path starting with /, e.g. {HELLO_PATH}")
+    return params

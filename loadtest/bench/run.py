@@ -19,11 +19,13 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from loadtest.apps import needs_demo
 from loadtest.bench import capacity, fanout, servers
 from loadtest.bench.report import write_report
-from loadtest.bench.rows import PATH, BenchError, Params, Row, RowSpec, Unavailable
+from loadtest.bench.rows import HELLO_PATH, BenchError, Params, Row, RowSpec, Unavailable
 from loadtest.bench.wrk import run_wrk
 from loadtest.host import find_wrk, load_average, machine
+from loadtest.sampler.sampler import SERIES_FILE, Sampler, beside
 from loadtest.status import Status
 
 REQUEST_TIMEOUT_S = 10.0
@@ -50,18 +52,56 @@ def measure(row: Row, server: servers.Server, params: Params, wrk: str, row_dir:
                 "the members' process went above the CPU limit: it measured itself as much as the server"
             )
     else:
-        target = f"{url}{PATH}"
-        run_wrk(
-            wrk, target, WARM_UP_S, params.connections, REQUEST_TIMEOUT_S, row_dir / "warm-up", server.roles
-        )
-        before = set(server.worker_pids())
-        run = run_wrk(
-            wrk, target, params.seconds, params.connections, REQUEST_TIMEOUT_S, row_dir, server.roles
-        )
-        row.values = {**run.fields(), "workers_replaced": len(before - set(server.worker_pids()))}
+        target = f"{url}{HELLO_PATH if spec.server == 'bare' else params.path}"
+        handle = server.handle if spec.sampled and isinstance(server, servers.Stack) else None
+        if spec.sampled and handle is None:
+            raise BenchError(f"{spec.name}: the sampler needs the blueprint stack")
+        with beside(handle, row_dir / SERIES_FILE) as sampler:
+            run_wrk(
+                wrk,
+                target,
+                WARM_UP_S,
+                params.connections,
+                REQUEST_TIMEOUT_S,
+                row_dir / "warm-up",
+                server.roles,
+            )
+            before = set(server.worker_pids())
+            cpu_before = sampler.cpu_seconds if sampler else 0.0
+            run = run_wrk(
+                wrk, target, params.seconds, params.connections, REQUEST_TIMEOUT_S, row_dir, server.roles
+            )
+            row.values = {**run.fields(), "workers_replaced": len(before - set(server.worker_pids()))}
+            if sampler is not None:
+                row.values["sampler_cpu_percent"] = sampler_cpu(sampler, cpu_before, params.seconds)
         if row.values["workers_replaced"]:
             row.note = f"{row.values['workers_replaced']} worker(s) replaced during the row (max_requests)"
     row.status = Status.OK
+
+
+def sampler_cpu(sampler: Sampler, before: float, seconds: float) -> float:
+    """The sampler thread's CPU during the measured part, in % of one CPU (its samples so far counted)."""
+    return round((sampler.cpu_seconds - before) / seconds * 100, 2)
+
+
+def sampler_cost(rows: list[Row]) -> dict[str, float | None]:
+    """The sampled row beside the same stack unsampled: requests/s and server CPU per request (goal: both
+    within 2 %), and the sampler's own CPU."""
+    ok = {r.spec.name: r.values for r in rows if r.status == Status.OK and r.spec.kind == "throughput"}
+    plain, sampled = ok.get("blueprint-nginx"), ok.get("blueprint-nginx-sampled")
+    if plain is None or sampled is None:
+        return {}
+
+    def over(top: float | None, bottom: float | None) -> float | None:
+        return round(top / bottom, 3) if top is not None and bottom else None
+
+    return {
+        "rps_sampled_over_unsampled": over(sampled["rps"], plain["rps"]),
+        "server_cpu_unsampled_over_sampled": over(
+            plain["server_cpu_us_per_request"], sampled["server_cpu_us_per_request"]
+        ),
+        "sampler_cpu_percent": sampled.get("sampler_cpu_percent"),
+    }
 
 
 def ratios(rows: list[Row]) -> dict[str, float | None]:
@@ -127,18 +167,24 @@ def run_bench(
     params = dataclasses.replace(
         params, workers=params.workers or settings.workers, profile=params.profile or settings.profile
     )
+    app = settings.app_module
     most = config.settings.app_max_delay
-    if any(spec.kind == "slow" for spec in specs) and params.slow_delay > most:
+    slow = any(spec.kind == "slow" and not needs_demo(spec.needs, app) for spec in specs)
+    if slow and params.slow_delay > most:
         raise BenchError(f"BENCH_SLOW_DELAY={params.slow_delay:g} is above APP_MAX_DELAY={most:g}")
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     report_dir = out_root / f"bench-{stamp}"
     report_dir.mkdir(parents=True, exist_ok=False)
     rows = [Row(spec) for spec in specs]
+    for row in rows:
+        if missing := needs_demo(row.spec.needs, app):
+            row.status, row.note = Status.SKIPPED, missing
     meta: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "load_average_before": load_average(),
         "settings": params.describe(),
+        "app": app,
         "params": dataclasses.asdict(params),
         "wrk": wrk,
     }
@@ -151,7 +197,7 @@ def run_bench(
         try:
             for index, row in enumerate(rows, start=1):
                 prefix = f"[{index}/{len(rows)}] {row.spec.name}"
-                if row.spec.server != server_name:
+                if row.status == Status.PENDING and row.spec.server != server_name:
                     if server is not None:
                         progress.update(task, description=f"{prefix}: stopping {server_name}")
                         server.stop()
@@ -164,7 +210,9 @@ def run_bench(
                         problem = (Status.SKIPPED, str(error))
                     except BenchError as error:
                         problem = (Status.ERROR, str(error))
-                if server is None:
+                if row.status != Status.PENDING:
+                    pass  # skipped before the run
+                elif server is None:
                     row.status, row.note = problem
                 else:
                     progress.update(task, description=f"{prefix}: measuring ({row.spec.about})")
@@ -186,6 +234,7 @@ def run_bench(
         progress.update(task, description=f"bench done: {len(rows)} rows")
     meta["goals"] = ratios(rows)
     meta["unix_vs_tcp"] = unix_vs_tcp(rows)
+    meta["sampler"] = sampler_cost(rows)
     meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     meta["load_average_after"] = load_average()
     write_report(report_dir, rows, meta)

@@ -22,11 +22,12 @@ from typing import Protocol
 import httpx2
 import psutil
 
-from deploy.stackctl import local, procs, stack, tools
+from deploy.stackctl import procs, stack, tools
+from deploy.stackctl.components import APP, NGINX
 from deploy.stackctl.config import ROOT, Effective, effective
 from deploy.stackctl.errors import StackError
 from deploy.stackctl.ports import LOOPBACK, free_port, free_port_knobs
-from loadtest.bench.rows import PATH, BenchError, Params, Target, Unavailable
+from loadtest.bench.rows import HELLO_PATH, BenchError, Params, Target, Unavailable
 from service.platform import PLATFORM_APP
 from service.settings import ConfigError
 
@@ -87,9 +88,16 @@ class Processes:
     """One command in its own session, answering on a loopback port; stopped by its pid."""
 
     def __init__(
-        self, name: str, role: str, command: list[str], port: int, env: Mapping[str, str], log: Path
+        self,
+        name: str,
+        role: str,
+        command: list[str],
+        port: int,
+        env: Mapping[str, str],
+        log: Path,
+        ready_path: str = HELLO_PATH,
     ) -> None:
-        self.name, self.role = name, role
+        self.name, self.role, self.ready_path = name, role, ready_path
         self.base_url = f"http://{LOOPBACK}:{port}"
         self.log = log
         with log.open("wb") as output:
@@ -111,13 +119,16 @@ class Processes:
                 tail = " | ".join(self.log.read_text(errors="replace").strip().splitlines()[-3:])
                 raise BenchError(f"{self.name} exited with {self.process.returncode} while starting: {tail}")
             try:
-                if httpx2.get(f"{self.base_url}{PATH}", timeout=2).status_code == 200:
+                if httpx2.get(f"{self.base_url}{self.ready_path}", timeout=2).status_code == 200:
                     return
             except httpx2.HTTPError:
                 pass
             time.sleep(0.2)
         self.stop()
-        raise BenchError(f"{self.name} did not answer {PATH} within {START_TIMEOUT_S:g} s; see {self.log}")
+        raise BenchError(
+            f"{self.name} did not answer {self.ready_path} with 200 within {START_TIMEOUT_S:g} s; "
+            f"see {self.log}"
+        )
 
     def url(self, target: Target) -> str:
         return self.base_url
@@ -155,15 +166,15 @@ class Stack:
         return self.handle.url if target == "nginx" else f"http://{self.handle.settings.gunicorn_bind}"
 
     def roles(self) -> dict[str, list[int]]:
-        state = local.RunDir(self.handle.run_dir).load_state()
-        if state is None:
+        pids = self.handle.pids()
+        if not pids:
             return {}
-        app, nginx = state.pids["gunicorn"], state.pids["nginx"]
+        app, nginx = pids[APP.name], pids[NGINX.name]
         return {
             "app": [app, *descendants(app)],
             "nginx": [nginx, *descendants(nginx)],
-            **({"redis": [state.pids["redis"]]} if "redis" in state.pids else {}),
-            "log pipes": list(state.log_pids),
+            **({"redis": [pids["redis"]]} if "redis" in pids else {}),
+            "log pipes": self.handle.log_pids(),
         }
 
     def worker_pids(self) -> list[int]:
@@ -251,11 +262,11 @@ def start(name: str, ctx: Context) -> Server:
     if name == "uvicorn":
         command = [python, "-m", "uvicorn", PLATFORM_APP, "--workers", workers, "--no-access-log"]
         command += ["--host", LOOPBACK, "--port", str(port)]
-        return Processes(name, "app", command, port, process_env(ctx, run_dir), log)
+        return Processes(name, "app", command, port, process_env(ctx, run_dir), log, ctx.params.path)
     if name == "granian":
         command = [python, "-m", "granian", "--interface", "asgi", "--workers", workers]
         command += ["--host", LOOPBACK, "--port", str(port), PLATFORM_APP]
-        return Processes(name, "app", command, port, process_env(ctx, run_dir), log)
+        return Processes(name, "app", command, port, process_env(ctx, run_dir), log, ctx.params.path)
     knobs = {"WEB_CONCURRENCY": workers}
     if ctx.params.profile:
         knobs["PROFILE"] = ctx.params.profile

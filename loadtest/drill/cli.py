@@ -16,7 +16,7 @@ from rich.console import Console
 from deploy.stackctl.config import ROOT
 from deploy.stackctl.envargs import EnvParser
 from loadtest.drill.drills import NAMES
-from loadtest.drill.plan import DrillError, LoadParams, Row, parse_drills, parse_load
+from loadtest.drill.plan import DrillError, LoadParams, NodeCommands, Row, parse_drills, parse_load
 from loadtest.drill.report import HEAD, cells, table
 from loadtest.drill.run import run_drills
 from loadtest.errors import LoadtestError
@@ -30,6 +30,9 @@ COULD_NOT_RUN = 1
 LOAD = {"seconds": "DRILL_SECONDS", "threads": "WRK_THREADS", "connections": "WRK_CONNECTIONS"}
 LOAD |= {"websockets": "DRILL_WEBSOCKETS", "rate": "DRILL_RATE"}
 LOAD |= {"room_members": "DRILL_ROOM_MEMBERS", "room_rate": "DRILL_ROOM_RATE"}
+# What the load sends: the demo's routes by default, your app's (APP_MODULE) when you name them.
+TARGETS = {"post": "DRILL_POST", "body": "DRILL_BODY", "get": "DRILL_GET", "ws_path": "DRILL_WS"}
+MAY_BE_EMPTY = ("DRILL_GET", "DRILL_WS")  # DRILL_WS= : no WebSockets
 
 
 def parser(environ: Mapping[str, str] | None = None) -> EnvParser:
@@ -44,6 +47,10 @@ def parser(environ: Mapping[str, str] | None = None) -> EnvParser:
     p.add_argument("--drill", env="DRILL", help=f"Drills: {', '.join(NAMES)}.")
     for option, env in LOAD.items():
         p.add_argument(f"--{option.replace('_', '-')}", env=env, default=None)  # None: the mode's default
+    for option, env in TARGETS.items():
+        p.add_argument(f"--{option.replace('_', '-')}", env=env, empty_is_value=env in MAY_BE_EMPTY)
+    p.add_argument("--node-down", env="DRILL_NODE_DOWN")
+    p.add_argument("--node-up", env="DRILL_NODE_UP")
     p.add_argument("--short", action="store_true", env="DRILL_SHORT")
     p.add_argument("--strict", action="store_true", env="DRILL_STRICT")
     p.add_argument("--out-root", type=Path, default=ROOT / "reports")
@@ -53,7 +60,8 @@ def parser(environ: Mapping[str, str] | None = None) -> EnvParser:
 def inputs(args: Namespace) -> tuple[list[str], LoadParams]:
     """The drills and their load, from the parsed options."""
     names = parse_drills(args.drill, NAMES)
-    return names, parse_load({name: getattr(args, name) for name in LOAD}, args.short, args.strict)
+    given = {name: getattr(args, name) for name in (*LOAD, *TARGETS)}
+    return names, parse_load(given, args.short, args.strict)
 
 
 def exit_code(rows: list[Row]) -> int:
@@ -77,7 +85,8 @@ def main(argv: list[str] | None = None, base: Mapping[str, str] | None = None) -
             err.print(done)
 
         err.print(f"make drill: {', '.join(names)}; {params.describe()}")
-        report_dir, rows = run_drills(names, params, args.out_root, base, progress)
+        commands = NodeCommands(args.node_down, args.node_up)
+        report_dir, rows = run_drills(names, params, args.out_root, base, progress, commands)
     except LoadtestError as error:
         print(f"make drill: {error}", file=sys.stderr)
         return BAD_INPUT

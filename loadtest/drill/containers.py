@@ -1,6 +1,6 @@
-"""What the docker drills need from a compose stack beyond stack.Handle: their own project name and
-subnet, scaling and killing app containers of *that* project (the handle's, not the one this process's
-environment names), and the containers' logs before the stack goes."""
+"""What the drills on an engine need beyond stack.Handle: their own project name and subnet (a compose
+project or a swarm stack), scaling and killing app containers of *that* project (the handle's, not the one
+this process's environment names), and the containers' logs before the stack goes."""
 
 from __future__ import annotations
 
@@ -55,9 +55,9 @@ def project_knobs(drill: str) -> dict[str, str]:
 
 
 def scale(handle: stack.Handle, replicas: int) -> None:
-    """`make scale APP=replicas` for this handle's project (what docker.scale does for `make up`'s)."""
+    """`make scale APP=replicas` for this handle's project (not the one this process's environment names)."""
     with quiet():
-        docker.scale(handle.config, replicas, handle.project())
+        handle.scale(replicas)
 
 
 def kill(handle: stack.Handle, container: docker.Container) -> None:
@@ -70,7 +70,21 @@ def kill(handle: stack.Handle, container: docker.Container) -> None:
 
 def save_logs(handle: stack.Handle, run_dir: Path) -> None:
     """Every container's log (nginx's error lines say why a request failed) into the drill's run dir,
-    before the stack and its logs go; kept gzipped with the local runtime's logs."""
+    before the stack and its logs go; kept gzipped with the local runtime's logs. A swarm stack's come
+    through the manager from every node (`docker service logs`)."""
+    if handle.backend.swarm_services:
+        swarm_stack = handle.swarm_stack()
+        for name in sorted(swarm_stack.services()):
+            full = swarm_stack.full_name(name)
+            logs = subprocess.run(
+                ["docker", "service", "logs", "--timestamps", "--no-trunc", full],
+                env=swarm_stack.env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            (run_dir / f"{name}.log").write_text(logs.stdout + logs.stderr)
+        return
     project = handle.project()
     logs = subprocess.run(
         project.command("logs", "--no-color", "--timestamps"), env=project.env, capture_output=True, text=True

@@ -6,17 +6,22 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import redis
 
 from deploy.stackctl import procs, stack
-from loadtest.drill import containers
+from loadtest.drill import containers, nodes
+from loadtest.drill.capabilities import Capability, Site, engine, node_control, swarm_of
 from loadtest.drill.load import Load
 from loadtest.drill.observe import (
     RESPAWN_WITHIN_S,
@@ -47,6 +52,8 @@ class Context:
     knobs: dict[str, str]  # what the stack was started with, ports included
     base: Mapping[str, str] | None
     watch: WorkerWatch | None = None
+    site: Site = field(default_factory=Site)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)  # after the load, before the stack goes
 
 
 @dataclass
@@ -62,19 +69,48 @@ class Outcome:
     load_until: float | None = None  # monotonic time the stack stopped serving: no tail, rate until then
     rooms_allowed: int = 0  # messages the room members may miss
     rooms_allowance: str = "nothing"
+    timeline: dict[str, float] = field(default_factory=dict)  # seconds after the event, by what happened
 
 
 Action = Callable[[Context], Outcome]
 
 
+Needs = Callable[[stack.Backend], bool]
+
+
+def host_processes(runtime: stack.Backend) -> bool:
+    """The workers are processes of this host: their pids to signal and watch, their log files."""
+    return runtime.processes_here
+
+
+def compose_project(runtime: stack.Backend) -> bool:
+    """The app runs in containers of a compose project: to scale, recreate and kill."""
+    return runtime.compose_project
+
+
+def swarm_services(runtime: stack.Backend) -> bool:
+    """The app runs as swarm tasks, rescheduled by the manager when their node is lost."""
+    return runtime.swarm_services
+
+
 @dataclass(frozen=True)
 class Drill:
     name: str
-    runtime: stack.Runtime
+    needs: Needs  # what the drill's event needs of the runtime its stack runs on
     what: str
     act: Action
     knobs: Callable[[LoadParams], dict[str, str]] = lambda params: {}
     prepare: Callable[[Context], None] | None = None  # before the load starts
+    demo_route: str = ""  # a route of the demo's the drill sends itself: skipped for another APP_MODULE
+    site_needs: tuple[Capability, ...] = ()  # what it must find where it runs (a swarm of N nodes, ...)
+
+    @property
+    def runtime(self) -> stack.Runtime:
+        """Where the drill runs: the first runtime (in runtimes.RUNTIMES' order) that has what it needs."""
+        found = next((name for name in stack.RUNTIMES if self.needs(stack.backend(name))), None)
+        if found is None:
+            raise DrillError(f"drill {self.name}: no runtime has what it needs ({self.needs.__name__})")
+        return found
 
 
 def in_flight_bound(ctx: Context, held: int, whose: str) -> tuple[int, str]:
@@ -174,12 +210,15 @@ def worker_timeout(ctx: Context) -> Outcome:
         f"/api/blocking?delay={delay} (the drill's own, not counted) blocked worker {victim}; gunicorn "
         f"killed it {died - started:.1f} s later (GUNICORN_TIMEOUT={timeout})"
     )
-    if len(killed) > 1:
-        tries = nginx_access(ctx.handle, request_id).get("upstream_status", "?")
-        outcome.notes.append(
-            f"nginx sent it again (upstream_status {tries}): it retries a GET that fails on a pooled "
-            f"upstream connection, so one blocking GET timed out {len(killed)} workers in turn"
+    tries = nginx_access(ctx.handle, request_id).get("upstream_status", "?")
+    if len(killed) != 1:
+        # nginx must not send a request whose worker died serving it to another worker
+        # (proxy_next_upstream_timeout in the template): the poison request kills one worker, not all.
+        raise DrillError(
+            f"one blocking GET killed {len(killed)} workers {killed} (nginx upstream_status {tries}); "
+            "exactly one may die"
         )
+    outcome.notes.append(f"nginx tried it once (upstream_status {tries}) and answered {answer}")
     return outcome
 
 
@@ -215,9 +254,15 @@ def down_in_flight(ctx: Context) -> Outcome:
     delay = 2 if ctx.params.short else 3
     url = f"{ctx.handle.url}/api/slow?delay={delay}"
     grace = ctx.handle.settings.gunicorn_graceful_timeout + 5  # what local.down gives each process
+    sent = threading.Semaphore(0)
     with ThreadPoolExecutor(SLOW_IN_FLIGHT + 1) as pool:
-        futures = [pool.submit(status_of, url, delay + 60) for _ in range(SLOW_IN_FLIGHT)]
-        time.sleep(0.5)
+        futures = [pool.submit(status_once_sent, url, delay + 60, sent) for _ in range(SLOW_IN_FLIGHT)]
+        # The stop must find every slow request written to nginx: under load a fixed pause was sometimes
+        # shorter than the probes' connects, and nginx (stopping) then refused them, a loss of the drill's.
+        for _ in range(SLOW_IN_FLIGHT):
+            if not sent.acquire(timeout=15):
+                raise DrillError("down-in-flight: the slow requests were not all sent within 15 s")
+        time.sleep(0.5)  # nginx reads them and passes them on to the app
         ctx.load.sockets.hold()
         ctx.load.stop_rooms()  # their count before the stack goes: after it, nothing can be delivered
         exited = pool.submit(exits, ctx.handle.pids(), 3 * grace)
@@ -242,6 +287,29 @@ def down_in_flight(ctx: Context) -> Outcome:
         notes=notes,
         load_until=started,
     )
+
+
+def status_once_sent(url: str, timeout: float, sent: threading.Semaphore) -> str:
+    """GET `url` on a connection of its own, releasing `sent` once the request is written; the status, or
+    the error's name. Plain HTTP only (drill stacks run without TLS); other URLs go through httpx."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or parts.hostname is None or parts.port is None:
+        sent.release()
+        return status_of(url, timeout)
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as conn:
+            target = f"{parts.path}?{parts.query}" if parts.query else parts.path
+            request = f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: close\r\n\r\n"
+            conn.sendall(request.encode())
+            sent.release()
+            answer = b""
+            while chunk := conn.recv(65536):
+                answer += chunk
+    except OSError as error:
+        sent.release()
+        return type(error).__name__
+    status_line = answer.split(b"\r\n", 1)[0].split()
+    return status_line[1].decode() if len(status_line) >= 2 else "no status line"
 
 
 def redis_restart(ctx: Context) -> Outcome:
@@ -327,7 +395,7 @@ def recreate(ctx: Context) -> Outcome:
     changed = {"APP_MAX_TEXT_LENGTH": str(ctx.handle.settings.app_max_text_length + 1)}
     started = time.monotonic()
     with containers.quiet():
-        ctx.handle = stack.start("docker", {**ctx.knobs, **changed}, ctx.run_dir, base=ctx.base)
+        ctx.handle = stack.start(ctx.handle.runtime, {**ctx.knobs, **changed}, ctx.run_dir, base=ctx.base)
     after = {c.id for c in ctx.handle.containers("app")}
     notes = [f"app container(s) {sorted(before)} -> {sorted(after)}"]
     if before == after:
@@ -369,36 +437,115 @@ def app_killed(ctx: Context) -> Outcome:
     )
 
 
+# --- swarm drills -----------------------------------------------------------------------------------
+
+NODE_LOSS_NODES = 3  # an edge node, the manager, and a node to lose: each may carry app tasks
+NODE_LOSS_WITHIN_S = 120.0  # for the swarm to mark the node down and reschedule its tasks
+
+
+def node_loss_knobs(params: LoadParams) -> dict[str, str]:
+    """An app task per node. nginx gives up connecting to a lost task after 1 s (a LAN answers in a
+    millisecond; 5 s by default) and retries another, which a WebSocket handshake also survives; and the
+    requests the lost node swallowed come back as nginx's 504 within the load (10 s < wrk's timeout) so they
+    are counted. The app must answer before nginx gives up (rule 3)."""
+    return {
+        "SWARM_APP_REPLICAS": str(NODE_LOSS_NODES),
+        "NGINX_PROXY_CONNECT_TIMEOUT": "1",
+        "NGINX_PROXY_READ_TIMEOUT": "10",
+        "APP_REQUEST_TIMEOUT": "5",
+        "COMPOSE_PUBLISH_ADDRESS": "0.0.0.0",
+    }
+
+
+def node_loss(ctx: Context) -> Outcome:
+    """Take down a node that runs an app task (DRILL_NODE_DOWN), keep the load on while the swarm notices
+    and reschedules, until the requests the node swallowed have come back as nginx's 504."""
+    victim = nodes.choose_victim(ctx.handle)
+    lost_at = datetime.now(UTC)
+    started = time.monotonic()
+    nodes.node_command(ctx.site.node_down, victim.node, "DRILL_NODE_DOWN")
+    ctx.cleanups.append(lambda: nodes.node_command(ctx.site.node_up, victim.node, "DRILL_NODE_UP"))
+    recovery = nodes.watch_recovery(ctx.handle, victim, started, within=NODE_LOSS_WITHIN_S)
+    # A request written to a lost task before nginx noticed ends as a 504 after NGINX_PROXY_READ_TIMEOUT.
+    settle = ctx.handle.settings.nginx_proxy_read_timeout + 3
+    time.sleep(max(0.0, started + settle - time.monotonic()))
+    last = nodes.last_sent(ctx.handle, victim.addresses, lost_at)
+    connections = ctx.params.connections
+    outcome = Outcome(
+        recovery.rescheduled_s,
+        f"{victim.node} lost until the app ran its {NODE_LOSS_NODES} tasks on the other nodes",
+        allowed=connections,
+        allowance=f"<= {connections}: requests in flight on {victim.node}'s app task(s) when it went "
+        "(one per wrk connection: each waits for its answer)",
+    )
+    outcome.timeline = {
+        name: round(value, 1)
+        for name, value in (
+            ("node marked down", recovery.down_s),
+            ("app tasks rescheduled", recovery.rescheduled_s),
+            ("nginx's last request to a lost task", last),
+        )
+        if value is not None
+    }
+    outcome.notes.append(
+        f"{victim.node} ({len(victim.tasks)} app task(s), {', '.join(sorted(victim.addresses))}) taken down "
+        f"with DRILL_NODE_DOWN; dispatcher heartbeat {nodes.heartbeat(ctx.handle)}; replacements on "
+        f"{recovery.where or '?'}"
+    )
+    if recovery.rescheduled_s is None:
+        outcome.notes.append(f"the app's tasks were not rescheduled within {NODE_LOSS_WITHIN_S:g} s")
+        outcome.probe_failures += 1
+    return outcome
+
+
 DRILLS: tuple[Drill, ...] = (
-    Drill("baseline", "local", "nothing happens: the load alone", baseline),
-    Drill("reload", "local", "handle.reload(): gunicorn HUP + nginx reload", reload),
+    Drill("baseline", host_processes, "nothing happens: the load alone", baseline),
+    Drill("reload", host_processes, "handle.reload(): gunicorn HUP + nginx reload", reload),
     Drill(
         "recycle",
-        "local",
+        host_processes,
         "small GUNICORN_MAX_REQUESTS: workers recycle during the load",
         recycle,
         recycle_knobs,
     ),
-    Drill("worker-term", "local", "SIGTERM to one worker", worker_term),
-    Drill("worker-kill", "local", "SIGKILL to one worker", worker_kill),
+    Drill("worker-term", host_processes, "SIGTERM to one worker", worker_term),
+    Drill("worker-kill", host_processes, "SIGKILL to one worker", worker_kill),
     Drill(
         "worker-timeout",
-        "local",
+        host_processes,
         "/api/blocking past GUNICORN_TIMEOUT: gunicorn kills the blocked worker",
         worker_timeout,
         timeout_knobs,
+        demo_route="/api/blocking",
     ),
-    Drill("nginx-reload", "local", "HUP to the nginx master", nginx_reload),
-    Drill("down-in-flight", "local", "stop the stack with slow requests in flight", down_in_flight),
+    Drill("nginx-reload", host_processes, "HUP to the nginx master", nginx_reload),
+    Drill(
+        "down-in-flight",
+        host_processes,
+        "stop the stack with slow requests in flight",
+        down_in_flight,
+        demo_route="/api/slow",
+    ),
     Drill(
         "redis-restart",
-        "local",
+        host_processes,
         "the rooms' redis-server stopped and started again (no persistence) under load",
         redis_restart,
+        demo_route="/ws/rooms/{room}",
     ),
-    Drill("recreate", "docker", "compose recreates the app container for a changed knob", recreate),
-    Drill("scale-down", "docker", "compose scale app=3 -> 1 under load", scale_down, prepare=three_apps),
-    Drill("app-killed", "docker", "docker kill one of 2 app containers", app_killed, prepare=two_apps),
+    Drill("recreate", compose_project, "compose recreates the app container for a changed knob", recreate),
+    Drill(
+        "scale-down", compose_project, "compose scale app=3 -> 1 under load", scale_down, prepare=three_apps
+    ),
+    Drill("app-killed", compose_project, "docker kill one of 2 app containers", app_killed, prepare=two_apps),
+    Drill(
+        "node-loss",
+        swarm_services,
+        "a swarm node with an app task goes down (DRILL_NODE_DOWN): rescheduled, nginx stops sending to it",
+        node_loss,
+        node_loss_knobs,
+        site_needs=(engine, swarm_of(NODE_LOSS_NODES), node_control),  # engine: of DOCKER_HOST as given
+    ),
 )
 NAMES = tuple(d.name for d in DRILLS)
 BY_NAME = {d.name: d for d in DRILLS}

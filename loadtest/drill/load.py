@@ -1,32 +1,35 @@
-"""The load every drill runs under: wrk sending POST /api/echo and GET /api/ping through nginx (mixed.lua
-counts the answers per method and status), WebSocket clients on /ws/ticker, one thread each, that
-reconnect whenever the server closes them and record every close code and failed reconnect, and room
-members with their publishers (loadtest/rooms.py), which count every message a member missed."""
+"""The load every drill runs under: wrk sending POST DRILL_POST and GET DRILL_GET through nginx (mixed.lua
+counts the answers per method and status), WebSocket clients on DRILL_WS, one thread each, that send a
+message every half second and expect it echoed, and reconnect whenever the server closes them, recording
+every close code and failed reconnect, and room members with their publishers (loadtest/rooms.py), which
+count every message a member missed."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import struct
 import subprocess
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
 
 import websocket
 
-from loadtest.drill.plan import ROOMS, DrillError, LoadParams
+from loadtest.drill.plan import DEFAULTS, ROOMS, DrillError, LoadParams
 from loadtest.host import find_wrk
 from loadtest.rooms import Ledger
 
 LUA = Path(__file__).with_name("mixed.lua")
 WRK_TIMEOUT_S = 30  # an answer slower than this is wrk's `timeout` error
 SOCKET_ERRORS = ("connect", "read", "write", "timeout")
-TICK_INTERVAL_S = 0.5
+SEND_INTERVAL_S = 0.5
+FIRST_ECHO_WITHIN_S = 5.0
 WS_CONNECT_TIMEOUT_S = 5.0
 WS_POLL_S = 0.5  # how often a receiving client looks at the stop flag
 WS_RETRY_PAUSE_S = 0.1
@@ -100,6 +103,9 @@ class Wrk:
             **os.environ,
             "DRILL_WRK_OUT": str(self.out),
             "DRILL_WRK_DELAY_MS": str(params.delay_ms()),
+            "DRILL_WRK_POST": params.post,
+            "DRILL_WRK_BODY": params.body,
+            "DRILL_WRK_GET": params.get,
         }
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -134,7 +140,8 @@ class WsTally:
     closes: dict[str, int] = field(default_factory=dict)  # close code -> count
     failed_reconnects: dict[str, int] = field(default_factory=dict)  # reason -> count
     longest_gap_s: float = 0.0
-    pushes: int = 0
+    echoes: int = 0
+    wrong_echoes: int = 0
     slowest_connects_s: list[float] = field(default_factory=list)  # the 5 slowest handshakes, failed ones too
 
 
@@ -158,26 +165,33 @@ def failure_reason(error: Exception) -> str:
     return type(error).__name__
 
 
-class TickerClients:
-    """N WebSockets on /ws/ticker, each in its own thread: connect, receive pushes, and when the server
-    closes (or the connection drops), record the code and connect again, until stop()."""
+class EchoClients:
+    """N WebSockets on `path`, each in its own thread: connect, send a message every SEND_INTERVAL_S and
+    expect it echoed, and when the server closes (or the connection drops), record the code and connect
+    again, until stop()."""
 
-    def __init__(self, ws_url: str, count: int) -> None:
-        self.url = f"{ws_url}/ws/ticker?interval={TICK_INTERVAL_S}"
+    def __init__(self, ws_url: str, count: int, path: str = DEFAULTS.drill_ws) -> None:
+        self.path = path
+        self.url = f"{ws_url}{path}"
         self.count = count
         self.stopping = threading.Event()
         self.reconnecting = threading.Event()
         self.reconnecting.set()
         self.lock = threading.Lock()
         self.connects = 0
-        self.pushes = 0
+        self.echoes = 0
+        self.echoed_once: set[int] = set()  # clients whose first message came back
+        self.wrong = 0  # answers that were not the message sent
+        self.first_wrong = ""
         self.closes: Counter[str] = Counter()
+        self.closed_at: list[tuple[float, str]] = []  # (unix time, close code): the drill's timeline
         self.failed: Counter[str] = Counter()
         self.longest_gap = 0.0
         self.connect_times: list[float] = []
-        self.threads = [threading.Thread(target=self.client, daemon=True) for _ in range(count)]
+        self.threads = [threading.Thread(target=self.client, args=(n,), daemon=True) for n in range(count)]
 
     def start(self, within: float = 15.0) -> None:
+        """Returns once every client is connected and has had one message echoed."""
         for thread in self.threads:
             thread.start()
         deadline = time.monotonic() + within
@@ -185,6 +199,16 @@ class TickerClients:
             time.sleep(0.05)
         if self.connects < self.count:
             raise DrillError(f"only {self.connects} of {self.count} WebSockets connected within {within:g} s")
+        deadline = time.monotonic() + FIRST_ECHO_WITHIN_S
+        while len(self.echoed_once) < self.count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if len(self.echoed_once) < self.count:
+            got = f"it answered {self.first_wrong[:60]!r}" if self.wrong else "no answer"
+            raise DrillError(
+                f"DRILL_WS={self.path}: {self.count - len(self.echoed_once)} of {self.count} clients had "
+                f"no echo of their first message within {FIRST_ECHO_WITHIN_S:g} s ({got}); the drill's "
+                "WebSocket clients need an endpoint that echoes text (or DRILL_WS= for none)"
+            )
 
     def hold(self) -> None:
         """Stop reconnecting: a closed client stays closed (the stack is going away)."""
@@ -201,11 +225,12 @@ class TickerClients:
                 dict(sorted(self.closes.items())),
                 dict(sorted(self.failed.items())),
                 round(self.longest_gap, 3),
-                self.pushes,
+                self.echoes,
+                self.wrong,
                 [round(t, 3) for t in sorted(self.connect_times, reverse=True)[:5]],
             )
 
-    def client(self) -> None:
+    def client(self, number: int) -> None:
         closed_at: float | None = None
         while not self.stopping.is_set():
             began = time.monotonic()
@@ -222,20 +247,29 @@ class TickerClients:
                 self.connect_times.append(time.monotonic() - began)
                 if closed_at is not None:
                     self.longest_gap = max(self.longest_gap, time.monotonic() - closed_at)
-            code = self.receive(ws)
+            code = self.converse(ws, number)
             if code is None:
                 return
             closed_at = time.monotonic()
             with self.lock:
                 self.closes[str(code)] += 1
+                self.closed_at.append((time.time(), str(code)))
             if not self.reconnecting.is_set():
                 return
 
-    def receive(self, ws: websocket.WebSocket) -> int | None:
-        """Until the server closes (its code) or stop() (None)."""
+    def converse(self, ws: websocket.WebSocket, number: int) -> int | None:
+        """Send and expect each message back, until the server closes (its code) or stop() (None). A
+        message unanswered when the server closes is not a wrong echo: the close frame says why."""
         ws.settimeout(WS_POLL_S)
+        waiting: deque[str] = deque()
+        sent, last_send = 0, -math.inf
         try:
             while not self.stopping.is_set():
+                if time.monotonic() - last_send >= SEND_INTERVAL_S:
+                    sent += 1
+                    waiting.append(f"drill {number}-{sent}")
+                    ws.send(waiting[-1])
+                    last_send = time.monotonic()
                 try:
                     opcode, frame = ws.recv_data_frame(True)
                 except websocket.WebSocketTimeoutException:
@@ -243,14 +277,23 @@ class TickerClients:
                 if opcode == websocket.ABNF.OPCODE_CLOSE:
                     return close_code(frame.data)
                 if opcode == websocket.ABNF.OPCODE_TEXT:
-                    with self.lock:
-                        self.pushes += 1
+                    self.answered(number, frame.data.decode(errors="replace"), waiting)
             ws.close(timeout=1)
             return None
         except (websocket.WebSocketException, OSError):
             return NO_CLOSE_FRAME
         finally:
             cast(RawSocket, ws).shutdown()
+
+    def answered(self, number: int, text: str, waiting: deque[str]) -> None:
+        with self.lock:
+            if waiting and text == waiting[0]:
+                waiting.popleft()
+                self.echoes += 1
+                self.echoed_once.add(number)
+            else:
+                self.wrong += 1
+                self.first_wrong = self.first_wrong or text
 
 
 @dataclass
@@ -266,7 +309,7 @@ class Load:
 
     def __init__(self, url: str, ws_url: str, params: LoadParams, out_dir: Path, wrk: str) -> None:
         self.wrk = Wrk(url, params, out_dir, wrk)
-        self.sockets = TickerClients(ws_url, params.websockets)
+        self.sockets = EchoClients(ws_url, params.sockets, params.ws_path)
         per_room = -(-params.room_members // ROOMS)
         self.rooms = Ledger(ws_url, url, ROOMS, per_room, params.room_rate) if per_room else None
         self.rooms_result: dict[str, Any] = {}

@@ -1,4 +1,5 @@
--- The drills' HTTP load for wrk: POST /api/echo and GET /api/ping in turn on every connection.
+-- The drills' HTTP load for wrk: POST $DRILL_WRK_POST (body $DRILL_WRK_BODY, JSON) and GET $DRILL_WRK_GET in
+-- turn on every connection; POSTs only when $DRILL_WRK_GET is empty.
 -- Each request carries X-Request-ID drill-<post|get>-<thread>-<n>; nginx echoes that header on every
 -- response, its own errors included, so response() counts statuses per method. done() writes the counts,
 -- wrk's socket errors and its latency percentiles as JSON to $DRILL_WRK_OUT.
@@ -6,7 +7,9 @@
 
 local out = os.getenv("DRILL_WRK_OUT")
 local pace = tonumber(os.getenv("DRILL_WRK_DELAY_MS") or "0") or 0
-local echo_body = '{"text":"drill"}'
+local post_path = os.getenv("DRILL_WRK_POST") or "/api/echo"
+local post_body = os.getenv("DRILL_WRK_BODY") or '{"text":"drill"}'
+local get_path = os.getenv("DRILL_WRK_GET") or ""
 local threads = {}
 local thread_id = 0
 local sent = 0
@@ -24,13 +27,13 @@ end
 
 function request()
    sent = sent + 1
-   if sent % 2 == 0 then
-      return wrk.format("POST", "/api/echo", {
+   if sent % 2 == 0 or get_path == "" then
+      return wrk.format("POST", post_path, {
          ["Content-Type"] = "application/json",
          ["X-Request-ID"] = "drill-post-" .. thread_id .. "-" .. sent,
-      }, echo_body)
+      }, post_body)
    end
-   return wrk.format("GET", "/api/ping", {["X-Request-ID"] = "drill-get-" .. thread_id .. "-" .. sent})
+   return wrk.format("GET", get_path, {["X-Request-ID"] = "drill-get-" .. thread_id .. "-" .. sent})
 end
 
 function response(status, headers, body)

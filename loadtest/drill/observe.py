@@ -39,17 +39,19 @@ def upstream_connections(pid: int, port: int) -> int:
 
 
 def answering_pid(url: str) -> int | None:
+    """The pid in a readiness answer (the platform's, so any APP_MODULE has it), if ready."""
     try:
-        response = httpx2.get(f"{url}/api/ping", timeout=1.0)
+        response = httpx2.get(url, timeout=1.0)
         return int(response.json()["pid"]) if response.status_code == 200 else None
     except (httpx2.HTTPError, ValueError, KeyError, TypeError):
         return None
 
 
 def new_worker_answers(handle: stack.Handle, old: set[int], since: float) -> float | None:
-    """Seconds from `since` until a worker whose pid is not in `old` answers /api/ping on GUNICORN_BIND.
-    Each probe is a fresh connection, which the kernel hands to whichever worker accepts first."""
-    url = bind_url(handle)
+    """Seconds from `since` until a worker whose pid is not in `old` answers APP_READINESS_PATH on
+    GUNICORN_BIND. Each probe is a fresh connection, which the kernel hands to whichever worker accepts
+    first."""
+    url = f"{bind_url(handle)}{handle.settings.app_readiness_path}"
     deadline = time.monotonic() + RESPAWN_WITHIN_S
     while time.monotonic() < deadline:
         pid = answering_pid(url)

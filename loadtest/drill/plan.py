@@ -4,6 +4,7 @@ row each drill fills in."""
 from __future__ import annotations
 
 import difflib
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -24,38 +25,59 @@ class DrillError(LoadtestError):
 
 @dataclass(frozen=True)
 class LoadParams:
-    """The load every drill runs under; each field is the ToolInputs row of the same name."""
+    """The load every drill runs under; each field is set from a ToolInputs row (cli.py: LOAD, TARGETS)."""
 
     seconds: float = DEFAULTS.drill_seconds  # at least this long per drill, the event in the first half
     threads: int = DEFAULTS.wrk_threads
     connections: int = DEFAULTS.wrk_connections  # each holds one request in flight at a time
-    websockets: int = DEFAULTS.drill_websockets  # held /ws/ticker clients
-    room_members: int = DEFAULTS.drill_room_members  # over ROOMS rooms (loadtest/rooms.py)
+    websockets: int = DEFAULTS.drill_websockets  # held clients on ws_path
+    # Members of the demo's rooms (loadtest/rooms.py) over ROOMS rooms; none for another APP_MODULE.
+    room_members: int = DEFAULTS.drill_room_members
     room_rate: float = DEFAULTS.drill_room_rate  # messages/s per room
     rate: float = DEFAULTS.drill_rate  # a cap in requests/s over all connections; 0 = as fast as wrk goes
     short: bool = False  # seconds-long drills and short graceful timeouts, for tests
     strict: bool = False  # every drill is allowed to lose nothing, the lossy ones too
+    post: str = DEFAULTS.drill_post  # what wrk POSTs body to
+    body: str = DEFAULTS.drill_body
+    get: str = DEFAULTS.drill_get  # "": POSTs only
+    ws_path: str = DEFAULTS.drill_ws  # an echoing WebSocket; "": none
 
     def delay_ms(self) -> int:
         """wrk's per-request pause on each connection that caps the total rate at `rate`."""
         return math.ceil(1000 * self.connections / self.rate) if self.rate else 0
 
+    @property
+    def sockets(self) -> int:
+        """WebSocket clients held: none without a path."""
+        return self.websockets if self.ws_path else 0
+
     def describe(self) -> str:
         rate = f"capped at {self.rate:g} req/s" if self.rate else "as fast as wrk goes"
         mode = ", short mode" if self.short else ""
+        requests = f"POST {self.post}" + (f" + GET {self.get}" if self.get else "")
+        sockets = f"{self.sockets} WebSockets on {self.ws_path} (echo)" if self.sockets else "no WebSockets"
         rooms = (
             f"{self.room_members} room members over {ROOMS} rooms at {self.room_rate:g} msg/s each"
             if self.room_members
             else "no room members"
         )
         return (
-            f"wrk -t{self.threads} -c{self.connections} ({rate}) POST /api/echo + GET /api/ping, "
-            f"{self.websockets} WebSockets on /ws/ticker, {rooms}, >= {self.seconds:g} s per drill{mode}"
+            f"wrk -t{self.threads} -c{self.connections} ({rate}) {requests}, {sockets}, {rooms}, "
+            f">= {self.seconds:g} s per drill{mode}"
         )
 
 
 ROOMS = 2  # the drill's rooms; DRILL_ROOM_MEMBERS spread over them
 SHORT = LoadParams(seconds=4.0, websockets=6, room_members=4, short=True)
+
+
+@dataclass(frozen=True)
+class NodeCommands:
+    """How node-loss takes a swarm node down and back (DRILL_NODE_DOWN, DRILL_NODE_UP; `{node}`: its
+    hostname). Empty: node-loss is skipped."""
+
+    down: str = DEFAULTS.drill_node_down
+    up: str = DEFAULTS.drill_node_up
 
 
 def parse_load(given: Mapping[str, Any], short: bool = False, strict: bool = False) -> LoadParams:
@@ -68,7 +90,24 @@ def parse_load(given: Mapping[str, Any], short: bool = False, strict: bool = Fal
             f"WRK_CONNECTIONS={params.connections} < WRK_THREADS={params.threads}: wrk needs a connection "
             "per thread at least"
         )
+    check_paths(params)
     return params
+
+
+PATHS = {"post": "DRILL_POST", "get": "DRILL_GET", "ws_path": "DRILL_WS"}
+
+
+def check_paths(params: LoadParams) -> None:
+    """Each path absolute (DRILL_POST required, the others may be empty) and the body JSON."""
+    for name, env in PATHS.items():
+        value: str = getattr(params, name)
+        if (value or name == "post") and not value.startswith("/"):
+            rule = "a path starting with /" + ("" if value or name != "post" else " (required)")
+            raise DrillError(f"{env}={value!r}: {rule}, e.g. {getattr(LoadParams(), name)}")
+    try:
+        json.loads(params.body)
+    except ValueError as error:
+        raise DrillError(f"DRILL_BODY={params.body!r}: not JSON ({error})") from None
 
 
 def parse_drills(text: str, known: tuple[str, ...]) -> list[str]:
@@ -115,13 +154,15 @@ class Row:
     ws_failed_by_reason: dict[str, int] = field(default_factory=dict)
     ws_longest_gap_s: float = 0.0  # longest time a client was without a connection
     ws_slowest_connects_s: list[float] = field(default_factory=list)  # the slowest handshakes (s)
-    ws_pushes: int = 0
+    ws_echoes: int = 0  # messages the server echoed
+    ws_wrong_echoes: int = 0  # answers that were not the message sent: must be 0
     # The rooms (loadtest/rooms.py Ledger.check): published, delivered, missing, duplicates, latency, closes
     rooms: dict[str, Any] = field(default_factory=dict)
     rooms_allowed: int = 0  # messages room members may miss (a Redis that restarts empty)
     rooms_allowance: str = "nothing"
     recovery_s: float | None = None
     recovery: str = ""  # what recovery_s measures
+    timeline: dict[str, float] = field(default_factory=dict)  # seconds after the event, by what happened
     load_average_before: str = ""
     load_average_after: str = ""
     notes: list[str] = field(default_factory=list)
@@ -136,6 +177,7 @@ class Row:
         return (
             self.lost <= self.allowed
             and self.ws_failed_reconnects == 0
+            and self.ws_wrong_echoes == 0
             and self.rooms_lost <= self.rooms_allowed
         )
 

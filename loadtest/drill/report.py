@@ -1,5 +1,5 @@
 """What `make drill` shows and writes: one rich table, drill.json (every row, every count) and index.html
-(the table, the machine, the load parameters)."""
+(the table, the machine, the load parameters, and each drill's timeline from its stack series)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from loadtest.drill.load import WRK_TIMEOUT_S
 from loadtest.drill.plan import FLOOR_RATE, Row
 from loadtest.host import load_average
 from loadtest.host import machine as host_machine
+from loadtest.sampler import charts
+from loadtest.sampler.sampler import SERIES_FILE, read_series
 from loadtest.status import Status
 
 HEAD = (
@@ -50,8 +52,14 @@ LEGEND = {
     "WS closes": "close codes the server sent (1012: restart, 1001: going away; 1006: no close frame, the "
     "worker died); every client reconnects at once",
     "failed reconnects": "WebSocket connects that failed (handshake status or socket error); must be 0",
-    "allowed": "what the event may lose: nothing, or for a killed worker or container the requests in flight "
-    "on it, bounded by the connections it held (each carries at most one request) and by wrk's connections",
+    "wrong WS echoes": "answers on a WebSocket that were not the message its client sent (each client sends "
+    "one every 0.5 s and expects it back, in order); must be 0",
+    "allowed": "what the event may lose: nothing, or for a killed worker or container or a lost swarm node "
+    "the requests in flight on it, bounded by the connections it held (each carries at most one request) "
+    "and by wrk's connections",
+    "recovery (timeline)": "node-loss: seconds after the node went until the manager marked it down, until "
+    "the app ran its tasks elsewhere, and when nginx last sent a request to a lost task (its access log, "
+    "± 1 s)",
     "rooms": "room members (WS /ws/rooms/{room}) and a publisher per room (POST): messages accepted (202), "
     "deliveries, missing (an accepted message a member never got: must be 0, or what `allowed` says), "
     "duplicates (counted), publish-to-receive p50/p99, the closes members got (1011: Redis down, 1012: "
@@ -95,8 +103,9 @@ def result(row: Row) -> str:
     if not row.status.ran:
         return f"{row.status}: {row.reason}"
     reconnects = f", {row.ws_failed_reconnects} failed WS reconnects" if row.ws_failed_reconnects else ""
+    wrong = f", {row.ws_wrong_echoes} wrong WS echoes" if row.ws_wrong_echoes else ""
     missed = f", {row.rooms_lost} room messages missed" if row.rooms_lost else ""
-    text = f"{row.status} (lost {row.lost}{reconnects}{missed})"
+    text = f"{row.status} (lost {row.lost}{reconnects}{wrong}{missed})"
     if row.weak:
         text += f"; load {row.rate:.0f} req/s < {FLOOR_RATE:.0f}: weak evidence"
     return text
@@ -109,6 +118,8 @@ def cells(row: Row) -> list[str]:
     if row.probes:
         failures += "; drill's own: " + counts(row.probes)
     recovery = "-" if row.recovery_s is None else f"{row.recovery_s:.2f} s"
+    if row.timeline:
+        recovery += " (" + ", ".join(f"{what} {s:g} s" for what, s in row.timeline.items()) + ")"
     failed = counts(row.ws_failed_by_reason) if row.ws_failed_reconnects else "0"
     return [
         row.drill,
@@ -143,7 +154,43 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-def write_html(path: Path, rows: list[Row], meta: dict[str, Any]) -> None:
+TIMELINE_NOTE = (
+    "Each drill's stack, sampled once a second (loadtest/sampler): requests/s and failures/s through nginx "
+    "(its access log: answers outside 2xx/3xx; wrk's socket errors are in the row only), the drill's "
+    "WebSocket closes by code, workers alive and each worker's event-loop lag. Blue dashed: the event; "
+    "green: a worker started; red: a worker ended, with the reason the gunicorn master recorded."
+)
+
+
+def timelines(report_dir: Path, rows: list[Row]) -> str:
+    """One timeline per drill that has a stack series (stack-series.jsonl and timeline.json in its dir)."""
+    parts = []
+    for row in rows:
+        drill_dir = report_dir / row.drill
+        samples = read_series(drill_dir / SERIES_FILE)
+        if not samples:
+            continue
+        try:
+            marks = json.loads((drill_dir / "timeline.json").read_text())
+        except (OSError, ValueError):
+            marks = {}
+        specs = charts.timeline_specs(
+            samples,
+            closes=[(t, str(code)) for t, code in marks.get("closes", [])],
+            events=[(t, str(label)) for t, label in marks.get("events", [])],
+        )
+        parts.append(f'<h3 id="timeline-{html.escape(row.drill)}">{html.escape(row.drill)}</h3>')
+        parts.append(charts.charts_div(specs, f"charts-{row.drill}"))
+    if not parts:
+        return ""
+    return (
+        f'<section class="stack-section"><style>{charts.STYLE}</style><h2>Timelines</h2>'
+        f'<p class="stack-note">{html.escape(TIMELINE_NOTE)}</p>{"".join(parts)}'
+        f"<script>{charts.RENDERER}</script></section>"
+    )
+
+
+def write_html(path: Path, rows: list[Row], meta: dict[str, Any], timeline: str = "") -> None:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in (*HEAD, "notes"))
     body = []
     for row in rows:
@@ -171,6 +218,7 @@ tr.skipped {{ color: #777; }}
 <h2>How to read it</h2>
 <dl>{legend}</dl>
 <p>Every row's counts (statuses per method, latency, WebSocket reconnect gaps, knobs) are in drill.json.</p>
+{timeline}
 </body></html>
 """
     )
@@ -180,4 +228,4 @@ def write_report(report_dir: Path, rows: list[Row], meta: dict[str, Any]) -> Non
     passed = all(r.status in (Status.PASSED, Status.SKIPPED) for r in rows)
     summary = {**meta, "passed": passed, "legend": LEGEND, "rows": rows}
     (report_dir / "drill.json").write_text(json.dumps(summary, indent=2, default=jsonable))
-    write_html(report_dir / "index.html", rows, meta)
+    write_html(report_dir / "index.html", rows, meta, timelines(report_dir, rows))

@@ -1,31 +1,38 @@
 """How a drill runs: a fresh stack on free ports (deploy/stackctl/stack.py) with its run dir under the
-report dir; the load started; the event after 40 % of DRILL_SECONDS; the load kept up until DRILL_SECONDS
-have passed (at least 20 % of them after the event); then the row: what was sent, what failed by kind,
-WebSocket closes and failed reconnects, recovery, and the verdict against the drill's allowance."""
+report dir, sampled beside the load (loadtest/sampler: the drill's timeline); the load started; the event
+after 40 % of DRILL_SECONDS; the load kept up until DRILL_SECONDS have passed (at least 20 % of them after
+the event); then the row: what was sent, what failed by kind, WebSocket closes and failed reconnects,
+recovery, and the verdict against the drill's allowance."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import json
 import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from deploy.stackctl import stack
-from deploy.stackctl.ports import free_port_knobs
+from loadtest.apps import needs_demo, served_app
 from loadtest.drill import containers
+from loadtest.drill.capabilities import Site
 from loadtest.drill.drills import BY_NAME, Context, Drill, Outcome
 from loadtest.drill.load import Load, Tally
 from loadtest.drill.observe import WorkerWatch
-from loadtest.drill.plan import LoadParams, Row
+from loadtest.drill.plan import LoadParams, NodeCommands, Row
 from loadtest.drill.report import machine, write_report
 from loadtest.host import find_wrk, load_average
+from loadtest.sampler.sampler import SERIES_FILE, beside
 from loadtest.status import Status
 
 LEAD = 0.4  # of DRILL_SECONDS under load before the event
+TIMELINE = "timeline.json"  # beside SERIES_FILE: when the event happened, when each WebSocket closed
 TAIL = 0.2  # of DRILL_SECONDS under load at least after it
 # Applied unless the environment sets them: a worker to spare for the one a drill takes down.
 DEFAULTS = {"WEB_CONCURRENCY": "2"}
@@ -62,12 +69,13 @@ def fill(
         ws.failed_reconnects,
         sum(ws.failed_reconnects.values()),
     )
-    row.ws_longest_gap_s, row.ws_pushes = ws.longest_gap_s, ws.pushes
+    row.ws_longest_gap_s, row.ws_echoes, row.ws_wrong_echoes = ws.longest_gap_s, ws.echoes, ws.wrong_echoes
     row.rooms, row.rooms_allowed = tally.rooms, outcome.rooms_allowed
     row.rooms_allowance = outcome.rooms_allowance
     row.ws_slowest_connects_s = ws.slowest_connects_s
     row.recovery_s = None if outcome.recovery_s is None else round(outcome.recovery_s, 3)
     row.recovery, row.probes, row.probe_failures = outcome.recovery, outcome.probes, outcome.probe_failures
+    row.timeline = outcome.timeline
     row.not_counted = [kind for kind in outcome.not_counted if kind in row.failures]
     row.allowed, row.allowance = outcome.allowed, outcome.allowance
     if params.strict and row.allowed:
@@ -82,6 +90,20 @@ def fill(
     row.verdict()
 
 
+def nginx_retries(run_dir: Path) -> int | None:
+    """Requests nginx sent to the app more than once (its access line lists an upstream_status per try);
+    None without a local nginx log. A loss-free drill must not owe its 0 to these."""
+    logs = sorted(run_dir.glob("nginx.log*"))
+    if not logs:
+        return None
+    retried = 0
+    for log in logs:
+        for line in log.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError, AttributeError):
+                retried += "," in json.loads(line).get("upstream_status", "")
+    return retried
+
+
 def compress_logs(run_dir: Path) -> None:
     """nginx's access log is one JSON line per request (~12 MB per drill): kept, gzipped."""
     for log in sorted(run_dir.glob("*.log*")):
@@ -92,39 +114,54 @@ def compress_logs(run_dir: Path) -> None:
 
 
 def run_drill(
-    drill: Drill, params: LoadParams, report_dir: Path, base: Mapping[str, str] | None, wrk: str
+    drill: Drill,
+    params: LoadParams,
+    report_dir: Path,
+    base: Mapping[str, str] | None,
+    wrk: str,
+    site: Site | None = None,
 ) -> Row:
     row = Row(drill.name, drill.runtime, drill.what)
+    runtime = stack.backend(drill.runtime)
     environ = os.environ if base is None else base
+    site = site or Site(environ)
     row.knobs = drill_knobs(drill, params, environ)
-    knobs = {**row.knobs, **free_port_knobs(drill.runtime)}
-    if drill.runtime == "docker":
+    knobs = {**row.knobs, **runtime.free_port_knobs()}
+    if not runtime.processes_here:  # an engine's stack: its own project name and subnet
         knobs |= containers.project_knobs(drill.name)
     run_dir = report_dir / drill.name
     run_dir.mkdir(parents=True)
     row.load_average_before = load_average()
+    timeline: dict[str, list[tuple[float, str]]] = {"events": [], "closes": []}
     try:
-        with stack.running(drill.runtime, knobs, run_dir, base=base) as handle:
+        with (
+            stack.running(drill.runtime, knobs, run_dir, base=base) as handle,
+            beside(handle, run_dir / SERIES_FILE),
+        ):
             load = Load(handle.url, handle.ws_url, params, run_dir, wrk)
-            ctx = Context(handle, load, params, run_dir, knobs, base)
+            ctx = Context(handle, load, params, run_dir, knobs, base, site=site)
             if drill.prepare:
                 drill.prepare(ctx)
-            if drill.runtime == "local":
+            if runtime.processes_here:
                 ctx.watch = WorkerWatch(handle)
                 ctx.watch.start()
             started = time.monotonic()
             try:
                 load.start()
                 time.sleep(params.seconds * LEAD)
+                timeline["events"].append((time.time(), drill.what))
                 outcome = drill.act(ctx)
                 if outcome.load_until is None:
                     left = params.seconds - (time.monotonic() - started)
                     time.sleep(max(left, params.seconds * TAIL))
             finally:
                 tally = load.stop()
+                timeline["closes"] = list(load.sockets.closed_at)
                 if ctx.watch:
                     ctx.watch.stop()
-                if drill.runtime == "docker":
+                for cleanup in ctx.cleanups:
+                    cleanup()
+                if not runtime.processes_here:
                     containers.save_logs(ctx.handle, run_dir)
             row.seconds = round(time.monotonic() - started, 1)
     except Exception as error:  # a drill that breaks is a row saying why, not the end of the run
@@ -132,8 +169,12 @@ def run_drill(
         return row
     finally:
         row.load_average_after = load_average()
+        retries = nginx_retries(run_dir)
         compress_logs(run_dir)
+        (run_dir / TIMELINE).write_text(json.dumps(timeline))
     fill(row, tally, outcome, params, load.started_at, ctx.watch.started() if ctx.watch else None)
+    if retries is not None:
+        row.notes.append(f"nginx retried {retries} request(s) on a second try (upstream_status)")
     return row
 
 
@@ -143,27 +184,40 @@ def run_drills(
     out_root: Path,
     base: Mapping[str, str] | None = None,
     progress: Callable[[Row], None] = lambda row: None,
+    nodes: NodeCommands | None = None,
 ) -> tuple[Path, list[Row]]:
-    """Every named drill on its own stack; writes drill.json and index.html into reports/drill-<time>/."""
+    """Every named drill on its own stack; writes drill.json and index.html into reports/drill-<time>/.
+    A drill whose needs this site lacks (an engine, a swarm of several nodes, ...) is a skipped row."""
     drills = [BY_NAME[name] for name in names]
     wrk = find_wrk()
-    engine = any(d.runtime == "docker" for d in drills) and stack.docker_engine_reachable()
+    app = served_app(base)
+    if needs_demo("/ws/rooms/{room}", app):
+        params = replace(params, room_members=0)  # the rooms are the demo's; another app has none
+    # Asked once per runtime the drills use (an engine: `docker info`); a drill on one that is not is skipped.
+    available = {name: stack.backend(name).available() for name in dict.fromkeys(d.runtime for d in drills)}
+    nodes = nodes or NodeCommands()
+    site = Site(os.environ if base is None else base, nodes.down, nodes.up)
     report_dir = out_root / f"drill-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
     report_dir.mkdir(parents=True, exist_ok=False)
     meta: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "load": params.describe(),
+        "app": app,
         "params": params,
         **machine(),
     }
     rows: list[Row] = []
     try:
         for drill in drills:
-            if drill.runtime == "docker" and not engine:
+            if not available[drill.runtime]:
                 row = Row(drill.name, drill.runtime, drill.what, status=Status.SKIPPED)
-                row.reason = "no Docker engine reachable (`docker info` failed); start one or set DOCKER_HOST"
+                row.reason = stack.backend(drill.runtime).unavailable
+            elif missing := next(filter(None, (need(site) for need in drill.site_needs)), None):
+                row = Row(drill.name, drill.runtime, drill.what, status=Status.SKIPPED, reason=missing)
+            elif missing := needs_demo(drill.demo_route, app):
+                row = Row(drill.name, drill.runtime, drill.what, Status.SKIPPED, missing)
             else:
-                row = run_drill(drill, params, report_dir, base, wrk)
+                row = run_drill(drill, params, report_dir, base, wrk, site)
             rows.append(row)
             progress(row)
     except KeyboardInterrupt:

@@ -1,6 +1,6 @@
 """One headless run: the input and the host checked, the stack asked what it runs, Locust started (one
-process, or a master and workers) with thresholds deciding its exit code, and the run summarised into its
-report directory."""
+process, or a master and workers) with thresholds deciding its exit code and the stack sampled beside it,
+and the run summarised into its report directory."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from loadtest.errors import LoadtestError
 from loadtest.runner.plan import locustfiles, parse_run_time, report_dir
 from loadtest.runner.processes import Processes, locust_env, start_locust, wait_for
 from loadtest.runner.report import mark_report, write_stack_settings
+from loadtest.runner.stackside import add_stack_charts, sampling
 from loadtest.runner.summary import Summary, summarise
 from loadtest.runner.trust import tls_target, trust_env, trusting
 from loadtest.stack import DEFAULT_RUN_DIR, check_host, stack_info
@@ -65,14 +66,16 @@ def run_headless(
         options += ["--max-fail-ratio", "1", "--max-p95", "0"]
     options += extra_args
     processes = Processes()
-    try:
-        master = start_locust(processes, files, options, workers, reports, env, expect_workers=True)
-        exit_code = wait_for(master, seconds + 60 + (30 if workers else 0))
-    finally:
-        processes.stop()
+    with sampling(host, run_dir, reports):
+        try:
+            master = start_locust(processes, files, options, workers, reports, env, expect_workers=True)
+            exit_code = wait_for(master, seconds + 60 + (30 if workers else 0))
+        finally:
+            processes.stop()
 
     run = {"scenario": name, "host": host, "users": users, "spawn_rate": spawn_rate, "run_time": run_time}
     summary = summarise(reports, exit_code, **run, workers=workers, shape=shape)
     (reports / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    add_stack_charts(reports / "report.html", reports, host, run_dir)
     mark_report(reports / "report.html", summary)
     return summary

@@ -8,11 +8,12 @@ processes import it (the runner, loadtest/runner/, never does).
 
 Users: api.py (ApiUser over HTTP, failures naming the layer that answered), sockets.py (WebSocketUser and
 its echo and ticker kinds). Listeners: options.py (per-run options from the LOCUST_* knobs), cpu.py
-(Locust's own CPU), thresholds.py (the exit code and the summary file), clock.py (the run-time timer).
+(Locust's own CPU), thresholds.py (the exit code and the summary file), clock.py (the run-time timer),
+stack_tab.py (the web UI's Stack tab).
 hooks.py: typed views of Locust's events.
 """
 
-from loadtest.users import clock, cpu, thresholds  # noqa: F401  (registers their listeners)
+from loadtest.users import clock, cpu, stack_tab, thresholds  # noqa: F401  (registers their listeners)
 from loadtest.users.api import ApiUser, describe_failure, judge
 from loadtest.users.hooks import listener, report_sample
 from loadtest.users.options import KNOBS, option

@@ -1,6 +1,6 @@
 """Per-run options: knobs of service/settings.py, settable on the command line and in the web UI; each
-option's name, env var, default and help come from the knob. Plus the runner's own two (CPU limit,
-summary file)."""
+option's name, env var, default and help come from the knob. Plus the runner's own: the CPU limit, the
+summary file, and the stack's series and settings files for the web UI's Stack tab."""
 
 from __future__ import annotations
 
@@ -44,6 +44,18 @@ def add_options(parser: LocustArgumentParser) -> None:
         default=CPU_LIMIT,
         include_in_web_ui=False,
         help="flag the run invalid when a Locust process's CPU goes above this percentage (Locust's is 90)",
+    )
+    parser.add_argument(
+        "--stack-series",
+        default="",
+        include_in_web_ui=False,
+        help="the stack's series (stack-series.jsonl) the runner's sampler writes: the web UI's Stack tab",
+    )
+    parser.add_argument(
+        "--stack-settings",
+        default="",
+        include_in_web_ui=False,
+        help="the knobs the stack runs with (stack-settings.json), shown in the Stack tab",
     )
     parser.add_argument(
         "--summary-file",

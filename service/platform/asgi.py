@@ -1,8 +1,9 @@
 """`Platform`: any ASGI app inside the blueprint's platform, itself a plain ASGI app.
 
 Around the app, outermost first: the lifespan (the app's own within APP_STARTUP_TIMEOUT, then the worker's
-tuning), the request context (request id, time-to-first-byte deadline, metrics, access line: middleware.py)
-and the probes (the platform's paths, answered before the app: probes.py).
+tuning and its event-loop probe: loopwatch.py), the request context (request id, time-to-first-byte
+deadline, metrics, access line: middleware.py) and the probes (the platform's paths, answered before the
+app: probes.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 
 from service.platform import metrics
 from service.platform.lifespan import AppLifespan, LifespanError
+from service.platform.loopwatch import LoopWatch
 from service.platform.middleware import RequestContextMiddleware, configure_logging
 from service.platform.probes import Probes
 from service.platform.types import ASGIApp, Receive, Scope, Send
@@ -79,8 +81,15 @@ class Platform:
         finally:
             self.startup_ended = True
         tune_worker(self.settings)
+        watch = (
+            LoopWatch(self.settings.app_loop_lag_interval) if self.settings.app_loop_lag_interval else None
+        )
+        if watch is not None:
+            watch.start()
         await send({"type": "lifespan.startup.complete"})
         await receive()  # lifespan.shutdown
+        if watch is not None:
+            watch.stop()
         try:
             await app_lifespan.shutdown()
         except LifespanError as error:

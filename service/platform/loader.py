@@ -4,7 +4,9 @@
 
 loads APP_MODULE (from APP_SRC) in this environment, checks that the platform's paths shadow none of its
 routes, and with --lifespan also runs its lifespan startup and shutdown within APP_STARTUP_TIMEOUT. It
-prints one line; on failure it exits 1 with the line on stderr, followed by the app's traceback.
+prints one line; on failure it exits 1 with the line on stderr, followed by the app's traceback. Warnings
+(`warning: ` lines on stderr) do not fail it: a platform path inside a catch-all route, a WebSocket route
+that no NGINX_WEBSOCKET_PATHS entry covers (nginx would proxy it with the HTTP timeouts).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from service import websocket_paths
 from service.platform.lifespan import AppLifespan, LifespanError, describe
 from service.platform.types import ASGIApp
 from service.settings import ConfigError, Settings, load_settings
@@ -130,22 +133,42 @@ def route_paths(app: object) -> list[str] | None:
     """The path templates of a Starlette-like app (`app.routes[*].path`; FastAPI's included routers and
     Starlette's mounts opened), or None when the app does not list its routes. A mount that lists none
     (static files, another framework) is `prefix/{path:path}`: everything under it."""
+    routes = listed_routes(app)
+    return None if routes is None else [path for path, _ in paths_of(routes, "")]
+
+
+def websocket_route_paths(app: object) -> list[str] | None:
+    """The path templates of the app's WebSocket routes, as route_paths finds routes (None: not listed)."""
+    routes = listed_routes(app)
+    return None if routes is None else [path for path, route in paths_of(routes, "") if is_websocket(route)]
+
+
+def listed_routes(app: object) -> list[Any] | None:
     for _ in range(10):  # through ASGI middleware objects that keep the app they wrap as `.app`
         routes = getattr(app, "routes", None)
         if isinstance(routes, list | tuple):
-            return list(paths_of(routes, ""))
+            return list(routes)
         app = getattr(app, "app", None)
         if app is None:
             return None
     return None
 
 
-def paths_of(routes: Iterable[Any], prefix: str) -> Iterator[str]:
+def is_websocket(route: object) -> bool:
+    """Starlette's WebSocketRoute (FastAPI's APIWebSocketRoute is one), known by its class's name: the
+    platform imports no framework."""
+    return route is not None and any(cls.__name__ == "WebSocketRoute" for cls in type(route).__mro__)
+
+
+def paths_of(routes: Iterable[Any], prefix: str) -> Iterator[tuple[str, Any]]:
+    """(path template, route) of each route; the route is None for a mount that lists none."""
     for route in routes:
         candidates = getattr(route, "effective_candidates", None)
         if callable(candidates):  # FastAPI >= 0.137 keeps an included router as one node
             yield from paths_of(candidates(), prefix)
             continue
+        # FastAPI >= 0.137's candidate of a WebSocket route has no path of its own: its route has it.
+        route = getattr(route, "starlette_route", None) or route
         path = getattr(route, "path", None)
         if not isinstance(path, str):
             continue
@@ -154,9 +177,9 @@ def paths_of(routes: Iterable[Any], prefix: str) -> Iterator[str]:
             if inner:
                 yield from paths_of(inner, prefix + path)
             else:
-                yield f"{prefix}{path}/{{path:path}}"
+                yield f"{prefix}{path}/{{path:path}}", None
         else:
-            yield prefix + path
+            yield prefix + path, route
 
 
 PARAMETER = re.compile(r"\{([^}:]+)(?::([^}]+))?\}")
@@ -220,6 +243,23 @@ def shadowed(app_routes: Iterable[str], platform: Mapping[str, str]) -> list[Sha
             if pattern.fullmatch(path):
                 findings.append(Shadow(knob, path, template, "catch-all" if catch_all else "route"))
     return findings
+
+
+def unproxied_websockets(templates: Iterable[str], settings: Settings) -> list[str]:
+    """A warning for each WebSocket route nginx proxies with the HTTP timeouts: none of
+    NGINX_WEBSOCKET_PATHS covers it."""
+    paths = settings.nginx_websocket_paths
+    warnings = []
+    for template in websocket_paths.uncovered(templates, paths):
+        entry = websocket_paths.suggestion(template)
+        fix = f"add {entry} to NGINX_WEBSOCKET_PATHS" if entry else "serve it under a path prefix"
+        http, ws = settings.nginx_proxy_read_timeout, settings.nginx_ws_read_timeout
+        warnings.append(
+            f"its WebSocket route {template} is not under NGINX_WEBSOCKET_PATHS={paths or '(empty)'}: nginx "
+            f"cuts it after NGINX_PROXY_READ_TIMEOUT={http}s without a frame, not NGINX_WS_READ_TIMEOUT="
+            f"{ws}s, and rule 2 does not hold for it. Fix: {fix}"
+        )
+    return warnings
 
 
 def source_problems(settings: Settings) -> list[str]:
@@ -306,8 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             timer.cancel()
         said += ", lifespan startup and shutdown ok"
-    for shadow in shadows:
-        print(f"warning: APP_MODULE={spec}: {shadow}", file=sys.stderr)
+    for warning in [*map(str, shadows), *unproxied_websockets(websocket_route_paths(app) or [], settings)]:
+        print(f"warning: APP_MODULE={spec}: {warning}", file=sys.stderr)
     elapsed = time.monotonic() - started
     print(f"APP_MODULE={spec}: an ASGI app ({type(app).__name__}), {said} in {elapsed:.2f}s")
     return 0

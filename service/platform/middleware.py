@@ -181,19 +181,30 @@ class RequestContextMiddleware:
 
     async def websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         accepted = False
+        code: int | None = None  # how it ended: the first close either side made that the app saw
+
+        async def receive_noting() -> Message:
+            nonlocal code
+            message = await receive()
+            if message["type"] == "websocket.disconnect" and code is None:
+                code = message.get("code", 1005)
+            return message
 
         async def send_counting(message: Message) -> None:
-            nonlocal accepted
+            nonlocal accepted, code
             if message["type"] == "websocket.accept" and not accepted:
                 accepted = True
-                metrics.WEBSOCKETS.inc()
+                metrics.REQUEST_METRICS.websocket_opened()
+            elif message["type"] == "websocket.close" and code is None:
+                code = message.get("code", 1000)
             await send(message)
 
         try:
-            await self.app(scope, receive, send_counting)
+            await self.app(scope, receive_noting, send_counting)
         finally:
             if accepted:
-                metrics.WEBSOCKETS.dec()
+                metrics.REQUEST_METRICS.websocket_closed()
+                metrics.WEBSOCKET_CLOSES.labels(metrics.websocket_close_label(code)).inc()
 
 
 def header(scope: Scope, name: bytes) -> str | None:

@@ -5,6 +5,7 @@ APP_METRICS_PATH); `make check` refuses paths that would shadow a route of the a
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 
 from service.platform import lifecycle, metrics
@@ -13,6 +14,7 @@ from service.platform.middleware import header
 from service.platform.types import ASGIApp, Receive, Scope, Send
 
 READ_ONLY = ("GET", "HEAD")
+HOSTNAME = socket.gethostname()  # in a container: its short id
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,9 @@ class Probes:
                 body = error_body(503, "draining", "worker is shutting down", request_id)
                 await send_json(send, 503, body, head_only=head_only)
             else:
-                await send_json(send, 200, {"status": "ready", "pid": os.getpid()}, head_only=head_only)
+                # Which worker and host answered: stackctl tells containers behind nginx apart by `host`.
+                body = {"status": "ready", "pid": os.getpid(), "host": HOSTNAME}
+                await send_json(send, 200, body, head_only=head_only)
         else:
             payload, content_type = metrics.exposition()
             headers = [(b"content-type", content_type.encode()), (b"content-length", b"%d" % len(payload))]

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from uvicorn.config import Config
 from uvicorn.server import Server
 from uvicorn.server import logger as uvicorn_logger
 
-from service.platform import lifecycle, loader
+from service.platform import exits, lifecycle, loader, metrics
 from service.platform.asgi import Platform
 from service.platform.errors import CONNECTION_CLOSE
 from service.platform.types import ASGIApp, Message, Receive, Scope, Send
@@ -124,9 +125,25 @@ def alive(pid: int) -> bool:
     return True
 
 
+class CountedConnections(set[Any]):
+    """uvicorn's set of open connections (ServerState.connections), counting each HTTP connection added
+    (every protocol adds itself when the connection is made; a WebSocket's protocol replaces the HTTP one
+    it was upgraded from and is not counted again)."""
+
+    def __init__(self, is_websocket: Callable[[Any], bool]) -> None:
+        super().__init__()
+        self.is_websocket = is_websocket
+
+    def add(self, connection: Any) -> None:
+        if not self.is_websocket(connection):
+            metrics.CONNECTIONS_OPENED.inc()
+        super().add(connection)
+
+
 class DrainingServer(Server):
     def __init__(self, config: Config, ws_close_spread: float, turns: RecycleTurns | None = None) -> None:
         super().__init__(config)
+        self.server_state.connections = CountedConnections(self.is_websocket)
         self.ws_close_spread = ws_close_spread
         self.turns = turns
         self.ws_closing: set[Any] = set()
@@ -149,6 +166,7 @@ class DrainingServer(Server):
         if self.turns is not None:
             self.turns.stopped()
         self.signalled = True
+        exits.leave_note(os.getpid(), "signal")
         lifecycle.closing.set()
         lifecycle.draining.set()
         super().handle_exit(sig, frame)
@@ -160,6 +178,7 @@ class DrainingServer(Server):
         grace = self.config.timeout_graceful_shutdown
         if not self.should_exit:
             # max_requests, not a signal: gunicorn starts no replacement before this process is gone
+            exits.leave_note(os.getpid(), "recycle")
             await self.wait_for_recycle_turn()
             lifecycle.closing.set()
             await self.serve_until_nginx_lets_go(loop, grace)
@@ -265,6 +284,12 @@ class DrainingServer(Server):
         await asyncio.sleep(0.05)
 
 
+def ws_frame_limit(message_limit: int) -> int:
+    """The limit uvicorn gets: a message's limit plus what compressing incompressible data adds to it
+    (measured: 1 MiB of random bytes from the `websockets` client became a 1.0025 MiB frame), with room."""
+    return message_limit + (message_limit >> 7) + 64
+
+
 class UvicornWorker(uvicorn_worker.UvicornWorker):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.settings = settings = load_settings()
@@ -277,7 +302,10 @@ class UvicornWorker(uvicorn_worker.UvicornWorker):  # type: ignore[misc]
             "ws": settings.uvicorn_ws,
             "ws_ping_interval": settings.uvicorn_ws_ping_interval,
             "ws_ping_timeout": settings.uvicorn_ws_ping_timeout,
-            "ws_max_size": settings.uvicorn_ws_max_size,
+            # websockets checks the limit against each frame as sent, compressed (permessage-deflate) or not,
+            # and a compressed frame of incompressible data is larger than its message; the margin lets it
+            # through, and the routes hold the message itself to UVICORN_WS_MAX_SIZE (routes.ws_echo).
+            "ws_max_size": ws_frame_limit(settings.uvicorn_ws_max_size),
             "ws_per_message_deflate": bool(settings.uvicorn_ws_per_message_deflate),
             "timeout_graceful_shutdown": settings.uvicorn_timeout_graceful_shutdown,
             "access_log": False,
@@ -342,6 +370,7 @@ class UvicornWorker(uvicorn_worker.UvicornWorker):  # type: ignore[misc]
 
 
 async def json_service_unavailable(scope: Scope, receive: Receive, send: Send) -> None:
+    metrics.UVICORN_REJECTED.inc()
     body = json.dumps(
         {
             "status": 503,
@@ -380,4 +409,32 @@ def answer_over_capacity_in_json() -> None:
             uvicorn_logger.warning("uvicorn.protocols.http.%s has no service_unavailable to replace", name)
 
 
+def close_refused_websockets_gracefully() -> None:
+    # uvicorn's sans-I/O WebSocket closes the socket right after its close frame when it refuses a frame
+    # (1009 above UVICORN_WS_MAX_SIZE, read from the frame's header): the rest of the frame, still arriving,
+    # then makes the kernel reset the connection, and through nginx the reset can overtake the close frame
+    # (the client sees 1006). Instead: the close frame, then our end of the stream (FIN), and the rest is
+    # read and dropped until nginx closes, at the latest after uvicorn's close timeout.
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol as Protocol
+
+    refuse_at_once = Protocol.handle_parser_exception
+
+    def handle_parser_exception(self: Protocol) -> None:
+        if self.close_timer is not None:
+            return  # called again for every read after the refusal: the data is dropped
+        if not self.transport.can_write_eof():
+            refuse_at_once(self)
+            return
+        assert self.conn.close_sent is not None
+        close = self.conn.close_sent
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": close.code, "reason": close.reason})
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.transport.write_eof()
+        self.close_sent = True
+        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
+
+    Protocol.handle_parser_exception = handle_parser_exception  # type: ignore[method-assign]
+
+
 answer_over_capacity_in_json()
+close_refused_websockets_gracefully()

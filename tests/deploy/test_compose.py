@@ -19,7 +19,14 @@ from service.settings import Settings
 
 INTERPOLATION = re.compile(r"\$\{([^}]*)\}")
 WITH_DEFAULT = re.compile(r"^([A-Z][A-Z0-9_]*):-(.*)$")
-BUILD_INPUTS = {"PYTHON_IMAGE", "NGINX_IMAGE", "REDIS_IMAGE", "OFFLINE"}
+BUILD_INPUTS = {
+    "PYTHON_IMAGE",
+    "NGINX_IMAGE",
+    "PROMETHEUS_IMAGE",
+    "NGINX_EXPORTER_IMAGE",
+    "REDIS_IMAGE",
+    "OFFLINE",
+}
 # Knobs whose empty default means "the stack's own": compose names that one instead.
 STACK_OWNED = {"REDIS_URL": "redis://redis:6379/0"}
 RAW = COMPOSE_FILE.read_text()
@@ -90,15 +97,17 @@ def test_app_binds_inside_the_network_and_trusts_only_it() -> None:
     assert app["GUNICORN_FORWARDED_ALLOW_IPS"] == subnet
 
 
-def test_only_nginx_and_the_locust_ui_publish_ports_on_loopback_by_default() -> None:
+def test_only_nginx_and_the_locust_and_prometheus_uis_publish_ports_on_loopback_by_default() -> None:
     services = COMPOSE["services"]
     assert "ports" not in services["app"] and "ports" not in services["redis"]
     assert services["nginx"]["ports"] == ["${COMPOSE_PUBLISH_ADDRESS:-127.0.0.1}:${HTTP_PORT:-8080}:8080"]
     assert services["locust-master"]["ports"] == ["127.0.0.1:${LOCUST_WEB_PORT:-8089}:8089"]
-    assert "ports" not in services["locust-worker"]
+    assert services["prometheus"]["ports"] == ["127.0.0.1:${PROMETHEUS_PORT:-9090}:9090"]
+    published = {name for name, service in services.items() if "ports" in service}
+    assert published == {"nginx", "locust-master", "prometheus"}
 
 
-@pytest.mark.parametrize("service", ["app", "redis", "nginx", "locust-master", "locust-worker"])
+@pytest.mark.parametrize("service", ["app", "redis", "nginx", "locust-master", "locust-worker", "prometheus"])
 def test_every_service_is_hardened_and_has_a_healthcheck(service: str) -> None:
     spec = COMPOSE["services"][service]
     assert spec["read_only"] is True
@@ -118,6 +127,20 @@ def test_locust_services_are_behind_the_loadtest_profile_and_nginx_waits_for_a_h
     assert services["nginx"]["depends_on"] == {"app": {"condition": "service_healthy"}}
 
 
+def test_the_monitoring_services_are_behind_their_profile_and_hardened() -> None:
+    services = COMPOSE["services"]
+    for name in ("prometheus", "nginx-exporter"):
+        spec = services[name]
+        assert spec["profiles"] == ["monitoring"]
+        assert spec["read_only"] is True and spec["cap_drop"] == ["ALL"]
+        assert "no-new-privileges:true" in spec["security_opt"]
+    # Its samples on a tmpfs over the image's /prometheus: `make down` leaves no volume behind.
+    assert any(mount.startswith("/prometheus:") for mount in services["prometheus"]["tmpfs"])
+    # The official exporter image has no shell to probe with: Prometheus's TargetDown watches it.
+    assert "healthcheck" not in services["nginx-exporter"]
+    assert services["nginx-exporter"]["depends_on"] == {"nginx": {"condition": "service_healthy"}}
+
+
 def test_stop_grace_outlasts_gunicorns_graceful_timeout_by_default() -> None:
     defaults = Settings()
     assert defaults.compose_stop_grace_period > defaults.gunicorn_graceful_timeout
@@ -131,6 +154,6 @@ def test_dockerfiles_build_with_the_classic_builder_and_run_as_non_root(dockerfi
     users = re.findall(r"^USER (\S+)$", text, re.MULTILINE)
     assert users and not users[-1].startswith(("0", "root")), f"{dockerfile.name} runs as {users}"
     assert "HEALTHCHECK" in text
-    for name in ("PYTHON_IMAGE", "NGINX_IMAGE", "REDIS_IMAGE"):
+    for name in ("PYTHON_IMAGE", "NGINX_IMAGE", "PROMETHEUS_IMAGE", "NGINX_EXPORTER_IMAGE", "REDIS_IMAGE"):
         for default in re.findall(rf"^ARG {name}=(\S+)$", text, re.MULTILINE):
             assert default == default_build_arg(name), f"{dockerfile.name}: {name} default differs"

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from deploy.stackctl.config import NGINX_TEMPLATE, nginx_temp_dirs, nginx_variables
+from deploy.stackctl.config import NGINX_TEMPLATE, effective, nginx_temp_dirs, nginx_variables, render_nginx
 from deploy.stackctl.tools import find_nginx
 from service.settings import load_settings
+from tests.support.nginx_conf import websocket_locations
 
 ENTRYPOINT = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "entrypoint.sh"
 
@@ -176,3 +177,62 @@ def test_a_unix_socket_upstream_is_rendered_as_is_with_nothing_to_resolve(tmp_pa
     assert "resolver 127.0.0.11" not in conf and "zone app" not in upstream_block
     assert (run_dir / "upstream.addresses").read_text().split() == [socket]
     assert "getent must not be asked" not in result.stderr
+
+
+def render_in_entrypoint(
+    run_dir: Path, upstream: str, tools: Path, environ: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """`reload` renders, then fails to signal: no nginx runs here."""
+    return subprocess.run(
+        ["sh", str(ENTRYPOINT), "reload"],
+        env={
+            **os.environ, **nginx_variables(load_settings(nginx_run_dir=str(run_dir))), **environ,
+            "NGINX_UPSTREAM": upstream, "NGINX_TEMPLATE": str(NGINX_TEMPLATE),
+            "PATH": os.pathsep.join([str(tools), nginx_path()]),
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("nginx", ["this host's", "1.30.6"])
+def test_the_websocket_locations_are_those_stackctl_renders(tmp_path: Path, nginx: str) -> None:
+    """nginx 1.22 (this host's, `nginx -t` for real: one server per address) and >= 1.27.3 (`resolve`)."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    upstream = "127.0.0.1:8000"
+    if nginx != "this host's":
+        upstream = "tasks.app:8000"
+        (tools / "nginx").write_text(NGINX_OF_VERSION.format(version=nginx))
+        (tools / "getent").write_text(GLIBC_GETENT.replace("= app ]", "= tasks.app ]"))
+        for tool in tools.iterdir():
+            tool.chmod(0o755)
+    knobs = {"NGINX_WEBSOCKET_PATHS": "/chat/ /api/v1/stream/ws", "NGINX_WS_READ_TIMEOUT": "9"}
+    result = render_in_entrypoint(tmp_path / "run", upstream, tools, knobs)
+    conf = tmp_path / "run" / "nginx.conf"
+    assert conf.is_file(), result.stderr
+    rendered = conf.read_text()
+    location = ["proxy_read_timeout 9s;", "proxy_send_timeout 9s;", "lingering_close always;"]
+    location.append("proxy_pass http://app;")
+    expected = {argument: location for argument in ("/chat/", "= /chat", "= /api/v1/stream/ws")}
+    assert websocket_locations(rendered) == expected
+    if nginx == "this host's":  # the same upstream either way: the very config the local runtime runs
+        knobs.update(NGINX_RUN_DIR=str(tmp_path / "run"), NGINX_UPSTREAM=upstream)
+        assert rendered == render_nginx(effective(environ=knobs, env_file=None).settings)
+    else:
+        assert "server tasks.app:8000 resolve;" in rendered
+
+
+@pytest.mark.parametrize("paths", ["/", "chat/", "/chat/{x}", "/ws/ /*", "/ws/;deny"])
+def test_a_websocket_path_that_would_break_the_config_is_refused(tmp_path: Path, paths: str) -> None:
+    """stackctl refuses these first (service/websocket_paths.py); the entrypoint too, for compose alone."""
+    knobs = {"NGINX_WEBSOCKET_PATHS": paths}
+    result = render_in_entrypoint(tmp_path / "run", "127.0.0.1:8000", tmp_path, knobs)
+    assert result.returncode == 1
+    bad = paths.split()[-1]
+    assert result.stderr.strip().splitlines() == [
+        f"blueprint-nginx: NGINX_WEBSOCKET_PATHS='{paths}': '{bad}' must be a path other than /, of letters, "
+        "digits, . _ ~ - and / only"
+    ]
+    assert not (tmp_path / "run" / "nginx.conf").exists()

@@ -6,6 +6,7 @@ import pytest
 
 from deploy.stackctl.config import NGINX_TEMPLATE, effective, render_nginx
 from service.settings import ConfigError
+from tests.support.nginx_conf import public_locations, websocket_locations
 
 
 def test_environment_beats_dotenv_beats_profile_beats_default(tmp_path: Path) -> None:
@@ -40,3 +41,59 @@ def test_rendered_config_passes_nginx_t(tmp_path: Path) -> None:
     conf.write_text(render_nginx(effective(environ=env, env_file=None).settings))
     result = subprocess.run(["nginx", "-t", "-c", str(conf), "-e", "stderr"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def passes_nginx_t(rendered: str, tmp_path: Path) -> None:
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(rendered)
+    result = subprocess.run(["nginx", "-t", "-c", str(conf), "-e", "stderr"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+WEBSOCKET_LOCATION = [
+    "proxy_read_timeout 75s;",
+    "proxy_send_timeout 75s;",
+    "lingering_close always;",
+    "proxy_pass http://app;",
+]
+
+
+def test_the_default_websocket_paths_render_the_demos_two_locations() -> None:
+    render = render_nginx(effective(environ={}, env_file=None).settings)
+    found = public_locations(render)
+    assert websocket_locations(render) == {"/ws/": WEBSOCKET_LOCATION, "= /ws": WEBSOCKET_LOCATION}
+    assert found["/"] == ["proxy_pass http://app;"]  # every other path: the server's HTTP timeouts
+
+
+def test_each_websocket_path_gets_the_websocket_location_a_prefix_also_without_its_slash(
+    tmp_path: Path,
+) -> None:
+    env = {
+        "NGINX_RUN_DIR": str(tmp_path),
+        "NGINX_ERROR_LOG": str(tmp_path / "e.log"),
+        "NGINX_WEBSOCKET_PATHS": "/chat/ /api/v1/stream/ws /rooms.v2/",
+        "NGINX_WS_READ_TIMEOUT": "9",
+    }
+    rendered = render_nginx(effective(environ=env, env_file=None).settings)
+    found = public_locations(rendered)
+    websocket = [line.replace("75s", "9s") for line in WEBSOCKET_LOCATION]
+    sockets = ["/chat/", "= /chat", "= /api/v1/stream/ws", "/rooms.v2/", "= /rooms.v2"]
+    assert websocket_locations(rendered) == dict.fromkeys(sockets, websocket)
+    assert "/ws/" not in found and "= /ws" not in found
+    assert not any("proxy_set_header" in line for body in found.values() for line in body)
+    assert "{{" not in rendered and not re.search(r"^\s*#\[(each|end)", rendered, re.MULTILINE)
+    passes_nginx_t(rendered, tmp_path)
+
+
+def test_no_websocket_paths_renders_no_websocket_location(tmp_path: Path) -> None:
+    env = {"NGINX_RUN_DIR": str(tmp_path), "NGINX_ERROR_LOG": str(tmp_path / "e.log")}
+    rendered = render_nginx(effective(environ={**env, "NGINX_WEBSOCKET_PATHS": ""}, env_file=None).settings)
+    assert websocket_locations(rendered) == {}
+    passes_nginx_t(rendered, tmp_path)
+
+
+def test_a_template_without_its_websocket_block_is_refused(tmp_path: Path) -> None:
+    template = tmp_path / "nginx.conf.template"
+    template.write_text(NGINX_TEMPLATE.read_text().replace("#[end each]", "# (the end marker lost)"))
+    with pytest.raises(ConfigError, match=r"expected one #\[each websocket_location\] block, found 0"):
+        render_nginx(effective(environ={}, env_file=None).settings, template)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from deploy.stackctl import facts, rules
+from deploy.stackctl import facts, rules, runtimes
 from deploy.stackctl.config import PROFILES_DIR, effective
 from service.settings import load_settings, usable_cpus
 
@@ -127,6 +127,20 @@ def test_a_broken_rule_is_an_error_naming_both_knobs_and_values(
     assert "Fix:" in message and broken[0].fix and broken[0].why
 
 
+def test_rule_2_names_every_websocket_path_it_holds_for() -> None:
+    [held] = rules.websocket_ping_order(load_settings(nginx_websocket_paths="/ws/ /chat/socket"), HOST)
+    assert held.severity == "ok"
+    said = "< NGINX_WS_READ_TIMEOUT=75 on every path of NGINX_WEBSOCKET_PATHS=/ws/ /chat/socket"
+    assert held.claim.endswith(said)
+    assert held.values["NGINX_WEBSOCKET_PATHS"] == "/ws/ /chat/socket"
+    [broken] = rules.websocket_ping_order(
+        load_settings(nginx_websocket_paths="/chat/", nginx_ws_read_timeout=40), HOST
+    )
+    assert broken.severity == "error" and "NGINX_WEBSOCKET_PATHS=/chat/" in broken.claim
+    [none] = rules.websocket_ping_order(load_settings(nginx_websocket_paths=""), HOST)
+    assert none.claim.endswith("(NGINX_WEBSOCKET_PATHS is empty)")
+
+
 def test_every_rule_has_a_breaking_case() -> None:
     assert {case[0] for case in BROKEN} == set(rules.RULES)
 
@@ -195,9 +209,9 @@ def test_warnings_do_not_make_a_config_unsafe() -> None:
 @pytest.mark.parametrize("profile", PROFILES)
 def test_every_profile_obeys_every_rule_on_this_host(profile: str) -> None:
     config = effective(environ={"PROFILE": profile}, env_file=None)
-    for runtime in ("local", "docker"):
-        host = facts.HostFacts.for_runtime(runtime, config.settings)
-        assert rules.errors(rules.evaluate(config.settings, host)) == [], (profile, runtime)
+    for name, runtime in runtimes.RUNTIMES.items():
+        host = runtime.host_facts(config.settings)
+        assert rules.errors(rules.evaluate(config.settings, host)) == [], (profile, name)
 
 
 def test_the_four_profiles_exist() -> None:
@@ -273,12 +287,12 @@ def test_a_unix_bind_says_which_host_port_knobs_do_not_apply_locally() -> None:
 
 def test_a_unix_bind_is_refused_on_swarm_and_left_to_the_overlay_in_docker() -> None:
     settings = load_settings(gunicorn_bind="unix:/run/blueprint/app.sock")
-    swarm = facts.HostFacts(HOST.somaxconn, HOST.open_files, HOST.cpus, facts.SwarmFacts("1.45", 1), "swarm")
+    swarm = facts.HostFacts(HOST.somaxconn, HOST.open_files, HOST.cpus, facts.SwarmFacts("1.45", 1), True)
     (refusal,) = rules.unix_socket_on_swarm(settings, swarm)
     assert refusal.severity == "error" and "no other node" in refusal.why
     assert refusal in rules.errors(rules.evaluate(settings, swarm))
     docker = facts.HostFacts.docker(settings)
-    assert docker.runtime == "docker" and rules.unix_socket_findings(settings, docker) == []
+    assert docker.compose and rules.unix_socket_findings(settings, docker) == []
     assert rules.unix_socket_on_swarm(settings, docker) == []
 
 

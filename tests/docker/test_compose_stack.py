@@ -17,7 +17,7 @@ import httpx2
 import psutil
 import pytest
 
-from loadtest.drill.load import TickerClients
+from loadtest.drill.load import EchoClients
 from loadtest.rooms import Member
 from service.settings import Settings
 from tests.docker.through_nginx import *  # noqa: F403 (the runtime-independent tests, on the compose stack)
@@ -170,7 +170,7 @@ def test_scale_to_three_serves_from_all_then_to_one_under_post_load_loses_nothin
     assert len(replicas) == 3
     assert hostnames_serving(docker_stack, 30) == replicas
     # nginx spreads new connections round-robin: most of the 12 land on the two containers that go
-    sockets = TickerClients(docker_stack.ws_url, 12)
+    sockets = EchoClients(docker_stack.ws_url, 12)
     sockets.start()
     try:
         # straight to nginx's address on the compose network: Docker's userland proxy behind the published

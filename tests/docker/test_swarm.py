@@ -16,6 +16,7 @@ import json
 import re
 import secrets
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -443,29 +444,46 @@ def test_scale_down_3_to_1_under_post_load_fails_no_request(swarm_stack: SwarmSt
     assert_nothing_failed(result, nginx_reloads(swarm_stack, since))
 
 
+def locust_web(stack: SwarmStack, path: str, form: str | None = None) -> Any:
+    """The master's web API from inside its task container: swarm does not publish it (no login)."""
+    [master] = stack.task_containers("locust-master")
+    code = (
+        "import sys, urllib.request; data = sys.argv[2].encode() if len(sys.argv) > 2 else None; "
+        "url = 'http://127.0.0.1:8089' + sys.argv[1]; "
+        "print(urllib.request.urlopen(url, data, timeout=10).read().decode())"
+    )
+    args = [path, *([form] if form is not None else [])]
+    done = docker("exec", master, "python3", "-c", code, *args, env=stack.env)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout) if done.stdout.lstrip().startswith("{") else done.stdout
+
+
 def test_locust_master_and_worker_run_as_stack_services(swarm_stack: SwarmStack) -> None:
     up = swarm_stack.cli("up", SWARM_LOCUST_WORKERS="1")
     assert up.returncode == 0, up.stderr
-    web = f"http://127.0.0.1:{swarm_stack.env['LOCUST_WEB_PORT']}"
+    assert swarm_stack.service("locust-master")["Endpoint"].get("Ports") in (None, [])
+    with socket.socket() as probe:
+        probe.settimeout(2)
+        web_port = int(swarm_stack.env["LOCUST_WEB_PORT"])
+        assert probe.connect_ex(("127.0.0.1", web_port)) != 0, "the Locust UI is published"
     deadline = time.monotonic() + 90
     while True:
         try:
-            if httpx2.get(f"{web}/worker-count", timeout=5).json()["worker_count"] == 1:
+            if locust_web(swarm_stack, "/worker-count")["worker_count"] == 1:
                 break
-        except (httpx2.HTTPError, ValueError):
+        except (AssertionError, ValueError, TypeError, KeyError):
             pass
         assert time.monotonic() < deadline, "the Locust worker did not connect to the master"
         time.sleep(1)
-    started = httpx2.post(f"{web}/swarm", data={"user_count": 2, "spawn_rate": 2}, timeout=10)
-    assert started.status_code == 200, started.text
+    locust_web(swarm_stack, "/swarm", "user_count=2&spawn_rate=2")
     deadline = time.monotonic() + 60
     while True:
-        stats = httpx2.get(f"{web}/stats/requests", timeout=5).json()["stats"]
+        stats = locust_web(swarm_stack, "/stats/requests")["stats"]
         if sum(row["num_requests"] for row in stats if row["name"] != "Aggregated") > 0:
             break
         assert time.monotonic() < deadline, "Locust sent no request through nginx"
         time.sleep(1)
-    httpx2.get(f"{web}/stop", timeout=10)
+    locust_web(swarm_stack, "/stop")
     worker = swarm_stack.service("locust-worker")["Spec"]["TaskTemplate"]
     assert worker["Placement"]["Preferences"] == [{"Spread": {"SpreadDescriptor": "node.id"}}]
 

@@ -1,6 +1,7 @@
 """The chat example (examples/chat) under its OWN FastAPI: a virtualenv built from its requirements.txt, not
 the tooling venv (whose FastAPI is the demo's 0.165). The venv is cached under .run/venvs/ by the hash of
-what it installs, so only the first run (or a changed requirements file) downloads anything.
+what it installs (deploy/stackctl/appenv.py), so only the first run (or a changed requirements file)
+downloads anything.
 
 In process only (TestClient, in chat_probe.py): the routes, the validation, the WebSocket echo, a quick
 lifespan, and that /slow awaits instead of blocking. Serving it through nginx with `make up APP_MODULE=...`
@@ -9,57 +10,32 @@ belongs to the deployment tests of the platform layer.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from deploy.stackctl.appenv import cached_venv
 from deploy.stackctl.config import ROOT
+from deploy.stackctl.errors import StackError
 
 APP_DIR = ROOT / "examples" / "chat"
 REQUIREMENTS = APP_DIR / "requirements.txt"
 PROBE = Path(__file__).with_name("chat_probe.py")
 # What the probe needs beyond the app: TestClient runs on httpx (starlette 0.52 supports < 0.29).
 PROBE_REQUIREMENTS = ("httpx==0.28.1",)
-VENVS = ROOT / ".run" / "venvs"
 PLATFORM_PATHS = {"/healthz", "/readyz", "/metrics"}
 
 
-def venv_key() -> str:
-    digest = hashlib.sha256(REQUIREMENTS.read_bytes())
-    digest.update("\n".join([*PROBE_REQUIREMENTS, sys.version]).encode())
-    return digest.hexdigest()[:16]
-
-
 def example_python() -> Path:
-    """The example's virtualenv, built once per requirements hash (in a scratch dir, then renamed, so an
-    interrupted build is never taken for a finished one)."""
-    venv = VENVS / f"chat-{venv_key()}"
-    python = venv / "bin" / "python"
-    if python.exists():
-        return python
-    scratch = VENVS / f".building-{venv.name}-{os.getpid()}"
-    shutil.rmtree(scratch, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", str(scratch)], check=True, timeout=120)
-    installed = subprocess.run(
-        [str(scratch / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-         "-r", str(REQUIREMENTS), *PROBE_REQUIREMENTS],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    if installed.returncode != 0:
-        shutil.rmtree(scratch, ignore_errors=True)
-        pytest.fail(f"pip could not install {REQUIREMENTS}: {installed.stderr.strip()[-500:]}")
+    """The example's virtualenv, built once per requirements hash (deploy/stackctl/appenv.py, as the local
+    runtime builds an app's)."""
     try:
-        scratch.rename(venv)
-    except OSError:  # another run finished the same venv first
-        shutil.rmtree(scratch, ignore_errors=True)
-    return python
+        return cached_venv("chat", REQUIREMENTS, PROBE_REQUIREMENTS, str(REQUIREMENTS)).ensure()
+    except StackError as error:
+        pytest.fail(str(error), pytrace=False)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from deploy.stackctl import stack
+from deploy.stackctl.config import ROOT
 from loadtest import bench
 
 THROUGHPUT_FIELDS = {
@@ -56,6 +57,7 @@ ROOMS_FIELDS = {
         (["--ws-n", "0"], "BENCH_WS_N='0': must be at least 1"),
         (["--ws-hold", "5m"], "BENCH_WS_HOLD='5m': not a number"),
         (["--slow-delay", "9999"], "BENCH_SLOW_DELAY=9999 is above APP_MAX_DELAY="),
+        (["--path", "api/ping"], "BENCH_PATH='api/ping': a path starting with /, e.g. /api/ping"),
         (["--bogus"], "unrecognized arguments: --bogus"),
     ],
 )
@@ -116,6 +118,14 @@ def test_a_short_run_measures_every_row_and_writes_every_file(
     }
     assert all(isinstance(ratio, float) for ratio in data["unix_vs_tcp"].values())
     assert rows["blueprint-nginx-unix"]["server_cpu_us_by_role"]["nginx"] > 0, "nginx was in the path"
+    assert set(data["sampler"]) == {
+        "rps_sampled_over_unsampled",
+        "server_cpu_unsampled_over_sampled",
+        "sampler_cpu_percent",
+    }
+    assert all(isinstance(value, float) for value in data["sampler"].values()), data["sampler"]
+    series = report_dir / "rows" / "blueprint-nginx-sampled" / "stack-series.jsonl"
+    assert len(series.read_text().splitlines()) >= bench.SHORT.seconds, "sampled once a second"
     assert not list(report_dir.glob("servers/*/state.json")), "a stack was left up"
 
     page = (report_dir / "bench.md").read_text()
@@ -123,5 +133,33 @@ def test_a_short_run_measures_every_row_and_writes_every_file(
     assert "load average" in page.lower() and data["machine"]["cpu"] in page and "Goals (issue 12)" in page
     assert "Unix socket vs TCP between nginx and gunicorn" in page
     assert "largest fan-out, p99 <= 250 ms" in page
+    assert "The stack sampler beside the load" in page
     assert (report_dir / "bench.png").read_bytes().startswith(b"\x89PNG")
     assert "| blueprint-direct |" in out and str(report_dir / "bench.md") in out
+
+
+@pytest.mark.loadtest
+def test_a_short_run_on_another_app_measures_its_path_and_skips_the_demos_rows(tmp_path: Path) -> None:
+    # BENCH_PATH=/ on the chat example (APP_MODULE, APP_SRC, as `make bench APP_MODULE=...` passes them on),
+    # under the blueprint and under uvicorn's own process manager; the demo's slow and WebSocket rows skip.
+    chat = ROOT / "examples" / "chat"
+    base = {**stack.isolated_base(), "RUNTIME": "local", "PROFILE": "default"}
+    base |= {"APP_MODULE": "main:app", "APP_SRC": str(chat)}
+    argv = ["--short", "--bench", "blueprint-direct,slow-held,ws-held,uvicorn", "--path", "/"]
+    code = bench.main([*argv, "--out-root", str(tmp_path)], base=base)
+    (report_dir,) = tmp_path.glob("bench-*")
+    data = json.loads((report_dir / "bench.json").read_text())
+    rows = {row["name"]: row for row in data["rows"]}
+
+    assert code == 0 and data["app"] == "main:app" and "GET /," in data["settings"]
+    for name in ("blueprint-direct", "uvicorn"):
+        row = rows[name]
+        assert row["status"] == "ok", row["note"]
+        assert row["requests"] > 0 and row["errors"] == 0, row  # a 404 would count: / is the app's
+    for name, route in (("slow-held", "/api/slow"), ("ws-held", "/ws/echo")):
+        assert rows[name]["status"] == "skipped"
+        assert (
+            rows[name]["note"]
+            == f"needs the demo's {route}: APP_MODULE=main:app is not the demo (service.app:app)"
+        )
+    assert not list(report_dir.glob("servers/*/state.json")), "a stack was left up"

@@ -5,7 +5,9 @@ one line before anything starts."""
 
 from __future__ import annotations
 
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,11 +39,20 @@ def test_drill_reads_its_variables() -> None:
         "DRILL_RATE": "1500",
         "DRILL_SHORT": "1",
         "DRILL_STRICT": "1",
+        "DRILL_POST": "/message",
+        "DRILL_BODY": '{"author": "drill", "text": "hi"}',
+        "DRILL_GET": "/",
+        "DRILL_WS": "/ws",
     }
-    expected = LoadParams(30.0, 2, 64, 0, 1500.0, True, True)
+    expected = LoadParams(30.0, 2, 64, 0, 1500.0, True, True, "/message", environ["DRILL_BODY"], "/", "/ws")
     assert drill_params(environ) == (["reload", "worker-kill"], expected)
     assert drill_params({"DRILL_SHORT": "1"}) == (list(drill.NAMES), SHORT), "short mode keeps its defaults"
     assert drill_params({})[1] == LoadParams() and LoadParams().seconds == ToolInputs().drill_seconds
+    assert LoadParams().ws_path == "/ws/echo" and LoadParams().post == "/api/echo", "the demo's routes"
+    # empty is a value for these two (make exports NAME= as ""): POSTs only, no WebSockets
+    none = drill_params({"DRILL_GET": "", "DRILL_WS": ""})[1]
+    assert (none.get, none.ws_path, none.sockets) == ("", "", 0)
+    assert drill_params({"DRILL_POST": ""})[1].post == "/api/echo", "an empty DRILL_POST is unset"
 
 
 def test_bench_reads_its_variables() -> None:
@@ -54,10 +65,11 @@ def test_bench_reads_its_variables() -> None:
         "BENCH_WS_N": "20",
         "BENCH_WS_HOLD": "1",
         "BENCH_SHORT": "1",
+        "BENCH_PATH": "/",
     }
     specs, params = bench_cli.inputs(bench_cli.parser(environ).parse_args([]))
     assert [spec.name for spec in specs] == ["bare", "ws-held"]
-    assert params == Params(3.0, 8, 0, 10, 0.5, 20, 1.0, "", True)
+    assert params == Params(3.0, 8, 0, 10, 0.5, 20, 1.0, "", True, "/")
 
 
 def test_sweep_reads_its_variables_with_a_sweeps_own_defaults() -> None:
@@ -122,3 +134,17 @@ def test_a_make_variable_reaches_the_tools_plain_command_line(
     assert name not in recipe and value not in shlex.split(recipe), f"the recipe passes nothing on: {recipe}"
     result = subprocess.run(make, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_make_drill_passes_app_module_on_to_its_stacks() -> None:
+    # `make drill APP_MODULE=... APP_SRC=...`: the stack knobs reach the drills like any tool's inputs, so a
+    # drill that needs a demo route is skipped for that app, before any stack starts.
+    venv = Path(sys.prefix)
+    make = ["make", "--no-print-directory", "-o", f"{venv}/.installed", f"VENV={venv}", "drill"]
+    knobs = ["APP_MODULE=main:app", "APP_SRC=examples/chat", "DRILL=worker-timeout"]
+    result = subprocess.run([*make, *knobs], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    written = re.search(r"^report: (\S+)/index\.html", result.stdout, re.MULTILINE)
+    if written:
+        shutil.rmtree(written.group(1))  # make drill writes under reports/; nothing ran
+    assert result.returncode == 0, result.stderr
+    assert "worker-timeout: skipped: needs the demo's /api/blocking: APP_MODULE=main:app" in result.stderr

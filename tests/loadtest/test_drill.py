@@ -1,18 +1,24 @@
 """`make drill`: bad input is refused in one line before anything starts; a short real run of `reload` and
 `worker-kill` on the local runtime writes rows whose counts agree with each other; a lossy drill held to
-zero (DRILL_STRICT=1) makes the exit code non-zero."""
+zero (DRILL_STRICT=1) makes the exit code non-zero; the worker-timeout drill's timeline shows the killed
+worker and its replacement."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from deploy.stackctl import stack
+from deploy.stackctl.config import ROOT
 from loadtest import drill
+from loadtest.drill import capabilities
 from loadtest.limits import THRESHOLD_EXIT_CODE
+from loadtest.sampler.sampler import SERIES_FILE, read_series
+from tests.support.browser import open_page
 
 SOCKET_KINDS = {"connect", "read", "write", "timeout"}
 
@@ -27,6 +33,10 @@ SOCKET_KINDS = {"connect", "read", "write", "timeout"}
         (["--websockets", "-1"], "DRILL_WEBSOCKETS='-1': must be at least 0"),
         (["--rate", "nan"], "DRILL_RATE='nan': must be at least 0"),
         (["--threads", "4", "--connections", "2"], "WRK_CONNECTIONS=2 < WRK_THREADS=4"),
+        (["--post", "message"], "DRILL_POST='message': a path starting with /, e.g. /api/echo"),
+        (["--post", ""], "DRILL_POST='': a path starting with / (required)"),
+        (["--ws-path", "ws"], "DRILL_WS='ws': a path starting with /, e.g. /ws/echo"),
+        (["--body", "{text: 1}"], "DRILL_BODY='{text: 1}': not JSON (Expecting property name"),
         (["--bogus"], "unrecognized arguments: --bogus"),
     ],
 )
@@ -50,7 +60,9 @@ def report(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
     return report_dir, json.loads((report_dir / "drill.json").read_text())
 
 
-def assert_consistent(row: dict[str, Any], websockets: int) -> None:
+def assert_consistent(
+    row: dict[str, Any], websockets: int, room_members: int = drill.SHORT.room_members
+) -> None:
     name = row["drill"]
     assert row["status"] in ("passed", "failed"), row["reason"]
     assert row["requests"] >= row["responses"] > 0
@@ -75,7 +87,10 @@ def assert_consistent(row: dict[str, Any], websockets: int) -> None:
     assert row["recovery_s"] is not None and row["recovery_s"] > 0
     assert row["load_average_before"] and row["load_average_after"]
     rooms = row["rooms"]
-    assert rooms["members"] == drill.SHORT.room_members and rooms["published"] > 0, rooms
+    if not room_members:
+        assert rooms == {} and row["rooms_allowed"] == 0, "no room members, no room counts"
+        return
+    assert rooms["members"] == room_members and rooms["published"] > 0, rooms
     assert rooms["delivered"] >= rooms["published"], "each message reaches the members of its room"
     assert rooms["missing"] == sum(rooms["missing_by_member"].values()) <= row["rooms_allowed"], rooms
     assert rooms["fatal"] == [] and rooms["out_of_order"] == 0 and rooms["unacknowledged"] == 0, rooms
@@ -150,3 +165,104 @@ def test_a_lossy_drill_held_to_zero_exits_non_zero(tmp_path: Path) -> None:
     assert row["lost"] > 0, "SIGKILL under load takes the killed worker's in-flight requests with it"
     assert row["status"] == "failed" and data["passed"] is False
     assert code == THRESHOLD_EXIT_CODE
+
+
+CHAT = ROOT / "examples" / "chat"
+CHAT_LOAD = [
+    "--post",
+    "/message",
+    "--body",
+    '{"author": "drill", "text": "hello"}',
+    "--get",
+    "/",
+    "--ws-path",
+    "/ws",
+]
+
+
+@pytest.mark.loadtest
+def test_a_short_run_on_the_chat_example_loses_nothing_and_skips_the_demo_drills(tmp_path: Path) -> None:
+    # The stacks serve examples/chat (APP_MODULE, APP_SRC, as `make drill APP_MODULE=...` passes them on);
+    # the load sends its routes: POST /message (201), GET /, and WebSockets on its echo at /ws.
+    base = {**base_env(), "APP_MODULE": "main:app", "APP_SRC": str(CHAT)}
+    drills = "reload,worker-term,worker-timeout,down-in-flight"
+    argv = ["--drill", drills, "--short", *CHAT_LOAD, "--out-root", str(tmp_path)]
+    code = drill.main(argv, base=base)
+    _, data = report(tmp_path)
+    reload, term, timeout, down = data["rows"]
+    websockets = drill.SHORT.websockets
+
+    assert data["app"] == "main:app"
+    assert "POST /message + GET /" in data["load"] and "WebSockets on /ws (echo)" in data["load"]
+    assert "no room members" in data["load"], "the rooms are the demo's: none on another app"
+    for row in (reload, term):
+        assert_consistent(row, websockets, room_members=0)
+        assert row["status"] == "passed" and row["lost"] == 0, (row["failures"], row["ws_failed_by_reason"])
+        assert set(row["by_method"]["POST"]) == {"201"} and set(row["by_method"]["GET"]) == {"200"}
+        assert row["ws_echoes"] > 0 and row["ws_wrong_echoes"] == 0
+    assert reload["ws_closes"].get("1012", 0) >= websockets, "a reload closes every WebSocket with 1012"
+    for row, route in ((timeout, "/api/blocking"), (down, "/api/slow")):
+        assert row["status"] == "skipped" and row["reason"] == (
+            f"needs the demo's {route}: APP_MODULE=main:app is not the demo (service.app:app)"
+        )
+    assert code == 0
+
+
+@pytest.mark.loadtest
+def test_a_websocket_that_does_not_echo_is_refused_by_name(tmp_path: Path) -> None:
+    # The demo's ticker pushes instead of echoing: the drill's clients cannot count on it.
+    argv = ["--drill", "baseline", "--short", "--ws-path", "/ws/ticker", "--out-root", str(tmp_path)]
+    code = drill.main(argv, base=base_env())
+    _, data = report(tmp_path)
+    (row,) = data["rows"]
+    assert row["status"] == "error" and code == 1
+    assert "DRILL_WS=/ws/ticker: 6 of 6 clients had no echo of their first message" in row["reason"]
+    assert 'it answered \'{"tick":0' in row["reason"], row["reason"]
+
+
+@pytest.mark.loadtest
+def test_the_worker_timeout_drills_timeline_shows_the_killed_worker_and_its_replacement(
+    tmp_path: Path,
+) -> None:
+    drill.main(["--drill", "worker-timeout", "--short", "--out-root", str(tmp_path)], base=base_env())
+    report_dir, data = report(tmp_path)
+    (row,) = data["rows"]
+    assert row["status"] in ("passed", "failed"), row["reason"]
+
+    samples = read_series(report_dir / "worker-timeout" / SERIES_FILE)
+    ended = [(s["t"], e) for s in samples for e in s["ended"]]
+    started = [(s["t"], w) for s in samples for w in s["started"]]
+    timed_out = [(t, e) for t, e in ended if e["reason"] == "timeout"]
+    assert timed_out, f"no worker ended with `timeout`: {ended}"
+    killed_at, killed = timed_out[0]
+    assert any(t >= killed_at for t, _ in started), f"no worker started after {killed['id']}: {started}"
+    before = [w for s in samples if s["t"] < killed_at for w in s["workers"] if w["id"] == killed["id"]]
+    assert any(w["stalled"] for w in before), "the blocked worker shows its stall before it is killed"
+
+    dom, console = open_page((report_dir / "index.html").as_uri())
+    assert console == [], console
+    drawn = re.search(r'id="charts-worker-timeout" data-drawn="(\d+)"', dom)
+    assert drawn is not None and int(drawn.group(1)) >= 3, dom[-3000:]
+    assert "stack-marker-end" in dom and "stack-marker-start" in dom and "stack-marker-event" in dom
+    assert f"worker {killed['id']} ended: timeout" in dom
+
+
+def test_a_drill_whose_needs_are_missing_is_a_skipped_row_saying_which(tmp_path: Path) -> None:
+    """node-loss needs a swarm of three nodes and commands that take one down: without them it is skipped
+    with the reason (exit 0), whatever RUNTIME says; nothing starts."""
+    nowhere = {**base_env(), "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
+    code = drill.main(["--drill", "node-loss", "--out-root", str(tmp_path)], base=nowhere)
+    _, data = report(tmp_path)
+    (row,) = data["rows"]
+    assert code == 0 and row["status"] == "skipped" and row["runtime"] == drill.BY_NAME["node-loss"].runtime
+    assert row["reason"].startswith("no Docker engine reachable")
+    site = capabilities.Site(nowhere)
+    assert capabilities.swarm_of(3)(site) == (
+        f"needs a swarm of 3 ready nodes at DOCKER_HOST (unix://{tmp_path}/no-engine.sock has 0); "
+        "deploy/multinode/nodes.sh makes one on this host (docs/SWARM.md)"
+    )
+    assert "DRILL_NODE_DOWN" in (capabilities.node_control(site) or "")
+    down = capabilities.Site(nowhere, "ssh {node} systemctl stop docker", "ssh {node} systemctl start docker")
+    assert capabilities.node_control(down) is None
+    needs = drill.BY_NAME["node-loss"].site_needs
+    assert capabilities.node_control in needs and capabilities.engine in needs

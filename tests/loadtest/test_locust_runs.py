@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import signal
 import subprocess
 import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,7 +21,9 @@ from deploy.stackctl.config import ROOT
 from deploy.stackctl.ports import free_port
 from loadtest.limits import THRESHOLD_EXIT_CODE
 from loadtest.runner import Summary, run_headless
-from tests.support.stack import Stack
+from loadtest.sampler.sampler import SERIES_FILE, read_series
+from tests.support.browser import open_page
+from tests.support.stack import Stack, make_stack, running
 
 pytestmark = pytest.mark.loadtest
 
@@ -35,6 +38,7 @@ REPORT_FILES = (
     "summary.json",
     "stack-settings.json",
     "stack.env",
+    "stack-series.jsonl",
     "locust.log",
 )
 ECHO_ROWS = [("WS", "/ws/echo connect"), ("WS", "/ws/echo round-trip")]
@@ -132,6 +136,27 @@ def test_scenario_runs_without_failures_and_writes_its_report(
         # should finish meanwhile wait for it to end.
         slow = summary.row("GET", "/api/slow?delay=[s]")
         assert slow is not None and slow["max_ms"] > 1400, slow
+        assert_the_stall_is_in_the_series_and_the_report(summary.report_dir, blocking_s=0.8)
+    assert len(read_series(summary.report_dir / SERIES_FILE)) >= (5 if mixed else 3), "a sample a second"
+
+
+def assert_the_stall_is_in_the_series_and_the_report(report_dir: Path, blocking_s: float) -> None:
+    """The worker that served /api/blocking (the only one) shows an event-loop lag of the blocking delay
+    (less the probe's interval, APP_LOOP_LAG_INTERVAL=0.1: the timer was due up to that much after the
+    block began); report.html names it and draws the charts in a real browser, without a console error."""
+    samples = read_series(report_dir / SERIES_FILE)
+    assert {len(sample["workers"]) for sample in samples} == {1}, "WEB_CONCURRENCY=1"
+    lags = {(w["id"], w["lag_max_ms"]) for sample in samples for w in sample["workers"]}
+    worker, worst = max(lags, key=lambda pair: pair[1])
+    assert worst >= (blocking_s - 0.1) * 1000, sorted(lags)
+    assert any(w["in_flight"] >= 1 for sample in samples for w in sample["workers"]), "slow requests held"
+
+    dom, console = open_page((report_dir / "report.html").as_uri())
+    assert console == [], console
+    drawn = re.search(r'class="stack-charts" data-drawn="(\d+)"', dom)
+    assert drawn is not None and int(drawn.group(1)) >= 8, dom[-3000:]
+    assert dom.count('class="stack-series"') >= 8, "a line in every chart"
+    assert f"worker {worker}: event loop" in dom, "the findings name the stalled worker"
 
 
 def test_a_violated_threshold_makes_the_exit_code_non_zero(
@@ -251,14 +276,44 @@ def test_web_ui_serves_the_scenario_picker_and_drives_a_run(loadtest_stack: Stac
             time.sleep(0.5)
         else:
             raise AssertionError(f"the UI's run recorded no requests: {stats}")
+        assert_the_stack_tab_serves_the_stacks_side(ui)
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
 
     assert process.returncode == 0, output
     assert (tmp_path / "ui" / "report.html").is_file(), output
+    assert 'class="stack-section"' in (tmp_path / "ui" / "report.html").read_text(), "the charts, at exit too"
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{ui}/", timeout=2)
+
+
+def assert_the_stack_tab_serves_the_stacks_side(ui: str) -> None:
+    """The Stack tab: in the page's tabs, its table's rows (one per app worker) in the stats the UI polls,
+    its charts' data with Locust's own requests/s beside the stack's, and a view a browser draws."""
+    page = get_when_up(f"{ui}/", within=5)
+    assert "extended_tabs" in page and '"Stack"' in page and "./stack/tab.js" in page
+
+    def worker_rows() -> list[dict[str, object]]:
+        extended = json.loads(get_when_up(f"{ui}/stats/requests", within=5)).get("extended_stats") or []
+        return [row for tab in extended if tab["key"] == "stack" for row in tab["data"]]
+
+    wait_until(lambda: any(row.get("rps") for row in worker_rows()), 20)
+    assert {"in_flight", "lag_max_ms", "websockets", "rss_mb", "cpu_percent"} <= set(worker_rows()[0])
+
+    def series(name: str) -> list[list[float]]:
+        specs = json.loads(get_when_up(f"{ui}/stack/charts", within=5))
+        charts = {chart["title"]: chart for chart in specs["charts"]}
+        found = charts["Requests/s"]["series"]
+        return next((s["points"] for s in found if s["name"] == name), [])
+
+    wait_until(lambda: any(v for _, v in series("nginx")) and bool(series("Locust (client)")), 20)
+    dom, console = open_page(f"{ui}/stack/view", budget_ms=4000)
+    assert console == [], console
+    drawn = re.search(r'id="stack-live" data-drawn="(\d+)"', dom)
+    assert drawn is not None and int(drawn.group(1)) >= 5, dom[-2000:]
+    dom, _ = open_page(f"{ui}/?tab=stack", budget_ms=6000)
+    assert 'id="stack-view"' in dom, "the view sits in the Stack tab"
 
 
 def wait_until(condition: Callable[[], bool], within: float) -> None:
@@ -297,3 +352,42 @@ def test_an_unreachable_host_fails_fast_with_one_line(tmp_path: Path) -> None:
     [line] = done.stderr.strip().splitlines()
     assert line.startswith(f"loadtest: {host} is not reachable (") and "make up" in line, line
     assert not (tmp_path / "never").exists()
+
+
+CHAT = ROOT / "examples" / "chat"
+CHAT_ROWS = [
+    ("POST", "/message"),
+    ("GET", "/"),
+    ("GET", "/slow"),
+    ("WS", "/ws connect"),
+    ("WS", "/ws round-trip"),
+]
+
+
+@pytest.fixture(scope="module")
+def chat_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The chat example served as `make up APP_MODULE=main:app APP_SRC=examples/chat` serves it (its code
+    imports on the tooling venv's FastAPI too; its own pinned FastAPI is tests/examples' and the image's)."""
+    run_dir = tmp_path_factory.mktemp("chat-stack")
+    stack_ = make_stack(run_dir, WEB_CONCURRENCY="1", APP_MODULE="main:app", APP_SRC=str(CHAT))
+    with running(stack_):
+        yield stack_
+
+
+def test_the_chat_examples_own_locustfile_runs_against_it_as_scenario(
+    chat_stack: Stack, tmp_path: Path
+) -> None:
+    # SCENARIO=examples/chat/locustfile.py: a user's locustfile, against the user's app, through nginx
+    summary = run(chat_stack, str(CHAT / "locustfile.py"), tmp_path / "chat", users=5, run_time="5s")
+
+    assert summary.exit_code == 0, explain(summary)
+    assert summary.requests > 0 and summary.failures == 0, explain(summary)
+    for expected in CHAT_ROWS:
+        row = summary.row(*expected)
+        assert row is not None and row["requests"] > 0, f"no {expected} row in {summary.rows}"
+    for name in REPORT_FILES:
+        assert (summary.report_dir / name).is_file(), name
+    assert summary.scenario == "locustfile", "a locustfile's run is named after its file"
+    # an app of one's own has no /api/info: the settings come from the run dir's stack.json instead
+    settings = json.loads((summary.report_dir / "stack-settings.json").read_text())
+    assert settings["settings"]["APP_MODULE"] == "main:app", settings

@@ -125,6 +125,10 @@ def test_tiny_sweep_writes_its_report(tmp_path: Path) -> None:
     for run in results[:2]:
         assert not (report_dir / "stacks" / f"{run.index:02d}" / "state.json").exists(), "stack left up"
         assert (report_dir / run.locust_report).is_dir()
+        series = (report_dir / run.locust_report / "stack-series.jsonl").read_text().splitlines()
+        assert series, "each combination's stack is sampled beside its load"
+        report = (report_dir / run.locust_report / "report.html").read_text()
+        assert 'class="stack-section"' in report and '"title":"Requests/s"' in report, "and charted"
 
 
 def test_default_p95_bound_is_twice_the_best_p95_measured() -> None:

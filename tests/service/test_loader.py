@@ -194,6 +194,54 @@ def test_two_platform_knobs_on_one_path_are_an_error() -> None:
     assert str(twice).startswith("APP_READINESS_PATH=/health is APP_LIVENESS_PATH's path too")
 
 
+def test_the_websocket_routes_of_starlette_and_fastapi_apps_are_told_apart() -> None:
+    starlette = Starlette(
+        routes=[
+            Route("/ws/page", ok),
+            WebSocketRoute("/chat/socket", ok),
+            Mount("/rooms", routes=[WebSocketRoute("/{room}/ws", ok)]),
+            Mount("/static", app=PlainTextResponse("files")),
+        ]
+    )
+    assert loader.websocket_route_paths(CORSMiddleware(starlette)) == ["/chat/socket", "/rooms/{room}/ws"]
+    stream = APIRouter(prefix="/api/v1/stream")
+
+    @stream.websocket("/ws")
+    async def feed() -> None: ...
+
+    @stream.get("/ws/history")
+    async def history() -> None: ...
+
+    fastapi = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    fastapi.include_router(stream)
+    assert loader.websocket_route_paths(fastapi) == ["/api/v1/stream/ws"]
+    assert loader.route_paths(fastapi) == ["/api/v1/stream/ws", "/api/v1/stream/ws/history"]
+
+
+def test_the_demos_websockets_are_all_under_the_default_websocket_paths() -> None:
+    from service.app import app
+
+    found = loader.websocket_route_paths(app)
+    assert found and all(path.startswith("/ws/") for path in found)
+    assert loader.unproxied_websockets(found, load_settings()) == []
+
+
+def test_every_websocket_route_outside_nginx_websocket_paths_is_a_warning_naming_route_and_knob() -> None:
+    routes = ["/ws/echo", "/ws", "/chat/socket", "/rooms/{room}/ws", "/{room}"]
+    [chat, rooms, anywhere] = loader.unproxied_websockets(routes, load_settings())
+    assert chat == (
+        "its WebSocket route /chat/socket is not under NGINX_WEBSOCKET_PATHS=/ws/: nginx cuts it after "
+        "NGINX_PROXY_READ_TIMEOUT=30s without a frame, not NGINX_WS_READ_TIMEOUT=75s, and rule 2 does not "
+        "hold for it. Fix: add /chat/socket to NGINX_WEBSOCKET_PATHS"
+    )
+    assert rooms.startswith("its WebSocket route /rooms/{room}/ws is not under") and "add /rooms/ to" in rooms
+    assert anywhere.endswith("Fix: serve it under a path prefix")
+    covered = load_settings(nginx_websocket_paths="/ws/ /chat/socket /rooms/")
+    assert loader.unproxied_websockets(routes[:-1], covered) == []
+    narrow = load_settings(nginx_websocket_paths="/ws/ /rooms/lobby/")  # not every room
+    assert [w.split()[3] for w in loader.unproxied_websockets(routes[3:4], narrow)] == ["/rooms/{room}/ws"]
+
+
 def test_app_src_and_app_requirements_must_exist_where_they_are_read(tmp_path: Path) -> None:
     settings = load_settings(app_src=str(tmp_path / "src"), app_requirements=str(tmp_path / "req.txt"))
     assert [line.split(":")[0] for line in loader.source_problems(settings)] == [
@@ -284,6 +332,26 @@ def test_the_cli_refuses_a_platform_path_the_app_serves(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.splitlines()[0].startswith("APP_MODULE=own:app: APP_LIVENESS_PATH=/healthz shadows")
     assert cli(tmp_path, "own:app", APP_LIVENESS_PATH="/livez").returncode == 0
+
+
+def test_the_cli_warns_of_a_websocket_route_outside_nginx_websocket_paths(tmp_path: Path) -> None:
+    (tmp_path / "chat.py").write_text(
+        "from starlette.applications import Starlette\n"
+        "from starlette.routing import WebSocketRoute\n"
+        "async def socket(websocket): ...\n"
+        "routes = [WebSocketRoute('/chat/socket', socket), WebSocketRoute('/ws/echo', socket)]\n"
+        "app = Starlette(routes=routes)\n"
+    )
+    done = cli(tmp_path, "chat:app")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "warning: APP_MODULE=chat:app: its WebSocket route /chat/socket is not under "
+        "NGINX_WEBSOCKET_PATHS=/ws/: nginx cuts it after NGINX_PROXY_READ_TIMEOUT=30s without a frame, not "
+        "NGINX_WS_READ_TIMEOUT=75s, and rule 2 does not hold for it. Fix: add /chat/socket to "
+        "NGINX_WEBSOCKET_PATHS"
+    ]
+    done = cli(tmp_path, "chat:app", NGINX_WEBSOCKET_PATHS="/ws/ /chat/")
+    assert (done.returncode, done.stderr) == (0, "")
 
 
 # --- a real gunicorn stops on an app that fails: no restart loop ------------------------------------

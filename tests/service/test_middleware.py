@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from typing import Any
@@ -160,3 +161,52 @@ def test_latencies_written_per_loop_turn_land_in_the_buckets_observe_would_use()
         if not s.name.endswith("_created")
     }
     assert {key: value for key, value in written.items() if key[0] != "_created"} == pytest.approx(expected)
+
+
+def closing_with(how: str) -> Any:
+    """A WebSocket handler that accepts, then ends as `how` says: `app:<code>` closes with that code,
+    `peer` waits for the client's disconnect, `return` ends without a close, `raise` fails."""
+
+    async def handler(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        if how.startswith("app:"):
+            await send({"type": "websocket.close", "code": int(how.split(":")[1])})
+        elif how == "peer":
+            await receive()
+        elif how == "raise":
+            raise RuntimeError("handler failed")
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("how", "peer_code", "label"),
+    [
+        ("app:1008", 1000, "1008"),  # the app's own close wins over what the peer says after it
+        ("app:4000", 1000, "other"),  # past the registered codes: one label for all
+        ("peer", 1006, "1006"),  # nginx or the client dropped the connection without a close frame
+        ("peer", 1012, "1012"),  # uvicorn's close at shutdown reaches the app as this disconnect
+        ("return", 1000, "none"),
+        ("raise", 1000, "none"),
+    ],
+)
+def test_websocket_closes_are_counted_by_code(how: str, peer_code: int, label: str) -> None:
+    app = RequestContextMiddleware(closing_with(how), request_timeout=1)
+    counter = f'app_websocket_closes_total{{code="{label}"}}'
+    before = sample(counter) if f"{counter} " in metrics.exposition()[0].decode() else 0.0
+    incoming = iter([{"type": "websocket.connect"}, {"type": "websocket.disconnect", "code": peer_code}])
+
+    async def receive() -> Message:
+        return next(incoming)
+
+    async def send(message: Message) -> None:
+        pass
+
+    async def run() -> None:
+        with contextlib.suppress(RuntimeError):
+            await app({"type": "websocket", "path": "/ws", "headers": []}, receive, send)
+
+    asyncio.run(run())
+    assert sample(counter) - before == 1
+    assert sample("app_websockets_open") == 0

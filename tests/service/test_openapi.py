@@ -20,7 +20,9 @@ from service.settings import load_settings
 from tests.service.test_app import served
 from tests.support.contract import Contract
 
-ERROR_STATUSES = {"400", "404", "405", "413", "414", "429", "431", "500", "501", "502", "503", "504", "505"}
+ERROR_STATUSES = {
+    *("400", "404", "405", "413", "414", "421", "429", "431", "500", "501", "502", "503", "504", "505")
+}
 
 
 def refs(node: Any) -> Iterator[str]:
@@ -186,8 +188,8 @@ NGINX_PAGE = re.compile(r"return (\d{3}) '(\{.*\})\\n';")
 
 def test_every_json_page_of_nginx_is_a_documented_error_body(contract: Contract) -> None:
     template = (ROOT / "deploy/nginx/nginx.conf.template").read_text()
-    public_server = template.split("server {")[1]  # the second one is the status port's
-    pages = NGINX_PAGE.findall(public_server)
+    public_servers = "".join(template.split("server {")[1:3])  # default and named; the third: status port
+    pages = NGINX_PAGE.findall(public_servers)
     for status, page in pages:
         body = json.loads(re.sub(r"\$\{?[A-Za-z_]+\}?", "x", page))  # nginx's variables and the knobs
         contract.validator("/components/schemas/ErrorBody").validate(body)
@@ -210,8 +212,12 @@ BEFORE_ROUTING = {400, 405, 414, 494, 497, 501, 505}
 def test_every_error_page_of_nginx_is_an_internal_uri_with_its_own_status() -> None:
     """A named location (@name) fails for a request without a URI and nginx sends its HTML 500 instead."""
     template = (ROOT / "deploy/nginx/nginx.conf.template").read_text()
-    public_server, status_server = template.split("server {")[1:]
-    for server, before_routing in ((public_server, BEFORE_ROUTING), (status_server, BEFORE_ROUTING - {497})):
+    default_server, public_server, status_server = template.split("server {")[1:]
+    for server, before_routing in (
+        (default_server, BEFORE_ROUTING),
+        (public_server, BEFORE_ROUTING),
+        (status_server, BEFORE_ROUTING - {497}),
+    ):
         pages = dict(EDGE_PAGE.findall(server))
         intercepted = set()
         for codes, overwrite, target in ERROR_PAGE.findall(server):

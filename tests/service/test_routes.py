@@ -131,3 +131,14 @@ def test_info_reports_the_app_process_layers_alone() -> None:
     assert list(info["settings"]) == list(fields_of(*APP_PROCESS_LAYERS))
     assert info["settings"]["gunicorn_keepalive"] == 21
     assert info["settings_layers"] == ["app", "rooms", "gunicorn", "uvicorn"]
+
+
+def test_a_stream_longer_than_app_max_stream_seconds_is_refused_naming_both() -> None:
+    settings = load_settings(app_max_stream_seconds=1.0, app_max_delay=60, app_max_stream_chunks=1000)
+    with unit(routes.demo, settings) as client:
+        refused = client.get("/api/stream", params={"chunks": 1000, "interval": 60})
+        assert refused.status_code == 422
+        [problem] = refused.json()["detail"]
+        assert problem["loc"] == ["query", "interval"] and "APP_MAX_STREAM_SECONDS=1" in problem["msg"]
+        assert client.get("/api/stream", params={"chunks": 3, "interval": 0.5}).status_code == 200
+        assert client.get("/api/stream", params={"chunks": 1, "interval": 60}).status_code == 200

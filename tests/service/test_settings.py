@@ -66,3 +66,46 @@ def test_a_unix_socket_bind_is_nginx_upstream_whatever_nginx_upstream_says() -> 
     assert load_settings(nginx_upstream="127.0.0.1:9000").upstream == "127.0.0.1:9000"
     with pytest.raises(ConfigError, match=r"^NGINX_UPSTREAM='unix:app.sock': Value error, a unix socket"):
         load_settings(nginx_upstream="unix:app.sock")
+
+
+@pytest.mark.parametrize(
+    ("paths", "rule"),
+    [
+        ("/", r"'/' would take every request, the HTTP routes too"),
+        ("chat/", r"'chat/' is no path: each entry starts with / and has letters, digits"),
+        ('/chat/"x"', r"""'/chat/"x"' is no path"""),
+        ("/chat/{room}", r"'/chat/\{room\}' is no path"),
+        ("/chat/;", r"'/chat/;' is no path"),
+        ("/a//b", r"'/a//b' never matches: nginx merges //"),
+        ("/a/../b/", r"'/a/../b/' never matches"),
+        ("/_edge/404", r"'/_edge/404' is under nginx's own /_edge/"),
+        ("/_nginx/", r"'/_nginx/' is under nginx's own /_nginx/"),
+        ("/api/", r"'/api/' is nginx's rate-limited HTTP location"),
+        ("/ws/ /ws/", r"'/ws/' is listed twice"),
+        ("/chat/ /chat", r"'/chat' and '/chat/' overlap"),
+        ("/ws/ /ws/chat/", r"'/ws/chat/' and '/ws/' overlap"),
+        ("/healthz/", r"'/healthz/' takes APP_LIVENESS_PATH=/healthz, which the platform answers over HTTP"),
+        ("/ws/ /readyz", r"'/readyz' takes APP_READINESS_PATH=/readyz"),
+        ("/metrics", r"'/metrics' takes APP_METRICS_PATH=/metrics"),
+    ],
+)
+def test_bad_websocket_paths_name_the_variable_the_value_and_the_rule(
+    paths: str, rule: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NGINX_WEBSOCKET_PATHS", paths)
+    said = rf"^NGINX_WEBSOCKET_PATHS='{re.escape(paths)}': Value error, {rule}"
+    with pytest.raises(ConfigError, match=said):
+        load_settings()
+
+
+def test_websocket_paths_must_leave_a_moved_platform_path_alone() -> None:
+    with pytest.raises(ConfigError, match=r"'/ws/' takes APP_READINESS_PATH=/ws/ready"):
+        load_settings(app_readiness_path="/ws/ready")
+    assert load_settings(app_readiness_path="/ws/ready", nginx_websocket_paths="/ws/echo").app_readiness_path
+
+
+def test_websocket_paths_default_to_the_demos_and_may_be_several_or_none() -> None:
+    assert load_settings().nginx_websocket_paths == "/ws/"
+    several = load_settings(nginx_websocket_paths=" /ws/  /chat/socket\t/api/v1/stream/ ")
+    assert several.nginx_websocket_paths == "/ws/ /chat/socket /api/v1/stream/"
+    assert load_settings(nginx_websocket_paths="").nginx_websocket_paths == ""

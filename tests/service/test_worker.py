@@ -19,7 +19,7 @@ import pytest
 import websockets
 from uvicorn.config import Config
 
-from service.platform import lifecycle
+from service.platform import lifecycle, metrics
 from service.platform.worker import CloseWhenDraining, DrainingServer, RecycleTurns
 
 
@@ -250,3 +250,26 @@ def test_responses_get_connection_close_only_while_draining() -> None:
     first, second = (m["headers"] for m in sent if m["type"] == "http.response.start")
     assert (b"connection", b"close") not in first
     assert (b"connection", b"close") in second
+
+
+def test_each_connection_is_counted_once_however_many_requests_it_carries() -> None:
+    def opened() -> float:
+        return float(metrics.CONNECTIONS_OPENED._value.get())
+
+    async def scenario() -> float:
+        async with serving(graceful=5) as (server, port):
+            before = opened()
+            pooled = await asyncio.open_connection("127.0.0.1", port)
+            for _ in range(3):
+                await request(*pooled)  # what nginx does with a pooled upstream connection
+            fresh = await asyncio.open_connection("127.0.0.1", port)
+            await request(*fresh)
+            async with websockets.connect(f"ws://127.0.0.1:{port}/", ping_interval=None) as ws:
+                await ws.send("hi")  # upgraded from an HTTP connection: still one connection
+            for _, writer in (pooled, fresh):
+                writer.close()
+            while server.server_state.connections:
+                await asyncio.sleep(0.02)
+            return opened() - before
+
+    assert asyncio.run(scenario()) == 3

@@ -99,3 +99,41 @@ def test_reload_refuses_a_rejected_config_and_the_stack_keeps_running(tmp_path: 
         assert info["settings"]["app_request_timeout"] == 15
     finally:
         stack.down()
+
+
+CHAT = """
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+
+
+async def echo(websocket):
+    await websocket.accept()
+
+
+app = Starlette(routes=[WebSocketRoute("/chat/socket", echo)])
+"""
+
+
+def test_check_warns_of_an_apps_websocket_outside_nginx_websocket_paths(tmp_path: Path) -> None:
+    (tmp_path / "chat.py").write_text(CHAT)
+    stack = make_stack(tmp_path / "run", APP_MODULE="chat:app", APP_SRC=str(tmp_path))
+    result = stack.stackctl("check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    [warning] = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warning.startswith(
+        "warning: APP_MODULE=chat:app: its WebSocket route /chat/socket is not under "
+        "NGINX_WEBSOCKET_PATHS=/ws/: nginx cuts it after NGINX_PROXY_READ_TIMEOUT=30s"
+    )
+    assert warning.endswith("Fix: add /chat/socket to NGINX_WEBSOCKET_PATHS")
+
+    result = stack.stackctl("check", NGINX_WEBSOCKET_PATHS="/chat/")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "warning:" not in result.stderr
+    assert "NGINX_WS_READ_TIMEOUT=75 on every path of NGINX_WEBSOCKET_PATHS=/chat/" in result.stdout
+
+    result = stack.stackctl("check", NGINX_WEBSOCKET_PATHS="/chat/ /healthz")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "stackctl check: NGINX_WEBSOCKET_PATHS='/chat/ /healthz': Value error, '/healthz' takes "
+        "APP_LIVENESS_PATH=/healthz, which the platform answers over HTTP: move one of them"
+    ]

@@ -215,7 +215,7 @@ def test_nginx_connection_limit_is_a_documented_503(guarded: Stack) -> None:
     contract = contract_of(guarded)
     # The holder's request is in progress while nginx waits for its body (on /healthz: no rate limit).
     with socket.create_connection(("127.0.0.1", int(guarded.env["HTTP_PORT"]))) as holder:
-        holder.sendall(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+        holder.sendall(b"POST /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\n")
         time.sleep(0.2)
         second = answer(contract, guarded, "GET", "/healthz", 503, "nginx")
     assert second["error"] == "service_unavailable"
@@ -224,6 +224,7 @@ def test_nginx_connection_limit_is_a_documented_503(guarded: Stack) -> None:
 def test_a_too_slow_client_gets_no_answer_not_a_408(guarded: Stack) -> None:
     # The API description says so: nginx closes the connection after NGINX_CLIENT_BODY_TIMEOUT.
     started = time.monotonic()
-    received = raw_request(guarded, b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{")
+    slow = b"POST /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\n{"
+    received = raw_request(guarded, slow)
     assert received == b""
     assert time.monotonic() - started < int(GUARDED["NGINX_CLIENT_BODY_TIMEOUT"]) + 2

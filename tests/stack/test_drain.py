@@ -1,5 +1,7 @@
 """Nothing lost when a worker exits under load: wrk POSTs through nginx while workers are reloaded, recycled
-and terminated; WebSockets held on an exiting worker are closed one by one and reconnect.
+and terminated; WebSockets held on an exiting worker are closed one by one and reconnect; a draining worker
+answers readiness 503. The reload, WebSocket and readiness tests run twice: on the demo and on an app the
+tests write themselves (tests/support/apps.py), served through APP_MODULE: the platform gives any app this.
 
 POST is the request nginx never retries: a worker that closed a pooled keep-alive connection nginx had just
 written a request on shows up here as a 502 (see service/platform/worker.py and docs/TUNING.md, "Loss-free
@@ -9,11 +11,13 @@ less than 1,000 requests/s: it would prove nothing.
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx2
@@ -21,6 +25,7 @@ import psutil
 import pytest
 import websocket
 
+from tests.support.apps import APPS, App, app_named
 from tests.support.stack import Stack, make_stack, running
 from tests.support.wrk import SECONDS, Wrk, assert_nothing_lost
 
@@ -34,16 +39,37 @@ QUICK_DRAIN = {"WEB_CONCURRENCY": "2", "NGINX_UPSTREAM_KEEPALIVE_TIMEOUT": "3"}
 
 
 def worker_pid(stack: Stack) -> int:
-    return int(httpx2.get(f"{stack.url}/api/ping", timeout=10).json()["pid"])
+    """The pid of a worker that answers readiness (the platform's: every app has it)."""
+    return int(httpx2.get(f"{stack.url}/readyz", timeout=10).json()["pid"])
 
 
-def test_two_reloads_under_post_load_lose_nothing(tmp_path: Path) -> None:
+def ready_pid(stack: Stack) -> int | None:
+    """The pid of a worker answering readiness 200 through nginx; None while none does."""
+    response = httpx2.get(f"{stack.url}/readyz", timeout=10)
+    return int(response.json()["pid"]) if response.status_code == 200 else None
+
+
+@pytest.fixture(scope="module", params=APPS)
+def one_worker(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Stack, App]]:
+    """One worker per app (the demo, the tests' own), its WebSockets closed over 3 s when it exits."""
+    directory = tmp_path_factory.mktemp(f"one-worker-{request.param}")
+    app = app_named(request.param, directory / "src")
+    knobs = {"WEB_CONCURRENCY": "1", "UVICORN_WS_CLOSE_SPREAD": "3", **app.knobs}
+    with running(make_stack(directory / "run", **knobs)) as stack:
+        yield stack, app
+
+
+@pytest.mark.parametrize("app_name", APPS)
+def test_two_reloads_under_post_load_lose_nothing(tmp_path: Path, app_name: str) -> None:
     # The client side sends `Connection: close`: when a reload also reloads nginx (its config changed),
     # nginx closes idle *client* keep-alive connections at once (ngx_close_idle_connections), which races
     # with a client's next request like the upstream race this test is about; wrk would count a read
     # error. Upstream, nginx still pools its connections to the app (proxy_set_header Connection "").
-    with running(make_stack(tmp_path / "run", **QUICK_DRAIN)) as stack:
-        wrk = Wrk(stack, tmp_path, close_client_connections=True)
+    app = app_named(app_name, tmp_path / "src")
+    with running(make_stack(tmp_path / "run", **QUICK_DRAIN, **app.knobs)) as stack:
+        wrk = Wrk(stack, tmp_path, close_client_connections=True, app=app)
         reloads = []
         for at in (2.0, 7.0):
             wrk.at(at)
@@ -135,24 +161,24 @@ class HeldSocket(threading.Thread):
                 ws.close()
 
 
-def test_websockets_on_exiting_workers_close_one_by_one_with_1012_and_reconnect(tmp_path: Path) -> None:
-    knobs = {"WEB_CONCURRENCY": "1", "UVICORN_WS_CLOSE_SPREAD": "3"}
-    stop = threading.Event()
-    with running(make_stack(tmp_path / "run", **knobs)) as stack:
-        clients = [HeldSocket(f"{stack.ws_url}/ws/echo", stop) for _ in range(6)]
-        for client in clients:
-            client.start()
-        wait_until(lambda: all(c.connects for c in clients))
+def test_websockets_on_exiting_workers_close_one_by_one_with_1012_and_reconnect(
+    one_worker: tuple[Stack, App],
+) -> None:
+    (stack, app), stop = one_worker, threading.Event()
+    clients = [HeldSocket(f"{stack.ws_url}{app.ws}", stop) for _ in range(6)]
+    for client in clients:
+        client.start()
+    wait_until(lambda: all(c.connects for c in clients))
 
-        exits = [time.monotonic()]
-        reloaded = stack.stackctl("reload")  # returns once the old worker has closed its last socket
-        wait_until(lambda: all(c.connects >= 2 for c in clients))
-        exits.append(time.monotonic())
-        os.kill(worker_pid(stack), signal.SIGTERM)
-        wait_until(lambda: all(c.connects >= 3 and c.closes[-1][0] > exits[1] for c in clients))
-        stop.set()
-        for client in clients:
-            client.join(timeout=15)
+    exits = [time.monotonic()]
+    reloaded = stack.stackctl("reload")  # returns once the old worker has closed its last socket
+    wait_until(lambda: all(c.connects >= 2 for c in clients))
+    exits.append(time.monotonic())
+    os.kill(worker_pid(stack), signal.SIGTERM)
+    wait_until(lambda: all(c.connects >= 3 and c.closes[-1][0] > exits[1] for c in clients))
+    stop.set()
+    for client in clients:
+        client.join(timeout=15)
 
     assert reloaded.returncode == 0, reloaded.stderr
     assert [c.errors for c in clients] == [[]] * 6
@@ -172,3 +198,36 @@ def wait_until(condition: Callable[[], bool], within: float = 15) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out waiting"
         time.sleep(0.05)
+
+
+def ready(connection: http.client.HTTPConnection) -> tuple[int, dict[str, str], dict[str, object]]:
+    connection.request("GET", "/readyz")
+    response = connection.getresponse()
+    return response.status, {k.lower(): v for k, v in response.getheaders()}, json.loads(response.read())
+
+
+def test_a_draining_worker_answers_readiness_503_and_its_replacement_200(
+    one_worker: tuple[Stack, App],
+) -> None:
+    # Straight to the gunicorn bind on one kept-alive connection, which stays with the worker that
+    # accepted it: through nginx the next request could take another pooled connection, to another worker.
+    stack, _ = one_worker
+    host, port = stack.env["GUNICORN_BIND"].rsplit(":", 1)
+    held = http.client.HTTPConnection(host, int(port), timeout=10)
+    status, _, body = ready(held)
+    assert status == 200 and body["status"] == "ready", body
+    victim = int(str(body["pid"]))
+
+    os.kill(victim, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while (answer := ready(held))[0] == 200:
+        assert answer[2]["pid"] == victim, "the held connection moved to another worker"
+        assert time.monotonic() < deadline, "readiness still 200 5 s after TERM"
+        time.sleep(0.02)
+    status, headers, body = answer
+    held.close()
+    assert status == 503, body
+    assert body["error"] == "draining" and body["layer"] == "app", body
+    assert headers["connection"] == "close", "a draining worker lets go of the connection"
+    # a new connection reaches the replacement gunicorn boots, ready
+    wait_until(lambda: ready_pid(stack) not in (None, victim), within=30)

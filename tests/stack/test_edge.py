@@ -15,8 +15,10 @@ import subprocess
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import psutil
@@ -41,6 +43,7 @@ SECURITY_HEADERS = {
 }
 DEMO_ROUTES = ("/api/blocking", "/api/cpu", "/api/slow", "/api/sync")
 HSTS_MAX_AGE = "600"
+SIZES = (1 << 20) + 1, 2 << 20, 8 << 20  # oversized WebSocket messages: 1 MiB + 1, 2 MiB, 8 MiB
 
 
 class TlsStack:
@@ -467,6 +470,61 @@ def test_under_30_days_left_is_a_warning_and_an_unreadable_file_an_error(tmp_pat
         assert (finding.severity, finding.claim[: len(claim)]) == (severity, claim)
 
 
+def chain(where: Path) -> tuple[Path, Path, Path]:
+    """A root CA, an intermediate it signed and a leaf for localhost the intermediate signed: the leaf alone,
+    the leaf followed by the intermediate (a full chain), and the leaf's key."""
+    openssl = find_openssl()
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "ext.cnf").write_text(
+        "[ca]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n"
+        "[leaf]\nsubjectAltName = DNS:localhost\nbasicConstraints = critical,CA:FALSE\n"
+    )
+    new = "req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes"
+
+    def run(command: str) -> None:
+        subprocess.run([openssl, *command.split()], cwd=where, check=True, capture_output=True)
+
+    run(f"{new} -x509 -days 90 -subj /CN=root -keyout root.key -out root.pem -extensions ca -config ext.cnf")
+    for name, issuer, extensions in (("mid", "root", "ca"), ("leaf", "mid", "leaf")):
+        run(f"{new} -subj /CN={name} -keyout {name}.key -out {name}.csr")
+        run(
+            f"x509 -req -in {name}.csr -CA {issuer}.pem -CAkey {issuer}.key -days 90 -set_serial 1 "
+            f"-extfile ext.cnf -extensions {extensions} -out {name}.pem"
+        )
+    (where / "full.pem").write_text((where / "leaf.pem").read_text() + (where / "mid.pem").read_text())
+    return where / "leaf.pem", where / "full.pem", where / "leaf.key"
+
+
+def test_check_says_when_a_certificate_file_lacks_its_leafs_issuer(tmp_path: Path) -> None:
+    leaf, full, key = chain(tmp_path / "chain")
+    findings = {}
+    for cert in (leaf, full):
+        knobs = {"NGINX_TLS": "1", "NGINX_TLS_CERT": str(cert), "NGINX_TLS_KEY": str(key)}
+        findings[cert] = tls.findings(effective(knobs, None).settings, find_openssl())
+    [_, missing] = findings[leaf]
+    assert (missing.rule, missing.severity) == ("tls (chain)", "warning")
+    assert (
+        missing.claim == f"NGINX_TLS_CERT={leaf}: holds the certificate of CN=leaf but not its issuer CN=mid"
+    )
+    assert [f.severity for f in findings[full]] == ["ok"], findings[full]
+    stapled = {
+        "NGINX_TLS": "1",
+        "NGINX_TLS_CERT": str(leaf),
+        "NGINX_TLS_KEY": str(key),
+        "NGINX_OCSP_STAPLING": "1",
+    }
+    [_, refused] = tls.findings(effective(stapled, None).settings, find_openssl())
+    assert (refused.rule, refused.severity) == ("tls (chain)", "error")
+
+
+def test_ocsp_stapling_is_refused_with_the_generated_ca(tmp_path: Path) -> None:
+    up = make_stack(tmp_path / "up", NGINX_TLS="1", NGINX_OCSP_STAPLING="1")
+    started = up.stackctl("up")
+    assert started.returncode == 1
+    assert "NGINX_OCSP_STAPLING=1 with NGINX_TLS_CERT empty" in started.stderr, started.stderr
+    assert refused("127.0.0.1", int(up.env["HTTP_PORT"])), "up started nginx anyway"
+
+
 # --- both renderers ---------------------------------------------------------------------------------------
 
 
@@ -486,3 +544,207 @@ def test_the_container_entrypoint_renders_what_stackctl_renders(tmp_path: Path) 
         and "return 308 https://" in rendered
         and "APP_DEMO_ROUTES=0" in rendered
     )
+
+
+# --- Host, HTTP/0.9, WebSockets and HTTP/2 through nginx (raw sockets, TLS included) ----------------------
+
+
+def over_tls(stack: TlsStack, data: bytes, server_name: str = "localhost") -> bytes:
+    port = int(stack.https.rsplit(":", 1)[1])
+    context = stack.trusted()
+    context.check_hostname = server_name == "localhost"  # another name: the certificate is still ours
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=server_name) as connection,
+    ):
+        return exchange(connection, data)
+
+
+def over_plain(port: int | str, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as raw:
+        return exchange(raw, data)
+
+
+def test_another_host_gets_nginxs_json_421_on_both_ports_and_never_the_app(tls_stack: TlsStack) -> None:
+    contract = Contract(httpx2.get(f"{tls_stack.https}/openapi.json", verify=tls_stack.trusted()).json())
+    evil = b"GET /api/ping/ HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n"
+    absolute = b"GET http://evil.example/api/ping/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    plain_port = tls_stack.stack.env["HTTP_PORT"]
+    for received in (
+        over_plain(plain_port, evil),  # the plain port: no redirect to https://evil.example
+        over_plain(plain_port, absolute),
+        over_tls(tls_stack, evil),  # SNI localhost, Host evil.example
+        over_tls(tls_stack, evil, server_name="evil.example"),
+    ):
+        refusal(contract, received, 421, "misdirected_request")
+        assert b"location" not in received.lower()
+    with httpx2.Client(verify=tls_stack.trusted(), http2=False) as client:  # HTTP/2 is curl's, below
+        assert client.get(f"{tls_stack.https}/api/ping", headers={"Host": "localhost"}).status_code == 200
+    logged = [line for line in access_lines(tls_stack.stack) if line["host"] == "evil.example"]
+    assert logged and {line["status"] for line in logged} == {421}
+    assert all(line["upstream_addr"] == "" for line in logged), "the app was asked"
+
+
+def test_redirects_keep_the_port_and_the_app_sees_host_and_scheme(tls_stack: TlsStack) -> None:
+    """Starlette's trailing-slash redirect is built from Host and X-Forwarded-Proto: with the port the
+    client used, over HTTP/1.1 and HTTP/2; the plain port's 308 names the HTTPS port."""
+    port = tls_stack.https.rsplit(":", 1)[1]
+    for name in ("localhost", "127.0.0.1"):
+        response = httpx2.get(f"https://{name}:{port}/api/ping/", verify=tls_stack.trusted())
+        assert (response.status_code, response.headers["location"]) == (
+            307,
+            f"https://{name}:{port}/api/ping",
+        )
+    curl = shutil.which("curl")
+    assert curl, "curl (with HTTP/2) is needed for this test"
+    h2 = subprocess.run(
+        [curl, "-sS", "--http2", "--cacert", str(tls_stack.ca), "-o", "/dev/null",
+         "-w", "%{http_version} %{response_code} %{redirect_url}", f"https://localhost:{port}/api/ping/"],
+        capture_output=True, text=True, timeout=10,
+    )  # fmt: skip
+    assert h2.stdout == f"2 307 https://localhost:{port}/api/ping", h2.stderr
+    redirect = httpx2.get(f"http://localhost:{tls_stack.stack.env['HTTP_PORT']}/api/ping/")
+    assert redirect.headers["location"] == f"https://localhost:{port}/api/ping/"
+
+
+def test_http09_is_refused_on_both_ports_without_reaching_the_app(tls_stack: TlsStack) -> None:
+    """HTTP/0.9 has no status line or headers, so the refusal is the JSON 505 body alone."""
+    for received in (
+        over_plain(tls_stack.stack.env["HTTP_PORT"], b"GET /api/ping\r\n\r\n"),
+        over_tls(tls_stack, b"GET /api/ping\r\n\r\n"),
+    ):
+        body = json.loads(received)
+        assert (body["status"], body["error"], body["layer"]) == (505, "http_version_not_supported", "nginx")
+        assert b"pong" not in received
+    logged = [x for x in access_lines(tls_stack.stack) if x["protocol"] == "" and x["uri"] == "/api/ping"]
+    assert len(logged) >= 2 and {line["status"] for line in logged} == {505}
+    assert all(line["upstream_addr"] == "" for line in logged)
+
+
+def test_http2_with_an_upgrade_header_reaches_the_app_as_a_plain_get(tls_stack: TlsStack) -> None:
+    curl = shutil.which("curl")
+    assert curl, "curl (with HTTP/2) is needed for this test"
+    answer = subprocess.run(
+        [curl, "-sS", "--http2", "--cacert", str(tls_stack.ca), "-H", "upgrade: websocket",
+         "-w", "\n%{http_version} %{response_code}", f"{tls_stack.https}/ws/echo"],
+        capture_output=True, text=True, timeout=10,
+    )  # fmt: skip
+    body, _, written = answer.stdout.rpartition("\n")
+    assert written == "2 404", (answer.stdout, answer.stderr)  # no HTTP route /ws/echo: the app's JSON 404
+    assert json.loads(body)["layer"] == "app"
+    time.sleep(0.5)
+    errors = (tls_stack.stack.run_dir / "nginx-error.log").read_text()
+    assert "epoll_ctl" not in errors and "[alert]" not in errors, errors[-2000:]
+
+
+HANDSHAKE = (
+    "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+)
+
+
+def test_a_refused_websocket_handshake_gets_json_naming_the_app(plain_stack: Stack) -> None:
+    for path, status, error in (
+        ("/ws/nope", 404, "not_found"),
+        ("/api/ping", 404, "not_found"),  # an HTTP route, no WebSocket route
+        ("/ws/ticker?interval=-1", 422, "invalid_request"),
+    ):
+        with socket.create_connection(("127.0.0.1", int(plain_stack.env["HTTP_PORT"])), timeout=10) as raw:
+            raw.sendall(HANDSHAKE.format(path=path).encode())
+            head, _, body = raw.recv(65536).partition(b"\r\n\r\n")
+        assert head.split()[1] == str(status).encode() and b"Content-Type: application/json" in head, head
+        answer = json.loads(body[: int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])])
+        assert (answer["status"], answer["error"], answer["layer"]) == (status, error, "app"), answer
+
+
+def close_code(url: str, size: int, sslopt: dict[str, str] | None = None) -> int | str:
+    """Sends one binary message of `size` bytes and returns the close code the server sent, or why none
+    came (1006: the connection ended without a close frame)."""
+    ws = websocket.create_connection(url, timeout=15, sslopt=sslopt)
+    try:
+        ws.send_binary(b"x" * size)
+        opcode, frame = ws.recv_data_frame(True)
+        return (
+            int.from_bytes(frame.data[:2], "big") if opcode == websocket.ABNF.OPCODE_CLOSE else f"op {opcode}"
+        )
+    except (websocket.WebSocketException, OSError) as error:
+        return f"1006 ({type(error).__name__})"
+    finally:
+        ws.shutdown()
+
+
+def test_a_message_over_the_limit_is_1009_through_nginx_every_time(plain_stack: Stack) -> None:
+    """UVICORN_WS_MAX_SIZE=1 MiB (the default): the app's close frame must reach the client before the
+    connection ends, however much of the message is still on its way."""
+    seen = {
+        size: Counter(close_code(f"{plain_stack.ws_url}/ws/echo", size) for _ in range(10)) for size in SIZES
+    }
+    assert all(counts == Counter({1009: 10}) for counts in seen.values()), seen
+
+
+def test_a_message_over_the_limit_is_1009_over_wss_too(tls_stack: TlsStack) -> None:
+    wss = tls_stack.https.replace("https://", "wss://")
+    codes = Counter(close_code(f"{wss}/ws/echo", 8 << 20, {"ca_certs": str(tls_stack.ca)}) for _ in range(5))
+    assert codes == Counter({1009: 5}), codes
+
+
+def test_the_limit_is_the_message_with_permessage_deflate(plain_stack: Stack) -> None:
+    """Random bytes grow when deflated: a message at the limit still passes, one byte more is 1009."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    limit = 1 << 20
+    with connect(f"{plain_stack.ws_url}/ws/echo", compression="deflate", max_size=None) as ws:
+        assert ws.protocol.extensions, "permessage-deflate was not negotiated"
+        at_limit = os.urandom(limit)
+        ws.send(at_limit)
+        assert ws.recv(timeout=15) == at_limit
+        ws.send(os.urandom(limit + 1))
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=15)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+
+
+# --- the Swagger UI and the demo routes ---------------------------------------------------------------------
+
+
+def test_the_swagger_ui_loads_nothing_from_another_origin(plain_stack: Stack) -> None:
+    page = httpx2.get(f"{plain_stack.url}/docs")
+    assert page.status_code == 200 and "/docs/assets/swagger-ui-bundle.js" in page.text
+    assert "https://" not in page.text and "http://" not in page.text, "a third-party URL on /docs"
+    for name, media_type in (("swagger-ui-bundle.js", "text/javascript"), ("swagger-ui.css", "text/css")):
+        asset = httpx2.get(f"{plain_stack.url}/docs/assets/{name}")
+        assert asset.status_code == 200 and asset.headers["content-type"].startswith(media_type)
+        assert len(asset.content) > 10_000
+    assert httpx2.get(f"{plain_stack.url}/docs/assets/..%2Fcore.py").status_code == 404
+
+
+def test_info_and_docs_are_off_with_demo_routes_off(tls_stack: TlsStack) -> None:
+    with httpx2.Client(base_url=tls_stack.https, verify=tls_stack.trusted()) as client:
+        for path in ("/api/info", "/docs", "/docs/assets/swagger-ui.css"):
+            response = client.get(path)
+            assert response.status_code == 404 and response.json()["layer"] == "nginx", path
+        assert client.get("/openapi.json").status_code == 200
+
+
+# --- last: every access line nginx wrote during these tests is JSON ------------------------------------
+
+
+def access_lines(stack: Stack) -> list[dict[str, Any]]:
+    time.sleep(1.2)  # nginx writes its access log buffered, at most 1 s late (flush=1s)
+    text = "".join(path.read_text() for path in sorted(stack.run_dir.glob("nginx.log*"), reverse=True))
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_zz_every_access_line_of_these_tests_is_json(plain_stack: Stack, tls_stack: TlsStack) -> None:
+    """Runs last in this file: every line both stacks' nginx wrote parses, the malformed requests', the
+    refused hosts' and HTTP/0.9's included, and a request that ended without a response (the HTTP/2
+    headers too large: status 000) is logged with status null. nginx's error lines are in their own file."""
+    lines = access_lines(plain_stack) + access_lines(tls_stack.stack)
+    assert len(lines) > 50
+    statuses = {line["status"] for line in lines}
+    assert None in statuses and {421, 505, 400, 431} <= statuses, statuses
+    assert all(isinstance(line["status"], int | None) for line in lines)
+    for stack in (plain_stack, tls_stack.stack):
+        errors = (stack.run_dir / "nginx-error.log").read_text().splitlines()
+        assert all(not line.startswith("{") for line in errors)
