@@ -10,8 +10,9 @@
 # Base images: Debian root filesystems from mmdebstrap, `docker import`ed — python3 + venv for the app
 # and Locust images (DEBIAN_SUITE), nginx + envsubst for the nginx image (NGINX_DEBIAN_SUITE), prometheus +
 # prometheus-nginx-exporter for the two images of MONITORING=1 (DEBIAN_SUITE; one root filesystem, imported
-# twice: the exporter's with its binary as ENTRYPOINT, as the official image has it). Nothing is cached
-# between runs. The nginx image is tagged with its suite and nginx version (e.g. nginx-base:sid-1.30.6).
+# twice: the exporter's with its binary as ENTRYPOINT, as the official image has it), redis-server (and
+# redis-cli) for the rooms' backplane (DEBIAN_SUITE). Nothing is cached between runs. The nginx image is
+# tagged with its suite and nginx version (e.g. nginx-base:sid-1.30.6).
 set -euo pipefail
 
 command=${1:?usage: $0 start|stop DIR}
@@ -43,6 +44,9 @@ start() {
         --include=prometheus,prometheus-nginx-exporter \
         "$suite" "$dir/monitoring-base.tar" >"$dir/mmdebstrap-monitoring.log" 2>&1 &
     monitoring_rootfs=$!
+    mmdebstrap --quiet --variant=minbase "${snapshot_ok[@]}" --include=redis-server \
+        "$suite" "$dir/redis-base.tar" >"$dir/mmdebstrap-redis.log" 2>&1 &
+    redis_rootfs=$!
 
     dockerd --iptables=false --ip-masq=false --ip-forward=false --bridge=none \
         --data-root "$dir/data" --exec-root "$dir/exec" -H "$socket" --pidfile "$dir/dockerd.pid" \
@@ -57,6 +61,7 @@ start() {
 
     wait "$python_rootfs" || fail "mmdebstrap (python base) failed: $(tail -n 3 "$dir/mmdebstrap-python.log")"
     wait "$nginx_rootfs" || fail "mmdebstrap (nginx base) failed: $(tail -n 3 "$dir/mmdebstrap-nginx.log")"
+    wait "$redis_rootfs" || fail "mmdebstrap (redis base) failed: $(tail -n 3 "$dir/mmdebstrap-redis.log")"
     wait "$monitoring_rootfs" ||
         fail "mmdebstrap (monitoring base) failed: $(tail -n 3 "$dir/mmdebstrap-monitoring.log")"
     DOCKER_HOST=$socket docker import "$dir/python-base.tar" "blueprint/python-base:$suite" >/dev/null
@@ -65,14 +70,17 @@ start() {
     nginx_image=blueprint/nginx-base:$nginx_suite-${nginx_version:?no nginx package in the nginx root filesystem}
     DOCKER_HOST=$socket docker import "$dir/nginx-base.tar" "$nginx_image" >/dev/null
     DOCKER_HOST=$socket docker import "$dir/monitoring-base.tar" "blueprint/prometheus-base:$suite" >/dev/null
+    DOCKER_HOST=$socket docker import "$dir/redis-base.tar" "blueprint/redis-base:$suite" >/dev/null
     DOCKER_HOST=$socket docker import --change 'ENTRYPOINT ["/usr/bin/prometheus-nginx-exporter"]' \
         "$dir/monitoring-base.tar" "blueprint/nginx-exporter-base:$suite" >/dev/null
-    rm -f "$dir/python-base.tar" "$dir/nginx-base.tar" "$dir/monitoring-base.tar"
+    rm -f "$dir/python-base.tar" "$dir/nginx-base.tar" "$dir/monitoring-base.tar" \
+        "$dir/redis-base.tar"
 
     echo "export DOCKER_HOST=$socket"
     echo "export PYTHON_IMAGE=blueprint/python-base:$suite NGINX_IMAGE=$nginx_image OFFLINE=1"
     echo "export PROMETHEUS_IMAGE=blueprint/prometheus-base:$suite" \
         "NGINX_EXPORTER_IMAGE=blueprint/nginx-exporter-base:$suite"
+    echo "export REDIS_IMAGE=blueprint/redis-base:$suite"
 }
 
 stop() {

@@ -15,9 +15,12 @@ from starlette.routing import WebSocketRoute
 
 from service import docs, routes, schema
 from service.errors import install_error_handlers
+from service.rooms import routes as rooms
 from service.settings import Settings, load_settings
 
 NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+# The demo's routers (service/routes.py) and the rooms' (service/rooms/routes.py), in the document's order.
+ROUTERS = (*routes.ROUTERS, rooms.router)
 
 
 def add_flat(app: FastAPI, router: APIRouter, responses: dict[int | str, dict[str, Any]]) -> None:
@@ -74,12 +77,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,  # service/docs.py serves it, with Swagger UI's files from the image
         openapi_url="/openapi.json",
         telemetry=None if settings.app_opentelemetry else NO_TELEMETRY,
+        lifespan=rooms.lifespan,
     )
     app.state.settings = settings  # what the routes' `app_settings` dependency reads
     install_error_handlers(app)
     if settings.app_demo_routes:
         docs.install(app, openapi_url="/openapi.json")
-    for router in routes.ROUTERS:
+    for router in ROUTERS:
         # The error bodies are the handlers' above (and nginx's, uvicorn's), not FastAPI's.
         add_flat(app, router, responses=schema.ERRORS)
     if not settings.app_demo_routes:

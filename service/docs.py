@@ -48,4 +48,3 @@ def install(app: FastAPI, openapi_url: str) -> None:
 
     app.add_api_route(DOCS_URL, swagger_ui, include_in_schema=False)
     app.add_api_route(f"{ASSETS_URL}/{{name}}", asset, include_in_schema=False)
-

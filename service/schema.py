@@ -33,6 +33,18 @@ messages and closes with 1009 above UVICORN_WS_MAX_SIZE (a message's size, compr
 `/ws/ticker?interval=S` pushes `{"tick", "pid", "t"}` every S seconds. A handshake the app refuses gets an
 `ErrorBody` response instead of the 101: 404 `not_found` on a path with no WebSocket route, 422
 `invalid_request` when S is refused.
+
+`/ws/rooms/{room}?after=<id>` joins a room, whichever worker or replica each member is on. Each message of
+the room reaches the member as one text frame `{"id": "<id>", "room": "<room>", "data": <any JSON>,
+"sent_at": <unix seconds>}`, in the room's order; with `after`, every message after that id the room still
+keeps comes first (ROOMS_HISTORY, ROOMS_HISTORY_SECONDS), then the live ones, with no gap and no duplicate.
+Ids are opaque, unique and ordered per room. A member publishes by sending `{"data": <any JSON>}` (or
+`POST /api/rooms/{room}/messages`). The server closes a member with 1008 for a bad room name, `after` or
+message, or above ROOMS_PUBLISH_RATE; 1003 for a binary message; 1009 for `data` above
+ROOMS_MAX_MESSAGE_BYTES; 1011 when Redis, the backplane, does not answer; 1012 when its worker restarts;
+1013 when its send queue (ROOMS_SEND_QUEUE) is full or its worker follows ROOMS_MAX_ROOMS rooms. After
+1011, 1012 and 1013 a client reconnects with `after` set to the last id it received (after 1011 with a
+pause: joins fail with 1011 until Redis answers again) and misses nothing the room still keeps.
 """
 
 Pid = Annotated[int, Field(description="The worker process that answered.")]
@@ -89,6 +101,13 @@ class StreamChunk(Body):
     t: float = Field(description="Unix time the line was written.")
 
 
+class Published(Body):
+    id: str = Field(
+        description="The message's id: opaque, unique and ordered within its room; what a member passes as "
+        "`after` to resume from it."
+    )
+
+
 class Info(Body):
     pid: Pid
     hostname: str
@@ -117,7 +136,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     405: error("app `method_not_allowed`: the path has other methods. nginx `method_not_allowed`: TRACE."),
     413: error(
         "nginx `payload_too_large`: a body larger than NGINX_CLIENT_MAX_BODY_SIZE, on any method; the app "
-        "never sees it."
+        "never sees it. app `message_too_large`: a room message whose `data` is above "
+        "ROOMS_MAX_MESSAGE_BYTES."
     ),
     414: error(
         "nginx `uri_too_long`: a request line longer than one of nginx's large_client_header_buffers (8k)."
@@ -143,7 +163,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     503: error(
         "uvicorn `over_capacity`: the worker holds UVICORN_LIMIT_CONCURRENCY connections; retry. nginx "
         "`service_unavailable`: above NGINX_LIMIT_CONN connections per client IP "
-        "(NGINX_LIMIT_CONN_ENABLED=1), or no app. app `draining` (`/readyz`): the worker is shutting down."
+        "(NGINX_LIMIT_CONN_ENABLED=1), or no app. app `draining` (`/readyz`): the worker is shutting down. "
+        "app `backplane_unavailable`: Redis, which carries the rooms, did not answer within REDIS_TIMEOUT; "
+        "retry."
     ),
     504: error(
         "app `request_timeout`: no response started within APP_REQUEST_TIMEOUT. nginx `gateway_timeout`: "

@@ -28,7 +28,19 @@ from pydantic_settings import (
 
 from service import websocket_paths
 
-Layer = Literal["stack", "app", "gunicorn", "uvicorn", "nginx", "compose", "swarm", "prometheus", "locust"]
+Layer = Literal[
+    "stack",
+    "app",
+    "rooms",
+    "redis",
+    "gunicorn",
+    "uvicorn",
+    "nginx",
+    "compose",
+    "swarm",
+    "prometheus",
+    "locust",
+]
 Tool = Literal["loadtest", "drill", "bench", "sweep", "timeout-lab"]
 OUR_WORKER_CLASS = "service.platform.worker.UvicornWorker"
 DEMO_APP = "service.app:app"
@@ -315,6 +327,103 @@ class Settings(BaseSettings):
         "Planning figure, read only by `make check`: WebSockets one worker holds at peak. "
         "UVICORN_LIMIT_CONCURRENCY must exceed them plus nginx's pooled idle upstream connections.",
         ge=0,
+    )
+
+    # --- rooms: WebSocket rooms across workers and replicas (service/rooms/) --------------------------
+    rooms_history: int = knob(
+        1000,
+        "messages",
+        "rooms",
+        "Messages each room keeps for members that resume with `after` (XADD MAXLEN ~: Redis may keep a few "
+        "more). A member away for more than this many messages misses the older ones.",
+        ge=1,
+    )
+    rooms_history_seconds: int = knob(
+        300,
+        "s",
+        "rooms",
+        "Age past which a room's messages are dropped (XTRIM MINID ~), and silence after which the whole "
+        "room is deleted (EXPIRE): a member away longer misses what is older.",
+        ge=1,
+    )
+    rooms_send_queue: int = knob(
+        256,
+        "messages",
+        "rooms",
+        "Messages waiting to be sent to one member. A member whose queue is full reads slower than its room "
+        "talks: it is closed with 1013 and may resume with `after`; the others never wait for it.",
+        ge=1,
+    )
+    rooms_read_block: float = knob(
+        0.5,
+        "s",
+        "rooms",
+        "How long each worker's reader waits in one XREAD BLOCK for news of its rooms (a room joined "
+        "meanwhile interrupts it). A stalled Redis is noticed after this + REDIS_TIMEOUT; with it below "
+        "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN a draining worker's reader ends in time (`make check`).",
+        gt=0,
+    )
+    rooms_max_message_bytes: int = knob(
+        16_384,
+        "bytes",
+        "rooms",
+        "Largest `data` of one message, as compact JSON. Above: POST answers 413 `message_too_large`, a "
+        "member that sends one is closed with 1009.",
+        ge=1,
+    )
+    rooms_max_name_length: int = knob(
+        64,
+        "chars",
+        "rooms",
+        "Longest room name (letters, digits, `.`, `_`, `~`, `-`). Above or other characters: POST 422, a "
+        "WebSocket closed with 1008.",
+        ge=1,
+        le=200,
+    )
+    rooms_publish_rate: float = knob(
+        20.0,
+        "messages/s",
+        "rooms",
+        "Messages a member may send on its WebSocket per second (a bucket of as many); faster, it is closed "
+        "with 1008. 0 = unlimited. POST is limited per client IP by nginx (NGINX_LIMIT_REQ_*).",
+        ge=0,
+    )
+    rooms_max_rooms: int = knob(
+        1000,
+        "rooms",
+        "rooms",
+        "Rooms one worker follows at once (every XREAD names each of them). A member joining one more is "
+        "closed with 1013.",
+        ge=1,
+    )
+
+    # --- redis: the rooms' backplane ------------------------------------------------------------------
+    redis_url: str = knob(
+        "",
+        "URL",
+        "redis",
+        "The Redis (or Valkey, >= 6.2) the rooms use: redis://[user:password@]host:port/db, rediss:// for "
+        "TLS, unix:///path. Empty = the stack's own: a redis-server the local runtime starts on "
+        "127.0.0.1:REDIS_PORT, the `redis` service in compose and swarm. Set, the stack starts none.",
+    )
+    redis_port: int = knob(
+        6379,
+        "port",
+        "redis",
+        "Port of the local runtime's redis-server, on 127.0.0.1 only (compose: 6379 inside the network, "
+        "never published). Unused with REDIS_URL.",
+        ge=1,
+        le=65535,
+    )
+    redis_timeout: float = knob(
+        2.0,
+        "s",
+        "redis",
+        "How long the app waits for Redis to connect or answer one command: past it a publish answers 503 "
+        "`backplane_unavailable` and a member is closed with 1011. + ROOMS_READ_BLOCK below "
+        "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN, and best below APP_REQUEST_TIMEOUT (`make check`). A worker "
+        "starved of CPU answers late too: measured, 1 s turned publishes into 503s on an overloaded host.",
+        gt=0,
     )
 
     # --- gunicorn ----------------------------------------------------------------------------------
@@ -991,6 +1100,12 @@ class Settings(BaseSettings):
         return self.nginx_upstream or self.gunicorn_bind
 
     @cached_property
+    def redis_address(self) -> str:
+        """Where the app finds Redis: REDIS_URL, else the local runtime's redis-server (compose and swarm set
+        REDIS_URL to their `redis` service)."""
+        return self.redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @cached_property
     def listen_port(self) -> int:
         return self.nginx_listen_port or self.http_port
 
@@ -1079,6 +1194,18 @@ class ToolInputs(BaseModel):
         "WebSocket clients on DRILL_WS during each drill, reconnecting when closed; DRILL_SHORT=1 lowers "
         "the default.",
         ge=0,
+    )
+    drill_room_members: int = tool_input(
+        12,
+        "members",
+        "drill",
+        "Members of 2 rooms during each drill (service/rooms/), resuming with `after` when closed, with a "
+        "publisher per room; a member that misses a message fails the drill. 0 = none; DRILL_SHORT=1 "
+        "lowers the default.",
+        ge=0,
+    )
+    drill_room_rate: float = tool_input(
+        20.0, "messages/s", "drill", "Messages each drill room's publisher POSTs per second.", gt=0
     )
     drill_post: str = tool_input(
         "/api/echo",
@@ -1185,6 +1312,22 @@ class ToolInputs(BaseModel):
     bench_ws_hold: float = tool_input(
         0.0, "s", "bench", "How long the ws-held row holds them; 0 = BENCH_SECONDS.", ge=0
     )
+    bench_rooms_n: int = tool_input(
+        2000,
+        "members",
+        "bench",
+        "Members of one room the rooms-fanout row holds through nginx (the kernel spreads them over the "
+        "workers); every message reaches each of them.",
+        ge=1,
+    )
+    bench_rooms_rate: float = tool_input(
+        5.0,
+        "messages/s",
+        "bench",
+        "The rooms-fanout row's first rate of POSTs to that room, doubled each step while the p99 "
+        "publish-to-receive stays within 250 ms.",
+        gt=0,
+    )
     bench_short: int = tool_input(
         0, "0/1", "bench", "1 = short rows and small counts (what the tests run).", ge=0, le=1
     )
@@ -1227,9 +1370,11 @@ def tool_default(field: str, tool: Tool) -> Any:
     return defaults[tool] if isinstance(defaults, dict) and tool in defaults else info.default
 
 
-# The layers whose knobs reach the app process (gunicorn, its workers, the app). The others are read by
-# stackctl, nginx, compose or Locust: under Docker the app container does not even receive them.
-APP_PROCESS_LAYERS: tuple[Layer, ...] = ("app", "gunicorn", "uvicorn")
+# The layers whose knobs reach the app process (gunicorn, its workers, the app) and /api/info shows. The
+# others are read by stackctl, nginx, compose or Locust: under Docker the app container does not even
+# receive them; the redis layer does (REDIS_URL, REDIS_TIMEOUT) but stays out of /api/info: its URL may
+# hold a password.
+APP_PROCESS_LAYERS: tuple[Layer, ...] = ("app", "rooms", "gunicorn", "uvicorn")
 
 
 def fields_of(*layers: Layer) -> tuple[str, ...]:

@@ -6,13 +6,15 @@ them in reverse order; docker.py and swarm.py name the same services.
 Adding a part to the stack (a cache, a metrics server) is one entry in COMPONENTS plus its service in
 docker-compose.yml: `make up` then starts it, `make ps`/`make logs` show it, `make down` stops it. A part
 the stack runs only when a knob says so (`wanted`: Prometheus and nginx's exporter with MONITORING=1) is
-there in compose behind a profile of that name.
+there in compose behind a profile of that name (Redis, wanted by the demo app without REDIS_URL, is scaled
+to none instead).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import ssl
 import stat
 import subprocess
@@ -27,8 +29,14 @@ from deploy.stackctl.config import ROOT, Effective, nginx_temp_dirs, render_ngin
 from deploy.stackctl.errors import StackError
 from deploy.stackctl.ports import LOOPBACK, bind_in_use, split_bind
 from deploy.stackctl.rundir import Address, RunDir, State
-from deploy.stackctl.tools import find_nginx, find_nginx_exporter, find_prometheus, find_promtool
-from service.settings import Settings, unix_socket_path
+from deploy.stackctl.tools import (
+    find_nginx,
+    find_nginx_exporter,
+    find_prometheus,
+    find_promtool,
+    find_redis_server,
+)
+from service.settings import DEMO_APP, Settings, unix_socket_path
 
 GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
 
@@ -213,6 +221,52 @@ def check_unix_bind(path: Path) -> None:
                 )
 
 
+# --- redis: the rooms' backplane (service/rooms/), unless REDIS_URL names another -------------------
+
+
+def redis_command(launch: Launch) -> list[str]:
+    """No persistence (the rooms keep a bounded history, not data): a restart loses what it held."""
+    settings = launch.settings
+    return [
+        find_redis_server(),
+        *("--port", str(settings.redis_port), "--bind", LOOPBACK, "--protected-mode", "yes"),
+        *("--save", "", "--appendonly", "no", "--dir", str(launch.run.path)),
+        *("--daemonize", "no", "--logfile", "", "--loglevel", "notice"),
+    ]
+
+
+def redis_answers(launch: Launch) -> bool:
+    try:
+        with socket.create_connection((LOOPBACK, launch.settings.redis_port), timeout=2) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def redis_wanted(settings: Settings) -> bool:
+    """The stack's own Redis: for the demo app (its rooms) when REDIS_URL names none; another APP_MODULE
+    gets none (an app of its own that wants Redis sets REDIS_URL)."""
+    return not settings.redis_url and settings.app_module == DEMO_APP
+
+
+REDIS = Component(
+    name="redis",
+    service="redis",
+    title="redis-server",
+    command=redis_command,
+    listens=lambda settings: [("REDIS_PORT", LOOPBACK, settings.redis_port)],
+    port_knobs=("REDIS_PORT",),
+    wanted=redis_wanted,
+    ready=Probe(
+        redis_answers,
+        lambda launch: f"redis-server on {LOOPBACK}:{launch.settings.redis_port} did not answer PING",
+    ),
+    stop_signal=signal.SIGTERM,
+    grace=lambda _: 10.0,
+)
+
+
 APP = Component(
     name="gunicorn",
     service="app",
@@ -350,6 +404,7 @@ NGINX_EXPORTER = Component(
     ),
 )
 
-# In start order; `down` stops them in reverse.
-COMPONENTS: tuple[Component, ...] = (APP, NGINX, PROMETHEUS, NGINX_EXPORTER)
+# In start order; `down` stops them in reverse: the app's drain closes its rooms' members before Redis goes,
+# and Prometheus sees the app and nginx to their end.
+COMPONENTS: tuple[Component, ...] = (REDIS, APP, NGINX, PROMETHEUS, NGINX_EXPORTER)
 SERVICES = tuple(component.service for component in COMPONENTS)

@@ -26,7 +26,7 @@ import httpx2
 
 from deploy.pins import pinned_requirements
 from deploy.stackctl import appenv, appimage, local, monitoring, preflight, requirements, tls
-from deploy.stackctl.components import APP, NGINX, PROMETHEUS, SERVICES, monitoring_on
+from deploy.stackctl.components import APP, NGINX, PROMETHEUS, REDIS, SERVICES, monitoring_on
 from deploy.stackctl.config import KNOBS, ROOT, Effective
 from deploy.stackctl.config import knob_environment as knob_environment
 from deploy.stackctl.errors import StackError
@@ -70,6 +70,7 @@ BASE_IMAGE_DOCKERFILES = {
     "NGINX_IMAGE": "Dockerfile.nginx",
     "PROMETHEUS_IMAGE": "Dockerfile.prometheus",
     "NGINX_EXPORTER_IMAGE": "Dockerfile.nginx-exporter",
+    "REDIS_IMAGE": "Dockerfile.redis",
 }
 
 
@@ -260,6 +261,12 @@ def build_wheelhouse(env: dict[str, str]) -> Path:
     return WHEELHOUSE
 
 
+def own_services(settings: Settings) -> list[str]:
+    """`--scale redis=0` when the stack runs no Redis of its own (REDIS_URL names one, or another
+    APP_MODULE than the demo: components.redis_wanted)."""
+    return [] if REDIS.wanted(settings) else ["--scale", f"{REDIS.service}=0"]
+
+
 def profiles(settings: Settings) -> tuple[str, ...]:
     """The compose profiles a stack with these knobs runs besides its default services."""
     return MONITORING_PROFILE if monitoring_on(settings) else ()
@@ -425,6 +432,7 @@ def up(config: Effective, environ: Mapping[str, str] | None, run_dir: Path) -> P
         "--remove-orphans",
         "--scale",
         f"{APP.service}={replicas}",
+        *own_services(settings),
         profiles=profiles(settings),
     )
     wait_healthy(project)
@@ -592,7 +600,11 @@ def scale(config: Effective, replicas: int, project: Project | None = None) -> N
         raise StackError(one_socket_one_app(replicas))
     before = {c.id for c in require_running(project)}
     started = time.monotonic()
-    start(project, "up", "-d", "--no-recreate", "--no-build", "--scale", f"{APP.service}={replicas}")
+    start(
+        project,
+        *("up", "-d", "--no-recreate", "--no-build", "--scale", f"{APP.service}={replicas}"),
+        *own_services(config.settings),
+    )
     wait_healthy(project)
     apps = project.running(APP.service)
     wait_routed(project, apps)
@@ -789,6 +801,16 @@ class Docker(Runtime):
     def preflight(self, run_dir: Path, config: Effective, environ: Mapping[str, str]) -> str:
         where = self.app_where(run_dir, config, environ)
         return preflight.check_app(where, config, run_dir / preflight.LOG)
+
+    def stop_service(self, run_dir: Path, environ: Mapping[str, str], service: str) -> None:
+        Project(environ).run("stop", service, capture=True)
+
+    def start_service(
+        self, run_dir: Path, config: Effective, environ: Mapping[str, str], service: str
+    ) -> None:
+        project = Project(environ)
+        project.run("start", service, capture=True)
+        wait_healthy(project)
 
     def available(self) -> bool:
         return engine_reachable()

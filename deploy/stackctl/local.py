@@ -1,5 +1,6 @@
-"""The local runtime: the stack's components (components.py: gunicorn and nginx) as background processes
-of this host, managed by pid.
+"""The local runtime: the stack's components (components.py: redis-server, gunicorn, nginx, and Prometheus and
+its nginx exporter with MONITORING=1) as background
+processes of this host, managed by pid.
 
 Everything a stack writes lives in one run directory (default `.run/local`): rendered configs, pid files,
 logs, the Prometheus multiprocess directory and `state.json`, which records what `up` started so that
@@ -146,7 +147,8 @@ def up(
     environ: Mapping[str, str] | None = None,
     components: Sequence[Component] = COMPONENTS,
 ) -> State:
-    """Start the components in order; `environ` is the processes' environment (default: this one's)."""
+    """Start the components in order (those these settings want); `environ` is the processes' environment
+    (default: this one's)."""
     settings = config.settings
     state = run.load_state()
     if state and any(alive(pid) for pid in state.pids.values()):
@@ -202,34 +204,71 @@ def start_processes(
     launch: Launch, components: Sequence[Component], state: State
 ) -> dict[str, subprocess.Popen[bytes]]:
     """Start these components, each with its log pipes, and record them in the state (saved)."""
-    run, config, settings = launch.run, launch.config, launch.settings
     commands = {component.name: component.command(launch) for component in components}
-    pipes = {name: rotating_log(run.log(name), config) for component in components for name in component.logs}
-    processes = {
-        component.name: subprocess.Popen(
-            commands[component.name],
-            cwd=component.cwd(launch),
-            env=component.env(launch),
-            stdout=pipes[component.logs[0]].stdin,
-            stderr=pipes[component.logs[-1]].stdin if component.error_log else subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        for component in components
-    }
-    for pipe in pipes.values():
-        if pipe.stdin:
-            pipe.stdin.close()  # the servers hold the write ends now; EOF when they exit
+    processes = {}
     for component in components:
-        state.started[component.name] = Started(
-            processes[component.name].pid,
-            pipes[component.name].pid,
-            component.stop_signal.name,
-            component.grace(settings),
-            pipes[component.logs[-1]].pid if component.error_log else 0,
+        processes[component.name], state.started[component.name] = spawn(
+            component, launch, commands[component.name]
         )
-    run.save_state(state)
+    launch.run.save_state(state)
     return processes
+
+
+def spawn(
+    component: Component, launch: Launch, command: list[str]
+) -> tuple[subprocess.Popen[bytes], Started]:
+    """One component's process, its output through rotating log pipes (stderr its own with error_log)."""
+    pipes = [rotating_log(launch.run.log(name), launch.config) for name in component.logs]
+    process = subprocess.Popen(
+        command,
+        cwd=component.cwd(launch),
+        env=component.env(launch),
+        stdout=pipes[0].stdin,
+        stderr=pipes[-1].stdin if component.error_log else subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    for pipe in pipes:
+        if pipe.stdin:
+            pipe.stdin.close()  # the server holds the write ends now; EOF when it exits
+    started = Started(
+        process.pid,
+        pipes[0].pid,
+        component.stop_signal.name,
+        component.grace(launch.settings),
+        pipes[-1].pid if component.error_log else 0,
+    )
+    return process, started
+
+
+def stop_component(run: RunDir, name: str) -> None:
+    """Stop one running component as `down` would (its stop signal, then SIGKILL after its grace); the
+    rest of the stack runs on. `start_component` starts it again."""
+    state = run.load_state()
+    if state is None or name not in state.started:
+        raise StackError(f"no {name} in the stack of {run.path}")
+    each = state.started[name]
+    stop(each.pid, signal.Signals[each.stop_signal], each.grace)
+    for log_pid in (each.log_pid, each.error_log_pid):
+        if log_pid:
+            stop(log_pid, signal.SIGTERM, 5, wait_first=5)
+
+
+def start_component(
+    run: RunDir, config: Effective, name: str, components: Sequence[Component] = COMPONENTS
+) -> None:
+    """Start a component `stop_component` stopped, with the stack's config, and wait until it is ready."""
+    state = run.load_state()
+    known = {component.name: component for component in components}
+    if state is None or name not in state.started or name not in known:
+        raise StackError(f"no {name} in the stack of {run.path}")
+    if alive(state.started[name].pid):
+        raise StackError(f"{name} ({state.started[name].pid}) is running; stop it first")
+    component = known[name]
+    launch = Launch(run, config, None, state.url, verification(ensure_tls(config.settings)))
+    process, state.started[name] = spawn(component, launch, component.command(launch))
+    run.save_state(state)
+    wait_ready(launch, {name: process}, [component])
 
 
 def down(run: RunDir, quiet: bool = False, components: Sequence[Component] = COMPONENTS) -> None:
@@ -299,8 +338,10 @@ def reload(run: RunDir, config: Effective, components: Sequence[Component] = COM
     running = [name for name in state.started if name not in (APP.name, NGINX.name)]
     wanted_now = [c.name for c in components if c.name not in (APP.name, NGINX.name)]
     if running != wanted_now:
+        # MONITORING decides Prometheus's; REDIS_URL and APP_MODULE whether the stack runs its own Redis.
+        knobs = f"MONITORING={settings.monitoring}, REDIS_URL={settings.redis_url or '(empty)'}"
         raise StackError(
-            f"MONITORING={settings.monitoring}: the stack runs {', '.join(running) or 'no'} extra components "
+            f"{knobs}: the stack runs {', '.join(running) or 'no'} extra components "
             f"and would run {', '.join(wanted_now) or 'none'}; a reload starts and stops none: run "
             "`make down && make up`"
         )
@@ -422,6 +463,20 @@ class Local(Runtime):
 
     def preflight(self, run_dir: Path, config: Effective, environ: Mapping[str, str]) -> str:
         return run_preflight(RunDir(run_dir), config, environ, self.components)
+
+    def component(self, service: str) -> Component:
+        for component in self.components:
+            if component.service == service:
+                return component
+        raise StackError(f"no service {service!r} (known: {', '.join(c.service for c in self.components)})")
+
+    def stop_service(self, run_dir: Path, environ: Mapping[str, str], service: str) -> None:
+        stop_component(RunDir(run_dir), self.component(service).name)
+
+    def start_service(
+        self, run_dir: Path, config: Effective, environ: Mapping[str, str], service: str
+    ) -> None:
+        start_component(RunDir(run_dir), config, self.component(service).name, self.components)
 
     def render(self, run_dir: Path, config: Effective) -> None:
         run = RunDir(run_dir)

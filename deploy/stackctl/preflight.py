@@ -125,7 +125,6 @@ def check_app(where: Where, config: Effective, log: Path) -> str:
     return (result.stdout.strip().splitlines() or [""])[-1]
 
 
-
 def halted_line(log_text: str) -> str | None:
     """The last `APP_MODULE=...` line a worker logged (gunicorn's prefix removed), or None."""
     found = None

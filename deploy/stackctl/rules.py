@@ -198,6 +198,42 @@ def swarm_stop_order(settings: Settings) -> list[Finding]:
     )
 
 
+def backplane_drain(settings: Settings, host: HostFacts) -> list[Finding]:
+    """The rooms' Redis (service/rooms/): a draining worker's waits on Redis must end before its graceful
+    shutdown does."""
+    read = settings.rooms_read_block + settings.redis_timeout
+    return below(
+        (4, "graceful shutdown, rooms"),
+        combined(
+            f"ROOMS_READ_BLOCK={shown(settings.rooms_read_block)} + "
+            f"REDIS_TIMEOUT={shown(settings.redis_timeout)}",
+            read,
+            knob(settings, "rooms_read_block"),
+            knob(settings, "redis_timeout"),
+        ),
+        knob(settings, "uvicorn_timeout_graceful_shutdown"),
+        "a draining worker's members wait on Redis up to REDIS_TIMEOUT (a publish, a join's history) and "
+        "its reader up to ROOMS_READ_BLOCK + REDIS_TIMEOUT for its last XREAD; cut short by "
+        "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN, a publish is cancelled mid-command and its member cannot "
+        "know whether it was sent",
+        "lower ROOMS_READ_BLOCK / REDIS_TIMEOUT or raise UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN above "
+        f"{shown(read)}",
+    )
+
+
+def backplane_before_the_deadline(settings: Settings, host: HostFacts) -> list[Finding]:
+    """Advice on rule 3: a publish to a stalled Redis should get the app's 503, not the platform's 504."""
+    found = below(
+        (3, "request timeouts, backplane"),
+        knob(settings, "redis_timeout"),
+        knob(settings, "app_request_timeout"),
+        "a publish waits for Redis at most REDIS_TIMEOUT, then answers a JSON 503 backplane_unavailable "
+        "that says to retry; past APP_REQUEST_TIMEOUT the platform's 504 request_timeout comes first",
+        "lower REDIS_TIMEOUT or raise APP_REQUEST_TIMEOUT above it",
+    )
+    return [replace(f, severity="warning") for f in found if f.severity == "error"]
+
+
 def drain_fits_the_grace(settings: Settings, host: HostFacts) -> list[Finding]:
     """Advice on rule 4: an exiting worker waits for nginx to drop its idle pooled connections and spreads
     its WebSocket closes; both must end before UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN cuts the drain short."""
@@ -580,6 +616,7 @@ RULES: tuple[Rule, ...] = (
     websocket_ping_order,
     request_timeout_order,
     graceful_shutdown_order,
+    backplane_drain,
     blocking_vs_heartbeat,
     startup_vs_heartbeat,
     connection_capacity,
@@ -591,6 +628,7 @@ REQUIREMENTS: tuple[Rule, ...] = (swarm_images, unix_socket_on_swarm)
 ADVICE: tuple[Rule, ...] = (
     settings_without_effect,
     drain_fits_the_grace,
+    backplane_before_the_deadline,
     swarm_knobs_without_effect,
     swarm_engine_unknown,
     swarm_engine_too_old,

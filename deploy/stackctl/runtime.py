@@ -86,6 +86,16 @@ class Runtime(ABC):
         """Load APP_MODULE where this runtime will run it, and start nothing (preflight.py): what the
         loader says when the app would run; StackError in one line when it would not."""
 
+    def stop_service(self, run_dir: Path, environ: Mapping[str, str], service: str) -> None:
+        """Stop one service of the running stack (its process, or its containers); the rest runs on."""
+        raise StackError(f"stopping one service is not done for this runtime ({service})")
+
+    def start_service(
+        self, run_dir: Path, config: Effective, environ: Mapping[str, str], service: str
+    ) -> None:
+        """Start again what `stop_service` stopped, and wait until it is ready."""
+        raise StackError(f"starting one service is not done for this runtime ({service})")
+
     def render(self, run_dir: Path, config: Effective) -> None:
         """Write the effective configs into the run dir and start nothing."""
         raise StackError("`render` is for the local runtime only (RUNTIME=local)")

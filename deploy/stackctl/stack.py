@@ -204,6 +204,15 @@ class Handle:
         """Run `replicas` app instances behind nginx (`make scale`; not on the local runtime)."""
         self.backend.scale(self.run_dir, self.config, self.environ, replicas)
 
+    def stop_service(self, service: str) -> None:
+        """Stop one service (`redis`, ...) while the rest of the stack runs on: local and docker runtimes."""
+        self.backend.stop_service(self.run_dir, self.knob_environment(), service)
+
+    def start_service(self, service: str) -> None:
+        """Start again what stop_service stopped, and wait until it is ready."""
+        with quietly(True):
+            self.backend.start_service(self.run_dir, self.config, self.knob_environment(), service)
+
     def reload(self, **knobs: str) -> Handle:
         """Apply changed knobs without dropping requests (gunicorn HUP and nginx reload)."""
         environ = {**self.environ, **knobs}

@@ -31,7 +31,7 @@ import httpx2
 import yaml  # type: ignore[import-untyped]  # PyYAML comes with uvicorn[standard]
 
 from deploy.stackctl import docker, local, monitoring, preflight, tls
-from deploy.stackctl.components import APP, NGINX
+from deploy.stackctl.components import APP, NGINX, REDIS
 from deploy.stackctl.config import KNOBS, ROOT, Effective, dump
 from deploy.stackctl.errors import StackError
 from deploy.stackctl.facts import HostFacts
@@ -286,6 +286,8 @@ def stack_file(data: dict[str, Any], config: Effective) -> tuple[dict[str, Any],
     if not settings.monitoring:
         for name in docker.MONITORING_SERVICES:
             services.pop(name, None)
+    if not REDIS.wanted(settings):
+        services.pop(REDIS.service, None)  # REDIS_URL names another Redis, or the app is not the demo
     for name, service in services.items():
         for key in (*DROPPED, *CONVERTED):
             if key in service:

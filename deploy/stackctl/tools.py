@@ -16,6 +16,7 @@ from deploy.stackctl.errors import StackError
 NGINX_PACKAGE = "nginx-light"
 OPENSSL_PACKAGE = "openssl"
 WRK_PACKAGE = "wrk"
+REDIS_PACKAGE = "redis-server"
 PROMETHEUS_PACKAGE = "prometheus"  # prometheus and promtool
 EXPORTER_PACKAGE = "prometheus-nginx-exporter"
 # Debian's name for nginx's exporter, and upstream's (its release binaries, Homebrew's formula).
@@ -62,6 +63,11 @@ def find_nginx_exporter() -> str:
     """nginx's Prometheus exporter (reads stub_status), from the OS like nginx."""
     found = next(filter(None, map(shutil.which, EXPORTER_NAMES)), None)
     return find_tool(EXPORTER_NAMES[0], EXPORTER_PACKAGE, found)
+
+
+def find_redis_server() -> str:
+    """The rooms' backplane of the local runtime (Debian's redis-server; Valkey's is a drop-in)."""
+    return find_tool("redis-server", REDIS_PACKAGE, shutil.which("redis-server"))
 
 
 def find_tool(name: str, package: str, found: str | None) -> str:

@@ -27,6 +27,7 @@ COULD_NOT_RUN = 1
 
 INPUTS = {"seconds": "BENCH_SECONDS", "connections": "BENCH_CONNECTIONS", "slow_n": "BENCH_SLOW_N"}
 INPUTS |= {"slow_delay": "BENCH_SLOW_DELAY", "ws_n": "BENCH_WS_N", "ws_hold": "BENCH_WS_HOLD"}
+INPUTS |= {"rooms_n": "BENCH_ROOMS_N", "rooms_rate": "BENCH_ROOMS_RATE"}
 INPUTS |= {"path": "BENCH_PATH"}
 
 
@@ -86,5 +87,11 @@ def summary(row: Row) -> str:
         return f"— {row.note}"
     if row.spec.kind == "websocket":
         return f"{v['connected']}/{v['n']} held, {v['drops']} dropped, {v['rss_kib_per_ws']} KiB each"
+    if row.spec.kind == "rooms":
+        return (
+            f"{v['connected']}/{v['n']} members, {v['deliveries_per_s']:,.0f} deliveries/s at "
+            f"{v['rate']:g} msg/s, p99 {v['p99_ms']} ms, {v['missing']} missing; largest fan-out within "
+            f"250 ms: {v['largest_fanout_per_s']} deliveries/s"
+        )
     cpu = " (wrk CPU-bound)" if v.get("generator_cpu_bound") else ""
     return f"{v['rps']:,.0f} req/s, p99 {v['p99_ms']:.1f} ms, {v['errors']} errors{cpu}"

@@ -90,6 +90,30 @@ def capacity_tables(rows: list[Row]) -> list[str]:
     return lines
 
 
+def rooms_table(rows: list[Row]) -> list[str]:
+    fanout = [r for r in rows if r.spec.kind == "rooms"]
+    if not fanout:
+        return []
+    lines = [
+        "| row | members | msg/s | deliveries/s | p50 / p99 ms | missing | server CPU µs/delivery "
+        "| client CPU % | largest fan-out, p99 <= 250 ms | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in fanout:
+        v = row.values
+        for step in v.get("steps") or [{}]:
+            largest = v.get("largest_fanout_per_s")
+            lines.append(
+                f"| {row.spec.name} | {num(v.get('connected'))}/{num(v.get('n'))} | {num(step.get('rate'))} "
+                f"| {num(step.get('deliveries_per_s'))} | {num(step.get('p50_ms'), 2)} / "
+                f"{num(step.get('p99_ms'), 2)} | {num(step.get('missing'))} "
+                f"| {num(step.get('server_cpu_us_per_delivery'))} | {num(step.get('client_cpu_percent'))} "
+                f"| {num(largest)} deliveries/s at {num(v.get('largest_fanout_rate'))} msg/s "
+                f"| {row.status} {row.note} |"
+            )
+    return [*lines, ""]
+
+
 def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
     machine = meta["machine"]
     lines = [
@@ -140,6 +164,7 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
                 f"{num(sampler.get('sampler_cpu_percent'), 2)} % of one CPU.",
                 "",
             ]
+    lines += rooms_table(rows)
     lines += capacity_tables(rows)
     return "\n".join(lines).rstrip() + "\n"
 

@@ -13,7 +13,7 @@ from service.settings import ToolInputs
 
 DEFAULTS = ToolInputs()
 
-Kind = Literal["throughput", "slow", "websocket"]
+Kind = Literal["throughput", "slow", "websocket", "rooms"]
 Target = Literal["direct", "nginx"]
 
 
@@ -73,6 +73,14 @@ ROWS: tuple[RowSpec, ...] = (
         needs="/ws/echo",
     ),
     RowSpec(
+        "rooms-fanout",
+        "rooms",
+        "blueprint-rooms",
+        "nginx",
+        "BENCH_ROOMS_N members of one room through nginx, BENCH_ROOMS_RATE messages/s doubled per step",
+        needs="/ws/rooms/{room}",
+    ),
+    RowSpec(
         "blueprint-nginx-unix",
         "throughput",
         "blueprint-unix",
@@ -103,6 +111,8 @@ class Params:
     slow_delay: float = DEFAULTS.bench_slow_delay
     ws_n: int = DEFAULTS.bench_ws_n
     ws_hold: float = DEFAULTS.bench_ws_hold  # 0: BENCH_SECONDS
+    rooms_n: int = DEFAULTS.bench_rooms_n
+    rooms_rate: float = DEFAULTS.bench_rooms_rate
     profile: str = ""  # "": the blueprint's PROFILE
     short: bool = False
     path: str = DEFAULTS.bench_path  # what the throughput rows GET from the app
@@ -116,11 +126,12 @@ class Params:
             f"{self.seconds:g} s per row, wrk -t1 -c{self.connections} GET {self.path}, "
             f"{self.workers} workers per server, "
             f"slow {self.slow_n} x {self.slow_delay:g} s, {self.ws_n} WebSockets held "
-            f"{self.hold_seconds():g} s, PROFILE={profile}"
+            f"{self.hold_seconds():g} s, {self.rooms_n} room members at {self.rooms_rate:g} msg/s and up, "
+            f"PROFILE={profile}"
         )
 
 
-SHORT = Params(seconds=2.0, slow_n=50, slow_delay=0.5, ws_n=50, short=True)
+SHORT = Params(seconds=2.0, slow_n=50, slow_delay=0.5, ws_n=50, rooms_n=50, short=True)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from rich.progress import (
 )
 
 from loadtest.apps import needs_demo
-from loadtest.bench import capacity, servers
+from loadtest.bench import capacity, fanout, servers
 from loadtest.bench.report import write_report
 from loadtest.bench.rows import HELLO_PATH, BenchError, Params, Row, RowSpec, Unavailable
 from loadtest.bench.wrk import run_wrk
@@ -42,6 +42,15 @@ def measure(row: Row, server: servers.Server, params: Params, wrk: str, row_dir:
     elif spec.kind == "websocket":
         ws_url = url.replace("http://", "ws://", 1)
         row.values = capacity.websockets_held(ws_url, params.ws_n, params.hold_seconds(), server.worker_pids)
+    elif spec.kind == "rooms":
+        ws_url = url.replace("http://", "ws://", 1)
+        row.values = fanout.rooms_fanout(
+            ws_url, url, params.rooms_n, params.rooms_rate, params.seconds, server.roles, params.short
+        )
+        if row.values["client_bound"]:
+            row.note = (
+                "the members' process went above the CPU limit: it measured itself as much as the server"
+            )
     else:
         target = f"{url}{HELLO_PATH if spec.server == 'bare' else params.path}"
         handle = server.handle if spec.sampled and isinstance(server, servers.Stack) else None

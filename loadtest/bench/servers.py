@@ -173,6 +173,7 @@ class Stack:
         return {
             "app": [app, *descendants(app)],
             "nginx": [nginx, *descendants(nginx)],
+            **({"redis": [pids["redis"]]} if "redis" in pids else {}),
             "log pipes": self.handle.log_pids(),
         }
 
@@ -276,7 +277,22 @@ def start(name: str, ctx: Context) -> Server:
         knobs["GUNICORN_WORKER_CLASS"] = "asgi"
     if name == "blueprint-unix":
         return UnixStack(knobs, ctx, run_dir)
+    if name == "blueprint-rooms":
+        knobs |= rooms_capacity(ctx.params.rooms_n, ctx.workers)
     return Stack(knobs, ctx, run_dir)
+
+
+def rooms_capacity(members: int, workers: int) -> dict[str, str]:
+    """Room for `members` WebSockets however the kernel spreads them over the workers, sized so that the
+    ordering rules hold (6: nginx's connections, 7: uvicorn's headroom): one nginx worker per app worker."""
+    limit = members + 500
+    return {
+        "UVICORN_LIMIT_CONCURRENCY": str(limit),
+        "APP_EXPECTED_WEBSOCKETS": str(members),
+        "NGINX_WORKER_PROCESSES": str(workers),
+        "NGINX_WORKER_CONNECTIONS": str(2 * limit),
+        "NGINX_WORKER_RLIMIT_NOFILE": str(2 * limit + 1000),
+    }
 
 
 def worker_rss(pids: list[int]) -> int:

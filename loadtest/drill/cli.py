@@ -29,6 +29,7 @@ COULD_NOT_RUN = 1
 
 LOAD = {"seconds": "DRILL_SECONDS", "threads": "WRK_THREADS", "connections": "WRK_CONNECTIONS"}
 LOAD |= {"websockets": "DRILL_WEBSOCKETS", "rate": "DRILL_RATE"}
+LOAD |= {"room_members": "DRILL_ROOM_MEMBERS", "room_rate": "DRILL_ROOM_RATE"}
 # What the load sends: the demo's routes by default, your app's (APP_MODULE) when you name them.
 TARGETS = {"post": "DRILL_POST", "body": "DRILL_BODY", "get": "DRILL_GET", "ws_path": "DRILL_WS"}
 MAY_BE_EMPTY = ("DRILL_GET", "DRILL_WS")  # DRILL_WS= : no WebSockets
@@ -45,7 +46,7 @@ def parser(environ: Mapping[str, str] | None = None) -> EnvParser:
     )
     p.add_argument("--drill", env="DRILL", help=f"Drills: {', '.join(NAMES)}.")
     for option, env in LOAD.items():
-        p.add_argument(f"--{option}", env=env, default=None)  # None: the default of the mode (--short)
+        p.add_argument(f"--{option.replace('_', '-')}", env=env, default=None)  # None: the mode's default
     for option, env in TARGETS.items():
         p.add_argument(f"--{option.replace('_', '-')}", env=env, empty_is_value=env in MAY_BE_EMPTY)
     p.add_argument("--node-down", env="DRILL_NODE_DOWN")

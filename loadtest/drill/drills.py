@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import redis
+
 from deploy.stackctl import procs, stack
 from loadtest.drill import containers, nodes
 from loadtest.drill.capabilities import Capability, Site, engine, node_control, swarm_of
@@ -32,8 +34,10 @@ from loadtest.drill.observe import (
     upstream_connections,
 )
 from loadtest.drill.plan import DrillError, LoadParams
+from loadtest.rooms import Ledger, message_key
 
 SLOW_IN_FLIGHT = 8  # down-in-flight: /api/slow requests in flight when the stop begins
+REDIS_IN_FLIGHT_MS = 1000  # redis-restart: messages accepted this shortly before the stop may be lost
 
 
 @dataclass
@@ -63,6 +67,8 @@ class Outcome:
     not_counted: tuple[str, ...] = ()  # failure kinds the event causes by design (listed, not counted)
     notes: list[str] = field(default_factory=list)
     load_until: float | None = None  # monotonic time the stack stopped serving: no tail, rate until then
+    rooms_allowed: int = 0  # messages the room members may miss
+    rooms_allowance: str = "nothing"
     timeline: dict[str, float] = field(default_factory=dict)  # seconds after the event, by what happened
 
 
@@ -258,6 +264,7 @@ def down_in_flight(ctx: Context) -> Outcome:
                 raise DrillError("down-in-flight: the slow requests were not all sent within 15 s")
         time.sleep(0.5)  # nginx reads them and passes them on to the app
         ctx.load.sockets.hold()
+        ctx.load.stop_rooms()  # their count before the stack goes: after it, nothing can be delivered
         exited = pool.submit(exits, ctx.handle.pids(), 3 * grace)
         started = time.monotonic()
         with stack.quietly(True):
@@ -303,6 +310,81 @@ def status_once_sent(url: str, timeout: float, sent: threading.Semaphore) -> str
         return type(error).__name__
     status_line = answer.split(b"\r\n", 1)[0].split()
     return status_line[1].decode() if len(status_line) >= 2 else "no status line"
+
+
+def redis_restart(ctx: Context) -> Outcome:
+    """The stack's redis-server stopped and started again (no persistence: it comes back empty). One room
+    member is away across the restart to show what that loses; the members present must lose nothing."""
+    rooms = ctx.load.rooms
+    if rooms is None:
+        raise DrillError("redis-restart needs room members: DRILL_ROOM_MEMBERS > 0")
+    away = rooms.every_member()[0]
+    publisher = rooms.publishers[away.room]
+    away.away()
+    time.sleep(0.5)  # messages it is away for
+    started = time.monotonic()
+    ctx.handle.stop_service("redis")
+    stopped_ms = int(time.time() * 1000)  # ids are the Redis clock's (this host's): older = the old Redis
+    held_before = len([i for i in publisher.accepted if message_key(i)[0] < stopped_ms])
+    time.sleep(1.0)
+    ctx.handle.start_service("redis")
+    published = len(publisher.accepted)
+    resumed = wait_for(lambda: len(publisher.accepted) > published, 30)
+    recovery = time.monotonic() - started
+    kept = older_than(ctx, rooms, stopped_ms)
+    last = away.last_id
+    lost = [
+        i
+        for i in list(publisher.accepted)
+        if message_key(i)[0] < stopped_ms and (last is None or message_key(i) > message_key(last))
+    ]
+    # What a dying Redis had accepted but not yet handed to every worker's reader is gone with it.
+    last_moments = {
+        room: sum(
+            1 for i in list(p.accepted) if stopped_ms - REDIS_IN_FLIGHT_MS <= message_key(i)[0] < stopped_ms
+        )
+        for room, p in rooms.publishers.items()
+    }
+    in_flight = sum(last_moments[m.room] for m in rooms.every_member() if m is not away)
+    away.back()
+    outcome = Outcome(
+        recovery if resumed else None, "redis-server stopped until a publish was accepted again"
+    )
+    outcome.notes.append(
+        f"{away.room}: {held_before} message(s) accepted before the restart, {kept} of all the drill "
+        "rooms' still held after it (redis-server runs without persistence)"
+    )
+    if kept:
+        outcome.notes.append("Redis kept its history across the restart: nothing may be missed")
+        return outcome
+    outcome.rooms_allowed = len(lost) + in_flight
+    outcome.rooms_allowance = (
+        f"{len(lost)} + <= {in_flight}: what {away.name}, away across the restart, had not received (Redis "
+        "came back empty: its resume found none of them), and for the members present the messages Redis "
+        f"accepted in its last {REDIS_IN_FLIGHT_MS} ms, which it may not have handed to their worker before "
+        "it died"
+    )
+    return outcome
+
+
+def older_than(ctx: Context, rooms: Ledger, ms: int) -> int:
+    """Messages Redis holds for the drill's rooms with ids older than `ms`; -1 when it does not answer."""
+    client = redis.Redis.from_url(ctx.handle.settings.redis_address, socket_timeout=2)
+    try:
+        return sum(len(client.xrange(f"room:{room}", "-", f"({ms}-0") or []) for room in rooms.publishers)
+    except redis.RedisError:
+        return -1
+    finally:
+        client.close()
+
+
+def wait_for(condition: Callable[[], bool], within: float) -> bool:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 # --- docker drills ----------------------------------------------------------------------------------
@@ -443,6 +525,13 @@ DRILLS: tuple[Drill, ...] = (
         "stop the stack with slow requests in flight",
         down_in_flight,
         demo_route="/api/slow",
+    ),
+    Drill(
+        "redis-restart",
+        host_processes,
+        "the rooms' redis-server stopped and started again (no persistence) under load",
+        redis_restart,
+        demo_route="/ws/rooms/{room}",
     ),
     Drill("recreate", compose_project, "compose recreates the app container for a changed knob", recreate),
     Drill(

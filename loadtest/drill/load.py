@@ -1,7 +1,8 @@
 """The load every drill runs under: wrk sending POST DRILL_POST and GET DRILL_GET through nginx (mixed.lua
-counts the answers per method and status), and WebSocket clients on DRILL_WS, one thread each, that send a
+counts the answers per method and status), WebSocket clients on DRILL_WS, one thread each, that send a
 message every half second and expect it echoed, and reconnect whenever the server closes them, recording
-every close code and failed reconnect."""
+every close code and failed reconnect, and room members with their publishers (loadtest/rooms.py), which
+count every message a member missed."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from typing import Any, Protocol, cast
 
 import websocket
 
-from loadtest.drill.plan import DEFAULTS, DrillError, LoadParams
+from loadtest.drill.plan import DEFAULTS, ROOMS, DrillError, LoadParams
 from loadtest.host import find_wrk
+from loadtest.rooms import Ledger
 
 LUA = Path(__file__).with_name("mixed.lua")
 WRK_TIMEOUT_S = 30  # an answer slower than this is wrk's `timeout` error
@@ -298,24 +300,38 @@ class EchoClients:
 class Tally:
     http: HttpTally
     ws: WsTally
+    rooms: dict[str, Any] = field(default_factory=dict)  # Ledger.check(); {} without room members
 
 
 class Load:
-    """wrk and the WebSocket clients against one stack: started together, stopped together."""
+    """wrk, the WebSocket clients and the room members against one stack: started together, stopped
+    together (the room members may stop first: `stop_rooms`)."""
 
     def __init__(self, url: str, ws_url: str, params: LoadParams, out_dir: Path, wrk: str) -> None:
         self.wrk = Wrk(url, params, out_dir, wrk)
         self.sockets = EchoClients(ws_url, params.sockets, params.ws_path)
+        per_room = -(-params.room_members // ROOMS)
+        self.rooms = Ledger(ws_url, url, ROOMS, per_room, params.room_rate) if per_room else None
+        self.rooms_result: dict[str, Any] = {}
         self.tally: Tally | None = None
         self.started_at = 0.0
 
     def start(self) -> None:
         self.sockets.start()
+        if self.rooms is not None:
+            self.rooms.start()
         self.wrk.start()
         self.started_at = time.monotonic()
+
+    def stop_rooms(self) -> None:
+        """Publishers, then members (once they got the last message); their count is kept."""
+        if self.rooms is not None and not self.rooms_result:
+            self.rooms.stop()
+            self.rooms_result = self.rooms.check()
 
     def stop(self) -> Tally:
         if self.tally is None:
             http = self.wrk.stop()
-            self.tally = Tally(http, self.sockets.stop())
+            self.stop_rooms()
+            self.tally = Tally(http, self.sockets.stop(), self.rooms_result)
         return self.tally

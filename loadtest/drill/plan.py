@@ -31,6 +31,9 @@ class LoadParams:
     threads: int = DEFAULTS.wrk_threads
     connections: int = DEFAULTS.wrk_connections  # each holds one request in flight at a time
     websockets: int = DEFAULTS.drill_websockets  # held clients on ws_path
+    # Members of the demo's rooms (loadtest/rooms.py) over ROOMS rooms; none for another APP_MODULE.
+    room_members: int = DEFAULTS.drill_room_members
+    room_rate: float = DEFAULTS.drill_room_rate  # messages/s per room
     rate: float = DEFAULTS.drill_rate  # a cap in requests/s over all connections; 0 = as fast as wrk goes
     short: bool = False  # seconds-long drills and short graceful timeouts, for tests
     strict: bool = False  # every drill is allowed to lose nothing, the lossy ones too
@@ -53,13 +56,19 @@ class LoadParams:
         mode = ", short mode" if self.short else ""
         requests = f"POST {self.post}" + (f" + GET {self.get}" if self.get else "")
         sockets = f"{self.sockets} WebSockets on {self.ws_path} (echo)" if self.sockets else "no WebSockets"
+        rooms = (
+            f"{self.room_members} room members over {ROOMS} rooms at {self.room_rate:g} msg/s each"
+            if self.room_members
+            else "no room members"
+        )
         return (
-            f"wrk -t{self.threads} -c{self.connections} ({rate}) {requests}, {sockets}, "
+            f"wrk -t{self.threads} -c{self.connections} ({rate}) {requests}, {sockets}, {rooms}, "
             f">= {self.seconds:g} s per drill{mode}"
         )
 
 
-SHORT = LoadParams(seconds=4.0, websockets=6, short=True)
+ROOMS = 2  # the drill's rooms; DRILL_ROOM_MEMBERS spread over them
+SHORT = LoadParams(seconds=4.0, websockets=6, room_members=4, short=True)
 
 
 @dataclass(frozen=True)
@@ -147,6 +156,10 @@ class Row:
     ws_slowest_connects_s: list[float] = field(default_factory=list)  # the slowest handshakes (s)
     ws_echoes: int = 0  # messages the server echoed
     ws_wrong_echoes: int = 0  # answers that were not the message sent: must be 0
+    # The rooms (loadtest/rooms.py Ledger.check): published, delivered, missing, duplicates, latency, closes
+    rooms: dict[str, Any] = field(default_factory=dict)
+    rooms_allowed: int = 0  # messages room members may miss (a Redis that restarts empty)
+    rooms_allowance: str = "nothing"
     recovery_s: float | None = None
     recovery: str = ""  # what recovery_s measures
     timeline: dict[str, float] = field(default_factory=dict)  # seconds after the event, by what happened
@@ -155,8 +168,18 @@ class Row:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def rooms_lost(self) -> int:
+        """Messages room members missed, and members that gave up (closed for good)."""
+        return int(self.rooms.get("missing", 0)) + len(self.rooms.get("fatal", []))
+
+    @property
     def passed(self) -> bool:
-        return self.lost <= self.allowed and self.ws_failed_reconnects == 0 and self.ws_wrong_echoes == 0
+        return (
+            self.lost <= self.allowed
+            and self.ws_failed_reconnects == 0
+            and self.ws_wrong_echoes == 0
+            and self.rooms_lost <= self.rooms_allowed
+        )
 
     @property
     def weak(self) -> bool:

@@ -29,6 +29,7 @@ HEAD = (
     "failures",
     "WS closes",
     "failed reconnects",
+    "rooms",
     "recovery",
     "allowed",
     "result",
@@ -59,6 +60,10 @@ LEGEND = {
     "recovery (timeline)": "node-loss: seconds after the node went until the manager marked it down, until "
     "the app ran its tasks elsewhere, and when nginx last sent a request to a lost task (its access log, "
     "± 1 s)",
+    "rooms": "room members (WS /ws/rooms/{room}) and a publisher per room (POST): messages accepted (202), "
+    "deliveries, missing (an accepted message a member never got: must be 0, or what `allowed` says), "
+    "duplicates (counted), publish-to-receive p50/p99, the closes members got (1011: Redis down, 1012: "
+    "restart, 1013: queue full, 1006: connection lost); each member resumes with `after`",
 }
 
 
@@ -80,12 +85,27 @@ def counts(found: dict[str, int], not_counted: list[str] | None = None) -> str:
     )
 
 
+def rooms_cell(row: Row) -> str:
+    rooms = row.rooms
+    if not rooms:
+        return "-"
+    allowed = f" (allowed {row.rooms_allowed})" if row.rooms_allowed else ""
+    refused = f", refused {counts(rooms['refused'])}" if rooms["refused"] else ""
+    fatal = f", gave up: {'; '.join(rooms['fatal'])}" if rooms["fatal"] else ""
+    return (
+        f"{rooms['published']} published{refused}, {rooms['delivered']} delivered to {rooms['members']}, "
+        f"missing {rooms['missing']}{allowed}, duplicates {rooms['duplicates']}, p50/p99 "
+        f"{rooms['latency_p50_ms']}/{rooms['latency_p99_ms']} ms, closes {counts(rooms['closes'])}{fatal}"
+    )
+
+
 def result(row: Row) -> str:
     if not row.status.ran:
         return f"{row.status}: {row.reason}"
     reconnects = f", {row.ws_failed_reconnects} failed WS reconnects" if row.ws_failed_reconnects else ""
     wrong = f", {row.ws_wrong_echoes} wrong WS echoes" if row.ws_wrong_echoes else ""
-    text = f"{row.status} (lost {row.lost}{reconnects}{wrong})"
+    missed = f", {row.rooms_lost} room messages missed" if row.rooms_lost else ""
+    text = f"{row.status} (lost {row.lost}{reconnects}{wrong}{missed})"
     if row.weak:
         text += f"; load {row.rate:.0f} req/s < {FLOOR_RATE:.0f}: weak evidence"
     return text
@@ -110,8 +130,9 @@ def cells(row: Row) -> list[str]:
         failures,
         counts(row.ws_closes),
         failed,
+        rooms_cell(row),
         recovery,
-        row.allowance,
+        row.allowance + ("" if row.rooms_allowance == "nothing" else f"; rooms: {row.rooms_allowance}"),
         result(row),
     ]
 

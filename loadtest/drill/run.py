@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,8 @@ def fill(
         sum(ws.failed_reconnects.values()),
     )
     row.ws_longest_gap_s, row.ws_echoes, row.ws_wrong_echoes = ws.longest_gap_s, ws.echoes, ws.wrong_echoes
+    row.rooms, row.rooms_allowed = tally.rooms, outcome.rooms_allowed
+    row.rooms_allowance = outcome.rooms_allowance
     row.ws_slowest_connects_s = ws.slowest_connects_s
     row.recovery_s = None if outcome.recovery_s is None else round(outcome.recovery_s, 3)
     row.recovery, row.probes, row.probe_failures = outcome.recovery, outcome.probes, outcome.probe_failures
@@ -78,6 +81,9 @@ def fill(
     if params.strict and row.allowed:
         row.allowance = f"nothing (DRILL_STRICT=1; else {row.allowance})"
         row.allowed = 0
+    if params.strict and row.rooms_allowed:
+        row.rooms_allowance = f"nothing (DRILL_STRICT=1; else {row.rooms_allowance})"
+        row.rooms_allowed = 0
     row.notes.extend(outcome.notes)
     if workers_started is not None:
         row.notes.append(f"{workers_started} gunicorn worker(s) started during the drill")
@@ -185,6 +191,8 @@ def run_drills(
     drills = [BY_NAME[name] for name in names]
     wrk = find_wrk()
     app = served_app(base)
+    if needs_demo("/ws/rooms/{room}", app):
+        params = replace(params, room_members=0)  # the rooms are the demo's; another app has none
     # Asked once per runtime the drills use (an engine: `docker info`); a drill on one that is not is skipped.
     available = {name: stack.backend(name).available() for name in dict.fromkeys(d.runtime for d in drills)}
     nodes = nodes or NodeCommands()

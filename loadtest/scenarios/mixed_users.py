@@ -1,11 +1,13 @@
 """mixed — the default: every behaviour at once, weighted by each user class's `weight`:
-http 4, slow 2, stream 2, echo WebSocket 2, ticker WebSocket 1, sync 1, blocking 1.
+http 4, slow 2, stream 2, echo WebSocket 2, ticker WebSocket 1, sync 1, blocking 1, room member 1, room
+publisher 1 (the rooms scenario's users, weighted down).
 
 The blocking user is in the mix on purpose: watch every other row's tail latency move while it runs.
 """
 
 from loadtest.scenarios.blocking_users import BlockingUser
 from loadtest.scenarios.http_users import HttpApiUser
+from loadtest.scenarios.rooms_users import RoomMemberUser, RoomPublisherUser
 from loadtest.scenarios.slow_users import SlowUser
 from loadtest.scenarios.stream_users import StreamUser
 from loadtest.scenarios.sync_users import SyncUser
@@ -15,6 +17,8 @@ __all__ = [
     "BlockingUser",
     "EchoSocketUser",
     "HttpApiUser",
+    "RoomMemberUser",
+    "RoomPublisherUser",
     "SlowUser",
     "StreamUser",
     "SyncUser",

@@ -52,6 +52,7 @@ class WebSocketUser(User):
     abstract = True
     path = "/ws/echo"
     query = ""
+    reconnect_codes: dict[int, str] = RECONNECT_CODES  # closes followed by a reconnect, not a failure
 
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
@@ -75,12 +76,16 @@ class WebSocketUser(User):
             self.environment, "WS", f"{self.path} {what}", started, length, exception, response_time
         )
 
+    def connect_url(self) -> str:
+        """Where each connect goes (a room member adds the last id it got)."""
+        return self.url
+
     def connect(self, what: str = "connect", attempts: int = 1) -> bool:
         for attempt in range(1, attempts + 1):
             started = time.perf_counter()
             try:
                 ws = websocket.create_connection(
-                    self.url,
+                    self.connect_url(),
                     timeout=KNOBS.locust_client_timeout,
                     enable_multithread=True,
                     skip_utf8_validation=True,
@@ -131,7 +136,7 @@ class WebSocketUser(User):
             closed = self.closed.get()
             assert closed is not None  # receive() always sets a Closed
             self.hang_up()
-            if closed.code not in RECONNECT_CODES:
+            if closed.code not in self.reconnect_codes:
                 error = ConnectionError(f"closed with {closed.code}: {closed.reason}")
                 self.report("closed", time.perf_counter(), exception=error)
                 return

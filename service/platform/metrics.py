@@ -57,6 +57,7 @@ def websocket_close_label(code: int | None) -> str:
         return "none"
     return str(code) if code in WEBSOCKET_CODES else "other"
 
+
 # Per worker, written once a second by loopwatch.LoopWatch.
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, float("inf"))
 LOOP_LAG = Histogram(

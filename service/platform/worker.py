@@ -409,7 +409,6 @@ def answer_over_capacity_in_json() -> None:
             uvicorn_logger.warning("uvicorn.protocols.http.%s has no service_unavailable to replace", name)
 
 
-
 def close_refused_websockets_gracefully() -> None:
     # uvicorn's sans-I/O WebSocket closes the socket right after its close frame when it refuses a frame
     # (1009 above UVICORN_WS_MAX_SIZE, read from the frame's header): the rest of the frame, still arriving,

@@ -19,7 +19,16 @@ from service.settings import Settings
 
 INTERPOLATION = re.compile(r"\$\{([^}]*)\}")
 WITH_DEFAULT = re.compile(r"^([A-Z][A-Z0-9_]*):-(.*)$")
-BUILD_INPUTS = {"PYTHON_IMAGE", "NGINX_IMAGE", "PROMETHEUS_IMAGE", "NGINX_EXPORTER_IMAGE", "OFFLINE"}
+BUILD_INPUTS = {
+    "PYTHON_IMAGE",
+    "NGINX_IMAGE",
+    "PROMETHEUS_IMAGE",
+    "NGINX_EXPORTER_IMAGE",
+    "REDIS_IMAGE",
+    "OFFLINE",
+}
+# Knobs whose empty default means "the stack's own": compose names that one instead.
+STACK_OWNED = {"REDIS_URL": "redis://redis:6379/0"}
 RAW = COMPOSE_FILE.read_text()
 COMPOSE: dict[str, Any] = yaml.safe_load(RAW)
 CODE = "\n".join(line for line in RAW.splitlines() if not line.lstrip().startswith("#"))
@@ -47,6 +56,9 @@ def test_every_interpolated_name_is_a_knob_or_a_build_input() -> None:
 def test_compose_default_equals_the_registry_default(name: str, default: str) -> None:
     if name in BUILD_INPUTS:
         expected = "0" if name == "OFFLINE" else default_build_arg(name)
+    elif name in STACK_OWNED:
+        assert Settings.model_fields[KNOBS[name]].default == ""
+        expected = STACK_OWNED[name]
     else:
         expected = str(Settings.model_fields[KNOBS[name]].default)
     assert default == expected, f"docker-compose.yml has ${{{name}:-{default}}}, the registry says {expected}"
@@ -62,11 +74,12 @@ def test_nginx_gets_every_variable_its_template_uses() -> None:
     assert not missing, f"the nginx entrypoint would refuse to render: {sorted(missing)} not passed"
 
 
-def test_app_sees_every_app_gunicorn_and_uvicorn_knob() -> None:
+def test_app_sees_every_app_rooms_gunicorn_and_uvicorn_knob() -> None:
     wanted = {
         name
         for name in KNOBS
-        if name.startswith(("APP_", "GUNICORN_", "UVICORN_")) or name == "WEB_CONCURRENCY"
+        if name.startswith(("APP_", "ROOMS_", "GUNICORN_", "UVICORN_"))
+        or name in ("WEB_CONCURRENCY", "REDIS_URL", "REDIS_TIMEOUT")
     }
     # Planning figures are read only by `make check` on the host; the app's source and requirements go into
     # the image when it is built.
@@ -86,7 +99,7 @@ def test_app_binds_inside_the_network_and_trusts_only_it() -> None:
 
 def test_only_nginx_and_the_locust_and_prometheus_uis_publish_ports_on_loopback_by_default() -> None:
     services = COMPOSE["services"]
-    assert "ports" not in services["app"]
+    assert "ports" not in services["app"] and "ports" not in services["redis"]
     assert services["nginx"]["ports"] == ["${COMPOSE_PUBLISH_ADDRESS:-127.0.0.1}:${HTTP_PORT:-8080}:8080"]
     assert services["locust-master"]["ports"] == ["127.0.0.1:${LOCUST_WEB_PORT:-8089}:8089"]
     assert services["prometheus"]["ports"] == ["127.0.0.1:${PROMETHEUS_PORT:-9090}:9090"]
@@ -94,7 +107,7 @@ def test_only_nginx_and_the_locust_and_prometheus_uis_publish_ports_on_loopback_
     assert published == {"nginx", "locust-master", "prometheus"}
 
 
-@pytest.mark.parametrize("service", ["app", "nginx", "locust-master", "locust-worker", "prometheus"])
+@pytest.mark.parametrize("service", ["app", "redis", "nginx", "locust-master", "locust-worker", "prometheus"])
 def test_every_service_is_hardened_and_has_a_healthcheck(service: str) -> None:
     spec = COMPOSE["services"][service]
     assert spec["read_only"] is True
@@ -141,6 +154,6 @@ def test_dockerfiles_build_with_the_classic_builder_and_run_as_non_root(dockerfi
     users = re.findall(r"^USER (\S+)$", text, re.MULTILINE)
     assert users and not users[-1].startswith(("0", "root")), f"{dockerfile.name} runs as {users}"
     assert "HEALTHCHECK" in text
-    for name in ("PYTHON_IMAGE", "NGINX_IMAGE", "PROMETHEUS_IMAGE", "NGINX_EXPORTER_IMAGE"):
+    for name in ("PYTHON_IMAGE", "NGINX_IMAGE", "PROMETHEUS_IMAGE", "NGINX_EXPORTER_IMAGE", "REDIS_IMAGE"):
         for default in re.findall(rf"^ARG {name}=(\S+)$", text, re.MULTILINE):
             assert default == default_build_arg(name), f"{dockerfile.name}: {name} default differs"

@@ -55,6 +55,12 @@ BROKEN: list[tuple[rules.Rule, dict[str, Any], tuple[str, str], tuple[str, str]]
         ("=25", "=10"),
     ),
     (
+        rules.backplane_drain,
+        {"rooms_read_block": 10, "redis_timeout": 10},
+        ("ROOMS_READ_BLOCK=10 + REDIS_TIMEOUT=10", "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN"),
+        ("= 20", "=20"),
+    ),
+    (
         rules.blocking_vs_heartbeat,
         {"app_expected_blocking": 45, "gunicorn_timeout": 30},
         ("APP_EXPECTED_BLOCKING", "GUNICORN_TIMEOUT"),
@@ -288,3 +294,12 @@ def test_a_unix_bind_is_refused_on_swarm_and_left_to_the_overlay_in_docker() -> 
     docker = facts.HostFacts.docker(settings)
     assert docker.compose and rules.unix_socket_findings(settings, docker) == []
     assert rules.unix_socket_on_swarm(settings, docker) == []
+
+
+def test_a_redis_timeout_past_the_request_deadline_is_advice_naming_both_knobs() -> None:
+    assert rules.backplane_before_the_deadline(load_settings(), HOST) == []
+    (finding,) = rules.backplane_before_the_deadline(
+        load_settings(redis_timeout=3, app_request_timeout=2), HOST
+    )
+    assert finding.severity == "warning" and finding.rule == "rule 3 (request timeouts, backplane)"
+    assert "REDIS_TIMEOUT=3 must be < APP_REQUEST_TIMEOUT=2" in str(finding)

@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from loadtest.drill.load import EchoClients
+from loadtest.rooms import Member
 from service.settings import Settings
 from tests.docker.through_nginx import *  # noqa: F403 (the runtime-independent tests, on the compose stack)
 from tests.support.docker import DockerStack, docker
@@ -59,11 +60,13 @@ def test_metrics_are_not_public_but_the_network_can_scrape_them(docker_stack: Do
 
 def test_every_container_process_runs_as_a_non_root_user(docker_stack: DockerStack) -> None:
     containers = docker_stack.containers()
-    assert {c["Config"]["Labels"]["com.docker.compose.service"] for c in containers} == {"app", "nginx"}
+    services = {c["Config"]["Labels"]["com.docker.compose.service"] for c in containers}
+    assert services == {"app", "nginx", "redis"}
     for container in containers:
         main = psutil.Process(container["State"]["Pid"])
         processes = [main, *main.children(recursive=True)]
-        assert len(processes) >= 2, f"{container['Name']}: expected a master and its workers"
+        alone = container["Config"]["Labels"]["com.docker.compose.service"] == "redis"  # one process
+        assert len(processes) >= (1 if alone else 2), f"{container['Name']}: expected a master and workers"
         for process in processes:
             assert process.uids().real != 0 and process.uids().effective != 0, (
                 f"{container['Name']}: {process.name()} (pid {process.pid}) runs as root"
@@ -84,8 +87,8 @@ def test_root_filesystems_are_read_only(docker_stack: DockerStack) -> None:
 def test_only_nginx_publishes_a_port_on_loopback(docker_stack: DockerStack) -> None:
     for container in docker_stack.containers():
         bindings = {port: hosts for port, hosts in container["NetworkSettings"]["Ports"].items() if hosts}
-        if container["Config"]["Labels"]["com.docker.compose.service"] == "app":
-            assert bindings == {}, f"the app publishes {bindings}"
+        if container["Config"]["Labels"]["com.docker.compose.service"] in ("app", "redis"):
+            assert bindings == {}, f"{container['Name']} publishes {bindings}"
         else:
             assert bindings == {
                 "8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": docker_stack.env["HTTP_PORT"]}]
@@ -122,6 +125,36 @@ def test_reload_replaces_gunicorn_workers_and_keeps_serving(docker_stack: Docker
         assert time.monotonic() < deadline, "gunicorn kept its old worker after HUP"
         time.sleep(0.2)
     assert after != before
+
+
+def test_a_room_spans_two_app_containers(docker_stack: DockerStack) -> None:
+    """Members through nginx land on both containers (nginx spreads new connections round-robin); each
+    message, published through whichever container, reaches every member, through the redis service."""
+    scaled = docker_stack.stackctl("scale", "2")
+    assert scaled.returncode == 0, scaled.stderr
+    apps = {container_address(c) for c in docker_stack.containers("app")}
+    stop = threading.Event()
+    members = [Member(docker_stack.ws_url, "across", stop, f"m{n}") for n in range(8)]
+    for member in members:
+        member.start()
+        assert member.connected.wait(15)
+    (redis,) = docker_stack.containers("redis")
+    listed = docker_stack.exec(redis, "redis-cli", "client", "list").stdout.split("\n")
+    readers = {line.split(" addr=")[1].split(":")[0] for line in listed if " name=rooms-" in line}
+    ids = []
+    with httpx2.Client(base_url=docker_stack.url, timeout=10) as client:
+        for n in range(20):
+            answer = client.post("/api/rooms/across/messages", json={"data": {"n": n, "t": time.time()}})
+            assert answer.status_code == 202, answer.text
+            ids.append(answer.json()["id"])
+    deadline = time.monotonic() + 15
+    while any(len(m.ids) < len(ids) for m in members) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stop.set()
+    for member in members:
+        member.join(timeout=10)
+    assert readers == apps, "both app containers joined members to the room (their Redis connections)"
+    assert all(member.ids == ids for member in members), [len(m.ids) for m in members]
 
 
 def test_scale_to_three_serves_from_all_then_to_one_under_post_load_loses_nothing(

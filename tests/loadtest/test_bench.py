@@ -42,6 +42,12 @@ WS_FIELDS = {
 }
 
 
+ROOMS_FIELDS = {
+    *("n", "connected", "rate", "deliveries_per_s", "p50_ms", "p99_ms", "missing"),
+    *("server_cpu_us_per_delivery", "client_cpu_percent", "largest_fanout_per_s", "steps"),
+}
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -83,15 +89,22 @@ def test_a_short_run_measures_every_row_and_writes_every_file(
         if row["status"] == "skipped":
             assert name == "gunicorn-asgi" and "no `-k asgi` worker" in row["note"]
             continue
-        fields = {"throughput": THROUGHPUT_FIELDS, "slow": SLOW_FIELDS, "websocket": WS_FIELDS}[row["kind"]]
+        kinds = {"throughput": THROUGHPUT_FIELDS, "slow": SLOW_FIELDS, "websocket": WS_FIELDS}
+        fields = {**kinds, "rooms": ROOMS_FIELDS}[row["kind"]]
         assert fields <= set(row), f"{name} lacks {fields - set(row)}"
-        if row["kind"] != "websocket":
+        if row["kind"] not in ("websocket", "rooms"):
             assert row["requests"] > 0 and row["rps"] > 0
             assert row["errors"] == row["non_2xx"] + sum(row["socket_errors"].values())
     assert code == 0
     assert rows["bare"]["ratio_to_bare"] == 1.0
     assert rows["ws-held"]["n"] == bench.SHORT.ws_n and rows["slow-held"]["n"] == bench.SHORT.slow_n
     assert rows["ws-held"]["held_s"] == bench.SHORT.seconds, "BENCH_WS_HOLD unset: held BENCH_SECONDS"
+    fanout = rows["rooms-fanout"]
+    assert fanout["connected"] == fanout["n"] == bench.SHORT.rooms_n and fanout["missing"] == 0, fanout
+    first = fanout["steps"][0]
+    assert first["rate"] == bench.SHORT.rooms_rate and first["delivered"] == first["published"] * fanout["n"]
+    assert fanout["deliveries_per_s"] > 0 and fanout["server_cpu_us_per_delivery"] > 0
+    assert set(first["server_cpu_s_by_role"]) >= {"app", "nginx", "redis"}, "Redis' CPU counts too"
     assert data["machine"]["cpu"] and data["load_average_before"] and data["load_average_after"]
     assert set(data["goals"]) == {
         *("blueprint_direct_over_bare", "blueprint_nginx_over_direct"),
@@ -119,6 +132,7 @@ def test_a_short_run_measures_every_row_and_writes_every_file(
     assert all(f"| {name} |" in page for name in bench.NAMES)
     assert "load average" in page.lower() and data["machine"]["cpu"] in page and "Goals (issue 12)" in page
     assert "Unix socket vs TCP between nginx and gunicorn" in page
+    assert "largest fan-out, p99 <= 250 ms" in page
     assert "The stack sampler beside the load" in page
     assert (report_dir / "bench.png").read_bytes().startswith(b"\x89PNG")
     assert "| blueprint-direct |" in out and str(report_dir / "bench.md") in out

@@ -60,7 +60,9 @@ def report(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
     return report_dir, json.loads((report_dir / "drill.json").read_text())
 
 
-def assert_consistent(row: dict[str, Any], websockets: int) -> None:
+def assert_consistent(
+    row: dict[str, Any], websockets: int, room_members: int = drill.SHORT.room_members
+) -> None:
     name = row["drill"]
     assert row["status"] in ("passed", "failed"), row["reason"]
     assert row["requests"] >= row["responses"] > 0
@@ -84,6 +86,15 @@ def assert_consistent(row: dict[str, Any], websockets: int) -> None:
     assert 0 < len(slowest) <= 5 and slowest == sorted(slowest, reverse=True), "the slowest handshakes, first"
     assert row["recovery_s"] is not None and row["recovery_s"] > 0
     assert row["load_average_before"] and row["load_average_after"]
+    rooms = row["rooms"]
+    if not room_members:
+        assert rooms == {} and row["rooms_allowed"] == 0, "no room members, no room counts"
+        return
+    assert rooms["members"] == room_members and rooms["published"] > 0, rooms
+    assert rooms["delivered"] >= rooms["published"], "each message reaches the members of its room"
+    assert rooms["missing"] == sum(rooms["missing_by_member"].values()) <= row["rooms_allowed"], rooms
+    assert rooms["fatal"] == [] and rooms["out_of_order"] == 0 and rooms["unacknowledged"] == 0, rooms
+    assert rooms["latency_p50_ms"] <= rooms["latency_p99_ms"]
 
 
 @pytest.mark.loadtest
@@ -106,6 +117,9 @@ def test_short_run_of_reload_and_worker_kill_writes_consistent_rows(
 
     assert reload["allowed"] == 0 and reload["allowance"] == "nothing"
     assert reload["ws_closes"].get("1012", 0) >= websockets, "a reload closes every WebSocket with 1012"
+    members = drill.SHORT.room_members
+    assert reload["rooms"]["closes"].get("1012", 0) >= members, "every room member resumed on a new worker"
+    assert reload["rooms_allowed"] == kill["rooms_allowed"] == 0, "no room member may miss a message"
     assert kill["allowed"] > 0 and kill["allowance"].startswith(f"<= {kill['allowed']}: in flight on worker")
     assert kill["allowed"] <= 32, "never more than wrk's connections"
     assert set(kill["ws_closes"]) <= {"1006"}, "a killed worker sends no close frame"
@@ -119,6 +133,26 @@ def test_short_run_of_reload_and_worker_kill_writes_consistent_rows(
     page = (report_dir / "index.html").read_text()
     assert page.count("<tr class=") == 2 and "cores: " in page and "wrk -t1 -c32" in page
     assert "reload" in out and "worker-kill" in out and str(report_dir / "index.html") in out
+
+
+@pytest.mark.loadtest
+def test_a_redis_restart_loses_only_what_the_member_away_across_it_had_not_received(tmp_path: Path) -> None:
+    code = drill.main(["--drill", "redis-restart", "--short", "--out-root", str(tmp_path)], base=base_env())
+    report_dir, data = report(tmp_path)
+    (row,) = data["rows"]
+    assert_consistent(row, drill.SHORT.websockets)
+    rooms = row["rooms"]
+    assert rooms["closes"].get("1011", 0) >= drill.SHORT.room_members - 1, "members present: closed with 1011"
+    assert rooms["refused"].get("503 backplane_unavailable", 0) > 0, "publishing while Redis is down: 503"
+    assert row["failures"] == {}, "HTTP kept serving"
+    # Redis comes back empty: the member away across the restart misses what it had not received, and
+    # the row says how many; the members present at most what the dying Redis had not handed on.
+    assert "without persistence" in " ".join(row["notes"]) and " 0 of all the drill rooms'" in row["notes"][0]
+    away = rooms["missing_by_member"].get("m0.0", 0)
+    assert away > 0 and row["rooms_allowance"].startswith(f"{away} + <= "), row["rooms_allowance"]
+    assert rooms["missing"] <= row["rooms_allowed"]
+    assert code == 0 and row["status"] == "passed", row
+    assert not (report_dir / row["drill"] / "state.json").exists(), "stack left up"
 
 
 @pytest.mark.loadtest
@@ -160,8 +194,9 @@ def test_a_short_run_on_the_chat_example_loses_nothing_and_skips_the_demo_drills
 
     assert data["app"] == "main:app"
     assert "POST /message + GET /" in data["load"] and "WebSockets on /ws (echo)" in data["load"]
+    assert "no room members" in data["load"], "the rooms are the demo's: none on another app"
     for row in (reload, term):
-        assert_consistent(row, websockets)
+        assert_consistent(row, websockets, room_members=0)
         assert row["status"] == "passed" and row["lost"] == 0, (row["failures"], row["ws_failed_by_reason"])
         assert set(row["by_method"]["POST"]) == {"201"} and set(row["by_method"]["GET"]) == {"200"}
         assert row["ws_echoes"] > 0 and row["ws_wrong_echoes"] == 0

@@ -52,6 +52,11 @@ SCENARIO_ROWS = {
     "websocket": ECHO_ROWS + TICKER_ROWS,
     "stream": [("GET", "/api/stream?chunks=[n]"), *STREAM_ROWS],
     "mixed": [("GET", "/api/ping"), ("GET", "/api/slow?delay=[s]"), *ECHO_ROWS, *TICKER_ROWS, *STREAM_ROWS],
+    "rooms": [
+        ("POST", "/api/rooms/[room]/messages"),
+        ("WS", "/ws/rooms connect"),
+        ("WS", "/ws/rooms deliver"),
+    ],
 }
 
 
@@ -86,7 +91,7 @@ def test_scenario_runs_without_failures_and_writes_its_report(
         loadtest_stack,
         scenario,
         tmp_path / scenario,
-        users=8 if mixed else 3,
+        users=15 if mixed else 9 if scenario == "rooms" else 3,
         run_time="6s" if mixed else "4s",
     )
 
@@ -116,6 +121,16 @@ def test_scenario_runs_without_failures_and_writes_its_report(
         first, whole = (summary.row(*key) for key in STREAM_ROWS)
         assert first is not None and whole is not None
         assert first["p50_ms"] < whole["p50_ms"] - 400
+    if scenario == "rooms":
+        # 8 members over 4 rooms, 1 publisher at 10 messages/s: each message reaches its room's members.
+        delivered, published = (
+            summary.row("WS", "/ws/rooms deliver"),
+            summary.row(*SCENARIO_ROWS[scenario][0]),
+        )
+        assert delivered is not None and published is not None
+        assert delivered["requests"] >= published["requests"], (delivered, published)
+        assert summary.row("WS", "/ws/rooms missing") is None, "no member missed a message"
+        assert 0 < delivered["p50_ms"] <= delivered["p99_ms"] < 1000, delivered
     if scenario == "blocking":
         # Each blocking call stops the only worker's event loop for 0.8 s; slow requests (1 s) that
         # should finish meanwhile wait for it to end.

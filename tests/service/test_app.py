@@ -11,7 +11,6 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocketDisconnect
 
 from service import app as app_module
-from service import routes
 from service.app import create_app
 from service.platform.asgi import Platform
 from service.settings import Settings, load_settings
@@ -179,11 +178,13 @@ def test_each_app_keeps_its_own_limits_and_documents_them() -> None:
 
 def test_info_reports_only_the_knobs_the_app_process_receives(client: TestClient) -> None:
     info = client.get("/api/info").json()
-    assert info["settings_layers"] == ["app", "gunicorn", "uvicorn"]
+    assert info["settings_layers"] == ["app", "rooms", "gunicorn", "uvicorn"]
     knobs = set(info["settings"])
     assert info["settings"]["app_max_delay"] == 2
     assert {"app_request_timeout", "web_concurrency", "gunicorn_keepalive", "uvicorn_ws_max_size"} <= knobs
-    assert not [knob for knob in knobs if knob.startswith(("nginx_", "locust_", "compose_"))]
+    assert "rooms_send_queue" in knobs
+    # REDIS_URL reaches the app but may hold a password: never shown
+    assert not [knob for knob in knobs if knob.startswith(("nginx_", "locust_", "compose_", "redis_"))]
     assert not {"http_port", "runtime", "profile"} & knobs
 
 
@@ -220,7 +221,7 @@ def test_routes_are_registered_flat_with_the_document_include_router_gives(
     included = create_app(settings)
     assert TestClient(flat).get("/openapi.json").content == TestClient(included).get("/openapi.json").content
     assert all(isinstance(route, Route | WebSocketRoute) for route in flat.router.routes)
-    declared = [(route.path, route.name) for router in routes.ROUTERS for route in router.routes]
+    declared = [(route.path, route.name) for router in app_module.ROUTERS for route in router.routes]
     assert [(route.path, route.name) for route in flat.router.routes][-len(declared) :] == declared
 
 

@@ -37,7 +37,8 @@ def refs(node: Any) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    settings = load_settings(app_request_timeout=0.5, app_max_delay=2)
+    # Nothing answers on port 1: the rooms' backplane is down, as publishing's 503 needs.
+    settings = load_settings(app_request_timeout=0.5, app_max_delay=2, redis_url="redis://127.0.0.1:1/0")
     with TestClient(served(settings)) as test_client:
         yield test_client
 
@@ -91,7 +92,10 @@ def test_the_error_layers_are_the_ones_that_answer(contract: Contract) -> None:
 
 def test_every_success_body_has_a_model(contract: Contract) -> None:
     for path, method in contract.operations():
-        content = contract.document["paths"][path][method]["responses"]["200"]["content"]
+        responses = contract.document["paths"][path][method]["responses"]
+        (success,) = [status for status in responses if status.startswith("2")]
+        assert success == ("202" if path == "/api/rooms/{room}/messages" else "200"), f"{method} {path}"
+        content = responses[success]["content"]
         if path == "/api/stream":
             assert list(content) == ["application/x-ndjson"]
             assert content["application/x-ndjson"]["itemSchema"]["title"] == "StreamChunk"
@@ -112,6 +116,10 @@ def test_websocket_routes_are_named_outside_openapi(contract: Contract) -> None:
     assert not [path for path in contract.document["paths"] if path.startswith("/ws/")]
     assert "/ws/echo" in contract.document["info"]["description"]
     assert "/ws/ticker" in contract.document["info"]["description"]
+    description = contract.document["info"]["description"]
+    assert "/ws/rooms/{room}?after=<id>" in description
+    for code in ("1003", "1008", "1009", "1011", "1012", "1013"):
+        assert code in description, f"close code {code} is documented"
 
 
 @pytest.mark.parametrize(
@@ -129,6 +137,11 @@ def test_websocket_routes_are_named_outside_openapi(contract: Contract) -> None:
         ("POST", "/api/echo", {"text": ""}, 422),
         ("GET", "/no/such/path", None, 404),
         ("GET", "/api/echo", None, 405),
+        ("POST", "/api/rooms/lobby/messages", {"data": {"any": ["json"]}}, 503),
+        ("POST", "/api/rooms/lobby/messages", {"data": "x" * 20_000}, 413),
+        ("POST", "/api/rooms/no%20spaces/messages", {"data": 1}, 422),
+        ("POST", "/api/rooms/" + "r" * 65 + "/messages", {"data": 1}, 422),
+        ("POST", "/api/rooms/lobby/messages", {"text": "no data"}, 422),
     ],
 )
 def test_the_apps_own_answers_match_the_contract(

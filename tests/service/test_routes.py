@@ -130,7 +130,7 @@ def test_info_reports_the_app_process_layers_alone() -> None:
         info = client.get("/api/info").json()
     assert list(info["settings"]) == list(fields_of(*APP_PROCESS_LAYERS))
     assert info["settings"]["gunicorn_keepalive"] == 21
-    assert info["settings_layers"] == ["app", "gunicorn", "uvicorn"]
+    assert info["settings_layers"] == ["app", "rooms", "gunicorn", "uvicorn"]
 
 
 def test_a_stream_longer_than_app_max_stream_seconds_is_refused_naming_both() -> None:

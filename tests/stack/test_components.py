@@ -53,7 +53,7 @@ def test_an_added_component_is_started_listed_logged_and_stopped(
         runtime.up(run_dir, stack.configure(run_dir, env, env_file=None), env)
     pids = runtime.pids(run_dir)
     try:
-        assert list(pids) == ["gunicorn", "nginx", "files"], "started in the order of the entries"
+        assert list(pids) == ["redis", "gunicorn", "nginx", "files"], "started in the order of the entries"
         assert httpx2.get(f"http://{LOOPBACK}:{port}/stack.env").status_code == 200
         capfd.readouterr()
 
@@ -61,10 +61,12 @@ def test_an_added_component_is_started_listed_logged_and_stopped(
         listed = capfd.readouterr().out
         assert f"{pids['files']:>7}  files " in listed
         assert f"{pids['gunicorn']:>7}  gunicorn master " in listed
+        assert f"{pids['redis']:>7}  redis-server " in listed, "the rooms' backplane is a component too"
 
         runtime.logs(run_dir, env, follow=False)
         shown = capfd.readouterr().out
         assert f"==> {run_dir / 'files.log'} <==" in shown
+        assert f"==> {run_dir / 'redis.log'} <==" in shown and "Ready to accept connections" in shown
         assert '"GET /stack.env HTTP/1.1" 200' in shown, "the readiness probe's request, in its log"
     finally:
         runtime.down(run_dir, env)
@@ -85,3 +87,15 @@ def test_an_added_components_port_is_refused_when_taken(tmp_path: Path) -> None:
         with pytest.raises(StackError, match=rf"FILES_PORT: port {port} is already in use"):
             runtime.up(run_dir, config, env)
     assert processes_of(run_dir) == []
+
+
+def test_with_redis_url_the_stack_starts_no_redis_and_the_rooms_use_that_one(tmp_path: Path) -> None:
+    """Nothing answers on port 1: the rooms' publish is refused with the JSON 503, HTTP serves on."""
+    env = make_stack(tmp_path, WEB_CONCURRENCY="1", REDIS_URL="redis://127.0.0.1:1/0").env
+    with stack.running("local", run_dir=tmp_path / "run", base=env) as handle:
+        assert list(handle.pids()) == ["gunicorn", "nginx"]
+        published = httpx2.post(f"{handle.url}/api/rooms/lobby/messages", json={"data": 1}, timeout=10)
+        ping = httpx2.get(f"{handle.url}/api/ping", timeout=10)
+    assert (published.status_code, published.json()["error"]) == (503, "backplane_unavailable")
+    assert "127.0.0.1:1" in published.json()["detail"] or "Connection" in published.json()["detail"]
+    assert ping.status_code == 200

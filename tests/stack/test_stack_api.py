@@ -29,7 +29,10 @@ def test_start_reload_stop_on_free_ports(tmp_path: Path) -> None:
         assert handle.url == f"http://127.0.0.1:{knobs['HTTP_PORT']}"
         assert httpx2.get(f"{handle.url}/healthz").json() == {"status": "ok"}
         assert handle.started_with()["WEB_CONCURRENCY"] == 1
-        assert set(handle.logs()) == {"gunicorn", "nginx", "nginx-error"} and handle.logs()["nginx"].is_file()
+        assert (
+            set(handle.logs()) == {"redis", "gunicorn", "nginx", "nginx-error"}
+            and handle.logs()["nginx"].is_file()
+        )
         [worker] = handle.worker_pids()
         assert stack.recorded(handle.run_dir) is not None
 

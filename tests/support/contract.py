@@ -5,6 +5,7 @@ The service tier checks the document itself; the stack and docker tiers check wh
 from __future__ import annotations
 
 import json
+import re
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -37,10 +38,19 @@ class Contract:
             for method in item:
                 yield path, method
 
+    def template_of(self, path: str) -> str:
+        """The document's path that `path` is an instance of (`/api/rooms/{room}/messages`), else `path`."""
+        for template in self.document["paths"]:
+            parts = re.split(r"\{[^/}]+\}", template)
+            if len(parts) > 1 and re.fullmatch("[^/]+".join(map(re.escape, parts)), path):
+                return template
+        return path
+
     def response_pointer(self, method: str, path: str, status: int) -> str:
         """Where the document describes this answer. A request no operation describes (an unknown path,
         another method) must get what every operation documents for that status."""
         method = method.lower()
+        path = self.template_of(path)
         known = method in self.document["paths"].get(path, {})
         candidates = [(path, method)] if known else list(self.operations())
         for p, m in candidates:
