@@ -11,6 +11,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -69,13 +70,18 @@ def test_a_message_published_through_one_worker_reaches_the_members_on_every_wor
         workers = {f"rooms-{pid}" for pid in stack.handle.worker_pids()}
         members: list[Member] = []
         while workers_with_members(stack) != workers:
-            # The kernel hands each connection to one worker: one at a time, an idle stack may give them
-            # all to the same one; ten at once spread.
-            assert len(members) < 60, f"{len(members)} members all joined on {workers_with_members(stack)}"
-            burst = [Member(stack.ws_url, "lobby", stop) for _ in range(10)]
-            for member in burst:
-                member.start()
-            assert all(member.connected.wait(10) for member in burst)
+            # The kernel hands each connection to a worker that is waiting in accept; on a loaded host one
+            # worker took every handshake, burst or not. So each burst joins while a /api/blocking request
+            # holds the event loop of whichever worker took it: the burst goes to the other one.
+            assert len(members) < 80, f"{len(members)} members all joined on {workers_with_members(stack)}"
+            with ThreadPoolExecutor(1) as pool:
+                blocked = pool.submit(httpx2.get, f"{stack.url}/api/blocking?delay=1.5", timeout=30)
+                time.sleep(0.5)
+                burst = [Member(stack.ws_url, "lobby", stop) for _ in range(10)]
+                for member in burst:
+                    member.start()
+                assert all(member.connected.wait(10) for member in burst)
+                assert blocked.result().status_code == 200
             members += burst
         ids = []
         with httpx2.Client(base_url=stack.url) as client:
