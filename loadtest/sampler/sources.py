@@ -196,6 +196,19 @@ for line in sys.stdin:
 """.replace("%(timeout)s", str(TIMEOUT_S))
 
 
+def reap(process: subprocess.Popen[bytes], reader: threading.Thread) -> None:
+    """The end of a helper process (killed after 3 s): its reader thread gone to the end of its output,
+    its pipe closed."""
+    try:
+        process.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    reader.join(timeout=3)
+    if process.stdout is not None:
+        process.stdout.close()
+
+
 class Agent:
     """One AGENT in one container: asked with a newline, answers with one line, read by a thread. An
     answer later than its sample is dropped when it comes, not taken as the next sample's."""
@@ -257,11 +270,7 @@ class Agent:
         with contextlib.suppress(OSError):
             if self.process.stdin:
                 self.process.stdin.close()
-        try:
-            self.process.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        reap(self.process, self.thread)
 
 
 class DockerLogs:
@@ -295,11 +304,7 @@ class DockerLogs:
     def close(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
-        try:
-            self.process.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        reap(self.process, self.thread)
 
 
 class ContainerSource(Source):
