@@ -35,6 +35,7 @@ from deploy.stackctl import stack as stackctl
 from deploy.stackctl.config import ROOT, Effective, effective
 from deploy.stackctl.tools import find_wrk
 from service.settings import load_settings
+from tests.docker.stack_series import assert_series_sane, sampled_while_a_worker_is_killed
 from tests.docker.through_nginx import *  # noqa: F403 (the runtime-independent tests, on the swarm stack)
 from tests.support.docker import BUILD_TIMEOUT, DockerStack, docker, require_engine, stack_environment
 
@@ -442,6 +443,27 @@ def test_scale_down_3_to_1_under_post_load_fails_no_request(swarm_stack: SwarmSt
     assert scaled.returncode == 0, scaled.stderr
     assert swarm_stack.service("app")["Spec"]["Mode"]["Replicated"]["Replicas"] == 1
     assert_nothing_failed(result, nginx_reloads(swarm_stack, since))
+
+
+def test_the_sampler_reads_each_app_task_and_sees_a_killed_worker_end_and_its_replacement(
+    swarm_stack: SwarmStack, tmp_path: Path
+) -> None:
+    """As on compose (test_compose_stack.py): the sampler's agents in two app tasks, nginx's stub_status
+    over the overlay network, its access lines from `docker logs` of its task."""
+    assert swarm_stack.handle is not None
+    scaled = swarm_stack.cli("scale", "2")
+    assert scaled.returncode == 0, scaled.stderr
+    try:
+        label = f"label=com.docker.swarm.service.name={swarm_stack.name}_app"
+        listed = docker("ps", "--filter", label, "--format", "{{.Names}}", env=swarm_stack.env)
+        instances = sorted(listed.stdout.split())
+        assert len(instances) == 2
+        samples, killed = sampled_while_a_worker_is_killed(
+            swarm_stack.handle, swarm_stack.env, instances, tmp_path
+        )
+        assert_series_sane(samples, instances, killed)
+    finally:
+        assert swarm_stack.cli("scale", "1").returncode == 0
 
 
 def locust_web(stack: SwarmStack, path: str, form: str | None = None) -> Any:
