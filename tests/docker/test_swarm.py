@@ -466,6 +466,40 @@ def test_the_sampler_reads_each_app_task_and_sees_a_killed_worker_end_and_its_re
         assert swarm_stack.cli("scale", "1").returncode == 0
 
 
+def prometheus_api(stack: SwarmStack, path: str) -> Any:
+    """Prometheus's API from inside an app task: swarm does not publish it (no login)."""
+    app = stack.task_containers("app")[0]
+    code = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+    done = docker("exec", app, "python3", "-c", code, f"http://prometheus:9090/api/v1/{path}", env=stack.env)
+    return json.loads(done.stdout)["data"] if done.returncode == 0 else None
+
+
+def test_monitoring_1_scrapes_every_app_task_and_nginx_and_monitoring_0_removes_it(
+    swarm_stack: SwarmStack,
+) -> None:
+    up = swarm_stack.cli("up", MONITORING="1", PROMETHEUS_SCRAPE_INTERVAL="1")
+    assert up.returncode == 0, up.stderr[-3000:]
+    assert f"http://prometheus:9090 on {swarm_stack.name}_default" in up.stdout
+    assert swarm_stack.service("prometheus")["Endpoint"].get("Ports") in (None, []), "it has no login"
+    wanted = [("app", "up"), ("nginx", "up"), ("prometheus", "up")]  # one app task, nginx via the exporter
+    deadline = time.monotonic() + 90
+    while True:
+        # The exporter exits while nginx's stub_status does not answer yet and swarm restarts it.
+        targets = prometheus_api(swarm_stack, "targets")
+        found = sorted((t["labels"]["job"], t["health"]) for t in (targets or {}).get("activeTargets", []))
+        if found == wanted:
+            break
+        assert time.monotonic() < deadline, f"Prometheus's targets: {targets}"
+        time.sleep(2)
+    groups = {g["name"] for g in prometheus_api(swarm_stack, "rules")["groups"]}
+    assert groups == {"blueprint-recording", "blueprint-alerts"}
+
+    off = swarm_stack.cli("up", MONITORING="0")
+    assert off.returncode == 0, off.stderr[-3000:]
+    services = docker("service", "ls", "--format", "{{.Name}}", env=swarm_stack.env).stdout.split()
+    assert not {f"{swarm_stack.name}_prometheus", f"{swarm_stack.name}_nginx-exporter"} & set(services)
+
+
 def locust_web(stack: SwarmStack, path: str, form: str | None = None) -> Any:
     """The master's web API from inside its task container: swarm does not publish it (no login)."""
     [master] = stack.task_containers("locust-master")
