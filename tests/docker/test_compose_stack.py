@@ -267,7 +267,7 @@ def test_locust_master_and_worker_run_against_nginx(docker_stack: DockerStack) -
                 break
             assert time.monotonic() < deadline, "Locust sent no request through nginx"
             time.sleep(1)
-        httpx2.get(f"{web}/stop", timeout=10)
+        assert httpx2.post(f"{web}/stop", timeout=10).status_code == 200
     finally:
         docker_stack.compose("--profile", "loadtest", "rm", "-sf", "locust-master", "locust-worker")
 
