@@ -2,9 +2,11 @@
 `stack-series.jsonl`. loadtest/README.md documents every field; SCHEMA below is that list, checked by a test.
 
 Rates are differences over the time between two samples; a counter that went down (a restarted master) is
-counted from 0. A worker is one pid (container:pid with containers); it `started` when first seen and
+counted from 0, and so is a labelled series that first appears after its instance's first sample (the first
+504 of a route). A worker is one pid (container:pid with containers); it `started` when first seen and
 `ended` when its series went, with the reason the master recorded (`app_worker_exit_time_seconds`), or
-`gone` when none is known (its container went, or the master too).
+`gone` when none is known (its container went, or the master too). A pid that comes back with another
+start time is another worker: a restarted container numbers its processes as the one before did.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ ERROR_STATUS = 400
 # A worker's probe writes its heartbeat every APP_LOOP_LAG_INTERVAL: an older one, by more than this (a
 # late timer, the scrape's own time), is a loop stalled now.
 STALL_SLACK_S = 0.1
+SAME_START_S = 0.5  # a worker's start time read again: more apart than this, it is another process
 
 
 def stub_status(text: str | None) -> dict[str, int] | None:
@@ -165,6 +168,7 @@ class WorkerState:
     served: float
     cpu: float
     t: float
+    since: float = 0.0  # when it started (app_worker_start_time_seconds)
 
 
 @dataclass
@@ -178,13 +182,16 @@ class Tracker:
     seen_exits: set[tuple[str, str, str]] = field(default_factory=set)
     first_exits: bool = True
     counters: dict[str, float] = field(default_factory=dict)
+    instances: set[str] = field(default_factory=set)  # whose counters this tracker has read once
     nginx_requests: int | None = None
 
-    def delta(self, key: str, value: float) -> float:
+    def delta(self, key: str, value: float, known: bool = True) -> float:
+        """What a counter added since the last sample; all of it when it is new on a `known` instance,
+        nothing when its instance is read for the first time (what it counted before the run)."""
         before = self.counters.get(key)
         self.counters[key] = value
         if before is None:
-            return 0.0
+            return value if known else 0.0
         return value - before if value >= before else value
 
     def sample(self, raw: Raw, sampler_cpu_percent: float = 0.0) -> dict[str, Any]:
@@ -202,16 +209,20 @@ class Tracker:
             if app.text is None:
                 continue
             exposition = Exposition(app.text)
+            known = app.instance in self.instances
+            self.instances.add(app.instance)
             alive.update((w["id"], w) for w in self.workers_of(app.instance, exposition, raw.t))
             recorded.update((e["id"], e) for e in self.exits_of(app.instance, exposition))
             for labels, value in exposition.get("app_requests_total"):
                 status = labels.get("status", "")
                 if status.isdigit() and int(status) >= ERROR_STATUS:
                     key = f"{app.instance}|{status}|{labels.get('route')}|{labels.get('method')}"
-                    answered = int(self.delta(key, value))
+                    answered = int(self.delta(key, value, known))
                     if answered:
                         by_layer["app"][status] += answered
-            rejected = self.delta(f"{app.instance}|uvicorn", exposition.total("app_uvicorn_rejected_total"))
+            rejected = self.delta(
+                f"{app.instance}|uvicorn", exposition.total("app_uvicorn_rejected_total"), known
+            )
             if rejected:
                 by_layer["uvicorn"]["503"] += int(rejected)
         self.first_exits = False
@@ -225,7 +236,9 @@ class Tracker:
             if (state.instance in silent or not raw.apps) and wid not in recorded  # nothing read: all carried
         }
         gone = [
-            wid for wid in self.workers if wid not in alive and wid not in recorded and wid not in carried
+            wid
+            for wid in self.workers
+            if (wid not in alive or alive[wid]["_reborn"]) and wid not in recorded and wid not in carried
         ]
         ended = list(recorded.values()) + [
             {
@@ -240,12 +253,12 @@ class Tracker:
         started = [
             {"id": wid, "instance": w["instance"], "pid": w["pid"], "at": w["started_at"]}
             for wid, w in alive.items()
-            if wid not in self.workers and not first  # the first sample finds them running
+            if (wid not in self.workers or w["_reborn"]) and not first  # the first finds them running
         ]
         self.workers = {
             **carried,
             **{
-                wid: WorkerState(w["instance"], w["pid"], w["_served"], w["_cpu"], raw.t)
+                wid: WorkerState(w["instance"], w["pid"], w["_served"], w["_cpu"], raw.t, w["started_at"])
                 for wid, w in alive.items()
             },
         }
@@ -308,6 +321,9 @@ class Tracker:
             served = gauges["worker_requests_served"].get(pid, 0.0)
             cpu = gauges["worker_cpu_seconds"].get(pid, 0.0)
             previous = self.workers.get(wid)
+            reborn = previous is not None and abs(previous.since - since) > SAME_START_S
+            if reborn:
+                previous = None
             span = t - previous.t if previous else 0.0
             heartbeat = gauges["event_loop_heartbeat_seconds"].get(pid, t)
             stall = max(0.0, t - heartbeat - self.interval - STALL_SLACK_S)
@@ -332,6 +348,7 @@ class Tracker:
                     "up_s": rounded(max(0.0, t - since)),
                     "started_at": round(since, 3),
                     "_served": served,
+                    "_reborn": reborn,
                     "_cpu": cpu,
                 }
             )

@@ -196,8 +196,22 @@ for line in sys.stdin:
 """.replace("%(timeout)s", str(TIMEOUT_S))
 
 
+def reap(process: subprocess.Popen[bytes], reader: threading.Thread) -> None:
+    """The end of a helper process (killed after 3 s): its reader thread gone to the end of its output,
+    its pipe closed."""
+    try:
+        process.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    reader.join(timeout=3)
+    if process.stdout is not None:
+        process.stdout.close()
+
+
 class Agent:
-    """One AGENT in one container: asked with a newline, answers with one line, read by a thread."""
+    """One AGENT in one container: asked with a newline, answers with one line, read by a thread. An
+    answer later than its sample is dropped when it comes, not taken as the next sample's."""
 
     def __init__(self, container: str, name: str, args: list[str], env: Mapping[str, str]) -> None:
         self.name = name
@@ -209,41 +223,54 @@ class Agent:
             env=dict(env),
         )
         self.answers: deque[dict[str, str | None]] = deque(maxlen=2)
+        self.unanswered = 0  # questions asked whose answer has not come yet
+        self.late = 0  # of those, the ones whose sample gave up waiting
+        self.lock = threading.Lock()
         self.thread = threading.Thread(target=self.collect, daemon=True)
         self.thread.start()
 
     def collect(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
+            with self.lock:
+                self.unanswered = max(0, self.unanswered - 1)
+                if self.late:
+                    self.late -= 1
+                    continue
             with contextlib.suppress(ValueError):
                 self.answers.append(json.loads(line))
 
-    def ask(self, stub: str = "") -> bool:
-        """Ask for the metrics, and nginx's stub_status at `stub` (host:port) when given."""
+    def ask(self, stub: str = "") -> str:
+        """Ask for the metrics, and nginx's stub_status at `stub` (host:port) when given; why it could
+        not be asked, or ""."""
         if self.process.poll() is not None or self.process.stdin is None:
-            return False
+            return f"its agent (docker exec) exited with {self.process.returncode}"
+        with self.lock:
+            if self.unanswered:
+                return "its agent is still answering an earlier sample"
+            self.unanswered += 1
         try:
             self.process.stdin.write(f"{stub}\n".encode())
             self.process.stdin.flush()
-        except OSError:
-            return False
-        return True
+        except OSError as error:
+            return f"its agent cannot be asked: {describe(error)}"
+        return ""
 
     def answer(self, within: float) -> dict[str, str | None] | None:
         deadline = time.monotonic() + within
         while not self.answers and time.monotonic() < deadline and self.process.poll() is None:
             time.sleep(0.01)
-        return self.answers.popleft() if self.answers else None
+        with self.lock:
+            if self.answers:
+                return self.answers.popleft()
+            self.late = self.unanswered
+            return None
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
             if self.process.stdin:
                 self.process.stdin.close()
-        try:
-            self.process.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        reap(self.process, self.thread)
 
 
 class DockerLogs:
@@ -277,11 +304,7 @@ class DockerLogs:
     def close(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
-        try:
-            self.process.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        reap(self.process, self.thread)
 
 
 class ContainerSource(Source):
@@ -310,7 +333,10 @@ class ContainerSource(Source):
         for gone in set(self.agents) - set(apps):
             self.agents.pop(gone).close()
         for container, name in sorted(apps.items()):
-            if container not in self.agents:
+            agent = self.agents.get(container)
+            if agent is None or agent.process.poll() is not None:  # new, or restarted (same id)
+                if agent is not None:
+                    agent.close()
                 self.agents[container] = Agent(container, name, [self.metrics_path], self.env)
         if self.logs is None or self.logs.process.poll() is not None:
             nginx = sorted(self.list("nginx"))
@@ -325,7 +351,10 @@ class ContainerSource(Source):
         raw = Raw(time.time())
         asked, stub = [], self.stub  # the first agent that takes the question asks nginx too
         for agent in self.agents.values():
-            if agent.ask(stub):
+            refused = agent.ask(stub)
+            if refused:  # an instance not read: the tracker keeps its workers (not ended)
+                raw.apps.append(AppScrape(agent.name, None, refused))
+            else:
                 asked.append((agent, bool(stub)))
                 stub = ""
         deadline = time.monotonic() + TIMEOUT_S + 0.2

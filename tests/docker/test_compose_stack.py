@@ -20,6 +20,7 @@ import pytest
 from loadtest.drill.load import EchoClients
 from loadtest.rooms import Member
 from service.settings import Settings
+from tests.docker.stack_series import assert_series_sane, sampled_while_a_worker_is_killed
 from tests.docker.through_nginx import *  # noqa: F403 (the runtime-independent tests, on the compose stack)
 from tests.support.docker import DockerStack, docker
 from tests.support.wrk import Wrk, assert_nothing_lost
@@ -193,6 +194,26 @@ def test_scale_to_three_serves_from_all_then_to_one_under_post_load_loses_nothin
     assert held.connects == held.clients + sum(held.closes.values()), "every close is followed by a reconnect"
 
 
+def test_the_sampler_reads_each_app_container_and_sees_a_killed_worker_end_and_its_replacement(
+    docker_stack: DockerStack, tmp_path: Path
+) -> None:
+    """The stack series of `make loadtest` on the docker runtime: the sampler's agents in two app
+    containers (one worker each), nginx's stub_status through one of them, its access lines from
+    `docker logs`; a worker SIGKILLed inside its container ends as `crash` and gunicorn's new one starts."""
+    assert docker_stack.handle is not None
+    scaled = docker_stack.stackctl("scale", "2")
+    assert scaled.returncode == 0, scaled.stderr
+    try:
+        instances = sorted(c["Name"].lstrip("/") for c in docker_stack.containers("app"))
+        assert len(instances) == 2
+        samples, killed = sampled_while_a_worker_is_killed(
+            docker_stack.handle, docker_stack.env, instances, tmp_path
+        )
+        assert_series_sane(samples, instances, killed)
+    finally:
+        assert docker_stack.stackctl("scale", "1").returncode == 0
+
+
 def container_address(container: dict[str, Any]) -> str:
     return str(next(iter(container["NetworkSettings"]["Networks"].values()))["IPAddress"])
 
@@ -279,7 +300,7 @@ def test_locust_master_and_worker_run_against_nginx(docker_stack: DockerStack) -
                 break
             assert time.monotonic() < deadline, "Locust sent no request through nginx"
             time.sleep(1)
-        httpx2.get(f"{web}/stop", timeout=10)
+        assert httpx2.post(f"{web}/stop", timeout=10).status_code == 200
     finally:
         docker_stack.compose("--profile", "loadtest", "rm", "-sf", "locust-master", "locust-worker")
 

@@ -35,6 +35,7 @@ from deploy.stackctl import stack as stackctl
 from deploy.stackctl.config import ROOT, Effective, effective
 from deploy.stackctl.tools import find_wrk
 from service.settings import load_settings
+from tests.docker.stack_series import assert_series_sane, sampled_while_a_worker_is_killed
 from tests.docker.through_nginx import *  # noqa: F403 (the runtime-independent tests, on the swarm stack)
 from tests.support.docker import BUILD_TIMEOUT, DockerStack, docker, require_engine, stack_environment
 
@@ -337,7 +338,8 @@ class PostLoad:
         script.write_text(POST_ECHO)
         self.command = [
             find_wrk(), "-t1", f"-c{WRK_CONNECTIONS}", "-d600s", "--timeout", "10s", "-s", str(script),
-            f"{nginx_on_the_gateway_bridge(stack)}/api/echo",
+            # nginx answers a Host outside NGINX_SERVER_NAMES (this address) with a 421
+            "-H", "Host: localhost", f"{nginx_on_the_gateway_bridge(stack)}/api/echo",
         ]  # fmt: skip
         self.process: subprocess.Popen[str] | None = None
         self.started = 0.0
@@ -444,6 +446,61 @@ def test_scale_down_3_to_1_under_post_load_fails_no_request(swarm_stack: SwarmSt
     assert_nothing_failed(result, nginx_reloads(swarm_stack, since))
 
 
+def test_the_sampler_reads_each_app_task_and_sees_a_killed_worker_end_and_its_replacement(
+    swarm_stack: SwarmStack, tmp_path: Path
+) -> None:
+    """As on compose (test_compose_stack.py): the sampler's agents in two app tasks, nginx's stub_status
+    over the overlay network, its access lines from `docker logs` of its task."""
+    assert swarm_stack.handle is not None
+    scaled = swarm_stack.cli("scale", "2")
+    assert scaled.returncode == 0, scaled.stderr
+    try:
+        label = f"label=com.docker.swarm.service.name={swarm_stack.name}_app"
+        listed = docker("ps", "--filter", label, "--format", "{{.Names}}", env=swarm_stack.env)
+        instances = sorted(listed.stdout.split())
+        assert len(instances) == 2
+        samples, killed = sampled_while_a_worker_is_killed(
+            swarm_stack.handle, swarm_stack.env, instances, tmp_path
+        )
+        assert_series_sane(samples, instances, killed)
+    finally:
+        assert swarm_stack.cli("scale", "1").returncode == 0
+
+
+def prometheus_api(stack: SwarmStack, path: str) -> Any:
+    """Prometheus's API from inside an app task: swarm does not publish it (no login)."""
+    app = stack.task_containers("app")[0]
+    code = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+    done = docker("exec", app, "python3", "-c", code, f"http://prometheus:9090/api/v1/{path}", env=stack.env)
+    return json.loads(done.stdout)["data"] if done.returncode == 0 else None
+
+
+def test_monitoring_1_scrapes_every_app_task_and_nginx_and_monitoring_0_removes_it(
+    swarm_stack: SwarmStack,
+) -> None:
+    up = swarm_stack.cli("up", MONITORING="1", PROMETHEUS_SCRAPE_INTERVAL="1")
+    assert up.returncode == 0, up.stderr[-3000:]
+    assert f"http://prometheus:9090 on {swarm_stack.name}_default" in up.stdout
+    assert swarm_stack.service("prometheus")["Endpoint"].get("Ports") in (None, []), "it has no login"
+    wanted = [("app", "up"), ("nginx", "up"), ("prometheus", "up")]  # one app task, nginx via the exporter
+    deadline = time.monotonic() + 90
+    while True:
+        # The exporter exits while nginx's stub_status does not answer yet and swarm restarts it.
+        targets = prometheus_api(swarm_stack, "targets")
+        found = sorted((t["labels"]["job"], t["health"]) for t in (targets or {}).get("activeTargets", []))
+        if found == wanted:
+            break
+        assert time.monotonic() < deadline, f"Prometheus's targets: {targets}"
+        time.sleep(2)
+    groups = {g["name"] for g in prometheus_api(swarm_stack, "rules")["groups"]}
+    assert groups == {"blueprint-recording", "blueprint-alerts"}
+
+    off = swarm_stack.cli("up", MONITORING="0")
+    assert off.returncode == 0, off.stderr[-3000:]
+    services = docker("service", "ls", "--format", "{{.Name}}", env=swarm_stack.env).stdout.split()
+    assert not {f"{swarm_stack.name}_prometheus", f"{swarm_stack.name}_nginx-exporter"} & set(services)
+
+
 def locust_web(stack: SwarmStack, path: str, form: str | None = None) -> Any:
     """The master's web API from inside its task container: swarm does not publish it (no login)."""
     [master] = stack.task_containers("locust-master")
@@ -483,7 +540,7 @@ def test_locust_master_and_worker_run_as_stack_services(swarm_stack: SwarmStack)
             break
         assert time.monotonic() < deadline, "Locust sent no request through nginx"
         time.sleep(1)
-    locust_web(swarm_stack, "/stop")
+    locust_web(swarm_stack, "/stop", "")  # POST (Locust 2.47 answers GET with 405)
     worker = swarm_stack.service("locust-worker")["Spec"]["TaskTemplate"]
     assert worker["Placement"]["Preferences"] == [{"Spread": {"SpreadDescriptor": "node.id"}}]
 

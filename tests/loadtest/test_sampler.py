@@ -188,6 +188,23 @@ def test_an_instance_that_does_not_answer_keeps_its_workers_and_counters_restart
     assert [(e["id"], e["reason"]) for e in gone["ended"]] == [("app-1:1", "gone")], "its container went"
 
 
+def test_a_first_error_of_a_known_instance_counts_and_a_pid_back_with_another_start_is_another_worker() -> (
+    None
+):
+    tracker = Tracker()
+    before = 'app_requests_total{method="GET",route="/x",status="404"} 9\n'  # before the run: not counted
+    tracker.sample(raw(1.0, worker_metrics({7: gauges(1.0, 0.5)}) + before, instance="app-1"))
+    timeout = 'app_requests_total{method="GET",route="/api/slow",status="504"} 2\n'
+    second = tracker.sample(
+        raw(2.0, worker_metrics({7: gauges(2.0, 0.5)}) + before + timeout, instance="app-1")
+    )
+    assert second["by_layer"] == {"app": {"504": 2}}, "the route's first 504s, not lost as a baseline"
+    # The container restarted: its worker is pid 7 again, started later, its counters from 0.
+    third = tracker.sample(raw(3.0, worker_metrics({7: gauges(3.0, 2.8, served=4)}), instance="app-1"))
+    assert [(e["id"], e["reason"]) for e in third["ended"]] == [("app-1:7", "gone")]
+    assert [s["id"] for s in third["started"]] == ["app-1:7"] and third["workers"][0]["rps"] is None
+
+
 def test_every_field_of_a_sample_is_documented_in_the_loadtest_readme() -> None:
     readme = (ROOT / "loadtest" / "README.md").read_text()
     for field in [*SCHEMA, *WORKER_SCHEMA, *NGINX_SCHEMA]:
