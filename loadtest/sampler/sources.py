@@ -196,6 +196,10 @@ for line in sys.stdin:
 """.replace("%(timeout)s", str(TIMEOUT_S))
 
 
+def container_agent(container: str, metrics_path: str) -> list[str]:
+    return ["docker", "exec", "-i", container, "python3", "-u", "-c", AGENT, metrics_path]
+
+
 def reap(process: subprocess.Popen[bytes], reader: threading.Thread) -> None:
     """The end of a helper process (killed after 3 s): its reader thread gone to the end of its output,
     its pipe closed."""
@@ -213,10 +217,11 @@ class Agent:
     """One AGENT in one container: asked with a newline, answers with one line, read by a thread. An
     answer later than its sample is dropped when it comes, not taken as the next sample's."""
 
-    def __init__(self, container: str, name: str, args: list[str], env: Mapping[str, str]) -> None:
+    def __init__(self, name: str, command: list[str], env: Mapping[str, str]) -> None:
+        """`command` runs AGENT (container_agent gives it for a container)."""
         self.name = name
         self.process = subprocess.Popen(
-            ["docker", "exec", "-i", container, "python3", "-u", "-c", AGENT, *args],
+            command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -337,7 +342,8 @@ class ContainerSource(Source):
             if agent is None or agent.process.poll() is not None:  # new, or restarted (same id)
                 if agent is not None:
                     agent.close()
-                self.agents[container] = Agent(container, name, [self.metrics_path], self.env)
+                command = container_agent(container, self.metrics_path)
+                self.agents[container] = Agent(name, command, self.env)
         if self.logs is None or self.logs.process.poll() is not None:
             nginx = sorted(self.list("nginx"))
             self.logs = DockerLogs(nginx[0], self.env) if nginx else None

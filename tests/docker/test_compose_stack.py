@@ -177,7 +177,7 @@ def test_scale_to_three_serves_from_all_then_to_one_under_post_load_loses_nothin
         # straight to nginx's address on the compose network: Docker's userland proxy behind the published
         # port is the bottleneck on a busy 2-core machine, and the claim is about nginx and the app
         nginx = SimpleNamespace(url=f"http://{container_address(docker_stack.containers('nginx')[0])}:8080")
-        wrk = Wrk(nginx, tmp_path)
+        wrk = Wrk(nginx, tmp_path, host="localhost")  # an address nginx answers with 421
         wrk.at(3.0)
         scaled_down = docker_stack.stackctl("scale", "1")  # returns once nginx balances over the one left
         result = wrk.result()

@@ -8,6 +8,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -15,7 +19,7 @@ import pytest
 from loadtest.sampler import charts
 from loadtest.sampler.exposition import Exposition
 from loadtest.sampler.series import NGINX_SCHEMA, SCHEMA, WORKER_SCHEMA, Tracker, access, stub_status
-from loadtest.sampler.sources import AGENT, AppScrape, LogTail, Raw
+from loadtest.sampler.sources import AGENT, Agent, AppScrape, LogTail, Raw
 from tests.support.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -260,3 +264,53 @@ def test_the_container_agent_answers_each_question_with_the_metrics_and_nginx(lo
     assert first["error"] == "" and "app_worker_start_time_seconds{pid=" in first["metrics"]
     assert stub_status(first["stub"]) is not None and first["stub_error"] == ""
     assert "stub" not in second and "app_event_loop_heartbeat_seconds" in second["metrics"]
+
+
+class SlowFirstMetrics(BaseHTTPRequestHandler):
+    """/metrics that answers its first request 0.5 s late (within the agent's own 0.8 s), then at once."""
+
+    served = 0
+
+    def do_GET(self) -> None:
+        type(self).served += 1
+        served = self.served
+        if served == 1:
+            time.sleep(0.5)
+        body = f"app_scrape_number {served}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+@pytest.fixture
+def slow_first_metrics() -> Iterator[int]:
+    SlowFirstMetrics.served = 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowFirstMetrics)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_agents_late_answer_is_dropped_not_taken_as_the_next_samples(slow_first_metrics: int) -> None:
+    """The AGENT process as the docker and swarm runtimes run it, here without a container."""
+    environment = {"GUNICORN_BIND": f"127.0.0.1:{slow_first_metrics}", "PATH": os.environ["PATH"]}
+    agent = Agent("app-1", [sys.executable, "-u", "-c", AGENT, "/metrics"], environment)
+    try:
+        assert agent.ask() == ""
+        assert agent.answer(within=0.1) is None, "the sample gave up on it"
+        assert agent.ask() == "its agent is still answering an earlier sample"
+        time.sleep(1.0)  # the late answer came meanwhile
+        assert agent.ask() == ""
+        answer = agent.answer(within=2.0)
+        assert answer is not None and answer["metrics"] == "app_scrape_number 2\n", answer
+    finally:
+        agent.close()
+    assert agent.process.returncode == 0 and agent.process.stdout is not None and agent.process.stdout.closed

@@ -61,9 +61,16 @@ class Wrk:
     parses it."""
 
     def __init__(
-        self, stack: Target, script_dir: Path, close_client_connections: bool = False, app: App = DEMO
+        self,
+        stack: Target,
+        script_dir: Path,
+        close_client_connections: bool = False,
+        app: App = DEMO,
+        host: str | None = None,
     ) -> None:
+        """`host`: the Host header, for a URL whose address is not among NGINX_SERVER_NAMES (nginx 421)."""
         header = 'wrk.headers["Connection"] = "close"' if close_client_connections else ""
+        header += f'\nwrk.headers["Host"] = "{host}"' if host else ""
         script = script_dir / "post.lua"
         script.write_text(POST_LUA.replace("CONNECTION_HEADER", header).replace("BODY", app.body))
         command = [find_wrk(), "-t2", "-c32", f"-d{SECONDS}s", "--timeout", "10s", "-s", str(script)]
