@@ -10,6 +10,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ import pytest
 from deploy.stackctl.config import ROOT
 from loadtest import drill, runner
 from loadtest.bench import cli as bench_cli
-from loadtest.bench.rows import Params
+from loadtest.bench.rows import SHORT as BENCH_SHORT
 from loadtest.drill import cli as drill_cli
 from loadtest.drill.plan import SHORT, LoadParams
 from loadtest.sweep import cli as sweep_cli
@@ -44,7 +45,20 @@ def test_drill_reads_its_variables() -> None:
         "DRILL_GET": "/",
         "DRILL_WS": "/ws",
     }
-    expected = LoadParams(30.0, 2, 64, 0, 1500.0, True, True, "/message", environ["DRILL_BODY"], "/", "/ws")
+    expected = LoadParams(
+        seconds=30.0,
+        threads=2,
+        connections=64,
+        websockets=0,
+        room_members=drill.SHORT.room_members,  # short mode's own: DRILL_ROOM_MEMBERS is not set
+        rate=1500.0,
+        short=True,
+        strict=True,
+        post="/message",
+        body=environ["DRILL_BODY"],
+        get="/",
+        ws_path="/ws",
+    )
     assert drill_params(environ) == (["reload", "worker-kill"], expected)
     assert drill_params({"DRILL_SHORT": "1"}) == (list(drill.NAMES), SHORT), "short mode keeps its defaults"
     assert drill_params({})[1] == LoadParams() and LoadParams().seconds == ToolInputs().drill_seconds
@@ -69,7 +83,8 @@ def test_bench_reads_its_variables() -> None:
     }
     specs, params = bench_cli.inputs(bench_cli.parser(environ).parse_args([]))
     assert [spec.name for spec in specs] == ["bare", "ws-held"]
-    assert params == Params(3.0, 8, 0, 10, 0.5, 20, 1.0, "", True, "/")
+    chosen = {"seconds": 3.0, "connections": 8, "slow_n": 10, "slow_delay": 0.5, "ws_n": 20, "ws_hold": 1.0}
+    assert params == replace(BENCH_SHORT, **chosen, path="/"), "short presets for the rest"
 
 
 def test_sweep_reads_its_variables_with_a_sweeps_own_defaults() -> None:
