@@ -246,6 +246,8 @@ export RUNTIME=swarm
 export SWARM_REGISTRY=$REGISTRY/blueprint
 export SWARM_NGINX_CONSTRAINT='node.labels.blueprint.edge == true'
 export COMPOSE_PUBLISH_ADDRESS=0.0.0.0
+# nginx answers only its NGINX_SERVER_NAMES (else a JSON 421): clients here name the edge node by address.
+export NGINX_SERVER_NAMES='localhost $(address "$EDGE")'
 export DRILL_NODE_DOWN='$(knobs) $SELF stop {node}'
 export DRILL_NODE_UP='$(knobs) $SELF start {node}'
 EOF
