@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from deploy.stackctl.facts import SWARM_SYSCTLS_API, SWARM_ULIMITS_API, Fact, HostFacts, api_at_least
-from service.settings import OUR_WORKER_CLASS, Settings, env_name, unix_socket_path
+from service.settings import DEMO_APP, OUR_WORKER_CLASS, Settings, env_name, unix_socket_path
 
 # The ordering rules of failure-modes.md by number; a finding's `rule` is "rule N (title)".
 RULE_TITLES: dict[int, str] = {
@@ -198,9 +198,16 @@ def swarm_stop_order(settings: Settings) -> list[Finding]:
     )
 
 
+def uses_backplane(settings: Settings) -> bool:
+    """The demo's rooms use Redis; another APP_MODULE only when it names one (REDIS_URL)."""
+    return bool(settings.redis_url) or settings.app_module == DEMO_APP
+
+
 def backplane_drain(settings: Settings, host: HostFacts) -> list[Finding]:
     """The rooms' Redis (service/rooms/): a draining worker's waits on Redis must end before its graceful
     shutdown does."""
+    if not uses_backplane(settings):
+        return []
     read = settings.rooms_read_block + settings.redis_timeout
     return below(
         (4, "graceful shutdown, rooms"),
@@ -223,6 +230,8 @@ def backplane_drain(settings: Settings, host: HostFacts) -> list[Finding]:
 
 def backplane_before_the_deadline(settings: Settings, host: HostFacts) -> list[Finding]:
     """Advice on rule 3: a publish to a stalled Redis should get the app's 503, not the platform's 504."""
+    if not uses_backplane(settings):
+        return []
     found = below(
         (3, "request timeouts, backplane"),
         knob(settings, "redis_timeout"),

@@ -124,7 +124,9 @@ def assert_series_sane(samples: list[Sample], instances: list[str], killed: dict
         answers.update(s["answers"])
         app.update(s["by_layer"].get("app", {}))
     assert answers["200"] > 50 and answers["404"] >= 1, answers
-    # The app's counters and nginx's lines are read a moment apart: a line may come a sample later.
-    assert abs(app["404"] - answers["404"]) <= 2, f"the app's own 404s: {app}, all: {answers}"
+    # The app's counters and nginx's lines are read a moment apart (a worker writes its counts once a
+    # second, nginx its buffered log each second): a few may come a sample later, more on a loaded host.
+    slack = max(2, answers["404"] // 10)
+    assert abs(app["404"] - answers["404"]) <= slack, f"the app's own 404s: {app}, all: {answers}"
     unread = [s["errors"] for s in samples if s["errors"]]
     assert len(unread) <= len(samples) // 4, f"samples that could not read the stack: {unread}"

@@ -32,7 +32,8 @@ def nodes(host_before: dict[str, list[str]]) -> Iterator[Nodes]:
     made = Nodes(STATE_DIR)
     try:
         made.must("up")
-        made.must("load-images", os.environ["PYTHON_IMAGE"], os.environ["NGINX_IMAGE"], timeout=300)
+        bases = [os.environ[name] for name in ("PYTHON_IMAGE", "NGINX_IMAGE", "REDIS_IMAGE")]
+        made.must("load-images", *bases, timeout=300)  # the images the stack builds FROM, offline
         yield made
     finally:
         made.run("down", timeout=300)
