@@ -102,6 +102,7 @@ class OpenLoad:
         script.write_text(POST_LUA.replace("CONNECTION_HEADER", "").replace("BODY", app.body))
         command = [find_wrk(), f"-t{threads}", f"-c{connections}", "-d3600s", "--timeout", "10s"]
         self.command = [*command, "-s", str(script), f"{url}{app.post}"]
+        self.app = app
         self.process: subprocess.Popen[str] | None = None
         self.started = 0.0
 
@@ -120,7 +121,9 @@ class OpenLoad:
         assert self.process is not None
         self.process.send_signal(signal.SIGINT)
         out, _ = self.process.communicate(timeout=60)
-        return parsed(out)
+        result = parsed(out)
+        result["expected"] = self.app.created
+        return result
 
     def __exit__(self, *exc: object) -> None:
         if self.process is not None and self.process.poll() is None:
