@@ -18,7 +18,6 @@ import contextlib
 import http.client
 import json
 import os
-import socket
 import subprocess
 import threading
 import time
@@ -28,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deploy.healthcheck import UnixConnection
 from deploy.stackctl import docker, stack
 from deploy.stackctl.ports import LOOPBACK, split_bind
 from service.settings import unix_socket_path
@@ -98,17 +98,6 @@ class LogTail:
         complete = chunk.rfind(b"\n") + 1  # a line still being written waits for the next sample
         self.offset += complete
         return chunk[:complete]
-
-
-class UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
 
 
 def fetch(connection: http.client.HTTPConnection, path: str) -> str:
