@@ -24,6 +24,7 @@ import websocket
 from loadtest.drill.plan import DEFAULTS, ROOMS, DrillError, LoadParams
 from loadtest.host import find_wrk
 from loadtest.rooms import Ledger
+from loadtest.rooms import describe as failure_reason
 
 LUA = Path(__file__).with_name("mixed.lua")
 WRK_TIMEOUT_S = 30  # an answer slower than this is wrk's `timeout` error
@@ -153,16 +154,6 @@ class RawSocket(Protocol):
 
 def close_code(payload: bytes) -> int:
     return int(struct.unpack("!H", payload[:2])[0]) if len(payload) >= 2 else NO_STATUS
-
-
-def failure_reason(error: Exception) -> str:
-    if isinstance(error, websocket.WebSocketBadStatusException):
-        return f"handshake {error.status_code}"
-    if isinstance(error, ConnectionRefusedError):
-        return "refused"
-    if isinstance(error, TimeoutError | websocket.WebSocketTimeoutException):
-        return "timeout"
-    return type(error).__name__
 
 
 class EchoClients:
