@@ -149,27 +149,70 @@ class DrainingServer(Server):
         self.ws_closing: set[Any] = set()
         self.date_refreshed = 0.0
         self.signalled = False  # told to stop (TERM, HUP, QUIT): not a failure, even before it started
+        self.listeners: list[socket.socket] = []
+        self.listening_stopped = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.handing_over: set[asyncio.Task[Any]] = set()  # queued connections on their way to a protocol
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.listeners = list(sockets or [])
         await super().startup(sockets)
         if self.turns is not None and self.started:
             self.turns.accepting()
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        # Stop accepting before any response says Connection: close. When this process holds the last
-        # descriptor of the listening socket (a stopping container: gunicorn's master closed its own
-        # first), closing it resets every connection the kernel queued and nobody accepted yet, each with
-        # a request nginx already wrote (a POST it cannot retry: 502); and Connection: close makes nginx
-        # open a new connection for each next request, which must not start while the socket still queues.
-        for server in getattr(self, "servers", ()):  # uvicorn sets it in startup, which may not have run
-            server.close()
-        if self.turns is not None:
-            self.turns.stopped()
+        # A signal handler runs between two bytecodes of whatever the loop was doing (a route blocking it,
+        # too): the listening sockets are closed by a callback of the loop, which can serve what it accepts.
         self.signalled = True
         exits.leave_note(os.getpid(), "signal")
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.stop_listening)
+        super().handle_exit(sig, frame)
+
+    def stop_listening(self) -> None:
+        """Stops accepting, then drains: from now on every response says Connection: close.
+
+        When this process holds the last descriptor of a listening socket (a stopping container: gunicorn's
+        master closed its own first), closing it resets every connection the kernel queued and nobody
+        accepted yet, each with a request nginx may have written already (a POST it cannot retry: 502). So
+        whatever is queued is accepted and served first, in the same callback as the close: nothing can
+        queue in between. (A connection nginx opens after the close is refused, and nginx passes that
+        request to another server.)"""
+        if self.started and not self.listening_stopped:  # else startup has yet to create its servers
+            self.listening_stopped = True
+            for listener in self.listeners:
+                self.accept_queued(listener)
+            for server in self.servers:
+                server.close()
+            for listener in self.listeners:
+                listener.close()
+        if self.turns is not None:
+            self.turns.stopped()
         lifecycle.closing.set()
         lifecycle.draining.set()
-        super().handle_exit(sig, frame)
+
+    def accept_queued(self, listener: socket.socket) -> None:
+        loop = self.loop
+        if loop is None:
+            return
+        for _ in range(max(1, self.config.backlog)):  # a listen queue holds at most `backlog`
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # BlockingIOError: nothing (left) in the queue
+                return
+            connection.setblocking(False)
+            handover = loop.connect_accepted_socket(self.create_protocol, connection, ssl=self.config.ssl)
+            task = loop.create_task(handover)
+            self.handing_over.add(task)
+            task.add_done_callback(self.handing_over.discard)
+
+    def create_protocol(self) -> asyncio.Protocol:
+        """What uvicorn's startup gives asyncio's create_server for each accepted connection."""
+        protocol: asyncio.Protocol = self.config.http_protocol_class(  # type: ignore[call-arg]
+            config=self.config, server_state=self.server_state, app_state=self.lifespan.state
+        )
+        return protocol
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # Replaces uvicorn's Server.shutdown, which closes idle keep-alive connections at once: nginx may
@@ -182,14 +225,7 @@ class DrainingServer(Server):
             await self.wait_for_recycle_turn()
             lifecycle.closing.set()
             await self.serve_until_nginx_lets_go(loop, grace)
-        lifecycle.closing.set()
-        lifecycle.draining.set()
-        for server in self.servers:
-            server.close()
-        if self.turns is not None:
-            self.turns.stopped()
-        for sock in sockets or []:
-            sock.close()
+        self.stop_listening()
 
         started = loop.time()
         deadline = started + (math.inf if grace is None else grace)
@@ -200,7 +236,11 @@ class DrainingServer(Server):
             grace,
         )
         self.close_websockets(loop, spread=min(self.ws_close_spread, max(0.0, deadline - started - 1.0)))
-        while (state.connections or state.tasks) and not self.force_exit and loop.time() < deadline:
+        while (
+            (state.connections or state.tasks or self.handing_over)
+            and not self.force_exit
+            and loop.time() < deadline
+        ):
             self.close_websockets(loop, spread=0.0)
             await self.tick()
 

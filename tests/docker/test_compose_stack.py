@@ -158,6 +158,15 @@ def test_a_room_spans_two_app_containers(docker_stack: DockerStack) -> None:
     assert all(member.ids == ids for member in members), [len(m.ids) for m in members]
 
 
+def nginx_said(stack: DockerStack, since: float) -> str:
+    """nginx's error lines and the access lines of its failed answers since `since`: which upstream, which
+    error (refused, reset, closed early), for a failure's message."""
+    logs = docker("logs", "--since", str(int(since)), stack.containers("nginx")[0]["Id"], env=stack.env)
+    lines = (logs.stdout + logs.stderr).splitlines()
+    said = [line for line in lines if "[error]" in line or "[warn]" in line or '"status":50' in line]
+    return "\nnginx said:\n" + "\n".join(said[-40:])
+
+
 def test_scale_to_three_serves_from_all_then_to_one_under_post_load_loses_nothing(
     docker_stack: DockerStack, tmp_path: Path
 ) -> None:
@@ -178,6 +187,7 @@ def test_scale_to_three_serves_from_all_then_to_one_under_post_load_loses_nothin
         # port is the bottleneck on a busy 2-core machine, and the claim is about nginx and the app
         nginx = SimpleNamespace(url=f"http://{container_address(docker_stack.containers('nginx')[0])}:8080")
         wrk = Wrk(nginx, tmp_path, host="localhost")  # an address nginx answers with 421
+        started = time.time()
         wrk.at(3.0)
         scaled_down = docker_stack.stackctl("scale", "1")  # returns once nginx balances over the one left
         result = wrk.result()
@@ -188,6 +198,8 @@ def test_scale_to_three_serves_from_all_then_to_one_under_post_load_loses_nothin
         held = sockets.stop()
     assert scaled_down.returncode == 0, scaled_down.stderr
     assert len(docker_stack.containers("app")) == 1
+    if result["non_2xx_3xx"] or result["read"] or result["write"]:
+        result["output"] += nginx_said(docker_stack, since=started)
     assert_nothing_lost(result)
     assert held.failed_reconnects == {}, held
     assert held.closes and set(held.closes) == {"1012"}, held

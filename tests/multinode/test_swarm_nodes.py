@@ -305,8 +305,11 @@ def test_node_loss_drill_reschedules_and_loses_at_most_what_was_in_flight(
     )
     (report,) = tmp_path.glob("drill-*/drill.json")
     (row,) = json.loads(report.read_text())["rows"]
-    print(f"\nnode-loss: {json.dumps({k: row[k] for k in ('rate', 'failures', 'timeline', 'notes')})}")
-    assert row["status"] == "passed", f"{row['status']}: {row['reason'] or row['failures']}"
+    shown = ("rate", "failures", "lost", "allowed", "probe_failures", "timeline", "notes", "ws_closes")
+    shown += ("ws_failed_by_reason", "ws_wrong_echoes", "rooms", "rooms_allowed")
+    said = json.dumps({k: row[k] for k in ("reason", *shown)})
+    print(f"\nnode-loss: {said}")
+    assert row["status"] == "passed", f"{row['status']}: {said}"
     assert done.returncode == 0, done.stderr[-2000:]
     assert row["lost"] <= row["allowed"] == 32
     timeline = row["timeline"]

@@ -15,6 +15,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -231,3 +232,62 @@ def test_a_draining_worker_answers_readiness_503_and_its_replacement_200(
     assert headers["connection"] == "close", "a draining worker lets go of the connection"
     # a new connection reaches the replacement gunicorn boots, ready
     wait_until(lambda: ready_pid(stack) not in (None, victim), within=30)
+
+
+# A plain ASGI app the test writes: /block holds its worker's event loop (sync sleep), so that connections
+# made meanwhile wait in the kernel's listen queue, nobody accepting them; /echo answers a POST.
+BLOCKER = """
+import time
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    if scope["path"] == "/block":
+        time.sleep(float(scope["query_string"] or b"1.5"))
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": scope["path"].encode()})
+"""
+
+
+def test_connections_queued_when_gunicorn_stops_are_answered_not_reset(tmp_path: Path) -> None:
+    """What a stopping container does: gunicorn's master closes its listening socket, then TERMs its worker,
+    which holds the last descriptor. POSTs written on connections the kernel queued (and nobody accepted
+    yet) must be answered, not reset by the close: nginx would answer such a POST 502 and not retry it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "blocker.py").write_text(BLOCKER)
+    knobs = {**QUICK_DRAIN, "WEB_CONCURRENCY": "1", "APP_MODULE": "blocker:app", "APP_SRC": str(src)}
+    with running(make_stack(tmp_path / "run", **knobs)) as stack:
+        assert stack.handle is not None
+        master = psutil.Process(stack.handle.pids()["gunicorn"])
+        host, port = stack.env["GUNICORN_BIND"].rsplit(":", 1)
+        blocking = threading.Thread(target=httpx2.get, args=(f"http://{host}:{port}/block?2",), daemon=True)
+        blocking.start()
+        time.sleep(0.5)  # the worker's loop is in the sleep
+        queued = []
+        for _ in range(5):
+            connection = socket.create_connection((host, int(port)), timeout=10)
+            connection.sendall(b"POST /echo HTTP/1.1\r\nHost: app\r\nContent-Length: 2\r\n\r\nok")
+            queued.append(connection)
+        master.terminate()  # while the worker is still blocked: its TERM handler runs inside the sleep
+        answers = [read_until_closed(connection) for connection in queued]
+        master.wait(timeout=30)
+    for answer in answers:
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+        assert b"connection: close" in answer.lower(), answer
+        assert answer.endswith(b"\r\n/echo\r\n0\r\n\r\n"), answer  # the whole body, chunked
+
+
+def read_until_closed(connection: socket.socket) -> bytes:
+    received = b""
+    try:
+        while chunk := connection.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass  # what the answer was until then says enough
+    finally:
+        connection.close()
+    return received
