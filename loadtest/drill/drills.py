@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import redis
 
 from deploy.stackctl import procs, stack
+from deploy.stackctl.components import REDIS
 from loadtest.drill import containers, nodes
 from loadtest.drill.capabilities import Capability, Site, engine, node_control, swarm_of
 from loadtest.drill.load import Load
@@ -457,10 +458,15 @@ def node_loss_knobs(params: LoadParams) -> dict[str, str]:
     }
 
 
+def spare_redis(ctx: Context) -> None:
+    nodes.keep_redis_off(ctx.handle, nodes.choose_victim(ctx.handle).node)
+
+
 def node_loss(ctx: Context) -> Outcome:
     """Take down a node that runs an app task (DRILL_NODE_DOWN), keep the load on while the swarm notices
     and reschedules, until the requests the node swallowed have come back as nginx's 504."""
     victim = nodes.choose_victim(ctx.handle)
+    redis_on = nodes.placed(ctx.handle, REDIS.service)
     lost_at = datetime.now(UTC)
     started = time.monotonic()
     nodes.node_command(ctx.site.node_down, victim.node, "DRILL_NODE_DOWN")
@@ -490,7 +496,7 @@ def node_loss(ctx: Context) -> Outcome:
     outcome.notes.append(
         f"{victim.node} ({len(victim.tasks)} app task(s), {', '.join(sorted(victim.addresses))}) taken down "
         f"with DRILL_NODE_DOWN; dispatcher heartbeat {nodes.heartbeat(ctx.handle)}; replacements on "
-        f"{recovery.where or '?'}"
+        f"{recovery.where or '?'}; redis on {redis_on} when it went"
     )
     if recovery.rescheduled_s is None:
         outcome.notes.append(f"the app's tasks were not rescheduled within {NODE_LOSS_WITHIN_S:g} s")
@@ -544,6 +550,7 @@ DRILLS: tuple[Drill, ...] = (
         "a swarm node with an app task goes down (DRILL_NODE_DOWN): rescheduled, nginx stops sending to it",
         node_loss,
         node_loss_knobs,
+        prepare=spare_redis,
         site_needs=(engine, swarm_of(NODE_LOSS_NODES), node_control),  # engine: of DOCKER_HOST as given
     ),
 )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from deploy.stackctl import stack, swarm
-from deploy.stackctl.components import APP, NGINX
+from deploy.stackctl.components import APP, NGINX, REDIS
 from loadtest.drill.capabilities import NODE, Site, ready_nodes
 from loadtest.drill.plan import DrillError
 
@@ -46,6 +46,22 @@ def choose_victim(handle: stack.Handle) -> Victim:
     node = candidates[0]
     mine = [t.id for t in apps if t.node == node]
     return Victim(node, mine, task_addresses(swarm_stack, mine))
+
+
+def placed(handle: stack.Handle, service: str) -> str:
+    """The nodes running `service`'s tasks, or "nowhere"."""
+    return ", ".join(sorted({t.node for t in running(handle.swarm_stack().tasks(), service)})) or "nowhere"
+
+
+def keep_redis_off(handle: stack.Handle, node: str) -> None:
+    """Moves the rooms' Redis task off `node` if it runs there, before the load starts: node-loss loses app
+    tasks; losing Redis (its streams start empty) is what redis-restart shows."""
+    swarm_stack = handle.swarm_stack()
+    if not any(t.node == node for t in running(swarm_stack.tasks(), REDIS.service)):
+        return
+    away = f"node.hostname!={node}"
+    service = swarm_stack.full_name(REDIS.service)
+    swarm_stack.docker("service", "update", "--quiet", "--detach=false", "--constraint-add", away, service)
 
 
 def task_addresses(swarm_stack: swarm.Stack, task_ids: list[str]) -> set[str]:

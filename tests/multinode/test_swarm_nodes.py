@@ -12,6 +12,7 @@ DRILL=node-loss` on a fresh stack; and last, `nodes.sh down` leaving the host as
 from __future__ import annotations
 
 import json
+import re
 import resource
 import subprocess
 import sys
@@ -317,6 +318,9 @@ def test_node_loss_drill_reschedules_and_loses_at_most_what_was_in_flight(
     assert row["recovery_s"] == pytest.approx(timeline["app tasks rescheduled"], abs=0.1)
     assert timeline.get("nginx's last request to a lost task", 0) < timeline["app tasks rescheduled"]
     assert row["ws_failed_reconnects"] == 0
+    placement = re.compile(r"(\S+) \(.*; redis on (.+) when it went")
+    (victim, redis), *_ = (found.groups() for note in row["notes"] if (found := placement.match(note)))
+    assert victim not in redis.split(", "), "node-loss moves the rooms' Redis off the node it loses first"
     listed = nodes.docker(nodes.host(1), "node", "ls", "--format", "{{.Status}}")
     assert listed.stdout.split() == ["Ready"] * 3, "DRILL_NODE_UP brought the node back"
 
