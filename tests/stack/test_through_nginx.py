@@ -175,7 +175,10 @@ def test_metrics_count_requests_of_every_worker(two_worker_stack: Stack) -> None
             )
         return {r.json()["pid"] for r in responses}
 
-    pids = asyncio.run(run())
+    # Which worker accepts is the kernel's choice: on a busy machine one may take a whole round.
+    pids, rounds = asyncio.run(run()), 1
+    while len(pids) < 2 and rounds < 5:
+        pids, rounds = pids | asyncio.run(run()), rounds + 1
     assert len(pids) == 2, f"expected both workers to serve, got {pids}"
 
     def scrape() -> tuple[float, str]:
@@ -191,10 +194,10 @@ def test_metrics_count_requests_of_every_worker(two_worker_stack: Stack) -> None
     # worker may answer this scrape a moment before the last count is written.
     deadline = time.monotonic() + 2
     served, text = scrape()
-    while served < 60 and time.monotonic() < deadline:
+    while served < 60 * rounds and time.monotonic() < deadline:
         time.sleep(0.05)
         served, text = scrape()
-    assert served == 60
+    assert served == 60 * rounds
     assert "app_worker_up 2.0" in text
 
 
