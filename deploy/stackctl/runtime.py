@@ -22,6 +22,7 @@ from service.settings import Settings
 
 if TYPE_CHECKING:
     from deploy.stackctl.docker import Container
+    from deploy.stackctl.servers import AppServer
 
 Name = Literal["local", "docker", "swarm"]
 
@@ -61,6 +62,16 @@ class Runtime(ABC):
     def port_knobs(self) -> tuple[str, ...]:
         """The knobs that bind ports of this host: set to free ports, a stack runs beside others."""
 
+    def serving(self, server: AppServer) -> Runtime:
+        """This runtime with `server` running the app (deploy/stackctl/servers.py). Containers run
+        deploy/gunicorn.conf.py, so they take the servers that differ from the blueprint only by knobs."""
+        if server.runs_gunicorn_conf:
+            return self
+        raise StackError(
+            f"SERVER={server.name}: {server.process} runs on the local runtime only (RUNTIME=local); "
+            "containers run gunicorn with deploy/gunicorn.conf.py"
+        )
+
     def render(self, run_dir: Path, config: Effective) -> None:
         """Write the effective configs into the run dir and start nothing."""
         raise StackError("`render` is for the local runtime only (RUNTIME=local)")
@@ -94,6 +105,14 @@ class Runtime(ABC):
     def pids(self, run_dir: Path) -> dict[str, int]:
         """The main process of each component by name (processes of this host only)."""
         return {}
+
+    def app_pid(self, run_dir: Path) -> int | None:
+        """The app server's main process (processes of this host only)."""
+        return None
+
+    def worker_pids(self, run_dir: Path) -> list[int]:
+        """The app server's processes that serve requests (processes of this host only)."""
+        return []
 
     def log_files(self, run_dir: Path) -> dict[str, Path]:
         """Each component's log file by name (files of this host only)."""
