@@ -1,5 +1,6 @@
-"""How a drill runs: a fresh stack on free ports (deploy/stackctl/stack.py) with its run dir under the
-report dir; the load started; the event after 40 % of DRILL_SECONDS; the load kept up until DRILL_SECONDS
+"""How a drill runs: a fresh stack on free ports (deploy/stackctl/stack.py), its app run by the chosen
+server (deploy/stackctl/servers.py), with its run dir under the report dir (<server>/<drill>); the load
+started; the event after 40 % of DRILL_SECONDS; the load kept up until DRILL_SECONDS
 have passed (at least 20 % of them after the event); then the row: what was sent, what failed by kind,
 WebSocket closes and failed reconnects, recovery, and the verdict against the drill's allowance."""
 
@@ -14,8 +15,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from deploy.stackctl import stack
+from deploy.stackctl import runtimes, servers, stack
+from deploy.stackctl.errors import StackError
 from deploy.stackctl.ports import free_port_knobs
+from deploy.stackctl.servers import AppServer
 from loadtest.drill import containers
 from loadtest.drill.drills import BY_NAME, Context, Drill, Outcome
 from loadtest.drill.load import Load, Tally
@@ -33,15 +36,18 @@ DEFAULTS = {"WEB_CONCURRENCY": "2"}
 # drills' rates), which would mix recycling into every row; only `recycle` turns it on.
 ISOLATED = {"GUNICORN_MAX_REQUESTS": "0", "GUNICORN_MAX_REQUESTS_JITTER": "0"}
 # Short mode: graceful timeouts of seconds, so a reload or a stop with WebSockets open ends quickly.
+NO_ENGINE = "no Docker engine reachable (`docker info` failed); start one or set DOCKER_HOST"
 SHORT_KNOBS = {"UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN": "3", "GUNICORN_GRACEFUL_TIMEOUT": "5"}
 
 
-def drill_knobs(drill: Drill, params: LoadParams, environ: Mapping[str, str]) -> dict[str, str]:
-    """What the drill sets on its stack (ports aside)."""
+def drill_knobs(
+    drill: Drill, params: LoadParams, environ: Mapping[str, str], server: AppServer
+) -> dict[str, str]:
+    """What the drill sets on its stack (ports aside), and what the server's mechanism needs set."""
     knobs = {k: v for k, v in DEFAULTS.items() if k not in environ} | ISOLATED
     if params.short:
         knobs |= SHORT_KNOBS
-    return knobs | drill.knobs(params)
+    return knobs | drill.knobs(params) | dict(drill.mechanism(server).environ)
 
 
 def fill(
@@ -51,6 +57,7 @@ def fill(
     params: LoadParams,
     load_started: float,
     workers_started: int | None,
+    process: str,
 ) -> None:
     http, ws = tally.http, tally.ws
     row.requests, row.responses = http.sent, http.responses
@@ -73,7 +80,7 @@ def fill(
         row.allowed = 0
     row.notes.extend(outcome.notes)
     if workers_started is not None:
-        row.notes.append(f"{workers_started} gunicorn worker(s) started during the drill")
+        row.notes.append(f"{workers_started} {process} worker(s) started during the drill")
     row.verdict()
 
 
@@ -86,22 +93,51 @@ def compress_logs(run_dir: Path) -> None:
             log.unlink()
 
 
+def new_row(drill: Drill, server: AppServer) -> Row:
+    how = drill.mechanism(server).how
+    return Row(drill.name, drill.runtime, drill.what, server=server.name, mechanism=how)
+
+
+def not_run(drill: Drill, server: AppServer) -> Row | None:
+    """The row of a drill this server cannot take part in, saying why; None when it can run."""
+    row = new_row(drill, server)
+    mechanism = drill.mechanism(server)
+    if not mechanism.exists:
+        row.status, row.reason = Status.NO_SUCH_EVENT, mechanism.how.removeprefix("no such event: ")
+        return row
+    missing = server.missing()
+    try:
+        runtimes.RUNTIMES[drill.runtime].serving(server)
+    except StackError as error:
+        missing = missing or str(error)
+    if missing:
+        row.status, row.reason = Status.SKIPPED, missing
+        return row
+    return None
+
+
 def run_drill(
-    drill: Drill, params: LoadParams, report_dir: Path, base: Mapping[str, str] | None, wrk: str
+    drill: Drill,
+    params: LoadParams,
+    report_dir: Path,
+    base: Mapping[str, str] | None,
+    wrk: str,
+    server: AppServer | None = None,
 ) -> Row:
-    row = Row(drill.name, drill.runtime, drill.what)
+    server = server or servers.get(servers.DEFAULT)
+    row = new_row(drill, server)
     environ = os.environ if base is None else base
-    row.knobs = drill_knobs(drill, params, environ)
+    row.knobs = drill_knobs(drill, params, environ, server)
     knobs = {**row.knobs, **free_port_knobs(drill.runtime)}
     if drill.runtime == "docker":
         knobs |= containers.project_knobs(drill.name)
-    run_dir = report_dir / drill.name
+    run_dir = report_dir / server.name / drill.name
     run_dir.mkdir(parents=True)
     row.load_average_before = load_average()
     try:
-        with stack.running(drill.runtime, knobs, run_dir, base=base) as handle:
+        with stack.running(drill.runtime, knobs, run_dir, base=base, server=server.name) as handle:
             load = Load(handle.url, handle.ws_url, params, run_dir, wrk)
-            ctx = Context(handle, load, params, run_dir, knobs, base)
+            ctx = Context(handle, load, params, run_dir, knobs, base, server)
             if drill.prepare:
                 drill.prepare(ctx)
             if drill.runtime == "local":
@@ -128,7 +164,8 @@ def run_drill(
     finally:
         row.load_average_after = load_average()
         compress_logs(run_dir)
-    fill(row, tally, outcome, params, load.started_at, ctx.watch.started() if ctx.watch else None)
+    respawned = ctx.watch.started() if ctx.watch else None
+    fill(row, tally, outcome, params, load.started_at, respawned, server.process)
     return row
 
 
@@ -138,9 +175,12 @@ def run_drills(
     out_root: Path,
     base: Mapping[str, str] | None = None,
     progress: Callable[[Row], None] = lambda row: None,
+    server_names: list[str] | None = None,
 ) -> tuple[Path, list[Row]]:
-    """Every named drill on its own stack; writes drill.json and index.html into reports/drill-<time>/."""
+    """Every named drill on its own stack, for each server in turn (default: the blueprint); writes
+    drill.json, index.html and servers.md into reports/drill-<time>/."""
     drills = [BY_NAME[name] for name in names]
+    chosen = [servers.get(name) for name in server_names or [servers.DEFAULT]]
     wrk = find_wrk()
     engine = any(d.runtime == "docker" for d in drills) and stack.docker_engine_reachable()
     report_dir = out_root / f"drill-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
@@ -149,20 +189,24 @@ def run_drills(
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "load": params.describe(),
         "params": params,
+        "servers": [server.name for server in chosen],
         **machine(),
     }
     rows: list[Row] = []
     try:
-        for drill in drills:
-            if drill.runtime == "docker" and not engine:
-                row = Row(drill.name, drill.runtime, drill.what, status=Status.SKIPPED)
-                row.reason = "no Docker engine reachable (`docker info` failed); start one or set DOCKER_HOST"
-            else:
-                row = run_drill(drill, params, report_dir, base, wrk)
-            rows.append(row)
-            progress(row)
+        for server in chosen:
+            for drill in drills:
+                row = not_run(drill, server)
+                if row is None and drill.runtime == "docker" and not engine:
+                    row = new_row(drill, server)
+                    row.status, row.reason = Status.SKIPPED, NO_ENGINE
+                if row is None:
+                    row = run_drill(drill, params, report_dir, base, wrk, server)
+                rows.append(row)
+                progress(row)
     except KeyboardInterrupt:
-        interrupted = Row(drill.name, drill.runtime, drill.what, Status.ERROR, "interrupted (Ctrl-C)")
+        interrupted = new_row(drill, server)
+        interrupted.status, interrupted.reason = Status.ERROR, "interrupted (Ctrl-C)"
         rows.append(interrupted)
     meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     meta["load_average_at_end"] = load_average()

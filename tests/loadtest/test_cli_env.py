@@ -24,7 +24,12 @@ from service.settings import ToolInputs
 
 
 def drill_params(environ: dict[str, str]) -> tuple[list[str], LoadParams]:
-    return drill_cli.inputs(drill_cli.parser(environ).parse_args([]))
+    names, _, params = drill_cli.inputs(drill_cli.parser(environ).parse_args([]))
+    return names, params
+
+
+def drill_servers(environ: dict[str, str]) -> list[str]:
+    return drill_cli.inputs(drill_cli.parser(environ).parse_args([]))[1]
 
 
 def test_drill_reads_its_variables() -> None:
@@ -42,6 +47,11 @@ def test_drill_reads_its_variables() -> None:
     assert drill_params(environ) == (["reload", "worker-kill"], expected)
     assert drill_params({"DRILL_SHORT": "1"}) == (list(drill.NAMES), SHORT), "short mode keeps its defaults"
     assert drill_params({})[1] == LoadParams() and LoadParams().seconds == ToolInputs().drill_seconds
+    assert drill_servers({}) == ["blueprint"] and drill_servers({"SERVER": "granian,uvicorn"}) == [
+        "granian",
+        "uvicorn",
+    ]
+    assert drill_servers({"SERVER": "all"})[0] == "blueprint" and len(drill_servers({"SERVER": "all"})) == 5
 
 
 def test_bench_reads_its_variables() -> None:
