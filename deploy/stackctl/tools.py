@@ -16,7 +16,10 @@ from deploy.stackctl.errors import StackError
 NGINX_PACKAGE = "nginx-light"
 OPENSSL_PACKAGE = "openssl"
 WRK_PACKAGE = "wrk"
+HAPROXY_PACKAGE = "haproxy"
+CADDY_PACKAGE = "caddy"
 NGINX_PATHS = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/opt/homebrew/bin/nginx")
+HAPROXY_PATHS = ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy", "/opt/homebrew/bin/haproxy")
 
 
 def installed_nginx() -> str | None:
@@ -42,6 +45,17 @@ def find_openssl() -> str:
 def find_wrk() -> str:
     """The HTTP load generator of the drills, the bench and the loss tests, from the OS like nginx."""
     return find_tool("wrk", WRK_PACKAGE, shutil.which("wrk"))
+
+
+def find_haproxy() -> str:
+    """HAProxy, a front proxy `make bench` compares with nginx (deploy/stackctl/proxies.py)."""
+    installed = shutil.which("haproxy") or next((p for p in HAPROXY_PATHS if Path(p).exists()), None)
+    return find_tool("haproxy", HAPROXY_PACKAGE, installed)
+
+
+def find_caddy() -> str:
+    """Caddy, a front proxy `make bench` compares with nginx (deploy/stackctl/proxies.py)."""
+    return find_tool("caddy", CADDY_PACKAGE, shutil.which("caddy"))
 
 
 def find_tool(name: str, package: str, found: str | None) -> str:

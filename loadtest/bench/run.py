@@ -33,22 +33,22 @@ WARM_UP_S = 1.0  # wrk before each throughput row, not counted: first requests, 
 def measure(row: Row, server: servers.Server, params: Params, wrk: str, row_dir: Path) -> None:
     spec = row.spec
     url = server.url(spec.target)
+
+    def roles() -> dict[str, list[int]]:
+        return server.roles(spec.target)
+
     if spec.kind == "slow":
         row.values = capacity.slow_held(
-            wrk, url, params.slow_n, params.slow_delay, params.seconds, row_dir, server.roles
+            wrk, url, params.slow_n, params.slow_delay, params.seconds, row_dir, roles
         )
     elif spec.kind == "websocket":
         ws_url = url.replace("http://", "ws://", 1)
         row.values = capacity.websockets_held(ws_url, params.ws_n, params.hold_seconds(), server.worker_pids)
     else:
         target = f"{url}{PATH}"
-        run_wrk(
-            wrk, target, WARM_UP_S, params.connections, REQUEST_TIMEOUT_S, row_dir / "warm-up", server.roles
-        )
+        run_wrk(wrk, target, WARM_UP_S, params.connections, REQUEST_TIMEOUT_S, row_dir / "warm-up", roles)
         before = set(server.worker_pids())
-        run = run_wrk(
-            wrk, target, params.seconds, params.connections, REQUEST_TIMEOUT_S, row_dir, server.roles
-        )
+        run = run_wrk(wrk, target, params.seconds, params.connections, REQUEST_TIMEOUT_S, row_dir, roles)
         row.values = {**run.fields(), "workers_replaced": len(before - set(server.worker_pids()))}
         if row.values["workers_replaced"]:
             row.note = f"{row.values['workers_replaced']} worker(s) replaced during the row (max_requests)"
@@ -99,6 +99,37 @@ def unix_vs_tcp(rows: list[Row]) -> dict[str, float | None]:
         "app_cpu_tcp_over_unix": over(app_cpu(tcp), app_cpu(unix)),
         "server_cpu_tcp_over_unix": over(tcp["server_cpu_us_per_request"], unix["server_cpu_us_per_request"]),
     }
+
+
+def proxy_hops(rows: list[Row]) -> dict[str, dict[str, float | None]]:
+    """The hop through each front (nginx, HAProxy, Caddy) to the same app, in CPU per request: all the
+    path's processes through it minus the app alone direct; the front's own share; the app's extra."""
+    ok: dict[str, dict[str, Any]] = {
+        r.spec.target: r.values
+        for r in rows
+        if r.status == Status.OK and r.spec.kind == "throughput" and r.spec.server == "blueprint"
+    }
+    direct = ok.get("direct")
+    if direct is None:
+        return {}
+
+    def minus(a: float | None, b: float | None) -> float | None:
+        return round(a - b, 1) if a is not None and b is not None else None
+
+    hops: dict[str, dict[str, float | None]] = {}
+    for front in servers.FRONTS:
+        values = ok.get(front)
+        if values is None:
+            continue
+        by_role = values.get("server_cpu_us_by_role") or {}
+        hops[front] = {
+            "rps": values["rps"],
+            "hop_us": minus(values["server_cpu_us_per_request"], direct["server_cpu_us_per_request"]),
+            "front_us": by_role.get(front),
+            "log_pipes_us": by_role.get("log pipes"),
+            "app_extra_us": minus(by_role.get("app"), (direct.get("server_cpu_us_by_role") or {}).get("app")),
+        }
+    return hops
 
 
 def run_bench(
@@ -161,6 +192,8 @@ def run_bench(
                     progress.update(task, description=f"{prefix}: measuring ({row.spec.about})")
                     try:
                         measure(row, server, params, wrk, report_dir / "rows" / row.spec.name)
+                    except Unavailable as error:
+                        row.status, row.note = Status.SKIPPED, str(error)
                     except BenchError as error:
                         row.status, row.note = Status.ERROR, str(error)
                 progress.advance(task)
@@ -177,6 +210,7 @@ def run_bench(
         progress.update(task, description=f"bench done: {len(rows)} rows")
     meta["goals"] = ratios(rows)
     meta["unix_vs_tcp"] = unix_vs_tcp(rows)
+    meta["proxy_hops"] = proxy_hops(rows)
     meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     meta["load_average_after"] = load_average()
     write_report(report_dir, rows, meta)

@@ -1,6 +1,6 @@
 """`make bench`: bad input is refused in one line before anything starts; a short real run measures every
-row and writes bench.json (every row, every field), bench.md and bench.png. No timing is asserted: the
-numbers belong to the machine."""
+row — the same app behind nginx, HAProxy and Caddy among them — and writes bench.json (every row, every
+field), bench.md and bench.png. No timing is asserted: the numbers belong to the machine."""
 
 from __future__ import annotations
 
@@ -103,11 +103,20 @@ def test_a_short_run_measures_every_row_and_writes_every_file(
     }
     assert all(isinstance(ratio, float) for ratio in data["unix_vs_tcp"].values())
     assert rows["blueprint-nginx-unix"]["server_cpu_us_by_role"]["nginx"] > 0, "nginx was in the path"
+    for front in ("nginx", "haproxy", "caddy"):
+        by_role = rows[f"blueprint-{front}"]["server_cpu_us_by_role"]
+        assert set(by_role) == {"app", front, "log pipes"}, f"{front}: every process on its path, no other"
+        assert by_role[front] > 0 and by_role["app"] > 0
+        hop = data["proxy_hops"][front]
+        assert set(hop) == {"rps", "hop_us", "front_us", "log_pipes_us", "app_extra_us"}
+        assert hop["front_us"] == by_role[front] and isinstance(hop["hop_us"], float)
+    assert set(rows["blueprint-direct"]["server_cpu_us_by_role"]) == {"app", "log pipes"}, "no proxy direct"
     assert not list(report_dir.glob("servers/*/state.json")), "a stack was left up"
 
     page = (report_dir / "bench.md").read_text()
     assert all(f"| {name} |" in page for name in bench.NAMES)
     assert "load average" in page.lower() and data["machine"]["cpu"] in page and "Goals (issue 12)" in page
     assert "Unix socket vs TCP between nginx and gunicorn" in page
+    assert "The proxy hop side by side" in page and "| haproxy | " in page and "| caddy | " in page
     assert (report_dir / "bench.png").read_bytes().startswith(b"\x89PNG")
     assert "| blueprint-direct |" in out and str(report_dir / "bench.md") in out
