@@ -5,11 +5,12 @@
 
 One blueprint stack (local runtime). For each variant a second nginx on free ports in front of the same app:
 the rendered template (deploy/nginx/nginx.conf.template) with the variant's change, started by the local
-runtime like the stack's own. Then, round after round, `wrk -t1 -c64 GET /api/ping` direct on the app's
-bind and through each variant in turn (interleaved: the machine's other load touches them all alike), with
-the CPU per request of the app, that nginx and the log pipes (psutil). It writes reports/hop-<time>/:
-hop.json (every round) and hop.md: per variant the median over the rounds, the hop (through it minus the
-app alone direct), and what it saved against `current`. Bad input: exit 2 with one line.
+runtime like the stack's own. Then, round after round, for each variant three neighbouring measurements of
+`wrk -t1 -c64 GET /api/ping` (their order turned round every other round): direct on the app's bind,
+through the current config, through the variant; each with the CPU per request of the app, that nginx and
+the log pipes (psutil). It writes reports/hop-<time>/: hop.json (every measurement) and hop.md: per variant
+the median over the rounds, the hop (through it minus the app alone beside it), and what it saved against
+the current config beside it. Bad input: exit 2 with one line.
 
 A variant that keeps every feature (`keeps`: request id, JSON access line, security headers, forwarded
 headers, limits when enabled, WebSockets) can be adopted; the others measure what a feature costs.
@@ -244,18 +245,21 @@ def median(values: list[float]) -> float:
 
 def summarize(rounds: list[dict[str, dict[str, Any]]], variants: list[Variant]) -> list[dict[str, Any]]:
     """Per variant: the median over rounds of req/s and CPU µs per request (by role), the hop (its total
-    minus direct's app in the same round) and what it saved against the measurement of current beside it
-    (positive: cheaper). Current's own row: every measurement of it."""
+    minus the app alone measured beside it) and what it saved against the measurement of current beside
+    it (positive: cheaper). Current's and direct's rows: every measurement of them."""
     total = "server_cpu_us_per_request"
 
     def keys(name: str, each: dict[str, dict[str, Any]]) -> list[str]:
-        return [key for key in each if key.startswith(f"{CURRENT}@")] if name == CURRENT else [name]
+        return [key for key in each if key.startswith(f"{name}@")] if name in (CURRENT, DIRECT) else [name]
 
     def values(name: str, pick: Callable[[dict[str, Any]], float]) -> list[float]:
         return [pick(each[key]) for each in rounds for key in keys(name, each)]
 
+    def beside(key: str) -> str:
+        return f"{DIRECT}@{key.split('@')[-1]}"
+
     def hops(name: str) -> list[float]:
-        return [each[key][total] - each[DIRECT][total] for each in rounds for key in keys(name, each)]
+        return [each[key][total] - each[beside(key)][total] for each in rounds for key in keys(name, each)]
 
     def role(name: str) -> Callable[[dict[str, Any]], float]:
         return lambda v: float(v["server_cpu_us_by_role"].get(name, 0.0))
@@ -321,8 +325,9 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines += [
         "",
         "hop: every process on the path through that nginx (app, nginx, log pipes) minus the app alone "
-        "direct, per request, in the same round; medians over the rounds. saved: current's hop minus the "
-        "variant's, round by round (positive: the variant is cheaper).",
+        "measured beside it, per request; medians over the rounds (current's and direct's: over every "
+        "measurement of them). saved: the current config beside it minus the variant, round by round "
+        "(positive: the variant is cheaper).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -393,14 +398,18 @@ def run(args: argparse.Namespace) -> Path:
             return fields
 
         for number in range(args.rounds):
-            measured = {DIRECT: measure(number, DIRECT, DIRECT)}
-            # Each variant right beside a measurement of current, in turns first and second: what it
-            # saved is the difference of two neighbours, not of two moments minutes apart.
+            measured: dict[str, dict[str, Any]] = {}
+            # Each variant right beside a measurement of current and of the app alone, in turns first and
+            # last: its hop and what it saved are differences of neighbours, not of moments minutes apart.
             for variant in variants:
                 if variant.name == CURRENT:
                     continue
-                pair = [(CURRENT, f"{CURRENT}@{variant.name}"), (variant.name, variant.name)]
-                for name, key in pair if number % 2 == 0 else reversed(pair):
+                three = [
+                    (DIRECT, f"{DIRECT}@{variant.name}"),
+                    (CURRENT, f"{CURRENT}@{variant.name}"),
+                    (variant.name, variant.name),
+                ]
+                for name, key in three if number % 2 == 0 else reversed(three):
                     measured[key] = measure(number, name, key)
             rounds.append(measured)
     meta["load_average_after"] = load_average()

@@ -41,15 +41,30 @@ def test_the_saving_is_read_against_the_current_measured_beside_it() -> None:
         }
 
     rounds = [
-        {"direct": fields(100, 100), "current@pool-128": fields(160, 120), "pool-128": fields(150, 115)},
-        {"direct": fields(110, 110), "pool-128": fields(170, 130), "current@pool-128": fields(175, 130)},
+        {
+            "direct@pool-128": fields(100, 100),
+            "current@pool-128": fields(160, 120),
+            "pool-128": fields(150, 115),
+            "direct@no-x-real-ip": fields(90, 90),
+            "current@no-x-real-ip": fields(140, 110),
+            "no-x-real-ip": fields(141, 110),
+        },
+        {
+            "pool-128": fields(170, 130),
+            "current@pool-128": fields(175, 130),
+            "direct@pool-128": fields(110, 110),
+            "no-x-real-ip": fields(150, 110),
+            "current@no-x-real-ip": fields(149, 110),
+            "direct@no-x-real-ip": fields(100, 100),
+        },
     ]
-    variants = [v for v in hop.VARIANTS if v.name in (hop.CURRENT, "pool-128")]
-    direct, current, pool = hop.summarize(rounds, variants)
-    assert direct["total_us"] == 105.0 and direct["app_us"] == 105.0
-    assert current["hop_us_rounds"] == [60.0, 65.0] and current["saved_us"] is None
-    assert pool["hop_us_rounds"] == [50.0, 60.0] and pool["saved_us_rounds"] == [10.0, 5.0]
-    assert pool["saved_us"] == 7.5 and pool["keeps_every_feature"] is True
+    variants = [v for v in hop.VARIANTS if v.name in (hop.CURRENT, "pool-128", "no-x-real-ip")]
+    direct, current, pool, real_ip = hop.summarize(rounds, variants)
+    assert direct["total_us"] == 100.0 and direct["app_us"] == 100.0, "every direct measurement"
+    assert current["hop_us_rounds"] == [60.0, 50.0, 65.0, 49.0] and current["saved_us"] is None
+    assert pool["hop_us_rounds"] == [50.0, 60.0], "each against the app alone measured beside it"
+    assert pool["saved_us_rounds"] == [10.0, 5.0] and pool["saved_us"] == 7.5
+    assert real_ip["saved_us_rounds"] == [-1.0, -1.0] and real_ip["keeps_every_feature"] is True
 
 
 def test_an_unknown_variant_is_refused_and_current_is_always_measured() -> None:
