@@ -40,3 +40,29 @@ def test_rendered_config_passes_nginx_t(tmp_path: Path) -> None:
     conf.write_text(render_nginx(effective(environ=env, env_file=None).settings))
     result = subprocess.run(["nginx", "-t", "-c", str(conf), "-e", "stderr"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("knobs", "rendered", "left_out"),
+    [
+        ({}, [], ["limit_req zone=", "limit_conn per_client_conn", "add_header Strict-Transport-Security"]),
+        (
+            {"NGINX_LIMIT_REQ_ENABLED": "1"},
+            ["limit_req zone=per_client_rate burst=200 nodelay;"],
+            ["limit_conn "],
+        ),
+        ({"NGINX_LIMIT_CONN_ENABLED": "1", "NGINX_LIMIT_CONN": "7"}, ["limit_conn per_client_conn 7;"], []),
+        ({"NGINX_TLS": "1"}, ["add_header Strict-Transport-Security $hsts always;"], ["limit_req zone="]),
+    ],
+)
+def test_lines_that_would_cost_every_request_for_nothing_are_rendered_only_when_on(
+    knobs: dict[str, str], rendered: list[str], left_out: list[str]
+) -> None:
+    """Off, a limit with an empty key and the HSTS header without TLS do nothing but still cost nginx
+    ~1,100 and ~800 instructions per request (docs/SERVERS.md): their lines are left out then."""
+    lines = render_nginx(effective(environ=knobs, env_file=None).settings).splitlines()
+    directives = [line.strip() for line in lines if not line.strip().startswith("#")]
+    for line in rendered:
+        assert line in directives, f"{knobs}: {line} missing"
+    for start in left_out:
+        assert not any(d.startswith(start) for d in directives), f"{knobs}: {start} rendered"
