@@ -164,14 +164,14 @@ def bind_flags(settings: Settings) -> list[str]:
 
 def uvicorn_command(launch: Launch) -> list[str]:
     """uvicorn's own flags from the knobs that mean the same there: the settings our worker passes to
-    uvicorn (service/worker.py), gunicorn's bind, backlog, keep-alive, forwarded IPs, request limit
-    (GUNICORN_MAX_REQUESTS -> --limit-max-requests) and heartbeat (GUNICORN_TIMEOUT ->
-    --timeout-worker-healthcheck)."""
+    uvicorn (service/worker.py), gunicorn's bind, backlog, keep-alive, forwarded IPs and request limit
+    (GUNICORN_MAX_REQUESTS -> --limit-max-requests). --timeout-worker-healthcheck keeps uvicorn's 5 s: a
+    thread of the worker answers its ping, so it is no heartbeat of the event loop (GUNICORN_TIMEOUT's
+    meaning), and a longer one kept the supervisor waiting on an exiting worker (docs/SERVERS.md)."""
     s = launch.settings
     command = [sys.executable, "-m", "uvicorn", APP_IMPORT, *bind_flags(s), "--workers", str(s.workers)]
     command += ["--backlog", str(s.gunicorn_backlog), "--timeout-keep-alive", str(s.gunicorn_keepalive)]
     command += ["--timeout-graceful-shutdown", str(s.uvicorn_timeout_graceful_shutdown)]
-    command += ["--timeout-worker-healthcheck", str(s.gunicorn_timeout)]
     command += ["--proxy-headers", "--forwarded-allow-ips", s.gunicorn_forwarded_allow_ips]
     command += ["--loop", s.uvicorn_loop, "--http", s.uvicorn_http, "--ws", s.uvicorn_ws]
     command += ["--ws-max-size", str(s.uvicorn_ws_max_size)]

@@ -168,17 +168,29 @@ def worker_timeout(ctx: Context) -> Outcome:
     held = sum(watch.peak_connections(pid, started) for pid in killed)
     by = ctx.server.process
     outcome = Outcome(respawn, f"worker {victim} killed by {by} until a new worker pid answered")
+    tries = nginx_access(ctx.handle, request_id).get("upstream_status", "?")
+    # nginx retries the blocking GET on the next worker (a "poison request"): each try kills one, the
+    # replacements too, and each kill takes at most one request per wrk connection with it.
+    kills = max(len(killed), tries.count("502"))
     outcome.allowed, outcome.allowance = in_flight_bound(ctx, held, f"the killed worker(s) {killed}")
+    extra = kills - len(killed)
+    if extra:
+        more = ctx.params.connections * extra
+        outcome.allowed += more
+        what = outcome.allowance.split(": ", 1)[1]
+        outcome.allowance = (
+            f"<= {outcome.allowed}: {what}, and <= {more} on the {extra} worker(s) nginx's retries killed "
+            "after them (one per wrk connection each)"
+        )
     outcome.probes = {f"/api/blocking {answer}": 1}
     outcome.notes.append(
         f"/api/blocking?delay={delay} (the drill's own, not counted) blocked worker {victim}; "
         f"{ctx.server.process} killed it {died - started:.1f} s later (GUNICORN_TIMEOUT={timeout})"
     )
-    if len(killed) > 1:
-        tries = nginx_access(ctx.handle, request_id).get("upstream_status", "?")
+    if kills > 1:
         outcome.notes.append(
             f"nginx sent it again (upstream_status {tries}): it retries a GET that fails on a pooled "
-            f"upstream connection, so one blocking GET timed out {len(killed)} workers in turn"
+            f"upstream connection, so one blocking GET timed out {kills} workers in turn"
         )
     return outcome
 
