@@ -82,11 +82,13 @@ class Drill:
         return server.mechanism(self.event) if self.event else Mechanism(self.how)
 
 
-def in_flight_bound(ctx: Context, held: int, whose: str) -> tuple[int, str]:
+def in_flight_bound(ctx: Context, held: int, whose: str, kills: int = 1) -> tuple[int, str]:
     """Requests in flight on a worker: at most one per upstream connection it holds (nginx's pooled and
-    busy connections and WebSocket tunnels, counted with psutil), and at most one per wrk connection."""
-    bound = min(held, ctx.params.connections)
-    return bound, f"<= {bound}: in flight on {whose} ({held} upstream conns, wrk {ctx.params.connections})"
+    busy connections and WebSocket tunnels, counted with psutil), and at most one per wrk connection
+    (for each of `kills` workers killed one after another)."""
+    bound = min(held, ctx.params.connections * kills)
+    wrk = f"wrk {ctx.params.connections}" + (f" x {kills} kills" if kills > 1 else "")
+    return bound, f"<= {bound}: in flight on {whose} ({held} upstream conns, {wrk})"
 
 
 # --- local drills -----------------------------------------------------------------------------------
@@ -172,7 +174,8 @@ def worker_timeout(ctx: Context) -> Outcome:
     # nginx retries the blocking GET on the next worker (a "poison request"): each try kills one, the
     # replacements too, and each kill takes at most one request per wrk connection with it.
     kills = max(len(killed), tries.count("502"))
-    outcome.allowed, outcome.allowance = in_flight_bound(ctx, held, f"the killed worker(s) {killed}")
+    whose = f"the killed worker(s) {killed}"
+    outcome.allowed, outcome.allowance = in_flight_bound(ctx, held, whose, max(1, len(killed)))
     extra = kills - len(killed)
     if extra:
         more = ctx.params.connections * extra
