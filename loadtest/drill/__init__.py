@@ -2,12 +2,15 @@
 
     python -m loadtest.drill                           # every drill, 15 s each
     python -m loadtest.drill --drill worker-kill --seconds 30 --connections 64
+    python -m loadtest.drill --server all              # the same on every app server (SERVER=...)
 
 Each drill starts a fresh stack on free ports, loads it (wrk: POST /api/echo + GET /api/ping through
 nginx; WebSocket clients on /ws/ticker that reconnect when closed), provokes one event — a reload, worker
 recycling, a worker TERMed, KILLed or timed out, an nginx reload, a stop with requests in flight, and with a
 Docker engine a recreated, scaled-down or killed app container — and counts what was lost against what the
-event may lose. It writes reports/drill-<time>/: drill.json, index.html and each stack's run dir.
+event may lose. With SERVER (deploy/stackctl/servers.py) the app runs under uvicorn-worker's stock worker,
+gunicorn's `-k asgi`, `uvicorn --workers` or granian instead, each event through that server's own
+mechanism. It writes reports/drill-<time>/: drill.json, index.html, servers.md and each stack's run dir.
 
 plan.py: inputs and the row; load.py: wrk and the WebSocket clients; drills.py: the events and their
 allowances; run.py: one stack per drill; report.py: the table and the files; cli.py: the command line.
