@@ -86,7 +86,8 @@ HSTS_BACK = edit(
     r"\1\2\n\1add_header Strict-Transport-Security $hsts always;",
 )
 LIMIT_REQ_BACK = edit(
-    r"^(\s*)(location /api/ \{)$", r"\1\2\n\1    limit_req zone=per_client_rate burst=200 nodelay;"
+    r"^(\s*)(location (/api/|= /api) \{)$",
+    r"\1\2\n\1    limit_req zone=per_client_rate burst=200 nodelay;",
 )
 LIMIT_CONN_BACK = edit(r"^(\s*)(proxy_send_timeout \d+s;)$", r"\1\2\n\n\1limit_conn per_client_conn 100;", 1)
 REAL_IP = r"^\s*proxy_set_header X-Real-IP \$remote_addr;\n"
@@ -170,7 +171,7 @@ VARIANTS: tuple[Variant, ...] = (
                 r"^(\s*)proxy_set_header Connection \$connection_upgrade;",
                 r'\1proxy_set_header Connection "";',
             ),
-            edit(r"^\s*proxy_set_header Upgrade \$http_upgrade;\n", ""),
+            edit(r"^\s*proxy_set_header Upgrade \$upgrade;\n", ""),
         ),
     ),
     Variant(
