@@ -123,8 +123,10 @@ def assert_rooms_kept(row: dict[str, Any]) -> None:
     assert unanswered <= row["allowed"], rooms
 
 
-# One short run of the drills on every server, each drill on a fresh stack (~10 s each here).
-SERVER_DRILLS = ("reload", "recycle", "worker-term", "worker-timeout")
+# One short run of the drills on every server, each drill on a fresh stack (~10 s each on 2 cores: 13
+# stacks). worker-term is left out to keep it short: its mechanism is the one worker-timeout's respawn and
+# recycle's drain use, and the blueprint's worker-term is held to nothing on the chat example below.
+SERVER_DRILLS = ("reload", "recycle", "worker-timeout")
 
 
 @pytest.mark.loadtest
