@@ -69,7 +69,7 @@ loadtest-ui: venv ## Locust web UI on 127.0.0.1:LOCUST_WEB_PORT (8089) with a sc
 
 # Each drill gets a fresh stack on free ports, under load; exit 3 when a drill lost more than it may.
 .PHONY: drill
-drill: venv ## Worker-lifecycle drills under load (reload, recycle, TERM/KILL/timeout, down, ...): lost vs. allowed; writes reports/drill-<time>/
+drill: venv ## Worker-lifecycle drills under load (reload, recycle, TERM/KILL/timeout, down, ...): lost vs. allowed; SERVER=all: on uvicorn, granian, ... too; writes reports/drill-<time>/
 	@$(PY) -m loadtest.drill
 
 # One wrk and one worker count (the blueprint's WEB_CONCURRENCY) for every row.

@@ -1178,6 +1178,15 @@ class ToolInputs(BaseModel):
         "Load per drill, with the event in its first half; DRILL_SHORT=1 lowers the default.",
         ge=2,
     )
+    server: str = tool_input(
+        "blueprint",
+        "names",
+        "drill",
+        "What runs the app behind the same nginx: blueprint (gunicorn + our worker), uvicorn-worker (the "
+        "stock worker), gunicorn-asgi, uvicorn (--workers), granian; several (a,b) or all. Each event goes "
+        "through the server's own mechanism (deploy/stackctl/servers.py); a row says `no such event` where "
+        "it has none. uvicorn and granian run on the local runtime only.",
+    )
     wrk_threads: int = tool_input(1, "threads", "drill", "wrk threads of a drill's load.", ge=1)
     wrk_connections: int = tool_input(
         32,

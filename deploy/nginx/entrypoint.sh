@@ -13,7 +13,9 @@
 # the one repeated block once per WebSocket location of NGINX_WEBSOCKET_PATHS, and keeps the template's
 # `#[name] ` lines whose condition holds, as stackctl does for the local runtime:
 # tls (NGINX_TLS=1; with tls_http2_on or tls_http2_listen by this nginx's version), ocsp (NGINX_TLS=1 and
-# NGINX_OCSP_STAPLING=1), demo_routes_off (APP_DEMO_ROUTES=0), resolve (below). With TLS, compose mounts the certificate and key read-only at
+# NGINX_OCSP_STAPLING=1), demo_routes_off (APP_DEMO_ROUTES=0), limit_req / limit_conn
+# (NGINX_LIMIT_REQ_ENABLED / NGINX_LIMIT_CONN_ENABLED=1), resolve (below). With TLS, compose mounts the
+# certificate and key read-only at
 # NGINX_TLS_CERT/KEY.
 #
 # Following the app's replicas. nginx resolves `server app:8000;` once, at start: when compose recreates or
@@ -129,6 +131,8 @@ conditions() {
     fi
     [ "$RESOLVE" = 0 ] || printf 'resolve '
     [ "${APP_DEMO_ROUTES:-1}" = 1 ] || printf 'demo_routes_off '
+    [ "${NGINX_LIMIT_REQ_ENABLED:-0}" = 0 ] || printf 'limit_req '
+    [ "${NGINX_LIMIT_CONN_ENABLED:-0}" = 0 ] || printf 'limit_conn '
 }
 
 # A `#[name] directive` line becomes `directive` when `name` is one of $1, else it is dropped.

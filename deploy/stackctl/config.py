@@ -105,7 +105,10 @@ NGINX_TEMP_PATH = re.compile(r"^\s*[a-z_]+_temp_path\s+([^;\s]+)", re.MULTILINE)
 # A template line `#[name] directive` is rendered as `directive` when the condition holds, else dropped
 # (deploy/nginx/entrypoint.sh does the same in containers, where it may also turn `resolve` on).
 CONDITIONAL_LINE = re.compile(r"^([ \t]*)#\[([a-z0-9_]+)\] ")
-CONDITIONS = ("tls", "tls_http2_listen", "tls_http2_on", "demo_routes_off", "resolve", "ocsp")
+CONDITIONS = (
+    *("tls", "tls_http2_listen", "tls_http2_on", "demo_routes_off"),
+    *("limit_req", "limit_conn", "resolve", "ocsp"),
+)
 HTTP2_DIRECTIVE_SINCE = (1, 25, 1)  # `http2 on;`; older nginx has only `listen ... http2`, deprecated since
 
 
@@ -123,6 +126,10 @@ def nginx_conditions(settings: Settings) -> set[str]:
             on.add("ocsp")
     if not settings.app_demo_routes:
         on.add("demo_routes_off")
+    if settings.nginx_limit_req_enabled:
+        on.add("limit_req")
+    if settings.nginx_limit_conn_enabled:
+        on.add("limit_conn")
     return on
 
 

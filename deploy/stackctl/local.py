@@ -36,6 +36,8 @@ from deploy.stackctl.rundir import RunDir as RunDir
 from deploy.stackctl.rundir import Started, State
 from deploy.stackctl.rundir import pinned_paths as pinned_paths
 from deploy.stackctl.runtime import Runtime
+from deploy.stackctl.servers import DEFAULT, AppServer, app_component
+from deploy.stackctl.servers import get as get_server
 from deploy.stackctl.tools import find_openssl
 from service.settings import Settings, unix_socket_path
 
@@ -315,10 +317,27 @@ def down(run: RunDir, quiet: bool = False, components: Sequence[Component] = COM
         print(f"stopped the stack of {run.path} ({stopped})")
 
 
-def reload(run: RunDir, config: Effective, components: Sequence[Component] = COMPONENTS) -> None:
-    """gunicorn HUP (new workers), and nginx HUP only when its config or certificate changed."""
+def app_of(components: Sequence[Component]) -> Component:
+    return next((c for c in components if c.service == APP.service), APP)
+
+
+def workers_of(master: int, server: AppServer) -> list[int]:
+    """The app server's processes that serve: its main process's descendants but its helpers."""
+    return [pid for pid in descendants(master) if server.is_worker(pid)]
+
+
+def reload(
+    run: RunDir,
+    config: Effective,
+    components: Sequence[Component] = COMPONENTS,
+    server: AppServer | None = None,
+) -> None:
+    """HUP to the app server (new workers: gunicorn, uvicorn and granian alike), and nginx HUP only when
+    its config or certificate changed."""
+    server = server or get_server(DEFAULT)
+    name = app_of(components).name
     state = run.load_state()
-    app, nginx = (state.pids.get(APP.name, 0), state.pids.get(NGINX.name, 0)) if state else (0, 0)
+    app, nginx = (state.pids.get(name, 0), state.pids.get(NGINX.name, 0)) if state else (0, 0)
     if state is None or not alive(app):
         raise StackError(f"no running stack in {run.path}; start it with `make up`")
     settings = config.settings
@@ -335,8 +354,8 @@ def reload(run: RunDir, config: Effective, components: Sequence[Component] = COM
                 f"{knob} changed from {old} to {new}: a reload cannot move ports; run `make down && make up`"
             )
     components = wanted(components, settings)
-    running = [name for name in state.started if name not in (APP.name, NGINX.name)]
-    wanted_now = [c.name for c in components if c.name not in (APP.name, NGINX.name)]
+    running = [each for each in state.started if each not in (name, NGINX.name)]
+    wanted_now = [c.name for c in components if c.name not in (name, NGINX.name)]
     if running != wanted_now:
         # MONITORING decides Prometheus's; REDIS_URL and APP_MODULE whether the stack runs its own Redis.
         knobs = f"MONITORING={settings.monitoring}, REDIS_URL={settings.redis_url or '(empty)'}"
@@ -361,7 +380,7 @@ def reload(run: RunDir, config: Effective, components: Sequence[Component] = COM
     run_preflight(run, config, None, components)  # a broken app refused while the old workers serve
     nginx_before = nginx_inputs(run, settings)
     served = ensure_tls(settings)
-    old_workers = set(descendants(app))
+    old_workers = set(workers_of(app, server))
     prepare(run, config, components)
     for component in components:
         component.check(run)
@@ -375,14 +394,16 @@ def reload(run: RunDir, config: Effective, components: Sequence[Component] = COM
         # Only then: a reloading nginx closes idle client keep-alive connections, and a client that sent a
         # request on one at that moment gets no answer (nginx cannot avoid it; clients that retry hide it).
         os.kill(nginx, signal.SIGHUP)
-    deadline = time.monotonic() + settings.gunicorn_graceful_timeout + 10
+    # gunicorn replaces every worker at once; uvicorn and granian one after another, each old one given
+    # up to its graceful timeout.
+    deadline = time.monotonic() + (settings.gunicorn_graceful_timeout + 10) * settings.workers
     while time.monotonic() < deadline:
-        current = set(descendants(app))
+        current = set(workers_of(app, server))
         if not (current & old_workers) and len(current) >= settings.workers:
             break
         time.sleep(0.1)
     else:
-        raise StackError("gunicorn did not replace its workers in time; see `make logs`")
+        raise StackError(f"{name} did not replace its workers in time; see `make logs`")
     state = replace(state, liveness_path=settings.app_liveness_path, metrics_path=settings.app_metrics_path)
     run.save_state(state)
     wait_ready(Launch(run, config, None, state.url, verification(served)), {}, components)
@@ -431,14 +452,23 @@ class Local(Runtime):
     needs_record = True
     processes_here = True
 
-    def __init__(self, components: Sequence[Component] = COMPONENTS) -> None:
+    def __init__(self, components: Sequence[Component] = COMPONENTS, server: AppServer | None = None) -> None:
         self.components = tuple(components)
+        self.server = server or get_server(DEFAULT)
+        self.app = app_of(self.components)
+
+    def serving(self, server: AppServer) -> Local:
+        """The same components with `server`'s app component (deploy/stackctl/servers.py)."""
+        if server.name == self.server.name:
+            return self
+        app = app_component(server)
+        return Local(tuple(app if c.service == APP.service else c for c in self.components), server)
 
     def up(self, run_dir: Path, config: Effective, environ: Mapping[str, str]) -> None:
         up(RunDir(run_dir), config, environ, self.components)
 
     def reload(self, run_dir: Path, config: Effective, environ: Mapping[str, str]) -> None:
-        reload(RunDir(run_dir), config, self.components)
+        reload(RunDir(run_dir), config, self.components, self.server)
 
     def scale(self, run_dir: Path, config: Effective, environ: Mapping[str, str], replicas: int) -> None:
         raise StackError(
@@ -492,6 +522,13 @@ class Local(Runtime):
     def pids(self, run_dir: Path) -> dict[str, int]:
         state = RunDir(run_dir).load_state()
         return state.pids if state else {}
+
+    def app_pid(self, run_dir: Path) -> int | None:
+        return self.pids(run_dir).get(self.app.name)
+
+    def worker_pids(self, run_dir: Path) -> list[int]:
+        master = self.app_pid(run_dir)
+        return workers_of(master, self.server) if master else []
 
     def log_files(self, run_dir: Path) -> dict[str, Path]:
         """Of the components the stack in run_dir started (without a record: of every component)."""

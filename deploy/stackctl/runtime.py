@@ -25,6 +25,7 @@ from service.settings import Settings
 if TYPE_CHECKING:
     from deploy.stackctl.docker import Container
     from deploy.stackctl.preflight import Where
+    from deploy.stackctl.servers import AppServer
 
 Name = Literal["local", "docker", "swarm"]
 
@@ -96,6 +97,16 @@ class Runtime(ABC):
         """Start again what `stop_service` stopped, and wait until it is ready."""
         raise StackError(f"starting one service is not done for this runtime ({service})")
 
+    def serving(self, server: AppServer) -> Runtime:
+        """This runtime with `server` running the app (deploy/stackctl/servers.py). Containers run
+        deploy/gunicorn.conf.py, so they take the servers that differ from the blueprint only by knobs."""
+        if server.runs_gunicorn_conf:
+            return self
+        raise StackError(
+            f"SERVER={server.name}: {server.process} runs on the local runtime only (RUNTIME=local); "
+            "containers run gunicorn with deploy/gunicorn.conf.py"
+        )
+
     def render(self, run_dir: Path, config: Effective) -> None:
         """Write the effective configs into the run dir and start nothing."""
         raise StackError("`render` is for the local runtime only (RUNTIME=local)")
@@ -138,6 +149,14 @@ class Runtime(ABC):
     def pids(self, run_dir: Path) -> dict[str, int]:
         """The main process of each component by name (processes of this host only)."""
         return {}
+
+    def app_pid(self, run_dir: Path) -> int | None:
+        """The app server's main process (processes of this host only)."""
+        return None
+
+    def worker_pids(self, run_dir: Path) -> list[int]:
+        """The app server's processes that serve requests (processes of this host only)."""
+        return []
 
     def log_files(self, run_dir: Path) -> dict[str, Path]:
         """Each component's log file by name (files of this host only)."""

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deploy.stackctl import check, docker, procs, rules, runtimes, swarm
-from deploy.stackctl.components import APP
+from deploy.stackctl import check, docker, rules, runtimes, servers, swarm
 from deploy.stackctl.config import (
     KEPT,
     KNOBS,
@@ -62,9 +61,10 @@ OWNED_BY_RUNTIME = (
 resolve_runtime = runtimes.resolve
 
 
-def backend(runtime: Runtime) -> Backend:
-    """What a runtime can do (runtime.Runtime): callers ask its methods and capabilities, not its name."""
-    return runtimes.RUNTIMES[runtime]
+def backend(runtime: Runtime, server: str = servers.DEFAULT) -> Backend:
+    """What a runtime can do (runtime.Runtime): callers ask its methods and capabilities, not its name;
+    `server` runs its app (deploy/stackctl/servers.py)."""
+    return runtimes.RUNTIMES[runtime].serving(servers.get(server))
 
 
 def configured_runtime(run_dir: Path = DEFAULT_RUN_DIR, base: Mapping[str, str] | None = None) -> Runtime:
@@ -97,6 +97,7 @@ class Recorded:
     runtime: Runtime
     url: str
     values: dict[str, Value]
+    server: str = servers.DEFAULT
 
     def settings(self) -> dict[str, Any]:
         """Every knob as the stack runs it, typed (ports are ints), by env name."""
@@ -117,15 +118,18 @@ def recorded(run_dir: Path) -> Recorded | None:
     try:
         data = json.loads((run_dir / RECORD).read_text())
         values = {name: Value(value, source) for name, (value, source) in data["values"].items()}
-        return Recorded(data["runtime"], data["url"], values)
+        return Recorded(data["runtime"], data["url"], values, data.get("server", servers.DEFAULT))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def record(run_dir: Path, runtime: Runtime, url: str, config: Effective) -> None:
+def record(
+    run_dir: Path, runtime: Runtime, url: str, config: Effective, server: str = servers.DEFAULT
+) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     values = {name: [v.value, v.source] for name, v in config.values.items()}
-    (run_dir / RECORD).write_text(json.dumps({"runtime": runtime, "url": url, "values": values}, indent=1))
+    data = {"runtime": runtime, "url": url, "server": server, "values": values}
+    (run_dir / RECORD).write_text(json.dumps(data, indent=1))
 
 
 def forget(run_dir: Path) -> None:
@@ -140,10 +144,11 @@ class Handle:
     run_dir: Path
     config: Effective
     environ: Mapping[str, str]  # the processes' environment: the CLI run with it sees the same stack
+    server: str = servers.DEFAULT  # what runs the app (deploy/stackctl/servers.py)
 
     @property
     def backend(self) -> Backend:
-        return backend(self.runtime)
+        return backend(self.runtime, self.server)
 
     @property
     def settings(self) -> Settings:
@@ -179,9 +184,13 @@ class Handle:
         """The main process of each component (components.py) by name; local stacks only."""
         return self.backend.pids(self.run_dir)
 
+    def app_pid(self) -> int | None:
+        """The app server's main process (the gunicorn master, uvicorn's supervisor, ...); local only."""
+        return self.backend.app_pid(self.run_dir)
+
     def worker_pids(self) -> list[int]:
-        master = self.pids().get(APP.name)
-        return procs.descendants(master) if master else []
+        """The app server's processes that serve requests; local stacks only."""
+        return self.backend.worker_pids(self.run_dir)
 
     def logs(self) -> dict[str, Path]:
         """Each component's log file by name; local stacks only."""
@@ -222,8 +231,8 @@ class Handle:
         """Reload the running stack into `config` (refused when it breaks an ordering rule)."""
         check.refuse_unsafe(config, self.runtime, "reload", unsafe_allowed(environ))
         self.backend.reload(self.run_dir, config, environ)
-        record(self.run_dir, self.runtime, self.url, config)
-        return Handle(self.runtime, self.run_dir, config, environ)
+        record(self.run_dir, self.runtime, self.url, config, self.server)
+        return Handle(self.runtime, self.run_dir, config, environ, self.server)
 
     def stop(self) -> None:
         with quietly(True):
@@ -275,23 +284,30 @@ def start(
     run_dir: Path = DEFAULT_RUN_DIR,
     *,
     base: Mapping[str, str] | None = None,
+    server: str = servers.DEFAULT,
     enforce_rules: bool = True,
     quiet: bool = True,
 ) -> Handle:
     """Start a stack and wait until /healthz answers through nginx.
 
+    `server` runs the app (deploy/stackctl/servers.py; the knobs it needs win over `knobs`).
     `enforce_rules=False` starts a config that breaks an ordering rule without a word (the timeout lab
     breaks rules on purpose); otherwise it is refused unless ALLOW_UNSAFE_CONFIG=1 is in the environment.
     Raises ConfigError or StackError, each one line.
     """
-    environ, env_file = environment(knobs, base)
+    chosen = servers.get(server)
+    serving = backend(runtime, server)
+    missing = chosen.missing()
+    if missing:
+        raise StackError(f"SERVER={server}: {missing}")
+    environ, env_file = environment({**(knobs or {}), **chosen.knobs}, base)
     config = configure(run_dir, environ, env_file)
     if enforce_rules:
         check.refuse_unsafe(config, runtime, "up", unsafe_allowed(environ))
     with quietly(quiet):
-        backend(runtime).up(run_dir, config, environ)
-    handle = Handle(runtime, run_dir.resolve(), config, environ)
-    record(handle.run_dir, runtime, handle.url, config)
+        serving.up(run_dir, config, environ)
+    handle = Handle(runtime, run_dir.resolve(), config, environ, server)
+    record(handle.run_dir, runtime, handle.url, config, server)
     return handle
 
 
@@ -312,7 +328,7 @@ def running(
             if handle is not None:
                 handle.stop()
             else:
-                backend(runtime).abandon(run_dir)
+                backend(runtime).abandon(run_dir)  # by what its state recorded
 
 
 @contextlib.contextmanager
@@ -334,7 +350,7 @@ def attach(run_dir: Path = DEFAULT_RUN_DIR) -> Handle | None:
         return None
     environ = {**os.environ, **{name: v.value for name, v in previous.values.items()}}
     config = effective(environ, None)
-    return Handle(previous.runtime, run_dir.resolve(), config, environ)
+    return Handle(previous.runtime, run_dir.resolve(), config, environ, previous.server)
 
 
 def findings(

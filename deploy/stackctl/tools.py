@@ -21,7 +21,10 @@ PROMETHEUS_PACKAGE = "prometheus"  # prometheus and promtool
 EXPORTER_PACKAGE = "prometheus-nginx-exporter"
 # Debian's name for nginx's exporter, and upstream's (its release binaries, Homebrew's formula).
 EXPORTER_NAMES = ("prometheus-nginx-exporter", "nginx-prometheus-exporter")
+HAPROXY_PACKAGE = "haproxy"
+CADDY_PACKAGE = "caddy"
 NGINX_PATHS = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/opt/homebrew/bin/nginx")
+HAPROXY_PATHS = ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy", "/opt/homebrew/bin/haproxy")
 
 
 def installed_nginx() -> str | None:
@@ -68,6 +71,17 @@ def find_nginx_exporter() -> str:
 def find_redis_server() -> str:
     """The rooms' backplane of the local runtime (Debian's redis-server; Valkey's is a drop-in)."""
     return find_tool("redis-server", REDIS_PACKAGE, shutil.which("redis-server"))
+
+
+def find_haproxy() -> str:
+    """HAProxy, a front proxy `make bench` compares with nginx (deploy/stackctl/proxies.py)."""
+    installed = shutil.which("haproxy") or next((p for p in HAPROXY_PATHS if Path(p).exists()), None)
+    return find_tool("haproxy", HAPROXY_PACKAGE, installed)
+
+
+def find_caddy() -> str:
+    """Caddy, a front proxy `make bench` compares with nginx (deploy/stackctl/proxies.py)."""
+    return find_tool("caddy", CADDY_PACKAGE, shutil.which("caddy"))
 
 
 def find_tool(name: str, package: str, found: str | None) -> str:

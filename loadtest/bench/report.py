@@ -165,8 +165,28 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
                 "",
             ]
     lines += rooms_table(rows)
+    lines += hop_table(meta.get("proxy_hops") or {})
     lines += capacity_tables(rows)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def hop_table(hops: dict[str, dict[str, Any]]) -> list[str]:
+    """The same app behind nginx, HAProxy and Caddy: what the hop costs in CPU per request."""
+    if not hops:
+        return []
+    lines = [
+        "The proxy hop side by side (the same app and workers; CPU µs per request; hop = every process on "
+        "the path through the front minus the app alone on its bind):",
+        "",
+        "| front | req/s | hop µs | the front's own µs | log pipes µs | the app's extra µs |",
+        "|---|---|---|---|---|---|",
+    ]
+    for front, v in hops.items():
+        lines.append(
+            f"| {front} | {num(v.get('rps'))} | {num(v.get('hop_us'))} | {num(v.get('front_us'))} "
+            f"| {num(v.get('log_pipes_us'))} | {num(v.get('app_extra_us'))} |"
+        )
+    return [*lines, ""]
 
 
 def plot(rows: list[Row], path: Path, title: str) -> None:

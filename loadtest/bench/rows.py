@@ -14,7 +14,7 @@ from service.settings import ToolInputs
 DEFAULTS = ToolInputs()
 
 Kind = Literal["throughput", "slow", "websocket", "rooms"]
-Target = Literal["direct", "nginx"]
+Target = Literal["direct", "nginx", "haproxy", "caddy"]  # what the load goes through to the app
 
 
 class BenchError(LoadtestError):
@@ -30,7 +30,7 @@ class Unavailable(BenchError):
 class RowSpec:
     name: str
     kind: Kind
-    server: str  # a key of servers.SERVERS; consecutive rows on one server share one start
+    server: str  # what bench/servers.py starts; consecutive rows on one server share one start
     target: Target
     about: str
     needs: str = ""  # a route of the demo's the row measures: skipped for another APP_MODULE
@@ -55,6 +55,20 @@ ROWS: tuple[RowSpec, ...] = (
         "nginx",
         "the blueprint through nginx with the stack sampler reading it once a second",
         sampled=True,
+    ),
+    RowSpec(
+        "blueprint-haproxy",
+        "throughput",
+        "blueprint",
+        "haproxy",
+        "the blueprint through HAProxy configured like nginx (deploy/proxies/haproxy.cfg.template)",
+    ),
+    RowSpec(
+        "blueprint-caddy",
+        "throughput",
+        "blueprint",
+        "caddy",
+        "the blueprint through Caddy configured like nginx (deploy/proxies/Caddyfile.template)",
     ),
     RowSpec(
         "slow-held",
@@ -87,9 +101,19 @@ ROWS: tuple[RowSpec, ...] = (
         "nginx",
         "the blueprint through nginx over a unix socket (GUNICORN_BIND=unix:...)",
     ),
-    RowSpec("uvicorn", "throughput", "uvicorn", "direct", "the blueprint app under `uvicorn --workers N`"),
     RowSpec(
-        "granian", "throughput", "granian", "direct", "the blueprint app under `granian --interface asgi`"
+        "uvicorn",
+        "throughput",
+        "uvicorn",
+        "direct",
+        "the blueprint app under `uvicorn --workers N` (its flags: deploy/stackctl/servers.py)",
+    ),
+    RowSpec(
+        "granian",
+        "throughput",
+        "granian",
+        "direct",
+        "the blueprint app under `granian --interface asgi` (its flags: deploy/stackctl/servers.py)",
     ),
     RowSpec(
         "gunicorn-asgi", "throughput", "gunicorn-asgi", "direct", "the blueprint under gunicorn's `-k asgi`"

@@ -35,9 +35,13 @@ WARM_UP_S = 1.0  # wrk before each throughput row, not counted: first requests, 
 def measure(row: Row, server: servers.Server, params: Params, wrk: str, row_dir: Path) -> None:
     spec = row.spec
     url = server.url(spec.target)
+
+    def roles() -> dict[str, list[int]]:
+        return server.roles(spec.target)
+
     if spec.kind == "slow":
         row.values = capacity.slow_held(
-            wrk, url, params.slow_n, params.slow_delay, params.seconds, row_dir, server.roles
+            wrk, url, params.slow_n, params.slow_delay, params.seconds, row_dir, roles
         )
     elif spec.kind == "websocket":
         ws_url = url.replace("http://", "ws://", 1)
@@ -45,7 +49,7 @@ def measure(row: Row, server: servers.Server, params: Params, wrk: str, row_dir:
     elif spec.kind == "rooms":
         ws_url = url.replace("http://", "ws://", 1)
         row.values = fanout.rooms_fanout(
-            ws_url, url, params.rooms_n, params.rooms_rate, params.seconds, server.roles, params.short
+            ws_url, url, params.rooms_n, params.rooms_rate, params.seconds, roles, params.short
         )
         if row.values["client_bound"]:
             row.note = (
@@ -57,20 +61,10 @@ def measure(row: Row, server: servers.Server, params: Params, wrk: str, row_dir:
         if spec.sampled and handle is None:
             raise BenchError(f"{spec.name}: the sampler needs the blueprint stack")
         with beside(handle, row_dir / SERIES_FILE) as sampler:
-            run_wrk(
-                wrk,
-                target,
-                WARM_UP_S,
-                params.connections,
-                REQUEST_TIMEOUT_S,
-                row_dir / "warm-up",
-                server.roles,
-            )
+            run_wrk(wrk, target, WARM_UP_S, params.connections, REQUEST_TIMEOUT_S, row_dir / "warm-up", roles)
             before = set(server.worker_pids())
             cpu_before = sampler.cpu_seconds if sampler else 0.0
-            run = run_wrk(
-                wrk, target, params.seconds, params.connections, REQUEST_TIMEOUT_S, row_dir, server.roles
-            )
+            run = run_wrk(wrk, target, params.seconds, params.connections, REQUEST_TIMEOUT_S, row_dir, roles)
             row.values = {**run.fields(), "workers_replaced": len(before - set(server.worker_pids()))}
             if sampler is not None:
                 row.values["sampler_cpu_percent"] = sampler_cpu(sampler, cpu_before, params.seconds)
@@ -150,6 +144,40 @@ def unix_vs_tcp(rows: list[Row]) -> dict[str, float | None]:
     }
 
 
+def proxy_hops(rows: list[Row]) -> dict[str, dict[str, float | None]]:
+    """The hop through each front (nginx, HAProxy, Caddy) to the same app, in CPU per request: all the
+    path's processes through it minus the app alone direct; the front's own share; the app's extra."""
+    ok: dict[str, dict[str, Any]] = {
+        r.spec.target: r.values
+        for r in rows
+        if r.status == Status.OK
+        and r.spec.kind == "throughput"
+        and r.spec.server == "blueprint"
+        and not r.spec.sampled
+    }
+    direct = ok.get("direct")
+    if direct is None:
+        return {}
+
+    def minus(a: float | None, b: float | None) -> float | None:
+        return round(a - b, 1) if a is not None and b is not None else None
+
+    hops: dict[str, dict[str, float | None]] = {}
+    for front in servers.FRONTS:
+        values = ok.get(front)
+        if values is None:
+            continue
+        by_role = values.get("server_cpu_us_by_role") or {}
+        hops[front] = {
+            "rps": values["rps"],
+            "hop_us": minus(values["server_cpu_us_per_request"], direct["server_cpu_us_per_request"]),
+            "front_us": by_role.get(front),
+            "log_pipes_us": by_role.get("log pipes"),
+            "app_extra_us": minus(by_role.get("app"), (direct.get("server_cpu_us_by_role") or {}).get("app")),
+        }
+    return hops
+
+
 def run_bench(
     specs: list[RowSpec],
     params: Params,
@@ -218,6 +246,8 @@ def run_bench(
                     progress.update(task, description=f"{prefix}: measuring ({row.spec.about})")
                     try:
                         measure(row, server, params, wrk, report_dir / "rows" / row.spec.name)
+                    except Unavailable as error:
+                        row.status, row.note = Status.SKIPPED, str(error)
                     except BenchError as error:
                         row.status, row.note = Status.ERROR, str(error)
                 progress.advance(task)
@@ -235,6 +265,7 @@ def run_bench(
     meta["goals"] = ratios(rows)
     meta["unix_vs_tcp"] = unix_vs_tcp(rows)
     meta["sampler"] = sampler_cost(rows)
+    meta["proxy_hops"] = proxy_hops(rows)
     meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     meta["load_average_after"] = load_average()
     write_report(report_dir, rows, meta)

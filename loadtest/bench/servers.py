@@ -1,8 +1,8 @@
 """The servers `make bench` measures, each on free loopback ports, each started and stopped by the bench:
-nginx answering `return 200` itself, the bare hello app under gunicorn, the blueprint stack (through
-deploy/stackctl/stack.py, the one way to start it; with its own worker class or gunicorn's `asgi`, or with
-nginx reaching gunicorn over a unix socket), and the blueprint app under uvicorn's and granian's own process
-managers."""
+nginx answering `return 200` itself, the bare hello app under gunicorn, and the blueprint stack (through
+deploy/stackctl/stack.py, the one way to start it): its app run by our worker, gunicorn's `asgi`, uvicorn's
+or granian's own process manager (deploy/stackctl/servers.py), with nginx reaching gunicorn over TCP or a
+unix socket, and HAProxy or Caddy in front of the same app instead of nginx (deploy/stackctl/proxies.py)."""
 
 from __future__ import annotations
 
@@ -22,26 +22,25 @@ from typing import Protocol
 import httpx2
 import psutil
 
-from deploy.stackctl import procs, stack, tools
-from deploy.stackctl.components import APP, NGINX
+from deploy.stackctl import procs, proxies, servers, stack, tools
 from deploy.stackctl.config import ROOT, Effective, effective
 from deploy.stackctl.errors import StackError
 from deploy.stackctl.ports import LOOPBACK, free_port, free_port_knobs
+from deploy.stackctl.rundir import RunDir
 from loadtest.bench.rows import HELLO_PATH, BenchError, Params, Target, Unavailable
-from service.platform import PLATFORM_APP
 from service.settings import ConfigError
 
 START_TIMEOUT_S = 60.0
 STOP_GRACE_S = 15.0
-OUR_WORKER = "uvicorn_worker.UvicornWorker"
+FRONTS = ("nginx", *proxies.PROXIES)  # what can stand in front of the app (nginx: the stack's own)
 
 
 class Server(Protocol):
     def url(self, target: Target) -> str: ...
 
-    def roles(self) -> dict[str, list[int]]:
-        """Every process of the server now, by role (app, nginx, log pipes): their CPU is what a request
-        costs."""
+    def roles(self, target: Target) -> dict[str, list[int]]:
+        """Every process on the path to the app through `target` now, by role (app, nginx or another
+        proxy, log pipes): their CPU is what a request costs."""
         ...
 
     def worker_pids(self) -> list[int]:
@@ -68,16 +67,6 @@ def blueprint_config(params: Params, base: Mapping[str, str] | None) -> Effectiv
         return effective(*stack.environment(knobs, base))
     except ConfigError as error:
         raise BenchError(str(error)) from None
-
-
-def gunicorn_asgi_missing() -> str:
-    """Why gunicorn's own ASGI worker cannot run here ('' when it can)."""
-    import gunicorn
-    import gunicorn.workers
-
-    if "asgi" in gunicorn.workers.SUPPORTED_WORKERS:
-        return ""
-    return f"gunicorn {gunicorn.__version__} has no `-k asgi` worker (it came in 24)"
 
 
 def descendants(pid: int) -> list[int]:
@@ -133,7 +122,7 @@ class Processes:
     def url(self, target: Target) -> str:
         return self.base_url
 
-    def roles(self) -> dict[str, list[int]]:
+    def roles(self, target: Target) -> dict[str, list[int]]:
         return {self.role: [self.process.pid, *descendants(self.process.pid)]}
 
     def worker_pids(self) -> list[int]:
@@ -154,34 +143,77 @@ class Processes:
 
 
 class Stack:
-    """The blueprint as `make up` runs it (local runtime), on free ports (`knobs` may set GUNICORN_BIND)."""
+    """The blueprint as `make up` runs it (local runtime), on free ports (`knobs` may set GUNICORN_BIND),
+    its app run by `server`; HAProxy or Caddy started in front of its app when a row asks for them."""
 
-    def __init__(self, knobs: Mapping[str, str], ctx: Context, run_dir: Path) -> None:
+    def __init__(
+        self, knobs: Mapping[str, str], ctx: Context, run_dir: Path, server: str = servers.DEFAULT
+    ) -> None:
+        missing = servers.get(server).missing()
+        if missing:
+            raise Unavailable(missing)
+        self.run_dir = run_dir
+        self.fronts = contextlib.ExitStack()
+        self.proxy_urls: dict[str, str] = {}
         try:
-            self.handle = stack.start("local", {**free_port_knobs("local"), **knobs}, run_dir, base=ctx.base)
+            knobs = {**free_port_knobs("local"), **knobs}
+            self.handle = stack.start("local", knobs, run_dir, base=ctx.base, server=server)
         except (ConfigError, stack.StackError) as error:
             raise BenchError(f"the blueprint stack did not start: {error}") from None
 
     def url(self, target: Target) -> str:
-        return self.handle.url if target == "nginx" else f"http://{self.handle.settings.gunicorn_bind}"
+        if target == "nginx":
+            return self.handle.url
+        if target in proxies.PROXIES:
+            return self.proxy_url(target)
+        return f"http://{self.handle.settings.gunicorn_bind}"
 
-    def roles(self) -> dict[str, list[int]]:
-        pids = self.handle.pids()
-        if not pids:
+    def proxy_url(self, name: str) -> str:
+        """HAProxy or Caddy in front of this stack's app, started the first time a row asks."""
+        if name not in self.proxy_urls:
+            try:
+                running = proxies.running(proxies.PROXIES[name], self.handle, self.run_dir / name)
+                self.proxy_urls[name] = self.fronts.enter_context(running)
+            except StackError as error:
+                if "not installed" in str(error):
+                    raise Unavailable(str(error)) from None
+                raise BenchError(str(error)) from None
+        return self.proxy_urls[name]
+
+    def roles(self, target: Target) -> dict[str, list[int]]:
+        """The app's processes (and the stack's Redis), the front's on the way to it (nginx or a proxy) and
+        their log pipes."""
+        app = self.handle.app_pid()
+        runs = {"nginx": self.handle.run_dir, **{name: self.run_dir / name for name in self.proxy_urls}}
+        states = {name: RunDir(path).load_state() for name, path in runs.items()}
+        stack_state = states["nginx"]
+        if app is None or stack_state is None:
             return {}
-        app, nginx = pids[APP.name], pids[NGINX.name]
-        return {
-            "app": [app, *descendants(app)],
-            "nginx": [nginx, *descendants(nginx)],
-            **({"redis": [pids["redis"]]} if "redis" in pids else {}),
-            "log pipes": self.handle.log_pids(),
-        }
+        roles = {"app": [app, *descendants(app)]}
+        if "redis" in stack_state.pids:
+            roles["redis"] = [stack_state.pids["redis"]]
+        pipes = [
+            pid
+            for name, each in stack_state.started.items()
+            if name != "nginx"
+            for pid in (each.log_pid, each.error_log_pid)
+            if pid
+        ]
+        front = states.get(target)
+        if front is not None and target in front.started:
+            each = front.started[target]
+            roles[target] = [each.pid, *descendants(each.pid)]
+            pipes += [pid for pid in (each.log_pid, each.error_log_pid) if pid]
+        return {**roles, "log pipes": pipes}
 
     def worker_pids(self) -> list[int]:
         return self.handle.worker_pids()
 
     def stop(self) -> None:
-        self.handle.stop()
+        try:
+            self.fronts.close()
+        finally:
+            self.handle.stop()
 
 
 class UnixStack(Stack):
@@ -256,30 +288,19 @@ def start(name: str, ctx: Context) -> Server:
         command = [nginx, "-c", str(conf), "-e", str(run_dir / "error.log"), "-g", "daemon off;"]
         return Processes(name, "nginx", command, port, os.environ, log)
     if name == "bare":
-        command = [python, "-m", "gunicorn", "-k", OUR_WORKER, "-w", workers, "-b", f"{LOOPBACK}:{port}"]
+        stock = servers.STOCK_WORKER_CLASS
+        command = [python, "-m", "gunicorn", "-k", stock, "-w", workers, "-b", f"{LOOPBACK}:{port}"]
         command += ["loadtest.bench.hello:app"]
         return Processes(name, "app", command, port, process_env(ctx, run_dir), log)
-    if name == "uvicorn":
-        command = [python, "-m", "uvicorn", PLATFORM_APP, "--workers", workers, "--no-access-log"]
-        command += ["--host", LOOPBACK, "--port", str(port)]
-        return Processes(name, "app", command, port, process_env(ctx, run_dir), log, ctx.params.path)
-    if name == "granian":
-        command = [python, "-m", "granian", "--interface", "asgi", "--workers", workers]
-        command += ["--host", LOOPBACK, "--port", str(port), PLATFORM_APP]
-        return Processes(name, "app", command, port, process_env(ctx, run_dir), log, ctx.params.path)
     knobs = {"WEB_CONCURRENCY": workers}
     if ctx.params.profile:
         knobs["PROFILE"] = ctx.params.profile
-    if name == "gunicorn-asgi":
-        missing = gunicorn_asgi_missing()
-        if missing:
-            raise Unavailable(missing)
-        knobs["GUNICORN_WORKER_CLASS"] = "asgi"
     if name == "blueprint-unix":
         return UnixStack(knobs, ctx, run_dir)
     if name == "blueprint-rooms":
         knobs |= rooms_capacity(ctx.params.rooms_n, ctx.workers)
-    return Stack(knobs, ctx, run_dir)
+    # uvicorn, granian, gunicorn-asgi: the servers a drill runs (SERVER=...), on the same knobs.
+    return Stack(knobs, ctx, run_dir, name if name in servers.SERVERS else servers.DEFAULT)
 
 
 def rooms_capacity(members: int, workers: int) -> dict[str, str]:

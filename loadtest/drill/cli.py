@@ -13,10 +13,19 @@ from pathlib import Path
 
 from rich.console import Console
 
+from deploy.stackctl import servers
 from deploy.stackctl.config import ROOT
 from deploy.stackctl.envargs import EnvParser
 from loadtest.drill.drills import NAMES
-from loadtest.drill.plan import DrillError, LoadParams, NodeCommands, Row, parse_drills, parse_load
+from loadtest.drill.plan import (
+    DrillError,
+    LoadParams,
+    NodeCommands,
+    Row,
+    parse_drills,
+    parse_load,
+    parse_servers,
+)
 from loadtest.drill.report import HEAD, cells, table
 from loadtest.drill.run import run_drills
 from loadtest.errors import LoadtestError
@@ -45,6 +54,7 @@ def parser(environ: Mapping[str, str] | None = None) -> EnvParser:
         environ=environ,
     )
     p.add_argument("--drill", env="DRILL", help=f"Drills: {', '.join(NAMES)}.")
+    p.add_argument("--server", env="SERVER", help=f"Servers: {', '.join(servers.NAMES)}.")
     for option, env in LOAD.items():
         p.add_argument(f"--{option.replace('_', '-')}", env=env, default=None)  # None: the mode's default
     for option, env in TARGETS.items():
@@ -57,11 +67,11 @@ def parser(environ: Mapping[str, str] | None = None) -> EnvParser:
     return p
 
 
-def inputs(args: Namespace) -> tuple[list[str], LoadParams]:
-    """The drills and their load, from the parsed options."""
-    names = parse_drills(args.drill, NAMES)
+def inputs(args: Namespace) -> tuple[list[str], list[str], LoadParams]:
+    """The drills, the servers and the load, from the parsed options."""
+    names, server_names = parse_drills(args.drill, NAMES), parse_servers(args.server)
     given = {name: getattr(args, name) for name in (*LOAD, *TARGETS)}
-    return names, parse_load(given, args.short, args.strict)
+    return names, server_names, parse_load(given, args.short, args.strict)
 
 
 def exit_code(rows: list[Row]) -> int:
@@ -75,21 +85,23 @@ def main(argv: list[str] | None = None, base: Mapping[str, str] | None = None) -
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         args = parser().parse_args(argv)
-        names, params = inputs(args)
+        names, server_names, params = inputs(args)
 
         def progress(row: Row) -> None:
             line = dict(zip(HEAD, cells(row), strict=True))
             done = f"{row.drill}: {line['result']}"
+            if server_names != [servers.DEFAULT]:
+                done = f"{row.server} {done}"
             if row.status.ran:
                 done += f" — sent {line['sent']}, {line['req/s']} req/s, failures {line['failures']}"
             err.print(done)
 
-        err.print(f"make drill: {', '.join(names)}; {params.describe()}")
+        err.print(f"make drill: {', '.join(names)} on {', '.join(server_names)}; {params.describe()}")
         commands = NodeCommands(args.node_down, args.node_up)
-        report_dir, rows = run_drills(names, params, args.out_root, base, progress, commands)
+        report_dir, rows = run_drills(names, params, args.out_root, base, progress, commands, server_names)
     except LoadtestError as error:
         print(f"make drill: {error}", file=sys.stderr)
         return BAD_INPUT
     Console(width=max(Console().width, 160)).print(table(rows))
-    print(f"report: {report_dir / 'index.html'}  (drill.json beside it)")
+    print(f"report: {report_dir / 'index.html'}  (drill.json and servers.md beside it)")
     return exit_code(rows)

@@ -1,5 +1,9 @@
 """The drills: each one event in a worker's (or container's) life, provoked under load on a fresh stack,
-and what that event is allowed to lose. `DRILLS` is the catalogue, in the order `make drill` runs it."""
+and what that event is allowed to lose. `DRILLS` is the catalogue, in the order `make drill` runs it.
+
+A drill of the app server's events (`event`) goes through the mechanism of whichever server runs the app
+(deploy/stackctl/servers.py: gunicorn's HUP, uvicorn's --limit-max-requests, granian's respawn, ...); one
+whose server has no such mechanism is not run, its row says so."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import redis
 
 from deploy.stackctl import procs, stack
 from deploy.stackctl.components import REDIS
+from deploy.stackctl.servers import AppServer, Event, Mechanism
 from loadtest.drill import containers, nodes
 from loadtest.drill.capabilities import Capability, Site, engine, node_control, swarm_of
 from loadtest.drill.load import Load
@@ -52,6 +57,7 @@ class Context:
     run_dir: Path
     knobs: dict[str, str]  # what the stack was started with, ports included
     base: Mapping[str, str] | None
+    server: AppServer
     watch: WorkerWatch | None = None
     site: Site = field(default_factory=Site)
     cleanups: list[Callable[[], None]] = field(default_factory=list)  # after the load, before the stack goes
@@ -104,6 +110,8 @@ class Drill:
     prepare: Callable[[Context], None] | None = None  # before the load starts
     demo_route: str = ""  # a route of the demo's the drill sends itself: skipped for another APP_MODULE
     site_needs: tuple[Capability, ...] = ()  # what it must find where it runs (a swarm of N nodes, ...)
+    event: Event | None = None  # the app server's event it provokes, through that server's mechanism
+    how: str = ""  # its mechanism when it is not the app server's (nginx's, compose's, the swarm's)
 
     @property
     def runtime(self) -> stack.Runtime:
@@ -112,6 +120,9 @@ class Drill:
         if found is None:
             raise DrillError(f"drill {self.name}: no runtime has what it needs ({self.needs.__name__})")
         return found
+
+    def mechanism(self, server: AppServer) -> Mechanism:
+        return server.mechanism(self.event) if self.event else Mechanism(self.how)
 
 
 def in_flight_bound(ctx: Context, held: int, whose: str) -> tuple[int, str]:
@@ -145,18 +156,13 @@ def recycle_knobs(params: LoadParams) -> dict[str, str]:
 
 def recycle(ctx: Context) -> Outcome:
     time.sleep(ctx.params.seconds * 0.4)  # recycling happens all along; the row counts the new workers
-    return Outcome(
-        notes=[
-            f"GUNICORN_MAX_REQUESTS={ctx.handle.settings.gunicorn_max_requests} "
-            f"(+ up to {ctx.handle.settings.gunicorn_max_requests_jitter})"
-        ]
-    )
+    return Outcome()
 
 
 def signal_worker(ctx: Context, sig: signal.Signals, lossy: bool) -> Outcome:
     old = set(ctx.handle.worker_pids())
     if not old:
-        raise DrillError("the stack has no gunicorn workers to signal")
+        raise DrillError(f"the stack has no {ctx.server.process} workers to signal")
     victim = min(old)
     held = upstream_connections(victim, bind_port(ctx.handle))
     started = time.monotonic()
@@ -204,11 +210,12 @@ def worker_timeout(ctx: Context) -> Outcome:
     time.sleep(0.3)  # the watch's next samples
     killed = watch.gone_among(old)
     held = sum(watch.peak_connections(pid, started) for pid in killed)
-    outcome = Outcome(respawn, f"worker {victim} killed by gunicorn until a new worker pid answered")
+    by = ctx.server.process
+    outcome = Outcome(respawn, f"worker {victim} killed by {by} until a new worker pid answered")
     outcome.allowed, outcome.allowance = in_flight_bound(ctx, held, f"the killed worker(s) {killed}")
     outcome.probes = {f"/api/blocking {answer}": 1}
     outcome.notes.append(
-        f"/api/blocking?delay={delay} (the drill's own, not counted) blocked worker {victim}; gunicorn "
+        f"/api/blocking?delay={delay} (the drill's own, not counted) blocked worker {victim}; {by} "
         f"killed it {died - started:.1f} s later (GUNICORN_TIMEOUT={timeout})"
     )
     tries = nginx_access(ctx.handle, request_id).get("upstream_status", "?")
@@ -276,11 +283,11 @@ def down_in_flight(ctx: Context) -> Outcome:
     failed = sum(n for probe, n in answers.items() if not probe.endswith(" 200"))
     notes = [
         ", ".join(f"{name} exited {seconds:.1f} s after the stop began" for name, seconds in took.items())
-        + f" (local.down sends nginx QUIT, then gunicorn TERM, and SIGKILLs either after {grace} s)"
+        + f" (local.down sends nginx QUIT, then {ctx.server.process} TERM; SIGKILL after {grace} s)"
     ]
     return Outcome(
         stopped,
-        "stop until nginx and gunicorn exited",
+        f"stop until nginx and {ctx.server.process} exited",
         allowance=f"nothing answered; {SLOW_IN_FLIGHT} slow in flight: all 200",
         probes=dict(answers),
         probe_failures=failed,
@@ -505,32 +512,41 @@ def node_loss(ctx: Context) -> Outcome:
 
 
 DRILLS: tuple[Drill, ...] = (
-    Drill("baseline", host_processes, "nothing happens: the load alone", baseline),
-    Drill("reload", host_processes, "handle.reload(): gunicorn HUP + nginx reload", reload),
+    Drill("baseline", host_processes, "nothing happens: the load alone", baseline, how="no event"),
+    Drill("reload", host_processes, "handle.reload(): the app server's reload", reload, event="reload"),
     Drill(
         "recycle",
         host_processes,
-        "small GUNICORN_MAX_REQUESTS: workers recycle during the load",
+        "workers recycle during the load (a small request limit, or the server's own trigger)",
         recycle,
         recycle_knobs,
+        event="recycle",
     ),
-    Drill("worker-term", host_processes, "SIGTERM to one worker", worker_term),
-    Drill("worker-kill", host_processes, "SIGKILL to one worker", worker_kill),
+    Drill("worker-term", host_processes, "SIGTERM to one worker", worker_term, event="worker-term"),
+    Drill("worker-kill", host_processes, "SIGKILL to one worker", worker_kill, event="worker-kill"),
     Drill(
         "worker-timeout",
         host_processes,
-        "/api/blocking past GUNICORN_TIMEOUT: gunicorn kills the blocked worker",
+        "/api/blocking past GUNICORN_TIMEOUT: the server kills the blocked worker",
         worker_timeout,
         timeout_knobs,
         demo_route="/api/blocking",
+        event="worker-timeout",
     ),
-    Drill("nginx-reload", host_processes, "HUP to the nginx master", nginx_reload),
+    Drill(
+        "nginx-reload",
+        host_processes,
+        "HUP to the nginx master",
+        nginx_reload,
+        how="HUP to the nginx master: new nginx workers, the old ones close idle client connections",
+    ),
     Drill(
         "down-in-flight",
         host_processes,
         "stop the stack with slow requests in flight",
         down_in_flight,
         demo_route="/api/slow",
+        event="stop",
     ),
     Drill(
         "redis-restart",
@@ -538,12 +554,31 @@ DRILLS: tuple[Drill, ...] = (
         "the rooms' redis-server stopped and started again (no persistence) under load",
         redis_restart,
         demo_route="/ws/rooms/{room}",
+        how="redis-server stopped and started again: the rooms' backplane, the app server untouched",
     ),
-    Drill("recreate", compose_project, "compose recreates the app container for a changed knob", recreate),
     Drill(
-        "scale-down", compose_project, "compose scale app=3 -> 1 under load", scale_down, prepare=three_apps
+        "recreate",
+        compose_project,
+        "compose recreates the app container for a changed knob",
+        recreate,
+        how="make up with a changed knob: compose starts new app containers, nginx follows, old ones stop",
     ),
-    Drill("app-killed", compose_project, "docker kill one of 2 app containers", app_killed, prepare=two_apps),
+    Drill(
+        "scale-down",
+        compose_project,
+        "compose scale app=3 -> 1 under load",
+        scale_down,
+        prepare=three_apps,
+        how="compose scale: two app containers get SIGTERM (the gunicorn master's stop)",
+    ),
+    Drill(
+        "app-killed",
+        compose_project,
+        "docker kill one of 2 app containers",
+        app_killed,
+        prepare=two_apps,
+        how="docker kill: SIGKILL to one app container",
+    ),
     Drill(
         "node-loss",
         swarm_services,
@@ -552,6 +587,7 @@ DRILLS: tuple[Drill, ...] = (
         node_loss_knobs,
         prepare=spare_redis,
         site_needs=(engine, swarm_of(NODE_LOSS_NODES), node_control),  # engine: of DOCKER_HOST as given
+        how="a node taken down (DRILL_NODE_DOWN): the swarm reschedules its app tasks",
     ),
 )
 NAMES = tuple(d.name for d in DRILLS)

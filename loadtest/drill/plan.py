@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from deploy.stackctl import servers
 from loadtest.errors import LoadtestError
 from loadtest.status import Status
 from service.settings import ToolInputs
@@ -110,17 +111,30 @@ def check_paths(params: LoadParams) -> None:
         raise DrillError(f"DRILL_BODY={params.body!r}: not JSON ({error})") from None
 
 
-def parse_drills(text: str, known: tuple[str, ...]) -> list[str]:
-    """'reload', 'reload,worker-kill' or '' / 'all' (every drill) -> names, each one known."""
+def parse_names(text: str, known: tuple[str, ...], variable: str, what: str, empty: list[str]) -> list[str]:
+    """'a', 'a,b' or 'all' -> names, each one known, in the order given; '' -> `empty`."""
     names = [n for n in text.replace(",", " ").split() if n]
-    if not names or names == ["all"]:
+    if names == ["all"]:
         return list(known)
+    if not names:
+        return empty
     for name in names:
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"did you mean {close[0]}? " if close else ""
-            raise DrillError(f"DRILL={name!r}: no such drill; {hint}choose from {', '.join(known)} or all")
+            choices = f"choose from {', '.join(known)} or all"
+            raise DrillError(f"{variable}={name!r}: no such {what}; {hint}{choices}")
     return list(dict.fromkeys(names))
+
+
+def parse_drills(text: str, known: tuple[str, ...]) -> list[str]:
+    """'reload', 'reload,worker-kill' or '' / 'all' (every drill) -> names, each one known."""
+    return parse_names(text, known, "DRILL", "drill", list(known))
+
+
+def parse_servers(text: str) -> list[str]:
+    """'uvicorn', 'blueprint,granian' or 'all' (deploy/stackctl/servers.py) -> names; '' -> the default."""
+    return parse_names(text, servers.NAMES, "SERVER", "server", [servers.DEFAULT])
 
 
 @dataclass
@@ -131,8 +145,10 @@ class Row:
     drill: str
     runtime: str
     what: str
-    status: Status = Status.PENDING  # passed, failed, error or skipped
-    reason: str = ""  # why skipped or error
+    status: Status = Status.PENDING  # passed, failed, error, skipped or no such event
+    reason: str = ""  # why skipped, error or no such event
+    server: str = servers.DEFAULT  # what ran the app (deploy/stackctl/servers.py)
+    mechanism: str = ""  # how that server carried out the event
     knobs: dict[str, str] = field(default_factory=dict)  # what the drill set on its stack
     seconds: float = 0.0
     requests: int = 0  # sent: answered + lost on an open connection (read/write errors)

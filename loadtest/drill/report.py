@@ -1,5 +1,7 @@
-"""What `make drill` shows and writes: one rich table, drill.json (every row, every count) and index.html
-(the table, the machine, the load parameters, and each drill's timeline from its stack series)."""
+"""What `make drill` shows and writes: one rich table, drill.json (every row, every count), index.html (the
+table with each row's mechanism, the machine, the load parameters, and each drill's timeline from its stack
+series) and servers.md (every server's losses, WebSocket closes and recovery side by side, and the
+mechanisms)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from loadtest.status import Status
 
 HEAD = (
     "drill",
+    "server",
     "runtime",
     "sent",
     "req/s",
@@ -64,7 +67,10 @@ LEGEND = {
     "deliveries, missing (an accepted message a member never got: must be 0, or what `allowed` says), "
     "duplicates (counted), publish-to-receive p50/p99, the closes members got (1011: Redis down, 1012: "
     "restart, 1013: queue full, 1006: connection lost); each member resumes with `after`",
+    "server": "what runs the app behind the same nginx (SERVER; deploy/stackctl/servers.py)",
+    "mechanism": "how that server carries out the event; `no such event`: it has none, the drill did not run",
 }
+DONE = (Status.PASSED, Status.SKIPPED, Status.NO_SUCH_EVENT)  # a run whose rows are all these passed
 
 
 def machine() -> dict[str, str]:
@@ -113,7 +119,7 @@ def result(row: Row) -> str:
 
 def cells(row: Row) -> list[str]:
     if not row.status.ran:
-        return [row.drill, row.runtime, *[""] * (len(HEAD) - 3), result(row)]
+        return [row.drill, row.server, row.runtime, *[""] * (len(HEAD) - 4), result(row)]
     failures = counts(row.failures, row.not_counted)
     if row.probes:
         failures += "; drill's own: " + counts(row.probes)
@@ -123,6 +129,7 @@ def cells(row: Row) -> list[str]:
     failed = counts(row.ws_failed_by_reason) if row.ws_failed_reconnects else "0"
     return [
         row.drill,
+        row.server,
         row.runtime,
         str(row.requests),
         f"{row.rate:.0f}",
@@ -163,10 +170,11 @@ TIMELINE_NOTE = (
 
 
 def timelines(report_dir: Path, rows: list[Row]) -> str:
-    """One timeline per drill that has a stack series (stack-series.jsonl and timeline.json in its dir)."""
+    """One timeline per drill and server that has a stack series (stack-series.jsonl and timeline.json in
+    its dir, <server>/<drill>)."""
     parts = []
     for row in rows:
-        drill_dir = report_dir / row.drill
+        drill_dir = report_dir / row.server / row.drill
         samples = read_series(drill_dir / SERIES_FILE)
         if not samples:
             continue
@@ -179,8 +187,9 @@ def timelines(report_dir: Path, rows: list[Row]) -> str:
             closes=[(t, str(code)) for t, code in marks.get("closes", [])],
             events=[(t, str(label)) for t, label in marks.get("events", [])],
         )
-        parts.append(f'<h3 id="timeline-{html.escape(row.drill)}">{html.escape(row.drill)}</h3>')
-        parts.append(charts.charts_div(specs, f"charts-{row.drill}"))
+        name = html.escape(f"{row.drill} on {row.server}")
+        parts.append(f'<h3 id="timeline-{html.escape(row.server)}-{html.escape(row.drill)}">{name}</h3>')
+        parts.append(charts.charts_div(specs, f"charts-{row.server}-{row.drill}"))
     if not parts:
         return ""
     return (
@@ -191,12 +200,12 @@ def timelines(report_dir: Path, rows: list[Row]) -> str:
 
 
 def write_html(path: Path, rows: list[Row], meta: dict[str, Any], timeline: str = "") -> None:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in (*HEAD, "notes"))
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in (*HEAD, "mechanism", "notes"))
     body = []
     for row in rows:
         notes = "; ".join(row.notes)
-        values = "".join(f"<td>{html.escape(c)}</td>" for c in (*cells(row), notes))
-        body.append(f'<tr class="{row.status}">{values}</tr>')
+        values = "".join(f"<td>{html.escape(c)}</td>" for c in (*cells(row), row.mechanism, notes))
+        body.append(f'<tr class="{css_class(row.status)}">{values}</tr>')
     legend = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in LEGEND.items())
     about = "".join(
         f"<li>{html.escape(k)}: {html.escape(str(v))}</li>" for k, v in meta.items() if k != "params"
@@ -208,7 +217,7 @@ def write_html(path: Path, rows: list[Row], meta: dict[str, Any], timeline: str 
 body {{ font-family: sans-serif; margin: 2em; }} table {{ border-collapse: collapse; font-size: 0.9em; }}
 td, th {{ border: 1px solid #ccc; padding: 0.25em 0.5em; vertical-align: top; }}
 tr.passed {{ background: #eef6ee; }} tr.failed {{ background: #fbeaea; }} tr.error {{ color: #a33; }}
-tr.skipped {{ color: #777; }}
+tr.skipped, tr.no-such-event {{ color: #777; }}
 </style></head><body>
 <h1>make drill: nothing lost under load?</h1>
 <ul>{about}</ul>
@@ -224,8 +233,53 @@ tr.skipped {{ color: #777; }}
     )
 
 
+def css_class(status: Status) -> str:
+    return status.value.replace(" ", "-")
+
+
+def side_by_side(row: Row) -> str:
+    """One server's outcome of one drill, in a cell: lost (and what it may lose), WebSocket closes,
+    recovery; or why it did not run."""
+    if not row.status.ran:
+        return str(row.status) if row.status == Status.NO_SUCH_EVENT else f"{row.status}: {row.reason}"
+    mark = "✔" if row.status == Status.PASSED else "✘"
+    lost = f"{mark} lost {row.lost}" + (f" (≤ {row.allowed} allowed)" if row.allowed else "")
+    if row.failures:
+        lost += f": {counts(row.failures, row.not_counted)}"
+    if row.probe_failures:
+        lost += f"; drill's own failed: {row.probe_failures}"
+    recovery = "" if row.recovery_s is None else f"; recovery {row.recovery_s:.2f} s"
+    reconnects = f"; {row.ws_failed_reconnects} failed WS reconnects" if row.ws_failed_reconnects else ""
+    missed = f"; room messages missed {row.rooms_lost}" if row.rooms_lost else ""
+    return f"{lost}; WS closes {counts(row.ws_closes)}{reconnects}{missed}{recovery}"
+
+
+def servers_markdown(rows: list[Row], meta: dict[str, Any]) -> str:
+    """Every server's outcome of every drill, one column per server; then each row's mechanism."""
+    names = list(dict.fromkeys(row.server for row in rows))
+    drills = list(dict.fromkeys(row.drill for row in rows))
+    outcome = {(row.drill, row.server): row for row in rows}
+    lines = [
+        f"# make drill — {meta.get('started', '')}: the servers side by side",
+        "",
+        f"Load: {meta.get('load', '')}. Machine: {meta.get('cpu', '?')}, {meta.get('cores', '?')} cores, "
+        f"load average {meta.get('load_average_at_start', '?')} at the start, "
+        f"{meta.get('load_average_at_end', '?')} at the end.",
+        "",
+        "| drill | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for drill in drills:
+        cells = [side_by_side(outcome[drill, name]) if (drill, name) in outcome else "" for name in names]
+        lines.append(f"| {drill} | " + " | ".join(cells) + " |")
+    lines += ["", "## Mechanisms", "", "| drill | server | mechanism |", "|---|---|---|"]
+    lines += [f"| {row.drill} | {row.server} | {row.mechanism} |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 def write_report(report_dir: Path, rows: list[Row], meta: dict[str, Any]) -> None:
-    passed = all(r.status in (Status.PASSED, Status.SKIPPED) for r in rows)
+    passed = all(r.status in DONE for r in rows)
     summary = {**meta, "passed": passed, "legend": LEGEND, "rows": rows}
     (report_dir / "drill.json").write_text(json.dumps(summary, indent=2, default=jsonable))
     write_html(report_dir / "index.html", rows, meta, timelines(report_dir, rows))
+    (report_dir / "servers.md").write_text(servers_markdown(rows, meta))

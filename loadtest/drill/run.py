@@ -1,8 +1,9 @@
-"""How a drill runs: a fresh stack on free ports (deploy/stackctl/stack.py) with its run dir under the
-report dir, sampled beside the load (loadtest/sampler: the drill's timeline); the load started; the event
-after 40 % of DRILL_SECONDS; the load kept up until DRILL_SECONDS have passed (at least 20 % of them after
-the event); then the row: what was sent, what failed by kind, WebSocket closes and failed reconnects,
-recovery, and the verdict against the drill's allowance."""
+"""How a drill runs: a fresh stack on free ports (deploy/stackctl/stack.py), its app run by the chosen
+server (deploy/stackctl/servers.py), with its run dir under the report dir (<server>/<drill>), sampled
+beside the load (loadtest/sampler: the drill's timeline); the load started; the event after 40 % of
+DRILL_SECONDS; the load kept up until DRILL_SECONDS have passed (at least 20 % of them after the event);
+then the row: what was sent, what failed by kind, WebSocket closes and failed reconnects, recovery, and the
+verdict against the drill's allowance."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from deploy.stackctl import stack
+from deploy.stackctl import servers, stack
+from deploy.stackctl.errors import StackError
+from deploy.stackctl.servers import AppServer
 from loadtest.apps import needs_demo, served_app
 from loadtest.drill import containers
 from loadtest.drill.capabilities import Site
@@ -43,12 +46,14 @@ ISOLATED = {"GUNICORN_MAX_REQUESTS": "0", "GUNICORN_MAX_REQUESTS_JITTER": "0"}
 SHORT_KNOBS = {"UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN": "3", "GUNICORN_GRACEFUL_TIMEOUT": "5"}
 
 
-def drill_knobs(drill: Drill, params: LoadParams, environ: Mapping[str, str]) -> dict[str, str]:
-    """What the drill sets on its stack (ports aside)."""
+def drill_knobs(
+    drill: Drill, params: LoadParams, environ: Mapping[str, str], server: AppServer
+) -> dict[str, str]:
+    """What the drill sets on its stack (ports aside), and what the server's mechanism needs set."""
     knobs = {k: v for k, v in DEFAULTS.items() if k not in environ} | ISOLATED
     if params.short:
         knobs |= SHORT_KNOBS
-    return knobs | drill.knobs(params)
+    return knobs | drill.knobs(params) | dict(drill.mechanism(server).environ)
 
 
 def fill(
@@ -58,6 +63,7 @@ def fill(
     params: LoadParams,
     load_started: float,
     workers_started: int | None,
+    process: str,
 ) -> None:
     http, ws = tally.http, tally.ws
     row.requests, row.responses = http.sent, http.responses
@@ -86,7 +92,7 @@ def fill(
         row.rooms_allowed = 0
     row.notes.extend(outcome.notes)
     if workers_started is not None:
-        row.notes.append(f"{workers_started} gunicorn worker(s) started during the drill")
+        row.notes.append(f"{workers_started} {process} worker(s) started during the drill")
     row.verdict()
 
 
@@ -113,6 +119,32 @@ def compress_logs(run_dir: Path) -> None:
             log.unlink()
 
 
+def new_row(drill: Drill, server: AppServer) -> Row:
+    how = drill.mechanism(server).how
+    return Row(drill.name, drill.runtime, drill.what, server=server.name, mechanism=how)
+
+
+def not_run(drill: Drill, server: AppServer, available: bool, site: Site, app: str) -> Row | None:
+    """The row of a drill that does not run here or on this server, saying why; None when it runs."""
+    row = new_row(drill, server)
+    mechanism = drill.mechanism(server)
+    if not mechanism.exists:
+        row.status, row.reason = Status.NO_SUCH_EVENT, mechanism.how.removeprefix("no such event: ")
+        return row
+    missing = "" if available else stack.backend(drill.runtime).unavailable
+    missing = missing or next(filter(None, (need(site) for need in drill.site_needs)), "")
+    missing = missing or needs_demo(drill.demo_route, app) or server.missing()
+    if not missing:
+        try:
+            stack.backend(drill.runtime, server.name)
+        except StackError as error:
+            missing = str(error)
+    if missing:
+        row.status, row.reason = Status.SKIPPED, missing
+        return row
+    return None
+
+
 def run_drill(
     drill: Drill,
     params: LoadParams,
@@ -120,26 +152,28 @@ def run_drill(
     base: Mapping[str, str] | None,
     wrk: str,
     site: Site | None = None,
+    server: AppServer | None = None,
 ) -> Row:
-    row = Row(drill.name, drill.runtime, drill.what)
-    runtime = stack.backend(drill.runtime)
+    server = server or servers.get(servers.DEFAULT)
+    row = new_row(drill, server)
+    runtime = stack.backend(drill.runtime, server.name)
     environ = os.environ if base is None else base
     site = site or Site(environ)
-    row.knobs = drill_knobs(drill, params, environ)
+    row.knobs = drill_knobs(drill, params, environ, server)
     knobs = {**row.knobs, **runtime.free_port_knobs()}
     if not runtime.processes_here:  # an engine's stack: its own project name and subnet
         knobs |= containers.project_knobs(drill.name)
-    run_dir = report_dir / drill.name
+    run_dir = report_dir / server.name / drill.name
     run_dir.mkdir(parents=True)
     row.load_average_before = load_average()
     timeline: dict[str, list[tuple[float, str]]] = {"events": [], "closes": []}
     try:
         with (
-            stack.running(drill.runtime, knobs, run_dir, base=base) as handle,
+            stack.running(drill.runtime, knobs, run_dir, base=base, server=server.name) as handle,
             beside(handle, run_dir / SERIES_FILE),
         ):
             load = Load(handle.url, handle.ws_url, params, run_dir, wrk)
-            ctx = Context(handle, load, params, run_dir, knobs, base, site=site)
+            ctx = Context(handle, load, params, run_dir, knobs, base, server, site=site)
             if drill.prepare:
                 drill.prepare(ctx)
             if runtime.processes_here:
@@ -172,7 +206,8 @@ def run_drill(
         retries = nginx_retries(run_dir)
         compress_logs(run_dir)
         (run_dir / TIMELINE).write_text(json.dumps(timeline))
-    fill(row, tally, outcome, params, load.started_at, ctx.watch.started() if ctx.watch else None)
+    respawned = ctx.watch.started() if ctx.watch else None
+    fill(row, tally, outcome, params, load.started_at, respawned, server.process)
     if retries is not None:
         row.notes.append(f"nginx retried {retries} request(s) on a second try (upstream_status)")
     return row
@@ -185,10 +220,13 @@ def run_drills(
     base: Mapping[str, str] | None = None,
     progress: Callable[[Row], None] = lambda row: None,
     nodes: NodeCommands | None = None,
+    server_names: list[str] | None = None,
 ) -> tuple[Path, list[Row]]:
-    """Every named drill on its own stack; writes drill.json and index.html into reports/drill-<time>/.
-    A drill whose needs this site lacks (an engine, a swarm of several nodes, ...) is a skipped row."""
+    """Every named drill on its own stack, for each server in turn (default: the blueprint); writes
+    drill.json, index.html and servers.md into reports/drill-<time>/. A drill whose needs this site lacks
+    (an engine, a swarm of several nodes, ...) is a skipped row."""
     drills = [BY_NAME[name] for name in names]
+    chosen = [servers.get(name) for name in server_names or [servers.DEFAULT]]
     wrk = find_wrk()
     app = served_app(base)
     if needs_demo("/ws/rooms/{room}", app):
@@ -204,24 +242,21 @@ def run_drills(
         "load": params.describe(),
         "app": app,
         "params": params,
+        "servers": [server.name for server in chosen],
         **machine(),
     }
     rows: list[Row] = []
     try:
-        for drill in drills:
-            if not available[drill.runtime]:
-                row = Row(drill.name, drill.runtime, drill.what, status=Status.SKIPPED)
-                row.reason = stack.backend(drill.runtime).unavailable
-            elif missing := next(filter(None, (need(site) for need in drill.site_needs)), None):
-                row = Row(drill.name, drill.runtime, drill.what, status=Status.SKIPPED, reason=missing)
-            elif missing := needs_demo(drill.demo_route, app):
-                row = Row(drill.name, drill.runtime, drill.what, Status.SKIPPED, missing)
-            else:
-                row = run_drill(drill, params, report_dir, base, wrk, site)
-            rows.append(row)
-            progress(row)
+        for server in chosen:
+            for drill in drills:
+                row = not_run(drill, server, available[drill.runtime], site, app)
+                if row is None:
+                    row = run_drill(drill, params, report_dir, base, wrk, site, server)
+                rows.append(row)
+                progress(row)
     except KeyboardInterrupt:
-        interrupted = Row(drill.name, drill.runtime, drill.what, Status.ERROR, "interrupted (Ctrl-C)")
+        interrupted = new_row(drill, server)
+        interrupted.status, interrupted.reason = Status.ERROR, "interrupted (Ctrl-C)"
         rows.append(interrupted)
     meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     meta["load_average_at_end"] = load_average()

@@ -97,3 +97,29 @@ def test_a_template_without_its_websocket_block_is_refused(tmp_path: Path) -> No
     template.write_text(NGINX_TEMPLATE.read_text().replace("#[end each]", "# (the end marker lost)"))
     with pytest.raises(ConfigError, match=r"expected one #\[each websocket_location\] block, found 0"):
         render_nginx(effective(environ={}, env_file=None).settings, template)
+
+
+@pytest.mark.parametrize(
+    ("knobs", "rendered", "left_out"),
+    [
+        ({}, [], ["limit_req zone=", "limit_conn per_client_conn", "add_header Strict-Transport-Security"]),
+        (
+            {"NGINX_LIMIT_REQ_ENABLED": "1"},
+            ["limit_req zone=per_client_rate burst=200 nodelay;"],
+            ["limit_conn "],
+        ),
+        ({"NGINX_LIMIT_CONN_ENABLED": "1", "NGINX_LIMIT_CONN": "7"}, ["limit_conn per_client_conn 7;"], []),
+        ({"NGINX_TLS": "1"}, ["add_header Strict-Transport-Security $hsts always;"], ["limit_req zone="]),
+    ],
+)
+def test_lines_that_would_cost_every_request_for_nothing_are_rendered_only_when_on(
+    knobs: dict[str, str], rendered: list[str], left_out: list[str]
+) -> None:
+    """Off, a limit with an empty key and the HSTS header without TLS do nothing but still cost nginx
+    ~1,100 and ~800 instructions per request (docs/SERVERS.md): their lines are left out then."""
+    lines = render_nginx(effective(environ=knobs, env_file=None).settings).splitlines()
+    directives = [line.strip() for line in lines if not line.strip().startswith("#")]
+    for line in rendered:
+        assert line in directives, f"{knobs}: {line} missing"
+    for start in left_out:
+        assert not any(d.startswith(start) for d in directives), f"{knobs}: {start} rendered"

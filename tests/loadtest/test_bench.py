@@ -1,6 +1,6 @@
 """`make bench`: bad input is refused in one line before anything starts; a short real run measures every
-row and writes bench.json (every row, every field), bench.md and bench.png. No timing is asserted: the
-numbers belong to the machine."""
+row — the same app behind nginx, HAProxy and Caddy among them — and writes bench.json (every row, every
+field), bench.md and bench.png. No timing is asserted: the numbers belong to the machine."""
 
 from __future__ import annotations
 
@@ -126,6 +126,15 @@ def test_a_short_run_measures_every_row_and_writes_every_file(
     assert all(isinstance(value, float) for value in data["sampler"].values()), data["sampler"]
     series = report_dir / "rows" / "blueprint-nginx-sampled" / "stack-series.jsonl"
     assert len(series.read_text().splitlines()) >= bench.SHORT.seconds, "sampled once a second"
+    for front in ("nginx", "haproxy", "caddy"):
+        by_role = rows[f"blueprint-{front}"]["server_cpu_us_by_role"]
+        assert set(by_role) - {"redis"} == {"app", front, "log pipes"}, f"{front}: every process on its path"
+        assert by_role[front] > 0 and by_role["app"] > 0
+        hop = data["proxy_hops"][front]
+        assert set(hop) == {"rps", "hop_us", "front_us", "log_pipes_us", "app_extra_us"}
+        assert hop["front_us"] == by_role[front] and isinstance(hop["hop_us"], float)
+    direct = set(rows["blueprint-direct"]["server_cpu_us_by_role"]) - {"redis"}
+    assert direct == {"app", "log pipes"}, "no proxy on the direct path"
     assert not list(report_dir.glob("servers/*/state.json")), "a stack was left up"
 
     page = (report_dir / "bench.md").read_text()
@@ -134,6 +143,7 @@ def test_a_short_run_measures_every_row_and_writes_every_file(
     assert "Unix socket vs TCP between nginx and gunicorn" in page
     assert "largest fan-out, p99 <= 250 ms" in page
     assert "The stack sampler beside the load" in page
+    assert "The proxy hop side by side" in page and "| haproxy | " in page and "| caddy | " in page
     assert (report_dir / "bench.png").read_bytes().startswith(b"\x89PNG")
     assert "| blueprint-direct |" in out and str(report_dir / "bench.md") in out
 

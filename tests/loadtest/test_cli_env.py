@@ -27,7 +27,12 @@ from service.settings import ToolInputs
 
 
 def drill_params(environ: dict[str, str]) -> tuple[list[str], LoadParams]:
-    return drill_cli.inputs(drill_cli.parser(environ).parse_args([]))
+    names, _, params = drill_cli.inputs(drill_cli.parser(environ).parse_args([]))
+    return names, params
+
+
+def drill_servers(environ: dict[str, str]) -> list[str]:
+    return drill_cli.inputs(drill_cli.parser(environ).parse_args([]))[1]
 
 
 def test_drill_reads_its_variables() -> None:
@@ -67,6 +72,11 @@ def test_drill_reads_its_variables() -> None:
     none = drill_params({"DRILL_GET": "", "DRILL_WS": ""})[1]
     assert (none.get, none.ws_path, none.sockets) == ("", "", 0)
     assert drill_params({"DRILL_POST": ""})[1].post == "/api/echo", "an empty DRILL_POST is unset"
+    assert drill_servers({}) == ["blueprint"] and drill_servers({"SERVER": "granian,uvicorn"}) == [
+        "granian",
+        "uvicorn",
+    ]
+    assert drill_servers({"SERVER": "all"})[0] == "blueprint" and len(drill_servers({"SERVER": "all"})) == 5
 
 
 def test_bench_reads_its_variables() -> None:

@@ -109,4 +109,3 @@ def test_each_live_worker_has_its_series_and_each_end_its_reason(tmp_path: Path)
             time.sleep(0.2)
             recycled = [pid for pid in serving if ended(stack).get(pid)]
         assert recycled and {ended(stack)[pid] for pid in recycled} == {"recycle"}
-
