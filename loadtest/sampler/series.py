@@ -71,6 +71,7 @@ STUB = re.compile(
 STATUS = re.compile(rb',"status":(\d+)')
 NGINX_ERROR = re.compile(rb',"status":([45]\d\d),[^\n]*"upstream_header_time":"([^"]*)"')
 UPSTREAM_TIME = re.compile(rb'"upstream_response_time":"([^"]*)"')
+UPSTREAM_FIELD = b'"upstream_response_time":"'
 TIMED = 1000  # lines per sample whose upstream time is read, evenly spread over them
 ERROR_STATUS = 400
 # A worker's probe writes its heartbeat every APP_LOOP_LAG_INTERVAL: an older one, by more than this (a
@@ -116,16 +117,18 @@ class Access:
 def access(log: bytes) -> Access:
     """nginx answered an error itself when its last upstream attempt sent no header (`-`) or there was
     none: its own limits and edge errors, 502/504 when the app failed, 499 when the client gave up."""
+    # Each pass over a sample's bytes costs ~0.5 ms per MB (~2,500 lines): one pass for the statuses, one
+    # more only when there are errors, and the upstream times found from evenly spaced offsets.
     found = Access()
     for status, count in Counter(STATUS.findall(log)).items():
         found.answers[status.decode()] = count
     if not found.answers:
         return access_by_json(log) if b"{" in log else found
-    for status, header in NGINX_ERROR.findall(log):
-        if last_attempt(header.decode()) in ("", "-"):
-            found.nginx_errors[status.decode()] += 1
-    times = UPSTREAM_TIME.findall(log)
-    for value in times[:: max(1, len(times) // TIMED)]:
+    if any(int(status) >= ERROR_STATUS for status in found.answers):
+        for status, header in NGINX_ERROR.findall(log):
+            if last_attempt(header.decode()) in ("", "-"):
+                found.nginx_errors[status.decode()] += 1
+    for value in upstream_times(log, found.answers.total()):
         if value[:1].isdigit() and b"," not in value and b":" not in value:
             found.upstream_ms.append(float(value) * 1000)
         else:  # "-" (nginx did not ask the app), or several attempts
@@ -133,6 +136,25 @@ def access(log: bytes) -> Access:
             if seconds is not None:
                 found.upstream_ms.append(seconds * 1000)
     return found
+
+
+def upstream_times(log: bytes, lines: int) -> list[bytes]:
+    """$upstream_response_time of at most TIMED of the sample's `lines`, evenly spread: past TIMED lines, the
+    first field found after each of TIMED evenly spaced offsets (a find each, not a pass over the bytes)."""
+    if lines <= TIMED:
+        return list(UPSTREAM_TIME.findall(log))
+    times: list[bytes] = []
+    previous = -1
+    for step in range(TIMED):
+        start = log.find(UPSTREAM_FIELD, step * len(log) // TIMED)
+        if start < 0:
+            break
+        if start == previous:
+            continue
+        previous = start
+        begin = start + len(UPSTREAM_FIELD)
+        times.append(log[begin : log.find(b'"', begin)])
+    return times
 
 
 def access_by_json(log: bytes) -> Access:

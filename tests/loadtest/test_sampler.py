@@ -4,6 +4,7 @@ Against real stacks: test_locust_runs.py (the blocking scenario, the web UI's St
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -18,7 +19,15 @@ import pytest
 
 from loadtest.sampler import charts
 from loadtest.sampler.exposition import Exposition
-from loadtest.sampler.series import NGINX_SCHEMA, SCHEMA, WORKER_SCHEMA, Tracker, access, stub_status
+from loadtest.sampler.series import (
+    NGINX_SCHEMA,
+    SCHEMA,
+    TIMED,
+    WORKER_SCHEMA,
+    Tracker,
+    access,
+    stub_status,
+)
 from loadtest.sampler.sources import AGENT, Agent, AppScrape, LogTail, Raw
 from tests.support.stack import Stack
 
@@ -111,6 +120,23 @@ def test_stub_status_and_access_lines_are_read() -> None:
         {"upstream_response_time": "0.5", "status": 500, "upstream_header_time": "-"}
     ).encode()
     assert access(reordered).nginx_errors == {"500": 1} and access(reordered).upstream_ms == [500.0]
+
+
+def test_a_loaded_sample_reads_the_upstream_time_of_timed_lines_spread_over_it_and_every_status() -> None:
+    # Line n answered in n + 1 ms; one 502 of nginx's own in the middle. Past TIMED lines the times come from
+    # evenly spaced offsets: each line at most once, from the whole sample.
+    count = 5 * TIMED
+    lines = [line(200, response=f"{(n + 1) / 1000:.3f}") for n in range(count)]
+    lines[count // 2] = line(502, header="-", response="0.000", upstream="502")
+    found = access("\n".join(lines).encode() + b"\n")
+    assert found.answers == {"200": count - 1, "502": 1}
+    assert found.nginx_errors == {"502": 1}
+    times = found.upstream_ms
+    assert TIMED - 2 <= len(times) <= TIMED and len(set(times)) == len(times), len(times)
+    answered = sorted(t for t in times if t > 0)  # the 502's 0 ms aside
+    assert answered[0] < 10 and answered[-1] > count - 20, (answered[0], answered[-1])
+    gaps = [b - a for a, b in itertools.pairwise(answered)]
+    assert max(gaps) <= 2 * count // TIMED, "spread evenly: about one line in five"
 
 
 def test_the_log_tail_reads_new_complete_lines_and_follows_a_rotation(tmp_path: Path) -> None:
