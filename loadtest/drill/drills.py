@@ -163,8 +163,10 @@ def signal_worker(ctx: Context, sig: signal.Signals, lossy: bool) -> Outcome:
     old = set(ctx.handle.worker_pids())
     if not old:
         raise DrillError(f"the stack has no {ctx.server.process} workers to signal")
-    victim = min(old)
-    held = upstream_connections(victim, bind_port(ctx.handle))
+    # The worker holding most of nginx's upstream connections: uvicorn's workers accept unevenly, and an
+    # idle one would lose nothing whatever the server does.
+    port = bind_port(ctx.handle)
+    held, victim = max((upstream_connections(pid, port), pid) for pid in old)
     started = time.monotonic()
     os.kill(victim, sig)
     respawn = new_worker_answers(ctx.handle, old, started)
