@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from deploy.healthcheck import UnixConnection
 from deploy.stackctl import docker, stack
@@ -69,35 +70,58 @@ def describe(error: BaseException) -> str:
 
 
 class LogTail:
-    """The complete lines appended to a file since the last call, as bytes; starts at its end. A rotated
-    file (LOG_MAX_MB) is followed to the new one from its start."""
+    """The complete lines appended to a file since the last call, as bytes; starts at its end. The file is
+    held open, as `tail -F` does: when it is rotated (LOG_MAX_MB renames it away), the rest of the old file
+    is read first, then the new one from its start; a file cut short in place is read again from its start."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self.inode, self.offset = self.position()
-
-    def position(self) -> tuple[int, int]:
-        try:
-            status = os.stat(self.path) if self.path else None
-        except OSError:
-            return 0, 0
-        return (status.st_ino, status.st_size) if status else (0, 0)
+        self.handle: BinaryIO | None = None
+        if path is not None:
+            with contextlib.suppress(OSError):
+                self.handle = path.open("rb")
+                self.handle.seek(0, os.SEEK_END)
 
     def read(self) -> bytes:
         if self.path is None:
             return b""
+        lines = self.drain(MAX_LOG_BYTES)
+        if len(lines) < MAX_LOG_BYTES and self.rotated():
+            self.close()
+            with contextlib.suppress(OSError):
+                self.handle = self.path.open("rb")
+            lines += self.drain(MAX_LOG_BYTES - len(lines))
+        return lines
+
+    def drain(self, most: int) -> bytes:
+        """Up to `most` bytes of complete lines from the held file; a line still being written waits."""
+        if self.handle is None:
+            return b""
         try:
-            with self.path.open("rb") as handle:
-                inode = os.fstat(handle.fileno()).st_ino
-                if inode != self.inode or os.fstat(handle.fileno()).st_size < self.offset:
-                    self.inode, self.offset = inode, 0
-                handle.seek(self.offset)
-                chunk = handle.read(MAX_LOG_BYTES)
+            if os.fstat(self.handle.fileno()).st_size < self.handle.tell():
+                self.handle.seek(0)
+            chunk = self.handle.read(most)
+            complete = chunk.rfind(b"\n") + 1
+            if complete < len(chunk):
+                self.handle.seek(complete - len(chunk), os.SEEK_CUR)
         except OSError:
             return b""
-        complete = chunk.rfind(b"\n") + 1  # a line still being written waits for the next sample
-        self.offset += complete
         return chunk[:complete]
+
+    def rotated(self) -> bool:
+        """The path now names another file than the one held (or one appeared where there was none)."""
+        if self.path is None:
+            return False
+        try:
+            now = os.stat(self.path).st_ino
+            return self.handle is None or now != os.fstat(self.handle.fileno()).st_ino
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
 
 
 def fetch(connection: http.client.HTTPConnection, path: str) -> str:
@@ -143,6 +167,9 @@ class LocalSource(Source):
             raw.errors.append(f"nginx stub_status: {describe(error)}")
         raw.log = self.log.read()
         return raw
+
+    def close(self) -> None:
+        self.log.close()
 
 
 # Runs inside an app container (its python3, no packages): for each line it reads on stdin, one line of

@@ -150,9 +150,23 @@ def test_the_log_tail_reads_new_complete_lines_and_follows_a_rotation(tmp_path: 
     with log.open("a") as out:
         out.write("f\n")
     assert tail.read() == b"half\n"
+    with log.open("a") as out:
+        out.write("last before the rotation\n")
     log.rename(tmp_path / "nginx.log.1")
     log.write_text("new\n")
-    assert tail.read() == b"new\n"
+    assert tail.read() == b"last before the rotation\nnew\n", "the old file's rest first, none lost"
+    log.write_text("x\n")  # cut short in place (below the offset held), then written again
+    assert tail.read() == b"x\n"
+    tail.close()
+
+
+def test_the_log_tail_follows_a_file_that_appears_later(tmp_path: Path) -> None:
+    log = tmp_path / "nginx.log"
+    tail = LogTail(log)
+    assert tail.read() == b""
+    log.write_text("first\n")
+    assert tail.read() == b"first\n"
+    tail.close()
 
 
 def raw(
