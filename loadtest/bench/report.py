@@ -161,7 +161,9 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
                 f"{num(sampler.get('rps_sampled_over_unsampled'), 3)} x the req/s, "
                 f"{num(sampler.get('server_cpu_unsampled_over_sampled'), 3)} x the server's CPU per request "
                 f"(goal: both >= 0.98); the sampler itself used "
-                f"{num(sampler.get('sampler_cpu_percent'), 2)} % of one CPU.",
+                f"{num(sampler.get('sampler_cpu_percent'), 2)} % of one CPU. One pair of rows cannot tell "
+                "2 % from the host's noise; `python -m loadtest.bench.sampled` can (windows with and without "
+                "the sampler in turns inside one wrk run, with an interval for the median).",
                 "",
             ]
     lines += rooms_table(rows)
