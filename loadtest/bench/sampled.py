@@ -1,8 +1,8 @@
 """What the stack sampler costs the stack it reads, told from the host's noise: one long wrk run through
 nginx, the sampler of every load test switched on and off in turns, window by window.
 
-    python -m loadtest.bench.sampled                       # 20 rounds of four 2 s windows
-    python -m loadtest.bench.sampled --rounds 40 --window 3
+    python -m loadtest.bench.sampled                       # 100 rounds of four 1 s windows: ~7 minutes
+    python -m loadtest.bench.sampled --rounds 40 --window 2
 
 One blueprint stack (local runtime, the bench's blueprint row, no recycling) and one `wrk -t1 -c64 GET
 /api/ping` through nginx for the whole run, so that both kinds of window share wrk's connections and how the
@@ -104,7 +104,13 @@ def summarize(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
         summary[name] = {
             "ratios": [round(x, 4) for x in ratios],
             "median": round(statistics.median(ratios), 4),
-            "interval": None if interval is None else vars(interval),
+            "interval": None
+            if interval is None
+            else {
+                "low": round(interval.low, 4),
+                "high": round(interval.high, 4),
+                "confidence": interval.confidence,
+            },
             "verdict": verdict(interval),
         }
     summary["rps_plain_median"] = round(statistics.median(r[PLAIN]["rps"] for r in rounds))
@@ -151,8 +157,8 @@ def parser() -> EnvParser:
         tool="bench",
         error=BenchError,
     )
-    p.add_argument("--rounds", type=int, default=20, help="Rounds of four windows (default 20).")
-    p.add_argument("--window", type=float, default=2.0, help="Seconds per window (default 2).")
+    p.add_argument("--rounds", type=int, default=100, help="Rounds of four windows (default 100).")
+    p.add_argument("--window", type=float, default=1.0, help="Seconds per window (default 1).")
     p.add_argument("--connections", env="BENCH_CONNECTIONS")
     p.add_argument("--workers", type=int, default=2, help="WEB_CONCURRENCY of the app (default 2).")
     p.add_argument("--out-root", type=Path, default=ROOT / "reports")
