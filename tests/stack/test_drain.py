@@ -70,15 +70,22 @@ def test_two_reloads_under_post_load_lose_nothing(tmp_path: Path, app_name: str)
     # error. Upstream, nginx still pools its connections to the app (proxy_set_header Connection "").
     app = app_named(app_name, tmp_path / "src")
     with running(make_stack(tmp_path / "run", **QUICK_DRAIN, **app.knobs)) as stack:
+        assert stack.handle is not None
         wrk = Wrk(stack, tmp_path, close_client_connections=True, app=app)
-        reloads = []
+        generations, reloads = [set(stack.handle.worker_pids())], []
         for at in (2.0, 7.0):
             wrk.at(at)
             reloads.append(stack.stackctl("reload"))
+            generations.append(set(stack.handle.worker_pids()))
         result = wrk.result()
     assert [r.returncode for r in reloads] == [0, 0], [r.stdout + r.stderr for r in reloads]
     assert_nothing_lost(result)
-    assert result["pids"] >= 6, "two reloads of two workers: six worker pids should have answered"
+    # Each reload replaced both workers, and each generation answered part of the load. Not "six pids":
+    # the kernel hands nginx's new upstream connections to whichever worker accepts first, and one worker
+    # of a generation may get none of them in its 5 s (CI: 5 of 6).
+    assert [len(g) for g in generations] == [2, 2, 2] and len(set().union(*generations)) == 6, generations
+    answered = set(result["answered_by"])
+    assert all(g & answered for g in generations), f"answered by {sorted(answered)}, workers {generations}"
 
 
 def test_recycling_every_thousand_requests_loses_nothing(tmp_path: Path) -> None:

@@ -19,7 +19,8 @@ SECONDS = 12
 MIN_RATE = 1000
 
 # wrk counts statuses >= 400 and socket errors itself; the Lua part adds the status breakdown and the
-# worker pids that answered (the POST route returns its pid) and prints one JSON line at the end.
+# worker pids that answered (the POST route returns its pid): their count and the list. It prints one JSON
+# line at the end.
 POST_LUA = """
 wrk.method = "POST"
 wrk.body = [==[BODY]==]
@@ -35,18 +36,21 @@ function response(status, headers, body)
   if pid then pids[pid] = true end
 end
 function done(summary, latency, requests)
-  local by, seen, parts, npids = {}, {}, {}, 0
+  local by, seen, parts, npids, answered = {}, {}, {}, 0, {}
   for _, t in ipairs(threads) do
     for code, n in pairs(t:get("statuses")) do by[code] = (by[code] or 0) + n end
-    for pid in pairs(t:get("pids")) do if not seen[pid] then seen[pid] = true; npids = npids + 1 end end
+    for pid in pairs(t:get("pids")) do
+      if not seen[pid] then seen[pid] = true; npids = npids + 1; table.insert(answered, pid) end
+    end
   end
   for code, n in pairs(by) do table.insert(parts, string.format('"%d": %d', code, n)) end
   local e = summary.errors
   io.write(string.format(
     'WRK_JSON {"requests": %d, "seconds": %.3f, "non_2xx_3xx": %d, "connect": %d, "read": %d, '
-    .. '"write": %d, "timeout": %d, "max_latency_ms": %.1f, "pids": %d, "statuses": {%s}}\\n',
+    .. '"write": %d, "timeout": %d, "max_latency_ms": %.1f, "pids": %d, "answered_by": [%s], '
+    .. '"statuses": {%s}}\\n',
     summary.requests, summary.duration / 1e6, e.status, e.connect, e.read, e.write, e.timeout,
-    latency.max / 1000, npids, table.concat(parts, ", ")))
+    latency.max / 1000, npids, table.concat(answered, ", "), table.concat(parts, ", ")))
 end
 """
 
