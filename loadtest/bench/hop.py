@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import re
 import statistics
 import sys
@@ -34,15 +33,13 @@ from deploy.stackctl import local, procs, stack
 from deploy.stackctl.components import NGINX, Component
 from deploy.stackctl.config import ROOT, Effective
 from deploy.stackctl.envargs import EnvParser
-from deploy.stackctl.errors import StackError
 from deploy.stackctl.ports import free_port_knobs
 from deploy.stackctl.rundir import RunDir
+from loadtest.bench import experiment
 from loadtest.bench.rows import DEFAULTS, BenchError
 from loadtest.bench.wrk import run_wrk
-from loadtest.errors import LoadtestError
 from loadtest.host import find_wrk, load_average, machine
 
-BAD_INPUT = 2
 CURRENT = "current"
 TIMEOUT_S = 10.0
 DIRECT = "direct"
@@ -413,24 +410,12 @@ def run(args: argparse.Namespace) -> Path:
                 for name, key in three if number % 2 == 0 else reversed(three):
                     measured[key] = measure(number, name, key)
             rounds.append(measured)
-    meta["load_average_after"] = load_average()
-    meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-    summary = summarize(rounds, variants)
-    (report_dir / "hop.json").write_text(json.dumps({**meta, "summary": summary, "rounds": rounds}, indent=2))
-    (report_dir / "hop.md").write_text(markdown(summary, meta))
+    experiment.write_report(report_dir, "hop", meta, summarize(rounds, variants), rounds, markdown)
     return report_dir
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parser().parse_args(argv)
-        report_dir = run(args)
-    except (LoadtestError, StackError) as error:
-        print(f"hop: {error}", file=sys.stderr)
-        return BAD_INPUT
-    print((report_dir / "hop.md").read_text())
-    print(f"report: {report_dir / 'hop.md'}")
-    return 0
+    return experiment.main("hop", parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
-import json
 import math
 import os
 import statistics
@@ -38,19 +37,17 @@ from typing import Any
 
 from deploy.stackctl.config import ROOT
 from deploy.stackctl.envargs import EnvParser
-from deploy.stackctl.errors import StackError
 from deploy.stackctl.ports import LOOPBACK
-from loadtest.bench import servers
+from loadtest.bench import experiment, servers
+from loadtest.bench.cli import BAD_INPUT  # noqa: F401  (tests and callers read it here)
 from loadtest.bench.rows import BenchError, Params
 from loadtest.bench.run import REQUEST_TIMEOUT_S, WARM_UP_S
 from loadtest.bench.wrk import WrkRun, cpu_seconds, run_wrk
-from loadtest.errors import LoadtestError
 from loadtest.host import find_wrk, load_average, machine
 from loadtest.sampler.sampler import Sampler
 from loadtest.sampler.series import stub_status
 from loadtest.sampler.sources import Source, fetch, source_for
 
-BAD_INPUT = 2
 GOAL = 0.98  # sampled / plain: within 2 %
 CONFIDENCE = 0.90
 PLAIN, SAMPLED = "plain", "sampled"
@@ -236,14 +233,15 @@ def run(args: argparse.Namespace) -> Path:
     if not isinstance(server, servers.Stack):
         raise BenchError("the blueprint row started no blueprint stack")
     handle = server.handle
-    status = http.client.HTTPConnection
     url, status_port = f"{server.url('nginx')}{params.path}", handle.settings.nginx_status_port
     rounds: list[dict[str, dict[str, Any]]] = []
     try:
         pids = [pid for each in server.roles("nginx").values() for pid in each]
 
         def edge() -> Edge:
-            counts = stub_status(fetch(status(LOOPBACK, status_port, timeout=5), "/stub_status"))
+            counts = stub_status(
+                fetch(http.client.HTTPConnection(LOOPBACK, status_port, timeout=5), "/stub_status")
+            )
             if counts is None:
                 raise BenchError("nginx's stub_status answered without its counts")
             return Edge(time.monotonic(), counts["requests"], cpu_seconds(pids))
@@ -307,26 +305,12 @@ def run(args: argparse.Namespace) -> Path:
             )
     finally:
         server.stop()
-    meta["load_average_after"] = load_average()
-    meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-    summary = summarize(rounds)
-    (report_dir / "sampled.json").write_text(
-        json.dumps({**meta, "summary": summary, "rounds": rounds}, indent=2)
-    )
-    (report_dir / "sampled.md").write_text(markdown(summary, meta))
+    experiment.write_report(report_dir, "sampled", meta, summarize(rounds), rounds, markdown)
     return report_dir
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parser().parse_args(argv)
-        report_dir = run(args)
-    except (LoadtestError, StackError) as error:
-        print(f"sampled: {error}", file=sys.stderr)
-        return BAD_INPUT
-    print((report_dir / "sampled.md").read_text())
-    print(f"report: {report_dir / 'sampled.md'}")
-    return 0
+    return experiment.main("sampled", parser, run, argv)
 
 
 if __name__ == "__main__":
